@@ -1,0 +1,249 @@
+"""Command-line edges: agent, api-cli, runagent. Errors become one line and an exit code."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from agent import proc, redis_keys, tasks
+from agent.agentenv import agent_environment
+from agent.apicli_view import ProgressBar
+from agent.errors import AgentError, ConfigError
+from agent.redis_store import REDIS_ERRORS, connect
+from agent.settings import default_root, load_settings
+
+RootOption = Annotated[
+    Path | None, typer.Option("--root", help="node data directory (default: AGENT_ROOT)")
+]
+
+
+def _fail(prog: str, message: str, code: int) -> NoReturn:
+    print(f"{prog}: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def guarded(prog: str, main: Callable[[], Any]) -> None:
+    """Run main; turn our errors and Redis trouble into one line and an exit code."""
+    try:
+        main()
+    except AgentError as exc:
+        _fail(prog, str(exc), exc.exit_code)
+    except REDIS_ERRORS as exc:
+        _fail(prog, f"Redis connection failed: {exc}", 1)
+    except KeyboardInterrupt:
+        _fail(prog, "interrupted", 130)
+
+
+# --- agent ---------------------------------------------------------------------------
+agent_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                        help="Run and manage the cluster backup agent on this node.")
+cluster_app = typer.Typer(no_args_is_help=True, help="The embedded default cluster.")
+agent_app.add_typer(cluster_app, name="cluster")
+
+
+@agent_app.command()
+def serve(
+    root: RootOption = None,
+    shutdown_timeout: Annotated[float, typer.Option(help="seconds running tasks get at stop")] = 60.0,
+) -> None:
+    """Serve this node's task queues until SIGTERM."""
+    from agent.daemon import Daemon
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    Daemon(load_settings(root), shutdown_timeout).serve()
+
+
+@cluster_app.command("init")
+def cluster_init(
+    root: RootOption = None,
+    node: Annotated[int, typer.Option(min=1, help="this node's id")] = 1,
+    redis_url: Annotated[str | None, typer.Option(help="join this Redis instead of a private one")] = None,
+    join: Annotated[Path | None, typer.Option(help="data dir of a node whose Redis to join")] = None,
+    storage_conf: Annotated[str, typer.Option(help="CONTAINERS_STORAGE_CONF for podman")] = "",
+) -> None:
+    """Create a node's data directory (node 1 alone: a private Redis too)."""
+    from agent.operations import cluster_setup
+
+    url = redis_url or (cluster_setup.join_url(join) if join else None)
+    settings = cluster_setup.init(root or default_root(), node, url, storage_conf)
+    kind = "private Redis" if settings.embedded_redis else "shared Redis"
+    print(f"node {settings.node_id} initialised in {settings.root} ({kind})")
+
+
+@cluster_app.command("up")
+def cluster_up(root: RootOption = None) -> None:
+    """Start the private Redis (if any) and the node daemon in the background."""
+    from agent.operations import cluster_setup
+
+    result = cluster_setup.up(load_settings(root))
+    state = "started" if result.started_daemon else "already running"
+    print(f"node {result.settings.node_id} daemon {state} (pid {result.daemon_pid}); "
+          f"logs in {result.settings.log_dir}")
+
+
+@cluster_app.command("down")
+def cluster_down(root: RootOption = None) -> None:
+    """Stop the node daemon (running tasks may finish) and the private Redis."""
+    from agent.operations import cluster_setup
+
+    stopped = cluster_setup.down(load_settings(root))
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@cluster_app.command("env")
+def cluster_env(root: RootOption = None) -> None:
+    """Print shell exports that point api-cli and runagent at this node."""
+    settings = load_settings(root)
+    print(f"export AGENT_ROOT={settings.root}")
+
+
+@agent_app.command("schema")
+def schema(check: Annotated[bool, typer.Option(help="fail if a file differs")] = False) -> None:
+    """Write (or --check) the validate-input.json files generated from the models."""
+    from agent.schemas import check_schemas, write_schemas
+
+    if check:
+        stale = check_schemas()
+        if stale:
+            raise AgentError("stale schema files: " + ", ".join(stale))
+        print("schemas up to date")
+    else:
+        for path in write_schemas():
+            print(path)
+
+
+def agent_main() -> None:
+    guarded("agent", lambda: agent_app(prog_name="agent"))
+
+
+# --- api-cli -------------------------------------------------------------------------
+api_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                      help="Run actions of the cluster's agents.")
+
+
+def _client_redis() -> Any:
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        root = os.environ.get("AGENT_ROOT")
+        url = load_settings(Path(root) if root else None).redis_url
+    return connect(url)
+
+
+def _read_data(data: str) -> Any:
+    text = sys.stdin.read() if data == "-" else data
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise AgentError(f"--data is not valid JSON: {exc}") from None
+
+
+@api_app.command("run")
+def api_run(
+    action: Annotated[str, typer.Argument(help="ACTION or AGENT/ACTION, e.g. node/1/run-backup")],
+    agent: Annotated[str, typer.Option("-a", "--agent", help="agent id")] = redis_keys.CLUSTER,
+    data: Annotated[str, typer.Option("-d", "--data", help="JSON input, or - for stdin")] = "null",
+    nowait: Annotated[bool, typer.Option("--nowait", help="print the task id and exit")] = False,
+    raw: Annotated[bool, typer.Option("--raw", help="print the output as it is")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="also print the error text")] = False,
+) -> None:
+    """Run ACTION on an agent and print its output; exit with the task's exit code."""
+    agent_id, action_name = tasks.split_action(action, agent)
+    payload = _read_data(data)
+    redis = _client_redis()
+    request = tasks.TaskRequest(agent_id, action_name, payload)
+    if nowait:
+        print(tasks.submit(redis, request))
+        return
+    watcher = tasks.start(redis, request)
+    bar = ProgressBar(f"{agent_id}/{action_name}")
+    try:
+        result = watcher.wait(bar.update)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"api-cli: cancelling task {watcher.task_id}", file=sys.stderr)
+        tasks.cancel(redis, agent_id, watcher.task_id)
+        retry = tasks.TaskWatcher(redis, agent_id)
+        retry.subscribe(watcher.task_id)
+        result = retry.wait(timeout=60)
+    finally:
+        bar.close()
+    if raw:
+        sys.stdout.write(result.raw_output)
+    elif result.raw_output.strip():
+        print(json.dumps(result.output))
+    if verbose:
+        print(f"task {agent_id}/{result.task_id} exit {result.exit_code}", file=sys.stderr)
+    if result.error and (verbose or result.exit_code != 0):
+        sys.stderr.write(result.error if result.error.endswith("\n") else result.error + "\n")
+    sys.exit(result.exit_code)
+
+
+@api_app.command("list-actions")
+def api_list_actions(
+    agent: Annotated[str, typer.Argument(help="agent id")] = redis_keys.CLUSTER,
+) -> None:
+    """List the actions of an agent."""
+    redis = _client_redis()
+    result = tasks.run(redis, tasks.TaskRequest(agent, "list-actions", None), timeout=60)
+    for name in result.output if isinstance(result.output, list) else []:
+        print(name)
+    sys.exit(result.exit_code)
+
+
+def api_cli_main() -> None:
+    guarded("api-cli", lambda: api_app(prog_name="api-cli"))
+
+
+# --- runagent ------------------------------------------------------------------------
+RUNAGENT_USAGE = "usage: runagent [-m AGENT] COMMAND [ARGS...]   (AGENT: cluster, node, node/N, module id)"
+
+
+def resolve_agent(name: str, node_id: int) -> str:
+    if name in ("cluster", ""):
+        return redis_keys.CLUSTER
+    if name == "node":
+        return redis_keys.node_agent(node_id)
+    if name.startswith(("node/", "module/")):
+        return name
+    return redis_keys.module_agent(name)
+
+
+def runagent(argv: list[str]) -> None:
+    agent_name = "cluster"
+    if argv[:1] in (["-m"], ["--module"]):
+        if len(argv) < 2:
+            raise ConfigError(RUNAGENT_USAGE)
+        agent_name, argv = argv[1], argv[2:]
+    elif argv and argv[0].startswith("--module="):
+        agent_name, argv = argv[0].split("=", 1)[1], argv[1:]
+    if not argv or argv[0] in ("-h", "--help"):
+        raise ConfigError(RUNAGENT_USAGE)
+    root = os.environ.get("AGENT_ROOT")
+    settings = load_settings(Path(root) if root else None)
+    agent_id = resolve_agent(agent_name, settings.node_id)
+    home = settings.agent_home(agent_id)
+    if agent_id.startswith("module/") and not home.is_dir():
+        raise ConfigError(f"no module {agent_name!r} on node {settings.node_id}")
+    state = settings.state_dir(agent_id)
+    state.mkdir(parents=True, exist_ok=True)
+    env = agent_environment(settings, agent_id)
+    try:
+        proc.exec_replace(argv, env, state)
+    except FileNotFoundError:
+        raise AgentError(f"command not found: {argv[0]}") from None
+
+
+def runagent_main() -> None:
+    guarded("runagent", lambda: runagent(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    agent_main()

@@ -1,0 +1,1 @@
+"""Orchestration: what the actions do, built on the adapters."""

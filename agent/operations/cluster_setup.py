@@ -1,0 +1,177 @@
+"""The embedded default: init a node's data dir, start/stop its Redis and daemon."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent import lease, proc
+from agent.errors import AgentError, ConfigError
+from agent.redis_store import REDIS_ERRORS, connect, connect_binary
+from agent.settings import Settings, load_settings, write_settings
+
+DAEMON_PID = "agent.pid"
+REDIS_PID = "redis.pid"
+
+
+@dataclass(frozen=True)
+class UpResult:
+    settings: Settings
+    started_redis: bool
+    started_daemon: bool
+    daemon_pid: int
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def init(root: Path, node_id: int, redis_url: str | None, storage_conf: str = "") -> Settings:
+    """Create the data dir of node node_id; node 1 without redis_url gets a private Redis."""
+    if (root / "agent.json").exists():
+        raise ConfigError(f"{root} already holds a node: remove it or pick another AGENT_ROOT")
+    embedded = not redis_url
+    port = 0
+    if embedded:
+        if node_id != 1:
+            raise ConfigError("a node other than 1 joins an existing cluster: give --redis-url "
+                              "or --join with the first node's data directory")
+        port = free_port()
+        password = secrets.token_hex(24)
+        redis_url = f"redis://:{password}@127.0.0.1:{port}/0"
+    assert redis_url is not None
+    settings = Settings(root=root, node_id=node_id, redis_url=redis_url, embedded_redis=embedded,
+                        redis_port=port, storage_conf=storage_conf)
+    for path in (root, settings.run_dir, settings.log_dir, root / "modules",
+                 settings.state_dir("cluster"), settings.state_dir(f"node/{node_id}")):
+        path.mkdir(parents=True, exist_ok=True)
+    if embedded:
+        write_redis_conf(settings, password)
+    write_settings(settings)
+    return settings
+
+
+def join_url(first_root: Path) -> str:
+    return load_settings(first_root).redis_url
+
+
+def write_redis_conf(settings: Settings, password: str) -> None:
+    settings.redis_dir.mkdir(parents=True, exist_ok=True)
+    conf = settings.redis_dir / "redis.conf"
+    text = "\n".join([
+        "bind 127.0.0.1",
+        f"port {settings.redis_port}",
+        f"requirepass {password}",
+        "daemonize yes",
+        f"pidfile {settings.run_dir / REDIS_PID}",
+        f"dir {settings.redis_dir}",
+        f"logfile {settings.log_dir / 'redis.log'}",
+        "appendonly yes",
+        "save 60 1",
+        "",
+    ])
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def start_redis(settings: Settings) -> bool:
+    """Start the private redis-server if it is not up; True when it was started."""
+    if read_pid(settings.run_dir / REDIS_PID) is not None:
+        return False
+    proc.run(["redis-server", str(settings.redis_dir / "redis.conf")], check=True, timeout=30)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            connect(settings.redis_url).ping()
+            return True
+        except AgentError:
+            if time.monotonic() > deadline:
+                raise AgentError(f"redis-server did not start: see {settings.log_dir}/redis.log")
+            time.sleep(0.05)
+
+
+def start_daemon(settings: Settings) -> tuple[bool, int]:
+    """Start 'agent serve' in the background; wait until it holds the node lease."""
+    pid_file = settings.run_dir / DAEMON_PID
+    pid = read_pid(pid_file)
+    redis = connect(settings.redis_url)
+    if pid is not None and lease.is_served(redis, settings.node_id):
+        return False, pid
+    log_path = settings.log_dir / "agent.log"
+    env = dict(os.environ, AGENT_ROOT=str(settings.root))
+    with open(log_path, "ab") as log_file:
+        child = proc.spawn(
+            [sys.executable, "-m", "agent.cli", "serve"],
+            env=env, stdin=proc.DEVNULL, stdout=log_file, stderr=log_file,
+        )
+    pid_file.write_text(f"{child.pid}\n")
+    deadline = time.monotonic() + 15
+    while not lease.is_served(redis, settings.node_id):
+        if child.poll() is not None or time.monotonic() > deadline:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            raise AgentError("the agent daemon did not start: " + " | ".join(tail))
+        time.sleep(0.05)
+    return True, child.pid
+
+
+def up(settings: Settings) -> UpResult:
+    started_redis = start_redis(settings) if settings.embedded_redis else False
+    started_daemon, pid = start_daemon(settings)
+    return UpResult(settings, started_redis, started_daemon, pid)
+
+
+def stop_pid(path: Path, timeout: float) -> bool:
+    pid = read_pid(path)
+    if pid is None:
+        path.unlink(missing_ok=True)
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if read_pid(path) is None or _is_zombie(pid):
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    path.unlink(missing_ok=True)
+    return True
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def down(settings: Settings, timeout: float = 90.0) -> list[str]:
+    """Stop the daemon (it lets running tasks finish), then the private Redis."""
+    stopped = []
+    if stop_pid(settings.run_dir / DAEMON_PID, timeout):
+        stopped.append("agent daemon")
+    if settings.embedded_redis and read_pid(settings.run_dir / REDIS_PID) is not None:
+        try:
+            connect_binary(settings.redis_url).shutdown(save=True)
+        except REDIS_ERRORS:
+            pass  # SHUTDOWN closes the connection under us
+        stop_pid(settings.run_dir / REDIS_PID, 10)
+        stopped.append("redis")
+    return stopped

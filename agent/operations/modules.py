@@ -1,0 +1,156 @@
+"""Module instances: add (cluster + node side) and remove, leaving nothing behind."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import uuid
+from typing import Any
+
+from agent import podman, redis_keys, tasks
+from agent.agentenv import format_env_file
+from agent.errors import AgentError, validation_error
+from agent.models import AddModuleRequest, NodeAddModuleRequest, RemoveModuleRequest
+from agent.redis_store import Redis
+from agent.steps import Step
+
+
+def image_name(image_url: str) -> str:
+    """'ghcr.io/x/samba:1.2' → 'samba'; digests and tags dropped."""
+    last = image_url.rsplit("/", 1)[-1]
+    last = last.split("@", 1)[0].split(":", 1)[0]
+    name = re.sub(r"[^a-z0-9_-]", "", last.lower())
+    if not name or not name[0].isalpha():
+        raise validation_error("image", "image_name_invalid", image_url)
+    return name
+
+
+def module_environment(module_id: str, module_uuid: str, image_url: str, node: int) -> dict[str, str]:
+    return {"MODULE_ID": module_id, "MODULE_UUID": module_uuid, "IMAGE_URL": image_url,
+            "NODE_ID": str(node)}
+
+
+# --- cluster side ----------------------------------------------------------------------
+def cluster_add_module(step: Step, request: AddModuleRequest) -> dict[str, Any]:
+    redis = step.ctx.redis
+    if not redis.sismember(redis_keys.CLUSTER_NODES, request.node):
+        raise validation_error("node", "node_not_found", request.node)
+    name = image_name(request.image)
+    module_uuid = request.module_uuid or str(uuid.uuid4())
+    if module_uuid in redis.hvals(redis_keys.MODULE_UUID):
+        raise validation_error("module_uuid", "module_uuid_in_use", module_uuid)
+    module_id = f"{name}{redis.incr(redis_keys.module_sequence(name))}"
+    environment = module_environment(module_id, module_uuid, request.image, request.node)
+    with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(redis_keys.MODULE_NODE, module_id, request.node)
+        pipe.hset(redis_keys.MODULE_UUID, module_id, module_uuid)
+        pipe.hset(redis_keys.module_environment(module_id), mapping=environment)
+        pipe.execute()
+    try:
+        node_result = tasks.run(
+            redis,
+            tasks.TaskRequest(redis_keys.node_agent(request.node), "add-module",
+                              {"module_id": module_id, "module_uuid": module_uuid,
+                               "image_url": request.image}, step.task_id),
+            step.progress_range(5, 50),
+        )
+        if node_result.exit_code != 0:
+            raise AgentError(f"node {request.node} could not install {module_id}: "
+                             f"{node_result.error.strip() or node_result.output}")
+        redis.publish(redis_keys.cluster_event("module-added"),
+                      json.dumps({"module_id": module_id, "node": request.node}))
+        created = tasks.run(
+            redis,
+            tasks.TaskRequest(redis_keys.module_agent(module_id), "create-module", {}, step.task_id),
+            step.progress_range(50, 95),
+        )
+        if created.exit_code not in (0, 8):  # 8: the module defines no create-module
+            raise AgentError(f"create-module of {module_id} failed: {created.error.strip()}")
+    except BaseException:
+        remove_module_everywhere(step, module_id, preserve_data=False)
+        raise
+    step.set_progress(100)
+    return {"module_id": module_id, "module_uuid": module_uuid, "image_name": name,
+            "image_url": request.image}
+
+
+def cluster_remove_module(step: Step, request: RemoveModuleRequest) -> None:
+    if step.ctx.redis.hget(redis_keys.MODULE_NODE, request.module_id) is None:
+        raise validation_error("module_id", "module_not_found", request.module_id)
+    remove_module_everywhere(step, request.module_id, request.preserve_data)
+
+
+def remove_module_everywhere(step: Step, module_id: str, preserve_data: bool) -> None:
+    """Node files and volumes first, then every Redis trace of the module."""
+    redis = step.ctx.redis
+    node = redis.hget(redis_keys.MODULE_NODE, module_id)
+    if node is not None:
+        result = tasks.run(
+            redis,
+            tasks.TaskRequest(redis_keys.node_agent(int(node)), "remove-module",
+                              {"module_id": module_id, "preserve_data": preserve_data},
+                              step.task_id),
+        )
+        if result.exit_code != 0:
+            raise AgentError(f"node {node} could not remove {module_id}: {result.error.strip()}")
+    forget_module(redis, module_id)
+    if node is not None:
+        redis.publish(redis_keys.cluster_event("module-removed"),
+                      json.dumps({"module_id": module_id, "node": int(node)}))
+
+
+def forget_module(redis: Redis, module_id: str) -> None:
+    agent_id = redis_keys.module_agent(module_id)
+    keys = [*redis.scan_iter(match=redis_keys.module_key_pattern(module_id), count=500),
+            *redis.scan_iter(match=redis_keys.module_task_pattern(module_id), count=500)]
+    changed_backups = []
+    for backup_key in redis.scan_iter(match=redis_keys.BACKUP_PATTERN, count=500):
+        instances = (redis.hget(backup_key, "instances") or "").split()
+        if module_id in instances:
+            changed_backups.append((backup_key, " ".join(i for i in instances if i != module_id)))
+    status_keys = list(redis.scan_iter(match="node/*/backup_status/*", count=500))
+    with redis.pipeline(transaction=True) as pipe:
+        pipe.hdel(redis_keys.MODULE_NODE, module_id)
+        pipe.hdel(redis_keys.MODULE_UUID, module_id)
+        pipe.delete(redis_keys.task_queue(agent_id), redis_keys.task_processing(agent_id))
+        if keys:
+            pipe.delete(*keys)
+        for backup_key, instances in changed_backups:
+            pipe.hset(backup_key, "instances", instances)
+        for status_key in status_keys:
+            pipe.hdel(status_key, module_id)
+        if changed_backups:
+            ids = [key.rsplit("/", 1)[1] for key, _ in changed_backups]
+            pipe.publish(redis_keys.cluster_event("backup-schedule-changed"),
+                         json.dumps({"backup_ids": ids}))
+        pipe.execute()
+
+
+# --- node side -------------------------------------------------------------------------
+def node_add_module(step: Step, request: NodeAddModuleRequest) -> None:
+    settings = step.ctx.settings
+    agent_id = redis_keys.module_agent(request.module_id)
+    home = settings.agent_home(agent_id)
+    if home.exists():
+        raise validation_error("module_id", "module_dir_exists", request.module_id)
+    home.parent.mkdir(parents=True, exist_ok=True)
+    step.set_progress(10)
+    podman.install_imageroot(request.image_url, settings.share / "imageroot", home,
+                             settings.podman_env())
+    state = home / "state"
+    state.mkdir(mode=0o700, exist_ok=True)
+    env = module_environment(request.module_id, request.module_uuid, request.image_url,
+                             settings.node_id)
+    (state / "environment").write_text(format_env_file(env))
+    step.set_progress(100)
+
+
+def node_remove_module(step: Step, request: RemoveModuleRequest) -> None:
+    settings = step.ctx.settings
+    env = settings.podman_env()
+    if not request.preserve_data:
+        volumes = podman.module_volumes(request.module_id, podman.list_volumes(env))
+        podman.remove_volumes(volumes, env)
+    home = settings.agent_home(redis_keys.module_agent(request.module_id))
+    shutil.rmtree(home, ignore_errors=True)

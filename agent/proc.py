@@ -1,0 +1,104 @@
+"""The only module that starts processes: argv in, result out, secrets kept off logs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from agent.errors import CommandFailed
+
+log = logging.getLogger(__name__)
+
+PIPE = subprocess.PIPE
+DEVNULL = subprocess.DEVNULL
+STDOUT = subprocess.STDOUT
+Popen = subprocess.Popen
+TimeoutExpired = subprocess.TimeoutExpired
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode(errors="replace")
+
+    @property
+    def error_text(self) -> str:
+        return self.stderr.decode(errors="replace")
+
+
+def merged_env(extra: Mapping[str, str] | None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    input: bytes | None = None,
+    cwd: Path | str | None = None,
+    timeout: float | None = None,
+    check: bool = False,
+    stdout: int | IO[bytes] | None = PIPE,
+) -> Result:
+    """Run argv to completion; env adds to (not replaces) this process's environment."""
+    log.debug("run %s", shlex.join(argv))
+    completed = subprocess.run(
+        list(argv),
+        input=input,
+        stdout=stdout,
+        stderr=PIPE,
+        env=merged_env(env),
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+    result = Result(tuple(argv), completed.returncode, completed.stdout or b"", completed.stderr)
+    if check and result.returncode != 0:
+        raise CommandFailed(argv[0], result.returncode, result.error_text)
+    return result
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | str | None = None,
+    stdin: int | IO[bytes] | None = PIPE,
+    stdout: int | IO[bytes] | None = PIPE,
+    stderr: int | IO[bytes] | None = PIPE,
+    pass_fds: Sequence[int] = (),
+    new_session: bool = True,
+) -> subprocess.Popen[bytes]:
+    """Start argv with exactly env, in its own session (so its whole group can be signalled)."""
+    log.debug("spawn %s", shlex.join(argv))
+    return subprocess.Popen(
+        list(argv),
+        env=dict(env),
+        cwd=cwd,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        pass_fds=tuple(pass_fds),
+        start_new_session=new_session,
+    )
+
+
+def exec_replace(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
+    """Replace this process with argv (runagent)."""
+    os.chdir(cwd)
+    os.execvpe(argv[0], list(argv), dict(env))

@@ -1,0 +1,44 @@
+"""Finding what a killed daemon left running, so a task is never run twice at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def processes_of_task(task_id: str) -> list[int]:
+    """Pids of live processes whose environment carries AGENT_TASK_ID=task_id."""
+    marker = f"AGENT_TASK_ID={task_id}".encode()
+    pids: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_task_processes(task_id: str, grace_seconds: float = 5.0) -> int:
+    """SIGTERM, then SIGKILL after grace, every process left by task_id; returns how many."""
+    pids = processes_of_task(task_id)
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline and processes_of_task(task_id):
+        time.sleep(0.1)
+    for pid in processes_of_task(task_id):
+        _signal(pid, signal.SIGKILL)
+    return len(pids)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,106 @@
+"""Every Redis key and channel name, built in one place (NS8-compatible names)."""
+
+from __future__ import annotations
+
+CLUSTER = "cluster"
+TASK_TTL_SECONDS = 8 * 3600
+
+
+def node_agent(node_id: int) -> str:
+    return f"node/{node_id}"
+
+
+def module_agent(module_id: str) -> str:
+    return f"module/{module_id}"
+
+
+# --- tasks -------------------------------------------------------------------------
+def task_queue(agent_id: str) -> str:
+    return f"{agent_id}/tasks"
+
+
+def task_processing(agent_id: str) -> str:
+    """Tasks a daemon has claimed and not finished (BLMOVE target)."""
+    return f"{agent_id}/tasks/processing"
+
+
+def task_field(agent_id: str, task_id: str, field: str) -> str:
+    if field not in ("context", "output", "error", "exit_code"):
+        raise ValueError(f"unknown task field {field!r}")
+    return f"task/{agent_id}/{task_id}/{field}"
+
+
+def task_progress_channel(agent_id: str, task_id: str) -> str:
+    return f"progress/{agent_id}/task/{task_id}"
+
+
+# --- cluster and nodes ---------------------------------------------------------------
+CLUSTER_ENVIRONMENT = "cluster/environment"  # NODE_ID of the leader
+CLUSTER_UUID = "cluster/uuid"
+CLUSTER_NODES = "cluster/nodes"  # set of node ids
+
+
+def node_daemon_lease(node_id: int) -> str:
+    """Heartbeat of the daemon serving a node (value: instance id, with a TTL)."""
+    return f"node/{node_id}/daemon"
+
+
+def node_environment(node_id: int) -> str:
+    return f"node/{node_id}/environment"
+
+
+# --- modules -------------------------------------------------------------------------
+MODULE_NODE = "cluster/module_node"
+MODULE_UUID = "cluster/module_uuid"
+
+
+def module_sequence(image_name: str) -> str:
+    return f"cluster/module_sequence/{image_name}"
+
+
+def module_environment(module_id: str) -> str:
+    return f"module/{module_id}/environment"
+
+
+def module_key_pattern(module_id: str) -> str:
+    """Glob matching every key a module owns."""
+    return f"module/{module_id}/*"
+
+
+def module_task_pattern(module_id: str) -> str:
+    return f"task/module/{module_id}/*"
+
+
+# --- backups -------------------------------------------------------------------------
+BACKUP_SEQUENCE = "cluster/backup_sequence"
+BACKUP_REPOSITORY_PATTERN = "cluster/backup_repository/*"
+BACKUP_PATTERN = "cluster/backup/*"
+
+
+def backup_repository(repository_id: str) -> str:
+    return f"cluster/backup_repository/{repository_id}"
+
+
+def backup_repository_private(repository_id: str) -> str:
+    return f"private/backup_repository/{repository_id}"
+
+
+def backup(backup_id: int) -> str:
+    return f"cluster/backup/{backup_id}"
+
+
+def backup_status(node_id: int, backup_id: int) -> str:
+    return f"node/{node_id}/backup_status/{backup_id}"
+
+
+# --- events --------------------------------------------------------------------------
+def cluster_event(name: str) -> str:
+    return f"cluster/event/{name}"
+
+
+def node_event(node_id: int, name: str) -> str:
+    return f"node/{node_id}/event/{name}"
+
+
+def module_event(module_id: str, name: str) -> str:
+    return f"module/{module_id}/event/{name}"

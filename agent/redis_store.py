@@ -1,0 +1,56 @@
+"""Redis connections: one place that turns connection trouble into a clear error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import redis
+
+from agent.errors import RedisUnavailable
+from agent.settings import Settings
+
+Redis = redis.Redis
+
+
+def describe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or parts.path or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}"
+
+
+def connect(url: str, *, check: bool = True, timeout: float = 5.0) -> Redis:
+    """A decode_responses=True client for url; raises RedisUnavailable when unreachable."""
+    client: Redis = redis.Redis.from_url(
+        url, decode_responses=True, socket_connect_timeout=timeout, health_check_interval=30
+    )
+    if check:
+        try:
+            client.ping()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise RedisUnavailable(f"cannot reach Redis at {describe_url(url)}: {exc}") from None
+        except redis.AuthenticationError:
+            raise RedisUnavailable(f"Redis at {describe_url(url)} refused the credentials") from None
+    return client
+
+
+def connect_binary(url: str) -> Redis:
+    """A raw-bytes client (DUMP/RESTORE payloads are binary)."""
+    return redis.Redis.from_url(url, decode_responses=False, socket_connect_timeout=5.0)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every operation needs: the node's settings and a Redis connection."""
+
+    settings: Settings
+    redis: Redis
+
+    @classmethod
+    def open(cls, settings: Settings) -> Context:
+        return cls(settings=settings, redis=connect(settings.redis_url))
+
+
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)

@@ -1,0 +1,141 @@
+"""Where a node keeps its files and how it reaches Redis: read once, passed explicitly."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.errors import ConfigError
+
+CONFIG_FILE = "agent.json"
+
+
+def default_root() -> Path:
+    """AGENT_ROOT, else /var/lib/backup-agent for root, else the user's data dir."""
+    env = os.environ.get("AGENT_ROOT")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/backup-agent")
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local/share")
+    return Path(data_home) / "backup-agent"
+
+
+def share_dir() -> Path:
+    """The directory holding actions/, imageroot/, containers/, examples/ and systemd/."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package.parent, package / "_share"):
+        if (candidate / "actions").is_dir() and (candidate / "imageroot").is_dir():
+            return candidate
+    raise ConfigError(f"cannot find the agent's data files near {package}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One node's settings, from <root>/agent.json with REDIS_URL overriding."""
+
+    root: Path
+    node_id: int
+    redis_url: str
+    embedded_redis: bool = False
+    redis_port: int = 0
+    storage_conf: str = ""  # CONTAINERS_STORAGE_CONF for this node's podman, if any
+    concurrency: int = 8
+    extra: dict[str, str] = field(default_factory=dict)
+
+    # --- layout ----------------------------------------------------------------------
+    @property
+    def share(self) -> Path:
+        return share_dir()
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "log"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.root / "redis"
+
+    def agent_home(self, agent_id: str) -> Path:
+        """Install dir of an agent: cluster/, node/, or modules/<id>/."""
+        if agent_id == "cluster":
+            return self.root / "cluster"
+        if agent_id.startswith("node/"):
+            return self.root / "node"
+        if agent_id.startswith("module/"):
+            return self.root / "modules" / agent_id.split("/", 1)[1]
+        raise ConfigError(f"not an agent id: {agent_id!r}")
+
+    def state_dir(self, agent_id: str) -> Path:
+        return self.agent_home(agent_id) / "state"
+
+    @property
+    def bin_dir(self) -> Path:
+        """Where the agent's own console scripts (api-cli, redis-dump …) live."""
+        return Path(sys.executable).parent
+
+    def podman_env(self) -> dict[str, str]:
+        """Environment for every podman call on this node."""
+        env = {"CONTAINERS_CONF": str(self.share / "containers" / "containers.conf")}
+        if self.storage_conf:
+            env["CONTAINERS_STORAGE_CONF"] = self.storage_conf
+        return env
+
+    # --- persistence -----------------------------------------------------------------
+    def to_json(self) -> dict[str, object]:
+        return {
+            "node_id": self.node_id,
+            "redis_url": self.redis_url,
+            "embedded_redis": self.embedded_redis,
+            "redis_port": self.redis_port,
+            "storage_conf": self.storage_conf,
+            "concurrency": self.concurrency,
+        }
+
+
+def load_settings(root: Path | None = None) -> Settings:
+    """Settings of the node whose data directory is root (default: default_root())."""
+    root = root or default_root()
+    path = root / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no cluster in {root}: run 'agent cluster init' (or set AGENT_ROOT)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    try:
+        return Settings(
+            root=root,
+            node_id=int(data["node_id"]),
+            redis_url=os.environ.get("REDIS_URL") or str(data["redis_url"]),
+            embedded_redis=bool(data.get("embedded_redis", False)),
+            redis_port=int(data.get("redis_port", 0)),
+            storage_conf=str(data.get("storage_conf", "")),
+            concurrency=int(data.get("concurrency", 8)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"malformed {path}: {exc}") from None
+
+
+def write_settings(settings: Settings) -> None:
+    """Write agent.json (0600: it may hold the Redis password)."""
+    settings.root.mkdir(parents=True, exist_ok=True)
+    tmp = settings.config_path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(settings.to_json(), handle, indent=2)
+        handle.write("\n")
+    os.replace(tmp, settings.config_path)

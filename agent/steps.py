@@ -1,0 +1,108 @@
+"""Helpers for action step executables: stdin JSON → model, errors → NS8 exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import pydantic
+
+from agent.errors import AgentError, ValidationFailed
+from agent.redis_store import Context
+from agent.settings import load_settings
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a step knows about its task."""
+
+    ctx: Context
+    agent_id: str
+    task_id: str
+    comfd: int | None
+
+    def send(self, command: str) -> None:
+        if self.comfd is not None:
+            try:
+                os.write(self.comfd, f"{command}\n".encode())
+            except OSError:
+                pass
+
+    def set_progress(self, percent: int) -> None:
+        self.send(f"set-progress {max(0, min(100, int(percent)))}")
+
+    def progress_range(self, low: int, high: int) -> Callable[[str, int], None]:
+        """A progress handler mapping a sub-task's 0–100 into [low, high] of this step."""
+        return lambda _status, percent: self.set_progress(low + (high - low) * percent // 100)
+
+
+def pydantic_errors(exc: pydantic.ValidationError) -> list[dict[str, Any]]:
+    rows = []
+    for error in exc.errors():
+        path = [str(p) for p in error["loc"]]
+        parameter = path[-1] if path else "(root)"
+        kind = "required" if error["type"] == "missing" else error["type"]
+        rows.append({"field": ".".join(path), "parameter": parameter,
+                     "value": error.get("input") if kind != "required" else None,
+                     "error": f"{parameter}_{kind}"})
+    return rows
+
+
+def current_step() -> Step:
+    root = os.environ.get("AGENT_ROOT")
+    settings = load_settings(Path(root) if root else None)
+    comfd = os.environ.get("AGENT_COMFD")
+    return Step(
+        ctx=Context.open(settings),
+        agent_id=os.environ.get("AGENT_ID", ""),
+        task_id=os.environ.get("AGENT_TASK_ID", ""),
+        comfd=int(comfd) if comfd and comfd.isdigit() else None,
+    )
+
+
+def read_input() -> Any:
+    text = sys.stdin.read()
+    return json.loads(text) if text.strip() else None
+
+
+def step_main(handler: Callable[[Step, M], Any], model: type[M]) -> NoReturn:
+    """Run handler(step, validated input); print its result as JSON; exit with NS8 codes."""
+    step: Step | None = None
+    try:
+        data = read_input()
+        request = model.model_validate(data)
+        step = current_step()
+        result = handler(step, request)
+        if result is not None:
+            print(json.dumps(result))
+        sys.exit(0)
+    except pydantic.ValidationError as exc:
+        _fail_validation(step, ValidationFailed(pydantic_errors(exc)))
+    except ValidationFailed as exc:
+        _fail_validation(step, exc)
+    except AgentError as exc:
+        print(str(exc), file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except ValueError as exc:  # malformed JSON on stdin
+        print(f"bad input: {exc}", file=sys.stderr)
+        sys.exit(10)
+
+
+def _fail_validation(step: Step | None, exc: ValidationFailed) -> NoReturn:
+    comfd = os.environ.get("AGENT_COMFD")
+    if step is not None:
+        step.send("set-status validation-failed")
+    elif comfd and comfd.isdigit():
+        try:
+            os.write(int(comfd), b"set-status validation-failed\n")
+        except OSError:
+            pass
+    print(json.dumps(exc.errors))
+    sys.exit(exc.exit_code)

@@ -1,0 +1,213 @@
+"""Client side of the task protocol: submit, follow progress, collect, cancel."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import lease, redis_keys
+from agent.errors import AgentError, AgentNotRunning, UnknownAgent
+from agent.redis_store import REDIS_ERRORS, Redis
+
+TERMINAL = ("completed", "aborted", "validation-failed")
+ProgressHandler = Callable[[str, int], None]
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    agent_id: str
+    task_id: str
+    output: Any
+    error: str
+    exit_code: int
+    raw_output: str = field(repr=False, default="")
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    agent_id: str
+    action: str
+    data: Any = None
+    parent: str = ""
+
+
+def split_action(name: str, default_agent: str = redis_keys.CLUSTER) -> tuple[str, str]:
+    """'node/1/run-backup' → ('node/1', 'run-backup'); a bare name goes to default_agent."""
+    if "/" in name:
+        agent_id, action = name.rsplit("/", 1)
+        return agent_id, action
+    return default_agent, name
+
+
+def node_of_agent(redis: Redis, agent_id: str) -> int:
+    """The node whose daemon serves agent_id."""
+    if agent_id == redis_keys.CLUSTER:
+        leader = redis.hget(redis_keys.CLUSTER_ENVIRONMENT, "NODE_ID")
+        if leader is None:
+            raise AgentNotRunning("the cluster has no leader yet: start it with 'agent cluster up'")
+        return int(leader)
+    kind, _, name = agent_id.partition("/")
+    if kind == "node" and name.isdigit():
+        if not redis.sismember(redis_keys.CLUSTER_NODES, name):
+            raise UnknownAgent(f"no node {name} in this cluster")
+        return int(name)
+    if kind == "module" and name and "/" not in name:
+        node = redis.hget(redis_keys.MODULE_NODE, name)
+        if node is None:
+            raise UnknownAgent(f"no module {name!r} in this cluster")
+        return int(node)
+    raise UnknownAgent(f"not an agent id: {agent_id!r} (use cluster, node/N or module/ID)")
+
+
+def ensure_served(redis: Redis, agent_id: str) -> None:
+    node = node_of_agent(redis, agent_id)
+    if not lease.is_served(redis, node):
+        raise AgentNotRunning(
+            f"no agent daemon is running for {agent_id} (node {node}): start it with "
+            "'agent cluster up' or 'agent serve'"
+        )
+
+
+def make_task(action: str, data: Any, parent: str = "") -> dict[str, Any]:
+    return {"id": str(uuid.uuid4()), "action": action, "data": data, "parent": parent, "extra": {}}
+
+
+def submit(redis: Redis, request: TaskRequest, check: bool = True) -> str:
+    """Queue the task (after checking a daemon serves its agent); returns the task id."""
+    if check:
+        ensure_served(redis, request.agent_id)
+    task = make_task(request.action, request.data, request.parent)
+    redis.lpush(redis_keys.task_queue(request.agent_id), json.dumps(task))
+    return str(task["id"])
+
+
+def fetch_result(redis: Redis, agent_id: str, task_id: str) -> TaskResult | None:
+    """The stored result, or None while the task has not finished."""
+    with redis.pipeline(transaction=False) as pipe:
+        for name in ("output", "error", "exit_code"):
+            pipe.get(redis_keys.task_field(agent_id, task_id, name))
+        output, error, exit_code = pipe.execute()
+    if exit_code is None:
+        return None
+    return TaskResult(agent_id, task_id, parse_output(output or ""), error or "",
+                      int(exit_code), output or "")
+
+
+def parse_output(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class TaskWatcher:
+    """Subscribed to a task's progress channel before the task is queued (no lost events)."""
+
+    def __init__(self, redis: Redis, agent_id: str, task_id: str | None = None) -> None:
+        self.redis = redis
+        self.agent_id = agent_id
+        self.task_id = task_id or ""
+        self.pubsub = redis.pubsub(ignore_subscribe_messages=True)
+
+    def subscribe(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.pubsub.subscribe(redis_keys.task_progress_channel(self.agent_id, task_id))
+
+    def wait(
+        self, on_progress: ProgressHandler | None = None, timeout: float | None = None
+    ) -> TaskResult:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                result = self._poll(on_progress)
+                if result is not None:
+                    return result
+                if deadline is not None and time.monotonic() > deadline:
+                    raise AgentError(f"task {self.task_id} did not finish within {timeout}s")
+        finally:
+            self.pubsub.close()
+
+    def _poll(self, on_progress: ProgressHandler | None) -> TaskResult | None:
+        try:
+            message = self.pubsub.get_message(timeout=2.0)
+        except REDIS_ERRORS:
+            time.sleep(1.0)
+            message = None
+        if message is not None:
+            try:
+                payload = json.loads(message["data"])
+                status, percent = str(payload["status"]), int(payload["progress"])
+            except (ValueError, KeyError, TypeError):
+                return None
+            if on_progress is not None:
+                on_progress(status, percent)
+            if status not in TERMINAL:
+                return None
+        # Either the task ended or we heard nothing for a while: the stored result decides.
+        return fetch_result(self.redis, self.agent_id, self.task_id)
+
+
+def start(redis: Redis, request: TaskRequest, check: bool = True) -> TaskWatcher:
+    """Subscribe, then queue: the returned watcher sees every progress event."""
+    if check:
+        ensure_served(redis, request.agent_id)
+    task = make_task(request.action, request.data, request.parent)
+    watcher = TaskWatcher(redis, request.agent_id)
+    watcher.subscribe(str(task["id"]))
+    redis.lpush(redis_keys.task_queue(request.agent_id), json.dumps(task))
+    return watcher
+
+
+def run(
+    redis: Redis,
+    request: TaskRequest,
+    on_progress: ProgressHandler | None = None,
+    timeout: float | None = None,
+) -> TaskResult:
+    return start(redis, request).wait(on_progress, timeout)
+
+
+def cancel(redis: Redis, agent_id: str, task_id: str) -> None:
+    """Ask the agent to SIGTERM the task's running step (fire and forget)."""
+    submit(redis, TaskRequest(agent_id, "cancel-task", {"task": task_id}), check=False)
+
+
+def run_parallel(
+    redis: Redis,
+    requests: list[TaskRequest],
+    on_progress: ProgressHandler | None = None,
+    cancel_event: threading.Event | None = None,
+) -> list[TaskResult]:
+    """Run requests at once; progress is the mean of theirs; cancel_event cancels them all."""
+    watchers = [start(redis, request) for request in requests]
+    percents = [0] * len(watchers)
+    results: list[TaskResult | None] = [None] * len(watchers)
+    lock = threading.Lock()
+
+    def follow(index: int) -> None:
+        def progress(status: str, percent: int) -> None:
+            with lock:
+                percents[index] = percent
+                overall = sum(percents) // len(percents)
+            if on_progress is not None:
+                on_progress("running", overall)
+
+        results[index] = watchers[index].wait(progress)
+
+    threads = [threading.Thread(target=follow, args=(i,), daemon=True) for i in range(len(watchers))]
+    for thread in threads:
+        thread.start()
+    cancelled = False
+    while any(t.is_alive() for t in threads):
+        if cancel_event is not None and cancel_event.is_set() and not cancelled:
+            cancelled = True
+            for watcher in watchers:
+                cancel(redis, watcher.agent_id, watcher.task_id)
+        for thread in threads:
+            thread.join(timeout=0.2)
+    return [r for r in results if r is not None]
