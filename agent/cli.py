@@ -42,8 +42,11 @@ def guarded(prog: str, main: Callable[[], Any]) -> None:
 
 
 # --- agent ---------------------------------------------------------------------------
-agent_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                        help="Run and manage the cluster backup agent on this node.")
+agent_app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Run and manage the cluster backup agent on this node.",
+)
 cluster_app = typer.Typer(no_args_is_help=True, help="The embedded default cluster.")
 agent_app.add_typer(cluster_app, name="cluster")
 
@@ -51,13 +54,18 @@ agent_app.add_typer(cluster_app, name="cluster")
 @agent_app.command()
 def serve(
     root: RootOption = None,
-    shutdown_timeout: Annotated[float, typer.Option(help="seconds running tasks get at stop")] = 60.0,
+    shutdown_timeout: Annotated[
+        float, typer.Option(help="seconds running tasks get at stop")
+    ] = 60.0,
 ) -> None:
     """Serve this node's task queues until SIGTERM."""
     from agent.daemon import Daemon
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     Daemon(load_settings(root), shutdown_timeout).serve()
 
 
@@ -65,15 +73,21 @@ def serve(
 def cluster_init(
     root: RootOption = None,
     node: Annotated[int, typer.Option(min=1, help="this node's id")] = 1,
-    redis_url: Annotated[str | None, typer.Option(help="join this Redis instead of a private one")] = None,
-    join: Annotated[Path | None, typer.Option(help="data dir of a node whose Redis to join")] = None,
-    storage_conf: Annotated[str, typer.Option(help="CONTAINERS_STORAGE_CONF for podman")] = "",
+    redis_url: Annotated[
+        str | None, typer.Option(help="join this Redis instead of a private one")
+    ] = None,
+    join: Annotated[
+        Path | None, typer.Option(help="data dir of a node whose Redis to join")
+    ] = None,
+    private_storage: Annotated[
+        bool, typer.Option(help="own podman volumes under the data dir (images shared)")
+    ] = False,
 ) -> None:
     """Create a node's data directory (node 1 alone: a private Redis too)."""
     from agent.operations import cluster_setup
 
     url = redis_url or (cluster_setup.join_url(join) if join else None)
-    settings = cluster_setup.init(root or default_root(), node, url, storage_conf)
+    settings = cluster_setup.init(root or default_root(), node, url, private_storage)
     kind = "private Redis" if settings.embedded_redis else "shared Redis"
     print(f"node {settings.node_id} initialised in {settings.root} ({kind})")
 
@@ -85,8 +99,10 @@ def cluster_up(root: RootOption = None) -> None:
 
     result = cluster_setup.up(load_settings(root))
     state = "started" if result.started_daemon else "already running"
-    print(f"node {result.settings.node_id} daemon {state} (pid {result.daemon_pid}); "
-          f"logs in {result.settings.log_dir}")
+    print(
+        f"node {result.settings.node_id} daemon {state} (pid {result.daemon_pid}); "
+        f"logs in {result.settings.log_dir}"
+    )
 
 
 @cluster_app.command("down")
@@ -125,8 +141,9 @@ def agent_main() -> None:
 
 
 # --- api-cli -------------------------------------------------------------------------
-api_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                      help="Run actions of the cluster's agents.")
+api_app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Run actions of the cluster's agents."
+)
 
 
 def _client_redis() -> Any:
@@ -203,7 +220,9 @@ def api_cli_main() -> None:
 
 
 # --- runagent ------------------------------------------------------------------------
-RUNAGENT_USAGE = "usage: runagent [-m AGENT] COMMAND [ARGS...]   (AGENT: cluster, node, node/N, module id)"
+RUNAGENT_USAGE = (
+    "usage: runagent [-m AGENT] COMMAND [ARGS...]   (AGENT: cluster, node, node/N, module id)"
+)
 
 
 def resolve_agent(name: str, node_id: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -65,10 +66,8 @@ class Worker(threading.Thread):
     def stop(self) -> None:
         self.stop_requested.set()
         if self.client_id is not None:
-            try:
+            with contextlib.suppress(*REDIS_ERRORS):
                 self.owner.redis.client_unblock(self.client_id)
-            except REDIS_ERRORS:
-                pass
 
 
 class Daemon:
@@ -112,10 +111,8 @@ class Daemon:
             pubsub.close()
             self._shutdown()
         finally:
-            try:
+            with contextlib.suppress(*REDIS_ERRORS):
                 lease.release(self.redis, self.node_id, self.holder)
-            except REDIS_ERRORS:
-                pass
 
     def _register_node(self) -> None:
         with self.redis.pipeline() as pipe:
@@ -134,7 +131,9 @@ class Daemon:
                 log.warning("cannot renew the lease: %s", exc)
 
     def _shutdown(self) -> None:
-        log.info("stopping: no new tasks; waiting up to %ss for running ones", self.shutdown_timeout)
+        log.info(
+            "stopping: no new tasks; waiting up to %ss for running ones", self.shutdown_timeout
+        )
         for worker in list(self.workers.values()):
             worker.stop()
         deadline = time.monotonic() + self.shutdown_timeout
@@ -150,7 +149,8 @@ class Daemon:
 
     # --- what this node serves ---------------------------------------------------------
     def is_leader(self) -> bool:
-        return self.redis.hget(redis_keys.CLUSTER_ENVIRONMENT, "NODE_ID") == str(self.node_id)
+        leader = self.redis.hget(redis_keys.CLUSTER_ENVIRONMENT, "NODE_ID")
+        return bool(leader == str(self.node_id))
 
     def served_agents(self) -> set[str]:
         agents = {redis_keys.node_agent(self.node_id)}
@@ -182,8 +182,13 @@ class Daemon:
             self._requeue(agent_id, raw)
             return
         task_id, action_name = task["id"], task["action"]
-        log.info("%s: task %s %s %s", agent_id, task_id, action_name,
-                 json.dumps(mask_secrets(task.get("data")))[:500])
+        log.info(
+            "%s: task %s %s %s",
+            agent_id,
+            task_id,
+            action_name,
+            json.dumps(mask_secrets(task.get("data")))[:500],
+        )
         if action_name == "list-actions":
             output = json.dumps(list_actions(action_dirs(self.settings, agent_id)))
             self._finish(agent_id, task, raw, TaskOutcome(output, "", 0, "completed"))
@@ -214,7 +219,12 @@ class Daemon:
             cwd = self.settings.state_dir(agent_id)
             cwd.mkdir(parents=True, exist_ok=True)
             run = TaskRun(
-                agent_id, task_id, action, task.get("data"), env, cwd,
+                agent_id,
+                task_id,
+                action,
+                task.get("data"),
+                env,
+                cwd,
                 lambda status, percent: self._publish(agent_id, task_id, status, percent),
             )
             with self.lock:
@@ -225,13 +235,18 @@ class Daemon:
                     self._requeue(agent_id, raw)
                     return
                 # The context marks the task as started: recovery never re-runs it then.
-                self.redis.set(redis_keys.task_field(agent_id, task_id, "context"),
-                               masked_context(task), ex=redis_keys.TASK_TTL_SECONDS)
+                self.redis.set(
+                    redis_keys.task_field(agent_id, task_id, "context"),
+                    masked_context(task),
+                    ex=redis_keys.TASK_TTL_SECONDS,
+                )
                 outcome = run.run()
             self._finish(agent_id, task, raw, outcome)
         except Exception as exc:  # the daemon must outlive any one task
             log.exception("%s: task %s crashed the runner", agent_id, task_id)
-            self._finish(agent_id, task, raw, TaskOutcome("", f"agent error: {exc}\n", 1, "aborted"))
+            self._finish(
+                agent_id, task, raw, TaskOutcome("", f"agent error: {exc}\n", 1, "aborted")
+            )
         finally:
             with self.lock:
                 self.running.pop((agent_id, task_id), None)
@@ -240,14 +255,16 @@ class Daemon:
     def _cancel(self, agent_id: str, data: Any) -> TaskOutcome:
         target = data.get("task") if isinstance(data, dict) else None
         if not isinstance(target, str) or not target:
-            errors = [{"field": "task", "parameter": "task", "value": target,
-                       "error": "task_required"}]
+            errors = [
+                {"field": "task", "parameter": "task", "value": target, "error": "task_required"}
+            ]
             return TaskOutcome(json.dumps(errors), "", 10, "validation-failed")
         with self.lock:
             run = self.running.get((agent_id, target))
         if run is None:
-            errors = [{"field": "task", "parameter": "task", "value": target,
-                       "error": "task_not_found"}]
+            errors = [
+                {"field": "task", "parameter": "task", "value": target, "error": "task_not_found"}
+            ]
             return TaskOutcome(json.dumps(errors), "", 2, "validation-failed")
         run.cancel()
         return TaskOutcome("", "", 0, "completed")
@@ -257,10 +274,14 @@ class Daemon:
         ttl = redis_keys.TASK_TTL_SECONDS
         final = {"status": outcome.status, "progress": 100 if outcome.exit_code == 0 else 0}
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(redis_keys.task_field(agent_id, task_id, "context"), masked_context(task), ex=ttl)
+            pipe.set(
+                redis_keys.task_field(agent_id, task_id, "context"), masked_context(task), ex=ttl
+            )
             pipe.set(redis_keys.task_field(agent_id, task_id, "output"), outcome.output, ex=ttl)
             pipe.set(redis_keys.task_field(agent_id, task_id, "error"), outcome.error, ex=ttl)
-            pipe.set(redis_keys.task_field(agent_id, task_id, "exit_code"), outcome.exit_code, ex=ttl)
+            pipe.set(
+                redis_keys.task_field(agent_id, task_id, "exit_code"), outcome.exit_code, ex=ttl
+            )
             pipe.lrem(redis_keys.task_processing(agent_id), 1, raw)
             if agent_id.startswith("module/"):
                 self._queue_environment_copy(pipe, agent_id)
@@ -301,12 +322,19 @@ class Daemon:
                 continue
             started = self.redis.exists(redis_keys.task_field(agent_id, task["id"], "context"))
             if not started:
-                log.warning("%s: re-queueing task %s, claimed but never started", agent_id, task["id"])
+                log.warning(
+                    "%s: re-queueing task %s, claimed but never started", agent_id, task["id"]
+                )
                 self._requeue(agent_id, raw)
                 continue
             killed = recovery.kill_task_processes(task["id"])
-            log.warning("%s: task %s was running when the daemon died (%d leftover processes "
-                        "stopped); marking it aborted", agent_id, task["id"], killed)
+            log.warning(
+                "%s: task %s was running when the daemon died (%d leftover processes "
+                "stopped); marking it aborted",
+                agent_id,
+                task["id"],
+                killed,
+            )
             self._finish(agent_id, task, raw, TaskOutcome("", ABORTED_BY_CRASH, 1, "aborted"))
 
 

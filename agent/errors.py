@@ -60,7 +60,13 @@ def validation_error(
 ) -> ValidationFailed:
     """One NS8-style validation error, as raised by action steps (default exit 2)."""
     return ValidationFailed(
-        [{"field": field, "parameter": parameter if parameter is not None else field,
-          "value": value, "error": error}],
+        [
+            {
+                "field": field,
+                "parameter": parameter if parameter is not None else field,
+                "value": value,
+                "error": error,
+            }
+        ],
         exit_code=exit_code,
     )

@@ -18,8 +18,11 @@ def mask_secrets(value: Any) -> Any:
     """A deep copy of value with every secret-named key's value replaced by MASK."""
     if isinstance(value, dict):
         return {
-            k: (MASK if isinstance(k, str) and is_secret_key(k) and v not in ("", None)
-                else mask_secrets(v))
+            k: (
+                MASK
+                if isinstance(k, str) and is_secret_key(k) and v not in ("", None)
+                else mask_secrets(v)
+            )
             for k, v in value.items()
         }
     if isinstance(value, list):

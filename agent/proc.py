@@ -38,7 +38,9 @@ class Result:
         return self.stderr.decode(errors="replace")
 
 
-def merged_env(extra: Mapping[str, str] | None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def merged_env(
+    extra: Mapping[str, str] | None, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     if extra:
         env.update(extra)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
 import redis
@@ -10,7 +11,9 @@ import redis
 from agent.errors import RedisUnavailable
 from agent.settings import Settings
 
-Redis = redis.Redis
+# redis-py annotates every sync command as "Awaitable[T] | T" (its asyncio client shares the
+# stubs), so typed call sites would each need a cast; values are checked where they are used.
+Redis: TypeAlias = Any
 
 
 def describe_url(url: str) -> str:
@@ -32,7 +35,9 @@ def connect(url: str, *, check: bool = True, timeout: float = 5.0) -> Redis:
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise RedisUnavailable(f"cannot reach Redis at {describe_url(url)}: {exc}") from None
         except redis.AuthenticationError:
-            raise RedisUnavailable(f"Redis at {describe_url(url)} refused the credentials") from None
+            raise RedisUnavailable(
+                f"Redis at {describe_url(url)} refused the credentials"
+            ) from None
     return client
 
 
@@ -53,4 +58,4 @@ class Context:
         return cls(settings=settings, redis=connect(settings.redis_url))
 
 
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -85,10 +86,8 @@ class TaskRun:
         with self._lock:
             child = self._child
         if child is not None and child.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
     def run(self) -> TaskOutcome:
         try:
@@ -110,7 +109,9 @@ class TaskRun:
             if self.cancelled.is_set():
                 errors.append(b"task cancelled\n")
                 return self._outcome(output, errors, 1, "aborted")
-            code, validation_failed = self._run_step(name, path, stdin_bytes, progress, output, errors)
+            code, validation_failed = self._run_step(
+                name, path, stdin_bytes, progress, output, errors
+            )
             if validation_failed:
                 return self._outcome(output, errors, code or 10, "validation-failed")
             if code != 0:
@@ -121,7 +122,9 @@ class TaskRun:
             self.on_progress("running", progress.percent)
         return self._outcome(output, errors, 0, "completed")
 
-    def _outcome(self, output: list[bytes], errors: list[bytes], code: int, status: str) -> TaskOutcome:
+    def _outcome(
+        self, output: list[bytes], errors: list[bytes], code: int, status: str
+    ) -> TaskOutcome:
         return TaskOutcome(
             b"".join(output).decode(errors="replace"),
             b"".join(errors).decode(errors="replace"),
@@ -201,8 +204,13 @@ class TaskRun:
                     pending_err += chunk
                     *lines, pending_err = pending_err.split(b"\n")
                     for line in lines:
-                        log.warning("%s/%s %s: %s", self.agent_id, self.task_id, step,
-                                    line.decode(errors="replace"))
+                        log.warning(
+                            "%s/%s %s: %s",
+                            self.agent_id,
+                            self.task_id,
+                            step,
+                            line.decode(errors="replace"),
+                        )
                 else:
                     pending_com += chunk
                     *lines, pending_com = pending_com.split(b"\n")
@@ -210,8 +218,13 @@ class TaskRun:
                         if self._command(line.decode(errors="replace"), step, progress):
                             validation_failed = True
         if pending_err:
-            log.warning("%s/%s %s: %s", self.agent_id, self.task_id, step,
-                        pending_err.decode(errors="replace"))
+            log.warning(
+                "%s/%s %s: %s",
+                self.agent_id,
+                self.task_id,
+                step,
+                pending_err.decode(errors="replace"),
+            )
         selector.close()
         com.close()
         return validation_failed
@@ -241,10 +254,8 @@ def _feed_stdin(child: proc.Popen[bytes], data: bytes) -> None:
     except (BrokenPipeError, OSError):
         pass
     finally:
-        try:
+        with contextlib.suppress(OSError):
             child.stdin.close()
-        except OSError:
-            pass
 
 
 def masked_context(task: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -30,10 +31,8 @@ class Step:
 
     def send(self, command: str) -> None:
         if self.comfd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.write(self.comfd, f"{command}\n".encode())
-            except OSError:
-                pass
 
     def set_progress(self, percent: int) -> None:
         self.send(f"set-progress {max(0, min(100, int(percent)))}")
@@ -49,9 +48,14 @@ def pydantic_errors(exc: pydantic.ValidationError) -> list[dict[str, Any]]:
         path = [str(p) for p in error["loc"]]
         parameter = path[-1] if path else "(root)"
         kind = "required" if error["type"] == "missing" else error["type"]
-        rows.append({"field": ".".join(path), "parameter": parameter,
-                     "value": error.get("input") if kind != "required" else None,
-                     "error": f"{parameter}_{kind}"})
+        rows.append(
+            {
+                "field": ".".join(path),
+                "parameter": parameter,
+                "value": error.get("input") if kind != "required" else None,
+                "error": f"{parameter}_{kind}",
+            }
+        )
     return rows
 
 
@@ -100,9 +104,7 @@ def _fail_validation(step: Step | None, exc: ValidationFailed) -> NoReturn:
     if step is not None:
         step.send("set-status validation-failed")
     elif comfd and comfd.isdigit():
-        try:
+        with contextlib.suppress(OSError):
             os.write(int(comfd), b"set-status validation-failed\n")
-        except OSError:
-            pass
     print(json.dumps(exc.errors))
     sys.exit(exc.exit_code)

@@ -94,8 +94,9 @@ def fetch_result(redis: Redis, agent_id: str, task_id: str) -> TaskResult | None
         output, error, exit_code = pipe.execute()
     if exit_code is None:
         return None
-    return TaskResult(agent_id, task_id, parse_output(output or ""), error or "",
-                      int(exit_code), output or "")
+    return TaskResult(
+        agent_id, task_id, parse_output(output or ""), error or "", int(exit_code), output or ""
+    )
 
 
 def parse_output(text: str) -> Any:
@@ -199,7 +200,9 @@ def run_parallel(
 
         results[index] = watchers[index].wait(progress)
 
-    threads = [threading.Thread(target=follow, args=(i,), daemon=True) for i in range(len(watchers))]
+    threads = [
+        threading.Thread(target=follow, args=(i,), daemon=True) for i in range(len(watchers))
+    ]
     for thread in threads:
         thread.start()
     cancelled = False

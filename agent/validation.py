@@ -43,7 +43,8 @@ def _error_row(error: ValidationError) -> dict[str, Any]:
         path = [*path, missing]
         value = None
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        extras = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        schema = error.schema if isinstance(error.schema, dict) else {}
+        extras = sorted(set(error.instance) - set(schema.get("properties", {})))
         if extras:
             path = [*path, extras[0]]
             value = error.instance.get(extras[0])
@@ -52,8 +53,12 @@ def _error_row(error: ValidationError) -> dict[str, Any]:
     error_type = _ERROR_TYPES.get(str(error.validator), str(error.validator))
     if isinstance(value, str) and len(value) > 256:
         value = value[:256] + "…"
-    return {"field": field, "parameter": parameter, "value": value,
-            "error": f"{parameter}_{error_type}"}
+    return {
+        "field": field,
+        "parameter": parameter,
+        "value": value,
+        "error": f"{parameter}_{error_type}",
+    }
 
 
 def load_schema(path: Path) -> dict[str, Any]:

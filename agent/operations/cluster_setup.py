@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -34,24 +35,62 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def init(root: Path, node_id: int, redis_url: str | None, storage_conf: str = "") -> Settings:
+SHARED_IMAGE_STORE = "/var/lib/containers/storage"
+
+
+def write_private_storage_conf(root: Path) -> Path:
+    """A podman storage of the node's own (volumes, containers) that still sees the
+    machine's images: several nodes, or a demo, can share one machine without their
+    module volumes colliding."""
+    base = root / "containers"
+    base.mkdir(parents=True, exist_ok=True)
+    conf = base / "storage.conf"
+    conf.write_text(
+        "[storage]\n"
+        'driver = "overlay"\n'
+        f'graphroot = "{base / "storage"}"\n'
+        f'runroot = "{base / "run"}"\n'
+        "[storage.options]\n"
+        f'additionalimagestores = ["{SHARED_IMAGE_STORE}"]\n'
+    )
+    return conf
+
+
+def init(
+    root: Path, node_id: int, redis_url: str | None, private_storage: bool = False
+) -> Settings:
     """Create the data dir of node node_id; node 1 without redis_url gets a private Redis."""
     if (root / "agent.json").exists():
         raise ConfigError(f"{root} already holds a node: remove it or pick another AGENT_ROOT")
+    storage_conf = str(write_private_storage_conf(root)) if private_storage else ""
     embedded = not redis_url
     port = 0
     if embedded:
         if node_id != 1:
-            raise ConfigError("a node other than 1 joins an existing cluster: give --redis-url "
-                              "or --join with the first node's data directory")
+            raise ConfigError(
+                "a node other than 1 joins an existing cluster: give --redis-url "
+                "or --join with the first node's data directory"
+            )
         port = free_port()
         password = secrets.token_hex(24)
         redis_url = f"redis://:{password}@127.0.0.1:{port}/0"
     assert redis_url is not None
-    settings = Settings(root=root, node_id=node_id, redis_url=redis_url, embedded_redis=embedded,
-                        redis_port=port, storage_conf=storage_conf)
-    for path in (root, settings.run_dir, settings.log_dir, root / "modules",
-                 settings.state_dir("cluster"), settings.state_dir(f"node/{node_id}")):
+    settings = Settings(
+        root=root,
+        node_id=node_id,
+        redis_url=redis_url,
+        embedded_redis=embedded,
+        redis_port=port,
+        storage_conf=storage_conf,
+    )
+    for path in (
+        root,
+        settings.run_dir,
+        settings.log_dir,
+        root / "modules",
+        settings.state_dir("cluster"),
+        settings.state_dir(f"node/{node_id}"),
+    ):
         path.mkdir(parents=True, exist_ok=True)
     if embedded:
         write_redis_conf(settings, password)
@@ -66,18 +105,20 @@ def join_url(first_root: Path) -> str:
 def write_redis_conf(settings: Settings, password: str) -> None:
     settings.redis_dir.mkdir(parents=True, exist_ok=True)
     conf = settings.redis_dir / "redis.conf"
-    text = "\n".join([
-        "bind 127.0.0.1",
-        f"port {settings.redis_port}",
-        f"requirepass {password}",
-        "daemonize yes",
-        f"pidfile {settings.run_dir / REDIS_PID}",
-        f"dir {settings.redis_dir}",
-        f"logfile {settings.log_dir / 'redis.log'}",
-        "appendonly yes",
-        "save 60 1",
-        "",
-    ])
+    text = "\n".join(
+        [
+            "bind 127.0.0.1",
+            f"port {settings.redis_port}",
+            f"requirepass {password}",
+            "daemonize yes",
+            f"pidfile {settings.run_dir / REDIS_PID}",
+            f"dir {settings.redis_dir}",
+            f"logfile {settings.log_dir / 'redis.log'}",
+            "appendonly yes",
+            "save 60 1",
+            "",
+        ]
+    )
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
@@ -104,7 +145,9 @@ def start_redis(settings: Settings) -> bool:
             return True
         except AgentError:
             if time.monotonic() > deadline:
-                raise AgentError(f"redis-server did not start: see {settings.log_dir}/redis.log")
+                raise AgentError(
+                    f"redis-server did not start: see {settings.log_dir}/redis.log"
+                ) from None
             time.sleep(0.05)
 
 
@@ -120,7 +163,10 @@ def start_daemon(settings: Settings) -> tuple[bool, int]:
     with open(log_path, "ab") as log_file:
         child = proc.spawn(
             [sys.executable, "-m", "agent.cli", "serve"],
-            env=env, stdin=proc.DEVNULL, stdout=log_file, stderr=log_file,
+            env=env,
+            stdin=proc.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
         )
     pid_file.write_text(f"{child.pid}\n")
     deadline = time.monotonic() + 15
@@ -168,10 +214,8 @@ def down(settings: Settings, timeout: float = 90.0) -> list[str]:
     if stop_pid(settings.run_dir / DAEMON_PID, timeout):
         stopped.append("agent daemon")
     if settings.embedded_redis and read_pid(settings.run_dir / REDIS_PID) is not None:
-        try:
+        with contextlib.suppress(*REDIS_ERRORS):  # SHUTDOWN closes the connection under us
             connect_binary(settings.redis_url).shutdown(save=True)
-        except REDIS_ERRORS:
-            pass  # SHUTDOWN closes the connection under us
         stop_pid(settings.run_dir / REDIS_PID, 10)
         stopped.append("redis")
     return stopped

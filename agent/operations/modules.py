@@ -26,9 +26,15 @@ def image_name(image_url: str) -> str:
     return name
 
 
-def module_environment(module_id: str, module_uuid: str, image_url: str, node: int) -> dict[str, str]:
-    return {"MODULE_ID": module_id, "MODULE_UUID": module_uuid, "IMAGE_URL": image_url,
-            "NODE_ID": str(node)}
+def module_environment(
+    module_id: str, module_uuid: str, image_url: str, node: int
+) -> dict[str, str]:
+    return {
+        "MODULE_ID": module_id,
+        "MODULE_UUID": module_uuid,
+        "IMAGE_URL": image_url,
+        "NODE_ID": str(node),
+    }
 
 
 # --- cluster side ----------------------------------------------------------------------
@@ -50,19 +56,28 @@ def cluster_add_module(step: Step, request: AddModuleRequest) -> dict[str, Any]:
     try:
         node_result = tasks.run(
             redis,
-            tasks.TaskRequest(redis_keys.node_agent(request.node), "add-module",
-                              {"module_id": module_id, "module_uuid": module_uuid,
-                               "image_url": request.image}, step.task_id),
+            tasks.TaskRequest(
+                redis_keys.node_agent(request.node),
+                "add-module",
+                {"module_id": module_id, "module_uuid": module_uuid, "image_url": request.image},
+                step.task_id,
+            ),
             step.progress_range(5, 50),
         )
         if node_result.exit_code != 0:
-            raise AgentError(f"node {request.node} could not install {module_id}: "
-                             f"{node_result.error.strip() or node_result.output}")
-        redis.publish(redis_keys.cluster_event("module-added"),
-                      json.dumps({"module_id": module_id, "node": request.node}))
+            raise AgentError(
+                f"node {request.node} could not install {module_id}: "
+                f"{node_result.error.strip() or node_result.output}"
+            )
+        redis.publish(
+            redis_keys.cluster_event("module-added"),
+            json.dumps({"module_id": module_id, "node": request.node}),
+        )
         created = tasks.run(
             redis,
-            tasks.TaskRequest(redis_keys.module_agent(module_id), "create-module", {}, step.task_id),
+            tasks.TaskRequest(
+                redis_keys.module_agent(module_id), "create-module", {}, step.task_id
+            ),
             step.progress_range(50, 95),
         )
         if created.exit_code not in (0, 8):  # 8: the module defines no create-module
@@ -71,8 +86,12 @@ def cluster_add_module(step: Step, request: AddModuleRequest) -> dict[str, Any]:
         remove_module_everywhere(step, module_id, preserve_data=False)
         raise
     step.set_progress(100)
-    return {"module_id": module_id, "module_uuid": module_uuid, "image_name": name,
-            "image_url": request.image}
+    return {
+        "module_id": module_id,
+        "module_uuid": module_uuid,
+        "image_name": name,
+        "image_url": request.image,
+    }
 
 
 def cluster_remove_module(step: Step, request: RemoveModuleRequest) -> None:
@@ -88,22 +107,29 @@ def remove_module_everywhere(step: Step, module_id: str, preserve_data: bool) ->
     if node is not None:
         result = tasks.run(
             redis,
-            tasks.TaskRequest(redis_keys.node_agent(int(node)), "remove-module",
-                              {"module_id": module_id, "preserve_data": preserve_data},
-                              step.task_id),
+            tasks.TaskRequest(
+                redis_keys.node_agent(int(node)),
+                "remove-module",
+                {"module_id": module_id, "preserve_data": preserve_data},
+                step.task_id,
+            ),
         )
         if result.exit_code != 0:
             raise AgentError(f"node {node} could not remove {module_id}: {result.error.strip()}")
     forget_module(redis, module_id)
     if node is not None:
-        redis.publish(redis_keys.cluster_event("module-removed"),
-                      json.dumps({"module_id": module_id, "node": int(node)}))
+        redis.publish(
+            redis_keys.cluster_event("module-removed"),
+            json.dumps({"module_id": module_id, "node": int(node)}),
+        )
 
 
 def forget_module(redis: Redis, module_id: str) -> None:
     agent_id = redis_keys.module_agent(module_id)
-    keys = [*redis.scan_iter(match=redis_keys.module_key_pattern(module_id), count=500),
-            *redis.scan_iter(match=redis_keys.module_task_pattern(module_id), count=500)]
+    keys = [
+        *redis.scan_iter(match=redis_keys.module_key_pattern(module_id), count=500),
+        *redis.scan_iter(match=redis_keys.module_task_pattern(module_id), count=500),
+    ]
     changed_backups = []
     for backup_key in redis.scan_iter(match=redis_keys.BACKUP_PATTERN, count=500):
         instances = (redis.hget(backup_key, "instances") or "").split()
@@ -122,8 +148,9 @@ def forget_module(redis: Redis, module_id: str) -> None:
             pipe.hdel(status_key, module_id)
         if changed_backups:
             ids = [key.rsplit("/", 1)[1] for key, _ in changed_backups]
-            pipe.publish(redis_keys.cluster_event("backup-schedule-changed"),
-                         json.dumps({"backup_ids": ids}))
+            pipe.publish(
+                redis_keys.cluster_event("backup-schedule-changed"), json.dumps({"backup_ids": ids})
+            )
         pipe.execute()
 
 
@@ -136,12 +163,14 @@ def node_add_module(step: Step, request: NodeAddModuleRequest) -> None:
         raise validation_error("module_id", "module_dir_exists", request.module_id)
     home.parent.mkdir(parents=True, exist_ok=True)
     step.set_progress(10)
-    podman.install_imageroot(request.image_url, settings.share / "imageroot", home,
-                             settings.podman_env())
+    podman.install_imageroot(
+        request.image_url, settings.share / "imageroot", home, settings.podman_env()
+    )
     state = home / "state"
     state.mkdir(mode=0o700, exist_ok=True)
-    env = module_environment(request.module_id, request.module_uuid, request.image_url,
-                             settings.node_id)
+    env = module_environment(
+        request.module_id, request.module_uuid, request.image_url, settings.node_id
+    )
     (state / "environment").write_text(format_env_file(env))
     step.set_progress(100)
 

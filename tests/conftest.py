@@ -1,0 +1,318 @@
+"""Root test fixtures: podman's API service, a Redis server, the restic image.
+
+Generic on purpose: tests/unit, tests/integration and tests/e2e may add their own conftest
+files on top. Everything here works under pytest-xdist, where each worker is a separate
+session: per-worker resources carry the worker id, shared ones (image builds) take a file
+lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import http.client
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import redis
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONTAINERS_CONF = REPO_ROOT / "containers" / "containers.conf"
+RESTIC_IMAGE = "localhost/backup-agent-restic:latest"
+REDIS_IMAGE = "localhost/backup-agent-redis:latest"
+
+RedisBackend = Literal["env", "container", "subprocess"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Every podman this session starts (ours, the agent's, the build scripts') must use the
+    # project's engine settings: runc, cgroupfs, no default ulimits.
+    os.environ["CONTAINERS_CONF"] = str(CONTAINERS_CONF)
+    redis_backend()  # a bad TEST_REDIS_BACKEND stops the run here, not in every test
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Without podman the @pytest.mark.podman tests cannot run at all: skip, don't error.
+    if shutil.which("podman") is None:
+        skip = pytest.mark.skip(reason="podman is not installed")
+        for item in items:
+            if "podman" in item.keywords:
+                item.add_marker(skip)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"redis fixture: {_describe_backend(redis_backend())}"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (another process may still take it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def xdist_worker_id() -> str:
+    """The xdist worker id ("gw0", ...), or "main" without xdist."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+@contextlib.contextmanager
+def file_lock(name: str) -> Iterator[None]:
+    """Exclusive lock shared by all processes on the machine (xdist workers included)."""
+    path = Path(tempfile.gettempdir()) / f"backup-agent-{name}.lock"
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def build_image(name: str) -> str:
+    """Run containers/<name>/build and return the tag it prints.
+
+    The scripts skip the build when the image exists; the lock makes parallel workers wait
+    for the first one instead of building the same image twice.
+    """
+    script = REPO_ROOT / "containers" / name / "build"
+    with file_lock(f"build-{name}"):
+        result = subprocess.run(
+            [str(script)], capture_output=True, text=True, timeout=600, check=False
+        )
+    if result.returncode != 0:
+        pytest.fail(f"{script} failed ({result.returncode}):\n{result.stderr}", pytrace=False)
+    return result.stdout.strip().splitlines()[-1]
+
+
+# --- podman API service ------------------------------------------------------------------
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket, enough for podman's /_ping."""
+
+    def __init__(self, path: str, timeout: float = 2.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def _pings(path: Path) -> bool:
+    conn = _UnixHTTPConnection(str(path))
+    try:
+        conn.request("GET", "/_ping")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def podman_service() -> Iterator[str]:
+    """A private `podman system service` for this worker; yields its unix:// URL.
+
+    Points docker clients (testcontainers) at it for the session: DOCKER_HOST, no Ryuk
+    (its image would have to be pulled; containers are removed by their fixtures instead),
+    and the published ports on 127.0.0.1.
+    """
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed")
+    # mkdtemp in /tmp rather than tmp_path: unix socket paths must stay under ~100 bytes.
+    run_dir = Path(tempfile.mkdtemp(prefix=f"podman-{xdist_worker_id()}-"))
+    sock = run_dir / "podman.sock"
+    url = f"unix://{sock}"
+    log_path = run_dir / "service.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            ["podman", "system", "service", "--time=0", url],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C on pytest must not kill it before teardown
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not _pings(sock):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"podman system service did not answer on {url}:\n{log_path.read_text()}",
+                    pytrace=False,
+                )
+            time.sleep(0.1)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("DOCKER_HOST", url)
+            mp.setenv("TESTCONTAINERS_RYUK_DISABLED", "true")
+            mp.setenv("TESTCONTAINERS_HOST_OVERRIDE", "127.0.0.1")
+            mp.setenv("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
+            _configure_testcontainers(mp)
+            yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _configure_testcontainers(mp: pytest.MonkeyPatch) -> None:
+    # testcontainers reads TESTCONTAINERS_HOST_OVERRIDE and TESTCONTAINERS_CONNECTION_MODE
+    # once, when it is first imported, which may have happened before the env was set.
+    if importlib.util.find_spec("testcontainers") is None:
+        return
+    from testcontainers.core.config import ConnectionMode, testcontainers_config
+
+    mp.setattr(testcontainers_config, "tc_host_override", "127.0.0.1")
+    mp.setattr(testcontainers_config, "connection_mode_override", ConnectionMode.docker_host)
+    mp.setattr(testcontainers_config, "ryuk_disabled", True)
+
+
+# --- Redis ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RedisServer:
+    url: str
+    backend: RedisBackend
+    container_id: str | None = None  # backend "container"
+    pid: int | None = None  # backend "subprocess"
+
+
+def redis_backend() -> RedisBackend:
+    """Where the redis fixtures get a server: REDIS_URL, else a container, else a process.
+
+    TEST_REDIS_BACKEND=container|subprocess forces one (CI forces the container path so
+    a broken podman setup fails instead of quietly falling back).
+    """
+    forced = os.environ.get("TEST_REDIS_BACKEND", "")
+    if forced in ("container", "subprocess"):
+        return forced  # type: ignore[return-value]  # narrowed by the membership test
+    if forced:
+        raise pytest.UsageError(f"TEST_REDIS_BACKEND={forced!r}: use container or subprocess")
+    if os.environ.get("REDIS_URL"):
+        return "env"
+    if shutil.which("podman") and importlib.util.find_spec("testcontainers"):
+        return "container"
+    return "subprocess"
+
+
+def _describe_backend(backend: RedisBackend) -> str:
+    return {
+        "env": f"REDIS_URL ({os.environ.get('REDIS_URL')})",
+        "container": f"testcontainers RedisContainer({REDIS_IMAGE}) on a podman service",
+        "subprocess": "redis-server subprocess",
+    }[backend]
+
+
+@pytest.fixture(scope="session")
+def redis_server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """A Redis server for the whole session (one per xdist worker)."""
+    backend = redis_backend()
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print(
+            f"\n[{xdist_worker_id()}] redis fixture: {_describe_backend(backend)}", file=sys.stderr
+        )
+    if backend == "env":
+        yield RedisServer(os.environ["REDIS_URL"], "env")
+    elif backend == "container":
+        # Started only now, so sessions without redis tests don't pay for the service.
+        request.getfixturevalue("podman_service")
+        yield from _redis_container()
+    else:
+        yield from _redis_subprocess()
+
+
+def _redis_container() -> Iterator[RedisServer]:
+    with warnings.catch_warnings():
+        # testcontainers 4.13 warns about its own deprecated decorator on import.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from testcontainers.redis import RedisContainer
+
+    build_image("redis")
+    with RedisContainer(REDIS_IMAGE) as container:
+        host = container.get_container_host_ip()
+        port = container.get_exposed_port(container.port)
+        yield RedisServer(
+            f"redis://{host}:{port}/0",
+            "container",
+            container_id=container.get_wrapped_container().id,
+        )
+
+
+def _redis_subprocess() -> Iterator[RedisServer]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("neither podman nor redis-server is installed")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix=f"redis-{xdist_worker_id()}-") as data_dir:
+        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", data_dir]
+        args += ["--save", "", "--appendonly", "no"]
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}/0"
+        try:
+            client = redis.Redis.from_url(url)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        pytest.fail(f"redis-server did not start on port {port}", pytrace=False)
+                    time.sleep(0.05)
+            client.close()
+            yield RedisServer(url, "subprocess", pid=proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    """URL of the session's Redis server, like redis://127.0.0.1:PORT/0."""
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client on an empty server: FLUSHALL first, so no test sees another's keys.
+
+    Safe because the tests of one worker run one after the other and each worker has its
+    own server (except with REDIS_URL, where parallel workers would share it).
+    """
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.flushall()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# --- restic --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def restic_image() -> str:
+    """The restic + rclone image, built on first use (seconds, offline)."""
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed")
+    build_image("restic")
+    return RESTIC_IMAGE

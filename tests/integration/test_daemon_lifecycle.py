@@ -1,0 +1,140 @@
+"""Daemon restarts, crashes and unreachable services, as an operator meets them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+from agent import redis_keys, tasks
+from tests.support.cluster import ClusterHarness, lease_holder
+
+
+def _wait_for_pid(path: Path, timeout: float = 20) -> int:
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.read_text().strip()):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+    return int(path.read_text())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_task_of_a_killed_daemon_is_aborted_visibly_and_not_rerun(
+    cluster: ClusterHarness, redis_client: redis.Redis
+) -> None:
+    node = cluster.nodes[1]
+    node.write_action(
+        "cluster",
+        "slow",
+        {
+            "10slow": "#!/bin/bash\necho run >> runs.log\nsleep 300 &\necho $! > slow.pid\nwait\n",
+        },
+    )
+    node.write_action("cluster", "quick", {"10quick": "#!/bin/sh\necho '\"done\"'\n"})
+    state = node.settings.state_dir("cluster")
+    slow_id = cluster.api("run", "slow", "--nowait").stdout.strip()
+    sleep_pid = _wait_for_pid(state / "slow.pid")
+
+    node.stop(signal.SIGKILL)
+    assert _alive(sleep_pid), "the orphaned step keeps running until the daemon comes back"
+    # Queued while no daemon runs: must wait in Redis, not be lost.
+    quick_task = tasks.make_task("quick", None)
+    redis_client.lpush(redis_keys.task_queue("cluster"), json.dumps(quick_task))
+
+    node.start()
+    watcher = tasks.TaskWatcher(redis_client, "cluster")
+    watcher.subscribe(slow_id)
+    result = watcher.wait(timeout=30)
+    assert result.exit_code == 1
+    assert "aborted" in result.error and "daemon" in result.error
+    assert not _alive(sleep_pid)
+    assert (state / "runs.log").read_text().count("run") == 1
+
+    quick = tasks.TaskWatcher(redis_client, "cluster")
+    quick.subscribe(quick_task["id"])
+    assert quick.wait(timeout=30).output == "done"
+    assert redis_client.llen(redis_keys.task_processing("cluster")) == 0
+
+
+def test_second_daemon_for_the_same_node_is_refused(cluster: ClusterHarness) -> None:
+    node = cluster.nodes[1]
+    second = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "serve"],
+        env=node.env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert second.returncode != 0
+    assert "already served" in second.stderr
+    holder = lease_holder(cluster.redis_url, 1)
+    assert holder is not None and node.process is not None
+    assert holder.pid == node.process.pid
+
+
+def test_sigterm_lets_the_running_task_finish(
+    cluster: ClusterHarness, redis_client: redis.Redis
+) -> None:
+    node = cluster.nodes[1]
+    node.write_action(
+        "cluster",
+        "short",
+        {
+            "10short": "#!/bin/sh\necho started > short.started\nsleep 1\necho '\"finished\"'\n",
+        },
+    )
+    task_id = cluster.api("run", "short", "--nowait").stdout.strip()
+    _wait_for_pid_file = node.settings.state_dir("cluster") / "short.started"
+    deadline = time.monotonic() + 20
+    while not _wait_for_pid_file.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert node.stop(signal.SIGTERM) == 0
+    result = tasks.fetch_result(redis_client, "cluster", task_id)
+    assert result is not None and result.exit_code == 0 and result.output == "finished"
+    assert not redis_client.exists(redis_keys.node_daemon_lease(1))
+
+
+def test_api_cli_says_so_when_no_daemon_runs(
+    cluster: ClusterHarness, redis_client: redis.Redis
+) -> None:
+    cluster.nodes[1].stop()
+    result = cluster.api("run", "list-actions", timeout=30)
+    assert result.returncode != 0
+    assert "no agent daemon is running" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert redis_client.llen(redis_keys.task_queue("cluster")) == 0
+
+
+def test_api_cli_against_a_stopped_redis_prints_one_clear_line(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    env = dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    for args in (
+        ["run", "list-actions"],
+        ["list-actions"],
+        ["run", "node/1/run-backup", "-d", "{}"],
+    ):
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "api-cli"), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode != 0
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert "cannot reach Redis" in lines[0]

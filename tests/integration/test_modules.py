@@ -1,0 +1,92 @@
+"""Module instances from a real OCI image: add, answer, remove without a trace."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import redis
+
+from agent import redis_keys
+from tests.support.cluster import ClusterHarness
+
+pytestmark = pytest.mark.podman
+
+
+def _volumes(cluster: ClusterHarness) -> list[str]:
+    env = cluster.nodes[1].env()
+    env.update(cluster.nodes[1].settings.podman_env())
+    done = subprocess.run(
+        ["podman", "volume", "ls", "--format", "{{.Name}}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.split()
+
+
+def test_add_module_then_remove_module_leaves_nothing_behind(
+    cluster: ClusterHarness, redis_client: redis.Redis, minwiki_image: str
+) -> None:
+    before = set(redis_client.keys("*"))
+    code, output, stderr = cluster.api_json("add-module", {"image": minwiki_image, "node": 1})
+    assert code == 0, stderr
+    module_id = output["module_id"]
+    assert module_id == "minwiki1"
+    assert output["image_name"] == "minwiki" and output["image_url"] == minwiki_image
+    assert redis_client.hget(redis_keys.MODULE_NODE, module_id) == "1"
+    environment = redis_client.hgetall(redis_keys.module_environment(module_id))
+    assert environment["MODULE_UUID"] == output["module_uuid"]
+    assert environment["IMAGE_URL"] == minwiki_image
+
+    home = cluster.nodes[1].settings.agent_home(f"module/{module_id}")
+    assert (home / "bin" / "module-dump-state").exists()  # from the image
+    assert (home / "README.md").exists()  # from the base imageroot
+    assert "MODULE_ID=minwiki1" in (home / "state" / "environment").read_text()
+    assert {"minwiki1-pages", "minwiki1-db", "minwiki1-cache"} <= set(_volumes(cluster))
+
+    listed = cluster.api("run", f"module/{module_id}/list-actions")
+    assert listed.returncode == 0
+    assert {"create-module", "get-status", "list-actions"} <= set(json.loads(listed.stdout))
+    code, status, _ = cluster.api_json(f"module/{module_id}/get-status")
+    assert code == 0 and status["pages"] > 0
+
+    code, _, stderr = cluster.api_json("remove-module", {"module_id": module_id})
+    assert code == 0, stderr
+    assert not home.exists()
+    assert not [v for v in _volumes(cluster) if v.startswith(f"{module_id}-")]
+    left = {k for k in set(redis_client.keys("*")) - before if not k.startswith("task/")}
+    assert left == {redis_keys.module_sequence("minwiki")}, "only the id sequence stays"
+    assert not [
+        k
+        for k in redis_client.keys("*")
+        if module_id in k
+        and "module_sequence" not in k
+        and not k.startswith(("task/cluster/", "task/node/"))
+    ]
+    gone = cluster.api("run", f"module/{module_id}/list-actions")
+    assert gone.returncode != 0 and "no module" in gone.stderr
+
+    code, output, _ = cluster.api_json("add-module", {"image": minwiki_image, "node": 1})
+    assert code == 0 and output["module_id"] == "minwiki2", "ids are never reused"
+
+
+def test_add_module_of_a_missing_image_changes_nothing(
+    cluster: ClusterHarness, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    code, _, stderr = cluster.api_json(
+        "add-module", {"image": "localhost/nosuchimage:1", "node": 1}
+    )
+    assert code != 0
+    assert "nosuchimage" in stderr
+    assert redis_client.hgetall(redis_keys.MODULE_NODE) == {}
+    assert not list((cluster.nodes[1].root / "modules").iterdir())
+
+
+def test_remove_module_of_an_unknown_module_is_a_validation_error(cluster: ClusterHarness) -> None:
+    code, output, _ = cluster.api_json("remove-module", {"module_id": "ghost1"})
+    assert code == 2
+    assert output[0]["error"] == "module_not_found"

@@ -1,0 +1,135 @@
+"""Real test clusters: node data dirs on disk, daemons as subprocesses, a shared Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from agent import lease
+from agent.operations import cluster_setup
+from agent.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class NodeHarness:
+    settings: Settings
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.settings.root
+
+    @property
+    def node_id(self) -> int:
+        return self.settings.node_id
+
+    def env(self) -> dict[str, str]:
+        return dict(
+            os.environ,
+            AGENT_ROOT=str(self.root),
+            PATH=f"{Path(sys.executable).parent}:" + os.environ.get("PATH", "/usr/bin:/bin"),
+        )
+
+    def start(self, timeout: float = 20.0) -> None:
+        client = redis.Redis.from_url(self.settings.redis_url)
+        log = open(self.root / "log" / "agent.log", "ab")  # noqa: SIM115 - closed by the child's exit
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "serve", "--shutdown-timeout", "10"],
+            env=self.env(),
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not client.exists(f"node/{self.node_id}/daemon"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("daemon did not start:\n" + self.log_tail())
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def log_tail(self, lines: int = 30) -> str:
+        path = self.root / "log" / "agent.log"
+        return (
+            "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            if path.exists()
+            else ""
+        )
+
+    def write_action(self, agent_id: str, action: str, steps: dict[str, str]) -> Path:
+        """Add an action to this node's own action dir of agent_id (wins over the base dir)."""
+        directory = self.settings.agent_home(agent_id) / "actions" / action
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, text in steps.items():
+            path = directory / name
+            path.write_text(text)
+            if not name.endswith(".json"):
+                path.chmod(0o755)
+        return directory
+
+
+@dataclass
+class ClusterHarness:
+    base: Path
+    redis_url: str
+    nodes: dict[int, NodeHarness] = field(default_factory=dict)
+
+    def add_node(self, node_id: int, start: bool = True) -> NodeHarness:
+        settings = cluster_setup.init(
+            self.base / f"node{node_id}", node_id, self.redis_url, private_storage=True
+        )
+        node = NodeHarness(settings)
+        self.nodes[node_id] = node
+        if start:
+            node.start()
+        return node
+
+    def api(
+        self, *args: str, input: str | None = None, timeout: float = 120, node: int = 1
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "api-cli"), *args],
+            env=self.nodes[node].env(),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def api_json(self, action: str, data: Any = None, **kwargs: Any) -> tuple[int, Any, str]:
+        result = self.api("run", action, "--data", json.dumps(data), **kwargs)
+        output = json.loads(result.stdout) if result.stdout.strip() else None
+        return result.returncode, output, result.stderr
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+
+def lease_holder(url: str, node_id: int) -> lease.Holder | None:
+    value = redis.Redis.from_url(url, decode_responses=True).get(f"node/{node_id}/daemon")
+    return lease.Holder.decode(value) if value else None
