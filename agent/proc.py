@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
@@ -38,6 +39,14 @@ class Result:
         return self.stderr.decode(errors="replace")
 
 
+def _audit(argv: Sequence[str]) -> None:
+    """Append argv to $AGENT_ARGV_LOG when set: tests prove no secret reaches a command line."""
+    path = os.environ.get("AGENT_ARGV_LOG")
+    if path:
+        with open(path, "a") as handle:
+            handle.write(json.dumps(list(argv)) + "\n")
+
+
 def merged_env(
     extra: Mapping[str, str] | None, base: Mapping[str, str] | None = None
 ) -> dict[str, str]:
@@ -59,6 +68,7 @@ def run(
 ) -> Result:
     """Run argv to completion; env adds to (not replaces) this process's environment."""
     log.debug("run %s", shlex.join(argv))
+    _audit(argv)
     completed = subprocess.run(
         list(argv),
         input=input,
@@ -88,6 +98,7 @@ def spawn(
 ) -> subprocess.Popen[bytes]:
     """Start argv with exactly env, in its own session (so its whole group can be signalled)."""
     log.debug("spawn %s", shlex.join(argv))
+    _audit(argv)
     return subprocess.Popen(
         list(argv),
         env=dict(env),
@@ -102,5 +113,6 @@ def spawn(
 
 def exec_replace(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
     """Replace this process with argv (runagent)."""
+    _audit(argv)
     os.chdir(cwd)
     os.execvpe(argv[0], list(argv), dict(env))

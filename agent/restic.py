@@ -1,0 +1,179 @@
+"""restic in the project's container image: pure argv builders plus one runner."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import proc
+
+IMAGE = "localhost/backup-agent-restic:latest"
+CACHE_VOLUME = "restic-cache"
+
+# restic's documented exit codes (restic ≥ 0.17).
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_INCOMPLETE = 3  # backup: snapshot made, some source files unreadable
+EXIT_NO_REPOSITORY = 10
+EXIT_LOCKED = 11
+EXIT_WRONG_PASSWORD = 12
+
+
+@dataclass(frozen=True)
+class ResticTarget:
+    """Where a repository is and how to reach it from inside the container.
+
+    env values are secrets or settings; they reach the container only by name
+    (`podman run --env NAME`, value from the podman process's own environment),
+    never on a command line.
+    """
+
+    repository: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    volumes: tuple[tuple[str, str], ...] = ()  # (host path, container path)
+    options: tuple[str, ...] = ()  # extra global restic options, no secrets
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str  # host path or podman volume name
+    target: str
+    read_only: bool = False
+
+    def flag(self) -> str:
+        return f"--volume={self.source}:{self.target}" + (":ro" if self.read_only else "")
+
+
+def container_env(target: ResticTarget, password: str) -> dict[str, str]:
+    """What the podman process needs in its environment for `--env NAME` to carry."""
+    return {**target.env, "RESTIC_REPOSITORY": target.repository, "RESTIC_PASSWORD": password}
+
+
+def podman_run_argv(
+    target: ResticTarget,
+    args: Sequence[str],
+    *,
+    image: str = IMAGE,
+    mounts: Sequence[Mount] = (),
+    name: str | None = None,
+    workdir: str = "/srv",
+    hostname: str | None = None,
+    entrypoint: str | None = None,
+) -> list[str]:
+    """`podman run … <image> <restic args>` with secrets passed by name only."""
+    env_names = sorted({*target.env, "RESTIC_REPOSITORY", "RESTIC_PASSWORD"})
+    argv = [
+        "podman",
+        "run",
+        "--rm",
+        "--interactive",
+        "--log-driver=none",
+        "--network=host",
+        "--privileged",
+        f"--name={name or 'restic-' + uuid.uuid4().hex[:12]}",
+        f"--workdir={workdir}",
+        f"--volume={CACHE_VOLUME}:/var/cache/restic",
+        "--env=RESTIC_CACHE_DIR=/var/cache/restic",
+        "--env=RCLONE_CONFIG=/dev/null",
+    ]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    if entrypoint:
+        argv.append(f"--entrypoint={entrypoint}")
+    argv += [f"--env={env_name}" for env_name in env_names]
+    argv += [f"--volume={host}:{inside}" for host, inside in target.volumes]
+    argv += [mount.flag() for mount in mounts]
+    argv.append(image)
+    if entrypoint is None:
+        argv += list(target.options)
+    argv += list(args)
+    return argv
+
+
+def backup_args(
+    paths: Sequence[str],
+    *,
+    tags: Sequence[str] = (),
+    host: str | None = None,
+    files_from: str | None = None,
+    exclude_file: str | None = None,
+    json_output: bool = True,
+) -> list[str]:
+    args = ["backup"]
+    if json_output:
+        args.append("--json")
+    for tag in tags:
+        args += ["--tag", tag]
+    if host:
+        args += ["--host", host]
+    if files_from:
+        args += ["--files-from", files_from]
+    if exclude_file:
+        args += ["--exclude-file", exclude_file]
+    return args + list(paths)
+
+
+def forget_args(
+    keep_last: int,
+    *,
+    tags: Sequence[str] = (),
+    keep_daily: int | None = None,
+    keep_weekly: int | None = None,
+    keep_monthly: int | None = None,
+    keep_yearly: int | None = None,
+    keep_within: str | None = None,
+    group_by: str = "host,tags",
+    prune: bool = True,
+) -> list[str]:
+    """`forget` grouped by host and tags, not paths: a changed include list must never
+    leave old snapshots in a group of their own, out of retention's reach."""
+    args = ["forget", "--json", f"--group-by={group_by}", f"--keep-last={keep_last}"]
+    for flag, value in (
+        ("--keep-daily", keep_daily),
+        ("--keep-weekly", keep_weekly),
+        ("--keep-monthly", keep_monthly),
+        ("--keep-yearly", keep_yearly),
+    ):
+        if value:
+            args.append(f"{flag}={value}")
+    if keep_within:
+        args.append(f"--keep-within={keep_within}")
+    for tag in tags:
+        args += ["--tag", tag]
+    if prune:
+        args.append("--prune")
+    return args
+
+
+def parse_json_lines(text: str) -> Iterator[dict[str, Any]]:
+    """restic --json prints one object a line; other lines (warnings) are skipped."""
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                yield value
+
+
+def run(
+    target: ResticTarget,
+    password: str,
+    args: Sequence[str],
+    *,
+    podman_env: Mapping[str, str],
+    mounts: Sequence[Mount] = (),
+    timeout: float | None = None,
+    input: bytes | None = None,
+    entrypoint: str | None = None,
+    hostname: str | None = None,
+) -> proc.Result:
+    """Run restic (or entrypoint) once in the container and wait for it."""
+    argv = podman_run_argv(target, args, mounts=mounts, entrypoint=entrypoint, hostname=hostname)
+    env = {**podman_env, **container_env(target, password)}
+    return proc.run(argv, env=env, timeout=timeout, input=input)
