@@ -18,6 +18,7 @@ from agent.actiondirs import action_dirs, list_actions, merge_actions
 from agent.agentenv import agent_environment, read_env_file
 from agent.errors import AgentError
 from agent.masking import mask_secrets
+from agent.operations.schedule import SCHEDULE_EVENT, TimerKeeper
 from agent.redis_store import REDIS_ERRORS, Redis, connect
 from agent.runner import TaskOutcome, TaskRun, masked_context
 from agent.settings import Settings
@@ -98,13 +99,21 @@ class Daemon:
             signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
             signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-            pubsub.subscribe(*(redis_keys.cluster_event(name) for name in MODULE_EVENTS))
+            pubsub.subscribe(
+                *(redis_keys.cluster_event(name) for name in (*MODULE_EVENTS, SCHEDULE_EVENT))
+            )
             self.sync_workers()
+            timers = TimerKeeper(self.settings)
+            timers.sync(self.redis, start_all=True)
             log.info("node %s serving %s", self.node_id, ", ".join(sorted(self.workers)))
             while not self.stopping.is_set():
                 try:
-                    if pubsub.get_message(timeout=1.0) is not None:
-                        self.sync_workers()
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        if message["channel"] != redis_keys.cluster_event(SCHEDULE_EVENT):
+                            self.sync_workers()
+                        # Instances moving between nodes change which timers a node keeps.
+                        timers.sync(self.redis)
                 except REDIS_ERRORS as exc:
                     log.warning("event subscription lost, resubscribing: %s", exc)
                     time.sleep(1.0)

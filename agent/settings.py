@@ -44,6 +44,11 @@ class Settings:
     redis_port: int = 0
     storage_conf: str = ""  # CONTAINERS_STORAGE_CONF for this node's podman, if any
     concurrency: int = 8
+    # backup<ID>.timer units: "auto" = on when systemd runs this machine, "on", "off".
+    timers: str = "auto"
+    unit_dir: str = "/etc/systemd/system"
+    systemctl: str = "systemctl"  # a command line: tests use one inside a systemd container
+    timer_random_delay: int = 600  # RandomizedDelaySec of the timers (fixed per timer)
     extra: dict[str, str] = field(default_factory=dict)
 
     # --- layout ----------------------------------------------------------------------
@@ -101,6 +106,10 @@ class Settings:
             "redis_port": self.redis_port,
             "storage_conf": self.storage_conf,
             "concurrency": self.concurrency,
+            "timers": self.timers,
+            "unit_dir": self.unit_dir,
+            "systemctl": self.systemctl,
+            "timer_random_delay": self.timer_random_delay,
         }
 
 
@@ -125,6 +134,10 @@ def load_settings(root: Path | None = None) -> Settings:
             redis_port=int(data.get("redis_port", 0)),
             storage_conf=str(data.get("storage_conf", "")),
             concurrency=int(data.get("concurrency", 8)),
+            timers=str(data.get("timers", "auto")),
+            unit_dir=str(data.get("unit_dir", "/etc/systemd/system")),
+            systemctl=str(data.get("systemctl", "systemctl")),
+            timer_random_delay=int(data.get("timer_random_delay", 600)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"malformed {path}: {exc}") from None
