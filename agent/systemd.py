@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -116,7 +117,13 @@ def render_agent_service(
 
 
 # --- systemctl ---------------------------------------------------------------------------
-TIMER_PROPERTIES = ("Id", "ActiveState", "NextElapseUSecRealtime", "LastTriggerUSec")
+@dataclass(frozen=True)
+class TimerState:
+    """A loaded timer as `systemctl list-timers` reports it (times in ISO 8601 UTC)."""
+
+    unit: str
+    next: str | None
+    last: str | None
 
 
 def daemon_reload_argv(systemctl: Sequence[str]) -> list[str]:
@@ -132,36 +139,32 @@ def disable_now_argv(systemctl: Sequence[str], units: Iterable[str]) -> list[str
     return [*systemctl, "disable", "--no-reload", "--now", *units]
 
 
-def show_argv(systemctl: Sequence[str], units: Iterable[str]) -> list[str]:
-    props = [arg for name in TIMER_PROPERTIES for arg in ("-p", name)]
-    return [*systemctl, "show", "--timestamp=unix", *props, *units]
+def list_timers_argv(systemctl: Sequence[str], patterns: Iterable[str]) -> list[str]:
+    # JSON carries epoch microseconds; `systemctl show` would print local-time text.
+    return [*systemctl, "list-timers", "--all", "--output=json", *patterns]
 
 
-def parse_show(text: str) -> list[dict[str, str]]:
-    """`systemctl show` of several units: one property dict per unit, in order."""
-    units: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-    for line in [*text.splitlines(), ""]:
-        if not line.strip():
-            if current:
-                units.append(current)
-            current = {}
-            continue
-        key, _, value = line.partition("=")
-        current[key] = value
-    return units
-
-
-def parse_timestamp(value: str) -> str | None:
-    """'@1700000000' (--timestamp=unix) → ISO 8601 UTC; empty or 'n/a' → None."""
-    value = value.strip()
-    if not value.startswith("@"):
+def usec_to_iso(usec: object) -> str | None:
+    """Epoch microseconds → ISO 8601 UTC (seconds); 0, null or junk → None."""
+    if not isinstance(usec, int) or isinstance(usec, bool) or usec <= 0:
         return None
+    return datetime.fromtimestamp(usec // 1_000_000, UTC).isoformat()
+
+
+def parse_list_timers(text: str) -> dict[str, TimerState]:
+    """`systemctl list-timers --output=json` → unit name → its next and last run."""
     try:
-        seconds = int(value[1:])
-    except ValueError:
-        return None
-    return datetime.fromtimestamp(seconds, UTC).isoformat() if seconds > 0 else None
+        rows = json.loads(text) if text.strip() else []
+    except ValueError as exc:
+        raise AgentError(f"systemctl list-timers gave no JSON: {exc}") from None
+    states: dict[str, TimerState] = {}
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, dict) and isinstance(row.get("unit"), str):
+            unit = row["unit"]
+            states[unit] = TimerState(
+                unit, usec_to_iso(row.get("next")), usec_to_iso(row.get("last"))
+            )
+    return states
 
 
 def run_systemctl(argv: Sequence[str]) -> str:

@@ -166,22 +166,22 @@ def timer_rows(redis: Redis, settings: Settings) -> list[dict[str, Any]]:
     if not schedules:
         return []
     units = [systemd.timer_unit(b.backup_id) for b in schedules]
-    shown: dict[str, dict[str, str]] = {}
+    states: dict[str, systemd.TimerState] = {}
     if timers_wanted(settings):
-        text = systemd.run_systemctl(systemd.show_argv(systemctl_command(settings), units))
-        shown = {unit.get("Id", ""): unit for unit in systemd.parse_show(text)}
+        argv = systemd.list_timers_argv(systemctl_command(settings), units)
+        states = systemd.parse_list_timers(systemd.run_systemctl(argv))
     rows = []
     for backup, unit in zip(schedules, units, strict=True):
-        props = shown.get(unit, {})
+        state = states.get(unit)
         rows.append(
             {
                 "id": backup.backup_id,
                 "name": backup.name,
                 "schedule": backup.schedule,
                 "timer": unit,
-                "active": props.get("ActiveState") == "active",
-                "next": systemd.parse_timestamp(props.get("NextElapseUSecRealtime", "")),
-                "last": systemd.parse_timestamp(props.get("LastTriggerUSec", "")),
+                "active": state is not None and state.next is not None,
+                "next": state.next if state else None,
+                "last": state.last if state else None,
             }
         )
     return rows

@@ -114,24 +114,25 @@ def test_systemctl_argv() -> None:
     assert systemd.disable_now_argv(["systemctl"], ["a.timer", "b.timer"]) == [
         "systemctl", "disable", "--no-reload", "--now", "a.timer", "b.timer"
     ]  # fmt: skip
-    show = systemd.show_argv(["systemctl"], ["backup1.timer"])
-    assert show[:3] == ["systemctl", "show", "--timestamp=unix"]
-    assert show[-1] == "backup1.timer"
+    listed = systemd.list_timers_argv(["systemctl"], ["backup1.timer"])
+    assert listed == ["systemctl", "list-timers", "--all", "--output=json", "backup1.timer"]
 
 
-def test_parse_show_and_timestamps() -> None:
+def test_parse_list_timers() -> None:
     text = (
-        "Id=backup1.timer\nActiveState=active\nNextElapseUSecRealtime=@1700000000\n"
-        "LastTriggerUSec=n/a\n\nId=backup2.timer\nActiveState=inactive\n"
-        "NextElapseUSecRealtime=\nLastTriggerUSec=@1699990000\n"
+        '[{"next":1795324020000000,"left":1795324020000000,"last":0,"passed":0,'
+        '"unit":"backup1.timer","activates":"backup1.service"},'
+        '{"next":0,"left":0,"last":1700000000123456,"passed":5,"unit":"backup2.timer"}]'
     )
-    units = systemd.parse_show(text)
-    assert [u["Id"] for u in units] == ["backup1.timer", "backup2.timer"]
-    assert systemd.parse_timestamp(units[0]["NextElapseUSecRealtime"]) == (
-        "2023-11-14T22:13:20+00:00"
+    states = systemd.parse_list_timers(text)
+    assert states["backup1.timer"] == systemd.TimerState(
+        "backup1.timer", "2026-11-22T05:07:00+00:00", None
     )
-    assert systemd.parse_timestamp(units[0]["LastTriggerUSec"]) is None
-    assert systemd.parse_timestamp(units[1]["NextElapseUSecRealtime"]) is None
+    assert states["backup2.timer"].next is None
+    assert states["backup2.timer"].last == "2023-11-14T22:13:20+00:00"
+    assert systemd.parse_list_timers("") == {}
+    with pytest.raises(AgentError):
+        systemd.parse_list_timers("Sun 2026-11-22")
 
 
 def test_generated_units_and_atomic_write(tmp_path: Path) -> None:

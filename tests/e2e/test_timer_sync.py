@@ -1,0 +1,153 @@
+"""Timer sync against a real systemd: the test node's systemctl, a unit dir mounted in it.
+
+The sync runs here (in the test process) with `systemctl` set to `podman exec <node>
+systemctl`, so every file change and every systemctl call is observable: the argv audit
+log ($AGENT_ARGV_LOG, written by agent.proc) counts the reloads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis
+
+from agent.operations import schedule
+from agent.operations.cluster_setup import init
+from agent.settings import Settings
+from tests.e2e.conftest import SystemdNode
+
+pytestmark = pytest.mark.podman
+
+
+@pytest.fixture
+def node_settings(
+    systemd_node: SystemdNode, redis_client: redis.Redis, redis_url: str, tmp_path: Path
+) -> Settings:
+    for unit in systemd_node.unit_dir.iterdir():  # a clean unit dir, timers stopped
+        systemd_node.exec("systemctl", "disable", "--now", unit.name, check=False)
+        unit.unlink()
+    systemd_node.exec("systemctl", "daemon-reload")
+    settings = init(tmp_path / "node1", 1, redis_url)
+    return replace(
+        settings,
+        timers="on",
+        unit_dir=str(systemd_node.unit_dir),
+        systemctl=systemd_node.systemctl,
+        timer_random_delay=0,
+    )
+
+
+def _backup(client: redis.Redis, backup_id: int, schedule_: str, instances: str, on: bool) -> None:
+    client.hset(
+        f"cluster/backup/{backup_id}",
+        mapping={
+            "name": f"b{backup_id}",
+            "repository": "48ce000a-79b7-5fe6-8558-177fd70c27b4",
+            "schedule": schedule_,
+            "retention": "3",
+            "enabled": "1" if on else "",
+            "instances": instances,
+        },
+    )
+
+
+def _systemctl_calls(log: Path) -> list[list[str]]:
+    if not log.exists():
+        return []
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    log.unlink()
+    return [call[call.index("systemctl") + 1 :] for call in calls if "systemctl" in call]
+
+
+def _files(node: SystemdNode) -> dict[str, str]:
+    return {p.name: p.read_text() for p in node.unit_dir.iterdir()}
+
+
+def test_each_change_touches_exactly_its_files_and_reloads_once(
+    systemd_node: SystemdNode,
+    node_settings: Settings,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    audit = tmp_path / "argv.log"
+    monkeypatch.setenv("AGENT_ARGV_LOG", str(audit))
+    redis_client.hset("cluster/module_node", mapping={"wiki1": "1", "wiki2": "2", "dok1": "1"})
+    _backup(redis_client, 1, "daily", "wiki1 wiki2", True)
+    _backup(redis_client, 2, "daily", "wiki2", True)  # no instance on node 1
+    _backup(redis_client, 3, "*-*-* 04:00:00", "dok1", False)
+
+    def sync() -> schedule.SyncResult:
+        return schedule.sync_timers(redis_client, node_settings)
+
+    result = sync()
+    assert result.written == ("backup1.service", "backup1.timer")
+    assert sorted(_files(systemd_node)) == ["backup1.service", "backup1.timer"]
+    calls = _systemctl_calls(audit)
+    assert calls == [["daemon-reload"], ["enable", "--no-reload", "--now", "backup1.timer"]]
+    assert systemd_node.show("backup1.timer", "ActiveState")["ActiveState"] == "active"
+
+    # Nothing changed: no file written, systemd left alone.
+    before = {p.name: p.stat().st_mtime_ns for p in systemd_node.unit_dir.iterdir()}
+    assert sync() == schedule.SyncResult()
+    assert _systemctl_calls(audit) == []
+    assert {p.name: p.stat().st_mtime_ns for p in systemd_node.unit_dir.iterdir()} == before
+
+    # A schedule change rewrites the timer only; systemd re-arms it on the one reload.
+    redis_client.hset("cluster/backup/1", "schedule", "*-*-* 05:07:00")
+    result = sync()
+    assert (result.written, result.removed) == (("backup1.timer",), ())
+    assert _systemctl_calls(audit) == [["daemon-reload"]]
+    next_run = schedule.timer_rows(redis_client, node_settings)[0]["next"]
+    assert next_run is not None and next_run.endswith("T05:07:00+00:00")
+    _systemctl_calls(audit)  # (the list-timers just made)
+
+    # Enabling backup 3 adds its two files and starts its timer.
+    redis_client.hset("cluster/backup/3", "enabled", "1")
+    result = sync()
+    assert (result.written, result.removed) == (("backup3.service", "backup3.timer"), ())
+    assert _systemctl_calls(audit) == [
+        ["daemon-reload"],
+        ["enable", "--no-reload", "--now", "backup3.timer"],
+    ]
+
+    # Disabling backup 1 stops its timer and removes its files, nothing else.
+    redis_client.hset("cluster/backup/1", "enabled", "")
+    result = sync()
+    assert (result.written, result.removed) == ((), ("backup1.service", "backup1.timer"))
+    assert sorted(_files(systemd_node)) == ["backup3.service", "backup3.timer"]
+    assert _systemctl_calls(audit) == [
+        ["disable", "--no-reload", "--now", "backup1.timer"],
+        ["daemon-reload"],
+    ]
+    assert systemd_node.show("backup1.timer", "LoadState")["LoadState"] == "not-found"
+
+    # Deleting backup 3 does the same for it.
+    redis_client.delete("cluster/backup/3")
+    result = sync()
+    assert (result.written, result.removed) == ((), ("backup3.service", "backup3.timer"))
+    assert _files(systemd_node) == {}
+    assert [c[0] for c in _systemctl_calls(audit)] == ["disable", "daemon-reload"]
+
+    # A module moving to this node brings the timers of its backups.
+    redis_client.hset("cluster/module_node", "wiki2", "1")
+    result = sync()
+    assert result.written == ("backup2.service", "backup2.timer")
+    assert [c[0] for c in _systemctl_calls(audit)] == ["daemon-reload", "enable"]
+    rows = schedule.timer_rows(redis_client, node_settings)
+    assert [(r["id"], r["active"], r["last"]) for r in rows] == [(2, True, None)]
+    assert rows[0]["next"] is not None
+    listed = systemd_node.exec("systemctl", "list-timers", "backup*", "--no-legend").stdout
+    assert [line.split()[-2] for line in listed.splitlines()] == ["backup2.timer"]
+
+
+def test_operator_units_are_never_touched(
+    systemd_node: SystemdNode, node_settings: Settings, redis_client: redis.Redis
+) -> None:
+    mine = systemd_node.unit_dir / "backup9.timer"
+    mine.write_text("[Timer]\nOnCalendar=daily\n")  # no "Generated by backup-agent" mark
+    assert schedule.sync_timers(redis_client, node_settings) == schedule.SyncResult()
+    assert mine.read_text() == "[Timer]\nOnCalendar=daily\n"
