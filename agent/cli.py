@@ -121,6 +121,21 @@ def cluster_env(root: RootOption = None) -> None:
     print(f"export AGENT_ROOT={settings.root}")
 
 
+@agent_app.command("timers")
+def timers(
+    root: RootOption = None,
+    sync: Annotated[bool, typer.Option(help="re-render the timer units first")] = False,
+) -> None:
+    """Show the next and last run of this node's backup timers, from systemd."""
+    from agent.operations import schedule
+    from agent.redis_store import Context
+
+    ctx = Context.open(load_settings(root))
+    if sync:
+        schedule.sync_timers(ctx.redis, ctx.settings, start_all=True)
+    print(schedule.format_timer_table(schedule.timer_rows(ctx.redis, ctx.settings)))
+
+
 @agent_app.command("schema")
 def schema(check: Annotated[bool, typer.Option(help="fail if a file differs")] = False) -> None:
     """Write (or --check) the validate-input.json files generated from the models."""

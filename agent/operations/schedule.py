@@ -9,11 +9,15 @@ import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import redis_keys, systemd
 from agent.redis_store import Redis
 from agent.settings import Settings
+
+if TYPE_CHECKING:
+    from agent.models import NoInput
+    from agent.steps import Step
 
 log = logging.getLogger("agent.schedule")
 
@@ -185,3 +189,19 @@ def timer_rows(redis: Redis, settings: Settings) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def list_backup_timers(step: Step, request: NoInput) -> list[dict[str, Any]]:
+    """Node action list-backup-timers: this node's backups with next and last run."""
+    return timer_rows(step.ctx.redis, step.ctx.settings)
+
+
+def format_timer_table(rows: list[dict[str, Any]]) -> str:
+    """`agent timers`: one line per backup timer."""
+    lines = [f"{'ID':>4}  {'TIMER':<16} {'NEXT':<26} {'LAST':<26} SCHEDULE"]
+    for row in rows:
+        lines.append(
+            f"{row['id']:>4}  {row['timer']:<16} {row['next'] or '-':<26} "
+            f"{row['last'] or '-':<26} {row['schedule']}"
+        )
+    return "\n".join(lines)

@@ -5,7 +5,8 @@ to are bind-mounted at the same paths. Node data dirs live under `SystemdNode.ba
 bind-mounted at the same path too, so the volume paths the agent gives podman mean the same
 on both sides. podman inside the node is a remote client of this worker's podman service
 (its socket is mounted at /run/host-podman/podman.sock; the image sets CONTAINER_HOST for
-every unit), so restic containers run next to the node, not nested in it.
+every unit), so restic containers run next to the node, not nested in it; the host's
+volume directory is mounted at its own path so module hooks reach a volume's mountpoint.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT, build_image, xdist_worker_id
+from tests.integration.conftest import minwiki_image  # noqa: F401  (shared fixture)
 
 UNIT_DIR_IN_NODE = "/usr/local/lib/systemd/system"  # on systemd's search path, empty
+VOLUMES = "/var/lib/containers/storage/volumes"
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ def systemd_node(node_image: str, podman_service: str) -> Iterator[SystemdNode]:
         f"{base}:{base}",
         f"{unit_dir}:{UNIT_DIR_IN_NODE}",
         f"{socket_dir}:/run/host-podman",
+        # Volumes live on the host's podman; their mountpoints must resolve in the node.
+        f"{VOLUMES}:{VOLUMES}",
     ]
     if not str(python).startswith((str(REPO_ROOT), str(base_prefix))):
         pytest.skip(f"cannot mount this Python ({python}) into the node")

@@ -1,0 +1,178 @@
+"""Scheduled backups under a real systemd: the node daemon runs as agent.service in the
+test node, renders the timers itself, and the timers fire on their own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from agent import systemd
+from agent.operations.cluster_setup import init
+from agent.settings import Settings, write_settings
+from tests.conftest import REPO_ROOT
+from tests.e2e.conftest import SystemdNode
+from tests.support import backups
+
+pytestmark = pytest.mark.podman
+BIN = Path(sys.executable).parent
+EVENT = "cluster/event/backup-schedule-changed"
+
+
+@pytest.fixture
+def node_agent(
+    systemd_node: SystemdNode, redis_client: redis.Redis, redis_url: str
+) -> Iterator[Settings]:
+    """Node 1's daemon running as agent.service inside the systemd node."""
+    settings = init(systemd_node.base / f"node-{uuid.uuid4().hex[:8]}", 1, redis_url)
+    settings = replace(settings, timer_random_delay=0)  # fire on the second in tests
+    write_settings(settings)
+    unit = systemd.render_agent_service(
+        str(BIN / "agent"), str(settings.root), REPO_ROOT / "systemd", shutdown_timeout=10
+    )
+    systemd_node.exec("sh", "-c", "cat >/etc/systemd/system/agent.service", input=unit)
+    systemd_node.exec("systemctl", "daemon-reload")
+    systemd_node.exec("systemctl", "start", "agent.service")
+    systemd_node.wait_for("the daemon's lease", lambda: redis_client.exists("node/1/daemon"))
+    try:
+        yield settings
+    finally:
+        systemd_node.exec("systemctl", "stop", "agent.service", check=False)
+        systemd_node.exec(
+            "sh", "-c", "systemctl disable --now 'backup*.timer'; rm -f "
+            "/etc/systemd/system/backup*.timer /etc/systemd/system/backup*.service "
+            "/var/lib/systemd/timers/stamp-backup*; systemctl daemon-reload; "
+            "systemctl reset-failed",
+            check=False,
+        )  # fmt: skip
+
+
+def _at(seconds: float) -> str:
+    """A one-shot calendar expression `seconds` from now, in UTC."""
+    when = datetime.now(UTC) + timedelta(seconds=seconds)
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _define(client: redis.Redis, backup_id: int, schedule: str, **fields: str) -> None:
+    client.hset("cluster/module_node", "wiki1", "1")
+    client.hset(
+        f"cluster/backup/{backup_id}",
+        mapping={
+            "name": f"b{backup_id}",
+            "repository": fields.pop("repository", str(uuid.uuid4())),
+            "schedule": schedule,
+            "retention": "3",
+            "enabled": "1",
+            "instances": fields.pop("instances", "wiki1"),
+            **fields,
+        },
+    )
+    client.publish(EVENT, json.dumps({"backup_ids": [backup_id]}))
+
+
+def _timers(node: SystemdNode) -> dict[str, systemd.TimerState]:
+    listed = node.exec("systemctl", "list-timers", "--output=json", "backup*").stdout
+    return systemd.parse_list_timers(listed)
+
+
+def _ran(node: SystemdNode, backup_id: int) -> bool:
+    """The service has been started at least once since it was loaded."""
+    props = node.show(f"backup{backup_id}.service", "ExecMainStartTimestampMonotonic")
+    return int(props.get("ExecMainStartTimestampMonotonic") or 0) > 0
+
+
+def test_timer_fires_by_itself_and_disabling_removes_it(
+    systemd_node: SystemdNode, node_agent: Settings, redis_client: redis.Redis
+) -> None:
+    schedule = _at(6)
+    _define(redis_client, 1, schedule)
+    _define(redis_client, 2, "*-*-* 03:15:00", instances="elsewhere1")  # not on node 1
+    systemd_node.wait_for("backup1.timer", lambda: "backup1.timer" in _timers(systemd_node))
+    timers = _timers(systemd_node)
+    assert list(timers) == ["backup1.timer"]
+    expected = datetime.strptime(schedule, "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC)
+    assert timers["backup1.timer"].next == expected.isoformat()
+    assert not _ran(systemd_node, 1)
+    systemd_node.wait_for("backup1.service to run", lambda: _ran(systemd_node, 1), 30)
+    journal = systemd_node.exec("journalctl", "--no-pager", "-u", "backup1.service").stdout
+    assert "Backup 1 (b1)" in journal  # systemd started it (Description in the journal)
+    assert _timers(systemd_node)["backup1.timer"].last is not None
+    rows = _api(node_agent, "node/1/list-backup-timers", None)  # the operator's view
+    assert [(r["id"], r["timer"], r["active"]) for r in rows] == [(1, "backup1.timer", False)]
+    assert rows[0]["last"] is not None  # a one-shot date: no next run once it has fired
+    shown = systemd_node.exec(str(BIN / "agent"), "timers", "--root", str(node_agent.root))
+    assert "backup1.timer" in shown.stdout
+
+    redis_client.hset("cluster/backup/1", "enabled", "")
+    redis_client.publish(EVENT, json.dumps({"backup_ids": [1]}))
+    systemd_node.wait_for("backup1.timer to go", lambda: _timers(systemd_node) == {})
+    listed = systemd_node.exec("ls", "/etc/systemd/system").stdout.split()
+    assert not [name for name in listed if name.startswith("backup")]
+
+
+def test_missed_run_is_caught_up_when_timers_start_again(
+    systemd_node: SystemdNode, node_agent: Settings, redis_client: redis.Redis
+) -> None:
+    _define(redis_client, 3, _at(5))
+    systemd_node.wait_for("backup3.timer", lambda: "backup3.timer" in _timers(systemd_node))
+    systemd_node.exec("systemctl", "stop", "backup3.timer")
+    time.sleep(7)  # the scheduled time passes while the timer is stopped
+    assert not _ran(systemd_node, 3)
+    systemd_node.exec("systemctl", "start", "backup3.timer")
+    systemd_node.wait_for("the missed run (Persistent=true)", lambda: _ran(systemd_node, 3), 20)
+
+
+def _api(settings: Settings, action: str, data: Any) -> Any:
+    done = subprocess.run(
+        [str(BIN / "api-cli"), "run", action, "--data", json.dumps(data)],
+        env={"AGENT_ROOT": str(settings.root), "PATH": f"{BIN}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout) if done.stdout.strip() else None
+
+
+def test_scheduled_backup_leaves_a_snapshot_and_status(
+    systemd_node: SystemdNode,
+    node_agent: Settings,
+    redis_client: redis.Redis,
+    minwiki_image: str,
+    restic_image: str,
+) -> None:
+    module = _api(node_agent, "add-module", {"image": minwiki_image, "node": 1})
+    module_id = module["module_id"]
+    try:
+        target = systemd_node.base / f"repo-{uuid.uuid4().hex[:8]}"
+        target.mkdir()
+        destination = backups.add_destination(redis_client, "local", f"local:{target}")
+        _define(redis_client, 4, _at(5), repository=destination, instances=module_id)
+        systemd_node.wait_for("backup4.service to run", lambda: _ran(systemd_node, 4), 40)
+        systemd_node.wait_for(
+            "backup4.service to finish",
+            lambda: (
+                systemd_node.show("backup4.service", "ActiveState")["ActiveState"]
+                in ("inactive", "failed")
+            ),
+            180,
+        )
+        result = systemd_node.show("backup4.service", "Result")["Result"]
+        journal = systemd_node.exec("journalctl", "--no-pager", "-u", "backup4.service").stdout
+        assert result == "success", journal
+        status = backups.status(redis_client, 1, 4, module_id)
+        assert status["errors"] == 0
+        found = [s for d in target.rglob("config") for s in backups.snapshots(d.parent)]
+        assert [s["id"] for s in found] == [status["snapshot_id"]]
+    finally:  # its volumes live in the host's podman: leave none behind
+        _api(node_agent, "remove-module", {"module_id": module_id})
