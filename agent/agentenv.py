@@ -37,6 +37,8 @@ def agent_path(settings: Settings, agent_id: str) -> str:
     entries = [str(home / "bin")]
     if agent_id.startswith("module/"):
         entries.append(str(settings.share / "imageroot" / "bin"))
+    else:
+        entries.append(str(settings.share / "bin" / agent_id.split("/", 1)[0]))
     entries.append(str(settings.bin_dir))
     entries.append(os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"))
     return ":".join(entries)

@@ -61,8 +61,9 @@ def serve(
     """Serve this node's task queues until SIGTERM."""
     from agent.daemon import Daemon
 
+    level = os.environ.get("AGENT_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(
-        level=logging.INFO,
+        level=getattr(logging, level, logging.INFO),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
@@ -119,6 +120,19 @@ def cluster_env(root: RootOption = None) -> None:
     """Print shell exports that point api-cli and runagent at this node."""
     settings = load_settings(root)
     print(f"export AGENT_ROOT={settings.root}")
+
+
+@agent_app.command("run-backup")
+def run_backup_command(
+    backup: Annotated[int, typer.Option("--backup", min=1, help="backup id")],
+    root: RootOption = None,
+) -> None:
+    """Back up this node's modules of a backup now (what the timers run)."""
+    from agent.operations.backup_actions import command_run_backup
+    from agent.redis_store import Context
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    sys.exit(command_run_backup(Context.open(load_settings(root)), backup))
 
 
 @agent_app.command("timers")

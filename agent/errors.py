@@ -33,6 +33,10 @@ class NoSuchAction(AgentError):
     exit_code = 8
 
 
+class DestinationNotFound(AgentError):
+    """No backup destination (repository) has that id."""
+
+
 class CommandFailed(AgentError):
     """An external command exited non-zero."""
 
@@ -41,6 +45,15 @@ class CommandFailed(AgentError):
         super().__init__(f"{argv0} exited with {returncode}: {tail}")
         self.returncode = returncode
         self.stderr = stderr
+
+
+class ActionFailed(AgentError):
+    """An action ran and failed: an exit code, a reason for stderr, and output to print."""
+
+    def __init__(self, message: str, exit_code: int = 1, output: Any = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.output = output
 
 
 class ValidationFailed(AgentError):

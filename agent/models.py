@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    model_validator,
+)
 
 ModuleId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]*[0-9]+$", max_length=64)]
 Uuid = Annotated[
@@ -38,10 +46,101 @@ class RemoveModuleRequest(Request):
     preserve_data: bool = False
 
 
+# --- backup destinations and backups (issue #3) ------------------------------------------
+PROVIDERS = ("backblaze", "aws", "generic-s3", "azure", "smb", "rclone", "cluster", "local", "rest")
+Provider = Literal[
+    "backblaze", "aws", "generic-s3", "azure", "smb", "rclone", "cluster", "local", "rest"
+]
+OneLine = Annotated[str, StringConstraints(max_length=1024, pattern=r"^[^\n\r\t\x00]*$")]
+# Parameter values are checked per provider (agent.destinations); rclone's may span lines.
+ParameterValue = Annotated[str, StringConstraints(max_length=100000)]
+Parameters = Annotated[dict[str, ParameterValue], Field(max_length=16)]
+DestinationName = Annotated[str, StringConstraints(max_length=128, pattern=r"^[^\n\r\t\x00]*$")]
+KeepCount = Annotated[int, Field(ge=1, le=100000)]
+
+
+class AddBackupRepositoryRequest(Request):
+    provider: Provider
+    name: DestinationName
+    url: OneLine
+    password: Annotated[str, StringConstraints(max_length=4096, pattern=r"^[^\n\r\x00]*$")]
+    parameters: Parameters
+
+
+class AlterBackupRepositoryRequest(Request):
+    id: Uuid
+    provider: Provider
+    name: DestinationName = ""
+    url: OneLine = ""
+    parameters: Parameters = Field(default_factory=dict)
+
+
+class DestinationIdRequest(Request):
+    id: Uuid
+
+
+class ValidateDestinationRequest(Request):
+    id: Uuid
+    candidate: Annotated[str, StringConstraints(max_length=64, pattern=r"^[0-9a-f]*$")] = ""
+
+
+class NoInput(Request):
+    """Actions without input (no validate-input.json) accept nothing, null or {}."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_empty(cls, data: object) -> object:
+        return {} if data is None else data
+
+
+class BackupRequest(Request):
+    name: DestinationName
+    instances: Annotated[list[ModuleId], Field(max_length=1000)]
+    schedule: Annotated[
+        str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\n\r\t\x00]+$")
+    ]
+    retention: KeepCount
+    enabled: StrictBool
+    schedule_hint: dict[str, Any] = Field(default_factory=dict)
+    keep_daily: KeepCount | None = None
+    keep_weekly: KeepCount | None = None
+    keep_monthly: KeepCount | None = None
+    keep_yearly: KeepCount | None = None
+    # restic's duration: years, months, days, hours, e.g. "1y6m", "14d".
+    keep_within: (
+        Annotated[str, StringConstraints(max_length=32, pattern=r"^([0-9]{1,6}[ymdh])+$")] | None
+    ) = None
+
+
+class AddBackupRequest(BackupRequest):
+    repository: Uuid
+
+
+class AlterBackupRequest(BackupRequest):
+    id: Annotated[StrictInt, Field(ge=1, le=2**31)]
+
+
+class BackupIdRequest(Request):
+    id: Annotated[StrictInt, Field(ge=1, le=2**31)]
+
+
+class RunBackupRequest(Request):
+    id: int = Field(ge=1)
+
+
 # Every action whose validate-input.json is generated from a model: path → model.
 SCHEMAS: dict[str, type[Request]] = {
     "actions/cluster/add-module/validate-input.json": AddModuleRequest,
     "actions/cluster/remove-module/validate-input.json": RemoveModuleRequest,
     "actions/node/add-module/validate-input.json": NodeAddModuleRequest,
     "actions/node/remove-module/validate-input.json": RemoveModuleRequest,
+    "actions/cluster/run-backup/validate-input.json": RunBackupRequest,
+    "actions/node/run-backup/validate-input.json": RunBackupRequest,
+    "actions/cluster/add-backup-repository/validate-input.json": AddBackupRepositoryRequest,
+    "actions/cluster/alter-backup-repository/validate-input.json": AlterBackupRepositoryRequest,
+    "actions/cluster/remove-backup-repository/validate-input.json": DestinationIdRequest,
+    "actions/node/validate-backup-destination/validate-input.json": ValidateDestinationRequest,
+    "actions/cluster/add-backup/validate-input.json": AddBackupRequest,
+    "actions/cluster/alter-backup/validate-input.json": AlterBackupRequest,
+    "actions/cluster/remove-backup/validate-input.json": BackupIdRequest,
 }

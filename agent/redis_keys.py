@@ -62,6 +62,10 @@ def module_environment(module_id: str) -> str:
     return f"module/{module_id}/environment"
 
 
+def module_ui_name(module_id: str) -> str:
+    return f"module/{module_id}/ui_name"
+
+
 def module_key_pattern(module_id: str) -> str:
     """Glob matching every key a module owns."""
     return f"module/{module_id}/*"
@@ -85,12 +89,34 @@ def backup_repository_private(repository_id: str) -> str:
     return f"private/backup_repository/{repository_id}"
 
 
+def backup_repository_candidate(token: str) -> str:
+    """A destination being probed before it is saved (JSON with secrets, short TTL)."""
+    return f"private/backup_repository_candidate/{token}"
+
+
+def module_flags(module_id: str) -> str:
+    return f"module/{module_id}/flags"
+
+
 def backup(backup_id: int) -> str:
     return f"cluster/backup/{backup_id}"
 
 
 def backup_status(node_id: int, backup_id: int) -> str:
     return f"node/{node_id}/backup_status/{backup_id}"
+
+
+BACKUP_STATUS_PATTERN = "node/*/backup_status/*"
+
+
+def module_backup_lock(module_id: str) -> str:
+    """Held while a module is being backed up: one backup of a module at a time."""
+    return f"module/{module_id}/backup_lock"
+
+
+def repository_lease(destination_id: str, repo_path: str) -> str:
+    """Held while restic works on one repository; left behind by a crashed holder."""
+    return f"cluster/repository_lease/{destination_id}/{repo_path}"
 
 
 # --- events --------------------------------------------------------------------------

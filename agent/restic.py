@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,11 +126,12 @@ def forget_args(
     keep_monthly: int | None = None,
     keep_yearly: int | None = None,
     keep_within: str | None = None,
-    group_by: str = "host,tags",
+    group_by: str = "",
     prune: bool = True,
 ) -> list[str]:
-    """`forget` grouped by host and tags, not paths: a changed include list must never
-    leave old snapshots in a group of their own, out of retention's reach."""
+    """`forget` of the snapshots carrying tags, in one group: grouping by paths (restic's
+    default) would strand old snapshots out of retention's reach when an include list
+    changes, and grouping by host when a module is restored under a new id."""
     args = ["forget", "--json", f"--group-by={group_by}", f"--keep-last={keep_last}"]
     for flag, value in (
         ("--keep-daily", keep_daily),
@@ -159,6 +161,36 @@ def parse_json_lines(text: str) -> Iterator[dict[str, Any]]:
                 continue
             if isinstance(value, dict):
                 yield value
+
+
+def stream(
+    target: ResticTarget,
+    password: str,
+    args: Sequence[str],
+    *,
+    podman_env: Mapping[str, str],
+    on_message: Callable[[dict[str, Any]], None],
+    mounts: Sequence[Mount] = (),
+    hostname: str | None = None,
+) -> tuple[int, str]:
+    """Run restic with --json output, handing each message to on_message as it comes.
+
+    Returns (exit code, stderr text). stdout lines that are not JSON are ignored.
+    """
+    argv = podman_run_argv(target, args, mounts=mounts, hostname=hostname)
+    env = proc.merged_env({**podman_env, **container_env(target, password)})
+    child = proc.spawn(argv, env=env, stdin=proc.DEVNULL, new_session=False)
+    stdout, stderr = child.stdout, child.stderr
+    assert stdout is not None and stderr is not None
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(stderr.read()), daemon=True)
+    reader.start()
+    for raw in stdout:
+        for message in parse_json_lines(raw.decode(errors="replace")):
+            on_message(message)
+    code = child.wait()
+    reader.join()
+    return code, b"".join(errors).decode(errors="replace")
 
 
 def run(

@@ -49,6 +49,7 @@ class Settings:
     unit_dir: str = "/etc/systemd/system"
     systemctl: str = "systemctl"  # a command line: tests use one inside a systemd container
     timer_random_delay: int = 600  # RandomizedDelaySec of the timers (fixed per timer)
+    backup_concurrency: int = 1  # modules of one backup backed up at once on this node
     extra: dict[str, str] = field(default_factory=dict)
 
     # --- layout ----------------------------------------------------------------------
@@ -110,6 +111,7 @@ class Settings:
             "unit_dir": self.unit_dir,
             "systemctl": self.systemctl,
             "timer_random_delay": self.timer_random_delay,
+            "backup_concurrency": self.backup_concurrency,
         }
 
 
@@ -138,6 +140,7 @@ def load_settings(root: Path | None = None) -> Settings:
             unit_dir=str(data.get("unit_dir", "/etc/systemd/system")),
             systemctl=str(data.get("systemctl", "systemctl")),
             timer_random_delay=int(data.get("timer_random_delay", 600)),
+            backup_concurrency=int(data.get("backup_concurrency", 1)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"malformed {path}: {exc}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -13,7 +14,8 @@ from typing import Any, NoReturn, TypeVar
 
 import pydantic
 
-from agent.errors import AgentError, ValidationFailed
+from agent.errors import ActionFailed, AgentError, ValidationFailed
+from agent.masking import MASK, is_secret_key, mask_secrets
 from agent.redis_store import Context
 from agent.settings import load_settings
 
@@ -48,11 +50,14 @@ def pydantic_errors(exc: pydantic.ValidationError) -> list[dict[str, Any]]:
         path = [str(p) for p in error["loc"]]
         parameter = path[-1] if path else "(root)"
         kind = "required" if error["type"] == "missing" else error["type"]
+        value = error.get("input") if kind != "required" else None
+        if any(is_secret_key(p) for p in path) and value not in ("", None):
+            value = MASK  # a rejected secret must not come back in the stored output
         rows.append(
             {
                 "field": ".".join(path),
                 "parameter": parameter,
-                "value": error.get("input") if kind != "required" else None,
+                "value": mask_secrets(value),
                 "error": f"{parameter}_{kind}",
             }
         )
@@ -79,6 +84,10 @@ def read_input() -> Any:
 def step_main(handler: Callable[[Step, M], Any], model: type[M]) -> NoReturn:
     """Run handler(step, validated input); print its result as JSON; exit with NS8 codes."""
     step: Step | None = None
+    # Step stderr lands in the task's error text and the daemon log.
+    level = os.environ.get("AGENT_LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.WARNING), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         data = read_input()
         request = model.model_validate(data)
@@ -91,6 +100,11 @@ def step_main(handler: Callable[[Step, M], Any], model: type[M]) -> NoReturn:
         _fail_validation(step, ValidationFailed(pydantic_errors(exc)))
     except ValidationFailed as exc:
         _fail_validation(step, exc)
+    except ActionFailed as exc:
+        if exc.output is not None:
+            print(json.dumps(exc.output))
+        print(str(exc), file=sys.stderr)
+        sys.exit(exc.exit_code)
     except AgentError as exc:
         print(str(exc), file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import signal
@@ -44,12 +45,17 @@ def write_private_storage_conf(root: Path) -> Path:
     module volumes colliding."""
     base = root / "containers"
     base.mkdir(parents=True, exist_ok=True)
+    # conmon keeps unix sockets under the runroot: a deep data dir would push their paths
+    # past the 108-byte limit and stall every container exit, so the runroot stays short.
+    runroot = (
+        Path("/run/backup-agent") / hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    )
     conf = base / "storage.conf"
     conf.write_text(
         "[storage]\n"
         'driver = "overlay"\n'
         f'graphroot = "{base / "storage"}"\n'
-        f'runroot = "{base / "run"}"\n'
+        f'runroot = "{runroot}"\n'
         "[storage.options]\n"
         f'additionalimagestores = ["{SHARED_IMAGE_STORE}"]\n'
     )

@@ -135,7 +135,7 @@ def forget_module(redis: Redis, module_id: str) -> None:
         instances = (redis.hget(backup_key, "instances") or "").split()
         if module_id in instances:
             changed_backups.append((backup_key, " ".join(i for i in instances if i != module_id)))
-    status_keys = list(redis.scan_iter(match="node/*/backup_status/*", count=500))
+    status_keys = list(redis.scan_iter(match=redis_keys.BACKUP_STATUS_PATTERN, count=500))
     with redis.pipeline(transaction=True) as pipe:
         pipe.hdel(redis_keys.MODULE_NODE, module_id)
         pipe.hdel(redis_keys.MODULE_UUID, module_id)

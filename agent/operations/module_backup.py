@@ -1,0 +1,323 @@
+"""One module's backup: dump hook, restic backup, cleanup hook, retention, in that order."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from agent import locks, podman, proc, redis_keys, restic
+from agent.agentenv import agent_environment
+from agent.backup_status import ModuleStatus, Outcome
+from agent.destinations import Destination, restic_target
+from agent.operations.modules import image_name
+from agent.redis_store import Context
+from agent.volumes import backup_layout
+
+log = logging.getLogger("agent.backup")
+HOOK_TIMEOUT = 3600
+
+
+@dataclass(frozen=True)
+class Retention:
+    keep_last: int
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    keep_yearly: int | None = None
+    keep_within: str | None = None
+
+
+@dataclass(frozen=True)
+class BackupJob:
+    backup_id: int
+    name: str
+    destination: Destination
+    retention: Retention
+    lock_wait_seconds: float = 3600.0
+
+
+class StepFailed(Exception):
+    """A stage of the module backup failed; the message is the recorded reason."""
+
+
+def repo_path(ctx: Context, module_id: str) -> tuple[str, str]:
+    """('<image-name>/<module-uuid>', module uuid) of a module's repository."""
+    module_uuid = ctx.redis.hget(redis_keys.MODULE_UUID, module_id)
+    image_url = ctx.redis.hget(redis_keys.module_environment(module_id), "IMAGE_URL")
+    if not module_uuid or not image_url:
+        raise StepFailed(f"module {module_id} has no uuid or image in Redis")
+    return f"{image_name(image_url)}/{module_uuid}", str(module_uuid)
+
+
+def run_hook(ctx: Context, module_id: str, hook: str, backup_id: int) -> proc.Result | None:
+    """Run a module hook as the module; None when the module does not ship it."""
+    agent_id = redis_keys.module_agent(module_id)
+    env = agent_environment(ctx.settings, agent_id)
+    path = shutil.which(hook, path=env["PATH"])
+    if path is None:
+        return None
+    return proc.run(
+        [path, str(backup_id)], env=env, cwd=ctx.settings.state_dir(agent_id), timeout=HOOK_TIMEOUT
+    )
+
+
+def _tail(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no error output"
+
+
+def read_status(ctx: Context, backup_id: int, module_id: str) -> ModuleStatus | None:
+    key = redis_keys.backup_status(ctx.settings.node_id, backup_id)
+    text = ctx.redis.hget(key, module_id)
+    return ModuleStatus.from_record(module_id, text) if text else None
+
+
+class ModuleBackup:
+    """Backs up one module of one backup definition; run() never raises for its failures."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        job: BackupJob,
+        module_id: str,
+        on_progress: Callable[[int], None],
+        cancelled: threading.Event,
+    ) -> None:
+        self.ctx = ctx
+        self.job = job
+        self.module_id = module_id
+        self.on_progress = on_progress
+        self.cancelled = cancelled
+        self.start = int(time.time())
+        self.previous = read_status(ctx, job.backup_id, module_id)
+
+    def failed(self, reason: str) -> ModuleStatus:
+        last = self.previous.last_success if self.previous else 0
+        return ModuleStatus(
+            self.module_id,
+            Outcome.FAILED,
+            self.start,
+            int(time.time()),
+            reason=reason,
+            errors=1,
+            last_success=last,
+            snapshots_count=self.previous.snapshots_count if self.previous else 0,
+        )
+
+    def run(self) -> ModuleStatus:
+        try:
+            lock = locks.acquire(
+                self.ctx.redis,
+                redis_keys.module_backup_lock(self.module_id),
+                wait_seconds=self.job.lock_wait_seconds,
+            )
+        except locks.LockBusy as busy:
+            return self.failed(
+                f"another backup of {self.module_id} kept running "
+                f"({busy.holder}) for {self.job.lock_wait_seconds:.0f}s"
+            )
+        with lock:
+            latest = read_status(self.ctx, self.job.backup_id, self.module_id)
+            if (
+                latest is not None
+                and latest.end >= self.start
+                and latest.outcome is not Outcome.FAILED
+            ):
+                # A run of the same backup finished while we waited: its snapshot is ours.
+                return replace(latest, coalesced=True)
+            try:
+                return self._locked_run()
+            except StepFailed as exc:
+                return self.failed(str(exc))
+
+    def _locked_run(self) -> ModuleStatus:
+        path, module_uuid = repo_path(self.ctx, self.module_id)
+        dumped = run_hook(self.ctx, self.module_id, "module-dump-state", self.job.backup_id)
+        cleanup_failure = None
+        try:
+            if dumped is not None and dumped.returncode != 0:
+                raise StepFailed(
+                    f"module-dump-state failed (exit {dumped.returncode}): "
+                    f"{_tail(dumped.error_text)}"
+                )
+            status = self._backup(path, module_uuid)
+        finally:
+            # Once the dump hook ran, its cleanup runs whatever happened after it.
+            if dumped is not None:
+                cleanup_failure = self._cleanup()
+        if cleanup_failure:
+            raise StepFailed(cleanup_failure)
+        return status
+
+    def _cleanup(self) -> str | None:
+        cleaned = run_hook(self.ctx, self.module_id, "module-cleanup-state", self.job.backup_id)
+        if cleaned is not None and cleaned.returncode != 0:
+            return (
+                f"module-cleanup-state failed (exit {cleaned.returncode}): "
+                f"{_tail(cleaned.error_text)}"
+            )
+        return None
+
+    def _backup(self, path: str, module_uuid: str) -> ModuleStatus:
+        settings = self.ctx.settings
+        agent_id = redis_keys.module_agent(self.module_id)
+        podman_env = settings.podman_env()
+        layout = backup_layout(
+            self.module_id,
+            settings.agent_home(agent_id),
+            settings.state_dir(agent_id),
+            podman.list_volumes(podman_env),
+        )
+        target = restic_target(self.job.destination, path)
+        password = self.job.destination.password
+        args = restic.backup_args(
+            layout.paths,
+            files_from=layout.files_from,
+            exclude_file=layout.exclude_file,
+            host=self.module_id,
+            tags=[
+                f"module={self.module_id}",
+                f"uuid={module_uuid}",
+                f"backup={self.job.backup_id}",
+            ],
+        )
+        lease_key = redis_keys.repository_lease(self.job.destination.id, path)
+        try:
+            lease = locks.acquire(
+                self.ctx.redis, lease_key, wait_seconds=self.job.lock_wait_seconds
+            )
+        except locks.LockBusy as busy:
+            raise StepFailed(f"repository {path} is busy ({busy.holder})") from None
+        with lease:
+            if lease.previous_crashed:
+                self._unlock_after_crash(target, password, podman_env)
+            result = self._restic_backup(target, password, args, layout.mounts, podman_env)
+            if result.code == restic.EXIT_NO_REPOSITORY:
+                init = restic.run(target, password, ["init"], podman_env=podman_env, timeout=600)
+                if init.returncode != 0:
+                    raise StepFailed(f"cannot create the repository: {_tail(init.error_text)}")
+                result = self._restic_backup(target, password, args, layout.mounts, podman_env)
+            outcome = self._classify(result)
+            kept = self._retention(target, password, podman_env)
+        summary = result.summary
+        return ModuleStatus(
+            self.module_id,
+            outcome,
+            self.start,
+            int(time.time()),
+            reason=""
+            if outcome is Outcome.OK
+            else f"{len(result.unreadable)} file(s) could not be read: "
+            + ", ".join(result.unreadable[:5]),
+            snapshot_id=str(summary.get("snapshot_id", "")),
+            total_size=int(summary.get("total_bytes_processed", 0)),
+            total_file_count=int(summary.get("total_files_processed", 0)),
+            snapshots_count=kept,
+            bytes_added=int(summary.get("data_added", 0)),
+            errors=len(result.unreadable),
+            unreadable=tuple(result.unreadable),
+            last_success=int(time.time()),
+        )
+
+    def _unlock_after_crash(
+        self, target: restic.ResticTarget, password: str, podman_env: dict[str, str]
+    ) -> None:
+        # Our lease proves nobody else works on this repository: any lock is the dead run's.
+        log.warning(
+            "%s: previous run on the repository crashed; removing its restic locks", self.module_id
+        )
+        done = restic.run(
+            target, password, ["unlock", "--remove-all"], podman_env=podman_env, timeout=300
+        )
+        if done.returncode not in (0, restic.EXIT_NO_REPOSITORY):
+            raise StepFailed(f"cannot remove stale locks: {_tail(done.error_text)}")
+
+    def _restic_backup(
+        self,
+        target: restic.ResticTarget,
+        password: str,
+        args: list[str],
+        mounts: tuple[restic.Mount, ...],
+        podman_env: dict[str, str],
+    ) -> _Result:
+        result = _Result()
+
+        def on_message(message: dict[str, Any]) -> None:
+            kind = message.get("message_type")
+            if kind == "status":
+                self.on_progress(int(float(message.get("percent_done", 0)) * 100))
+            elif kind == "summary":
+                result.summary = message
+            elif kind == "error":
+                item = str(message.get("item", ""))
+                result.unreadable.append(
+                    item.removeprefix("/srv/") or str(message.get("error", {}).get("message", ""))
+                )
+
+        result.code, result.stderr = restic.stream(
+            target, password, args, podman_env=podman_env, on_message=on_message, mounts=mounts
+        )
+        return result
+
+    def _classify(self, result: _Result) -> Outcome:
+        if self.cancelled.is_set():
+            raise StepFailed("cancelled")
+        if result.code == restic.EXIT_OK:
+            return Outcome.OK
+        if result.code == restic.EXIT_INCOMPLETE and result.summary.get("snapshot_id"):
+            return Outcome.PARTIAL
+        raise StepFailed(explain_restic_failure(result.code, result.stderr))
+
+    def _retention(
+        self, target: restic.ResticTarget, password: str, podman_env: dict[str, str]
+    ) -> int:
+        policy = self.job.retention
+        args = restic.forget_args(
+            policy.keep_last,
+            tags=[f"backup={self.job.backup_id}"],
+            keep_daily=policy.keep_daily,
+            keep_weekly=policy.keep_weekly,
+            keep_monthly=policy.keep_monthly,
+            keep_yearly=policy.keep_yearly,
+            keep_within=policy.keep_within,
+        )
+        done = restic.run(target, password, args, podman_env=podman_env, timeout=3600)
+        if done.returncode != 0:
+            raise StepFailed(f"retention failed: {_tail(done.error_text)}")
+        return count_kept(done.text)
+
+
+@dataclass
+class _Result:
+    code: int = -1
+    stderr: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+    unreadable: list[str] = field(default_factory=list)
+
+
+def count_kept(forget_output: str) -> int:
+    """Snapshots kept, from `forget --json` (one JSON array line among prune's text)."""
+    for line in forget_output.splitlines():
+        if line.startswith("["):
+            try:
+                groups = json.loads(line)
+            except ValueError:
+                continue
+            return sum(len(group.get("keep") or []) for group in groups if isinstance(group, dict))
+    return 0
+
+
+def explain_restic_failure(code: int, stderr: str) -> str:
+    if code == restic.EXIT_WRONG_PASSWORD:
+        return "wrong repository password (restic exit 12)"
+    if code == restic.EXIT_LOCKED:
+        return f"repository is locked by another process: {_tail(stderr)}"
+    if code == restic.EXIT_NO_REPOSITORY:
+        return "the repository does not exist and could not be created"
+    return f"restic failed (exit {code}): {_tail(stderr)}"

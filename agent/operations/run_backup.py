@@ -1,0 +1,219 @@
+"""run-backup: a node backs up its modules of a backup definition; the cluster fans out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from agent import redis_keys, restic, tasks
+from agent.backup_status import ModuleStatus, Outcome, RunSummary, metadata, render_prometheus
+from agent.backup_status import write_atomic as write_file_atomic
+from agent.destinations import Destination, load_destination, rclone_target, restic_target
+from agent.errors import ActionFailed, AgentError, validation_error
+from agent.operations.module_backup import BackupJob, ModuleBackup, Retention, repo_path
+from agent.redis_store import Context
+
+log = logging.getLogger("agent.backup")
+EXIT_PARTIAL = 3
+
+
+def read_definition(ctx: Context, backup_id: int) -> dict[str, str]:
+    definition: dict[str, str] = ctx.redis.hgetall(redis_keys.backup(backup_id))
+    if not definition:
+        raise validation_error("id", "backup_not_found", backup_id)
+    return definition
+
+
+def _optional_int(definition: dict[str, str], name: str) -> int | None:
+    value = definition.get(name, "")
+    return int(value) if value.strip().isdigit() and int(value) > 0 else None
+
+
+def make_job(backup_id: int, definition: dict[str, str], destination: Destination) -> BackupJob:
+    retention = Retention(
+        keep_last=max(1, int(definition.get("retention") or 1)),
+        keep_daily=_optional_int(definition, "keep_daily"),
+        keep_weekly=_optional_int(definition, "keep_weekly"),
+        keep_monthly=_optional_int(definition, "keep_monthly"),
+        keep_yearly=_optional_int(definition, "keep_yearly"),
+        keep_within=definition.get("keep_within") or None,
+    )
+    return BackupJob(
+        backup_id, definition.get("name") or f"Backup {backup_id}", destination, retention
+    )
+
+
+def local_modules(ctx: Context, instances: list[str]) -> list[str]:
+    nodes = ctx.redis.hgetall(redis_keys.MODULE_NODE)
+    return [m for m in instances if nodes.get(m) == str(ctx.settings.node_id)]
+
+
+def run_node_backup(
+    ctx: Context,
+    backup_id: int,
+    on_progress: Callable[[int], None] = lambda _: None,
+    cancelled: threading.Event | None = None,
+    lock_wait_seconds: float | None = None,
+) -> RunSummary | None:
+    """Back up this node's modules of backup_id; None when the backup is disabled."""
+    definition = read_definition(ctx, backup_id)
+    if definition.get("enabled") != "1":
+        return None
+    cancelled = cancelled or threading.Event()
+    modules = local_modules(ctx, definition.get("instances", "").split())
+    summary = RunSummary(
+        backup_id, definition.get("name") or f"Backup {backup_id}", ctx.settings.node_id
+    )
+    if not modules:
+        return summary
+    try:
+        destination = load_destination(ctx.redis, definition.get("repository", ""))
+    except AgentError as exc:
+        failures = [
+            ModuleStatus(m, Outcome.FAILED, 0, 0, reason=str(exc), errors=1) for m in modules
+        ]
+        summary.modules.extend(failures)
+        _record(ctx, summary, failures)
+        return summary
+    job = make_job(backup_id, definition, destination)
+    if lock_wait_seconds is not None:
+        job = BackupJob(job.backup_id, job.name, job.destination, job.retention, lock_wait_seconds)
+    percents = dict.fromkeys(modules, 0)
+    guard = threading.Lock()
+
+    def back_up(module_id: str) -> ModuleStatus:
+        def progress(percent: int) -> None:
+            with guard:
+                percents[module_id] = percent
+                on_progress(sum(percents.values()) // len(percents))
+
+        status = ModuleBackup(ctx, job, module_id, progress, cancelled).run()
+        if not status.coalesced:
+            _record(ctx, summary, [status])
+            _write_metadata(ctx, destination, status)
+        progress(100)
+        log.info(
+            "backup %s of %s: %s %s", backup_id, module_id, status.outcome.value, status.reason
+        )
+        return status
+
+    workers = max(1, ctx.settings.backup_concurrency)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backup") as pool:
+        summary.modules.extend(pool.map(back_up, modules))
+    write_file_atomic(prometheus_path(ctx, backup_id), render_prometheus(summary))
+    return summary
+
+
+def prometheus_path(ctx: Context, backup_id: int) -> Path:
+    node_state = ctx.settings.state_dir(redis_keys.node_agent(ctx.settings.node_id))
+    return node_state / "node_exporter" / f"backup{backup_id}.prom"
+
+
+def _record(ctx: Context, summary: RunSummary, statuses: list[ModuleStatus]) -> None:
+    node_id = ctx.settings.node_id
+    with ctx.redis.pipeline(transaction=True) as pipe:
+        for status in statuses:
+            pipe.hset(
+                redis_keys.backup_status(node_id, summary.backup_id),
+                status.module_id,
+                status.to_record(),
+            )
+            pipe.publish(
+                redis_keys.node_event(node_id, "backup-status-changed"),
+                json.dumps(
+                    {
+                        "node_id": node_id,
+                        "backup_id": summary.backup_id,
+                        "module_id": status.module_id,
+                    }
+                ),
+            )
+        pipe.execute()
+
+
+def _write_metadata(ctx: Context, destination: Destination, status: ModuleStatus) -> None:
+    """<repo>.json beside the repository, so other clusters can find and label it."""
+    try:
+        path, module_uuid = repo_path(ctx, status.module_id)
+    except Exception:
+        return
+    label = ctx.redis.get(redis_keys.module_ui_name(status.module_id)) or ""
+    document = metadata(
+        status,
+        module_uuid=module_uuid,
+        label=label,
+        node_id=ctx.settings.node_id,
+        node_fqdn=socket.getfqdn(),
+        cluster_uuid=ctx.redis.get(redis_keys.CLUSTER_UUID) or "",
+    )
+    spec, env = rclone_target(destination, f"{path}.json")
+    volumes = restic_target(destination, path).volumes
+    target = restic.ResticTarget(repository="", env=env, volumes=volumes)
+    done = restic.run(
+        target,
+        "",
+        ["rcat", spec],
+        podman_env=ctx.settings.podman_env(),
+        entrypoint="/usr/bin/rclone",
+        input=json.dumps(document).encode(),
+        timeout=120,
+    )
+    if done.returncode != 0:
+        log.warning("cannot write %s.json: %s", path, done.error_text.strip()[-300:])
+
+
+def exit_code(outcome: Outcome) -> int:
+    return {Outcome.OK: 0, Outcome.PARTIAL: EXIT_PARTIAL, Outcome.FAILED: 1}[outcome]
+
+
+def describe_failure(summary: RunSummary) -> str:
+    bad = [m for m in summary.modules if m.outcome is not Outcome.OK]
+    return "; ".join(f"{m.module_id}: {m.outcome.value}: {m.reason}" for m in bad)
+
+
+# --- cluster fan-out ---------------------------------------------------------------------
+def run_cluster_backup(
+    ctx: Context,
+    backup_id: int,
+    parent: str,
+    on_progress: Callable[[str, int], None],
+    cancelled: threading.Event,
+) -> dict[str, Any]:
+    """node/<N>/run-backup on every node at once; raises ActionFailed if any failed."""
+    read_definition(ctx, backup_id)
+    nodes = sorted(int(n) for n in ctx.redis.smembers(redis_keys.CLUSTER_NODES))
+    requests = [
+        tasks.TaskRequest(redis_keys.node_agent(n), "run-backup", {"id": backup_id}, parent)
+        for n in nodes
+    ]
+    results = tasks.run_parallel(ctx.redis, requests, on_progress, cancelled)
+    output: dict[str, Any] = {"id": backup_id, "nodes": {}}
+    codes = []
+    for node, result in zip(nodes, results, strict=True):
+        output["nodes"][str(node)] = result.output
+        codes.append(result.exit_code)
+    failed = [n for n, c in zip(nodes, codes, strict=True) if c not in (0, EXIT_PARTIAL)]
+    partial = [n for n, c in zip(nodes, codes, strict=True) if c == EXIT_PARTIAL]
+    output["outcome"] = "failed" if failed else "partial" if partial else "ok"
+    if cancelled.is_set():
+        raise ActionFailed(f"run-backup {backup_id} cancelled", 1, output)
+    if failed:
+        raise ActionFailed(
+            f"run-backup {backup_id} failed on {len(failed)} node(s): "
+            + ", ".join(map(str, failed)),
+            1,
+            output,
+        )
+    if partial:
+        raise ActionFailed(
+            f"run-backup {backup_id} partial on node(s) " + ", ".join(map(str, partial)),
+            EXIT_PARTIAL,
+            output,
+        )
+    return output

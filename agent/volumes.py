@@ -1,0 +1,65 @@
+"""Where a module's data appears inside the restic container (NS8 layout under /srv)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.restic import Mount
+
+STATE_MOUNT = "/srv/state"
+VOLUMES_MOUNT = "/srv/volumes"
+INCLUDE_MOUNT = "/etc/state-include.conf"
+EXCLUDE_MOUNT = "/etc/state-exclude.conf"
+ALWAYS_BACKED_UP = ("state/environment",)
+
+
+def volume_mounts(module_id: str, volume_names: list[str]) -> list[Mount]:
+    """Rootfull volumes '<module_id>-<name>' at /srv/volumes/<name>; 'restic-*' skipped."""
+    prefix = f"{module_id}-"
+    mounts = []
+    for name in sorted(volume_names):
+        if not name.startswith(prefix):
+            continue
+        short = name[len(prefix) :]
+        if not short or short.startswith("restic-"):
+            continue
+        mounts.append(Mount(name, f"{VOLUMES_MOUNT}/{short}"))
+    return mounts
+
+
+@dataclass(frozen=True)
+class BackupLayout:
+    mounts: tuple[Mount, ...]
+    paths: tuple[str, ...]  # positional restic paths, relative to /srv
+    files_from: str | None
+    exclude_file: str | None
+
+
+def backup_layout(
+    module_id: str, install_dir: Path, state_dir: Path, volume_names: list[str]
+) -> BackupLayout:
+    """Mounts and restic path arguments for one module's backup."""
+    mounts = [Mount(str(state_dir), STATE_MOUNT), *volume_mounts(module_id, volume_names)]
+    include = install_dir / "etc" / "state-include.conf"
+    exclude = install_dir / "etc" / "state-exclude.conf"
+    files_from = exclude_file = None
+    if include.is_file():
+        mounts.append(Mount(str(include), INCLUDE_MOUNT, read_only=True))
+        files_from = INCLUDE_MOUNT
+    if exclude.is_file():
+        mounts.append(Mount(str(exclude), EXCLUDE_MOUNT, read_only=True))
+        exclude_file = EXCLUDE_MOUNT
+    return BackupLayout(tuple(mounts), ALWAYS_BACKED_UP, files_from, exclude_file)
+
+
+def included_volumes(include_text: str) -> list[str]:
+    """Volume names that state-include.conf lines 'volumes/<name>[/…]' refer to."""
+    names = []
+    for line in include_text.splitlines():
+        line = line.strip().lstrip("/")
+        if line.startswith("volumes/"):
+            name = line.split("/")[1]
+            if name and name not in names and not any(c in name for c in "*?["):
+                names.append(name)
+    return names

@@ -1,0 +1,69 @@
+"""Backup fixtures written straight into Redis in the stored (NS8) shape, and repo checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from agent import redis_keys
+
+RESTIC_IMAGE = "localhost/backup-agent-restic:latest"
+PASSWORD = "repo-password-for-tests-0123456789"
+
+
+def add_destination(client: redis.Redis, provider: str, url: str, password: str = PASSWORD,
+                    **parameters: str) -> str:
+    destination_id = str(uuid.uuid4())
+    client.hset(redis_keys.backup_repository(destination_id),
+                mapping={"name": f"{provider} test", "provider": provider, "url": url})
+    client.hset(redis_keys.backup_repository_private(destination_id),
+                mapping={"password": password, **parameters})
+    return destination_id
+
+
+def add_backup(client: redis.Redis, backup_id: int, repository: str, instances: list[str],
+               retention: int = 3, enabled: bool = True, **extra: Any) -> None:
+    client.hset(redis_keys.backup(backup_id), mapping={
+        "name": f"Backup {backup_id}", "repository": repository, "schedule": "daily",
+        "retention": str(retention), "enabled": "1" if enabled else "",
+        "instances": " ".join(instances), **{k: str(v) for k, v in extra.items()},
+    })
+
+
+def restic(repo: Path | str, *args: str, password: str = PASSWORD,
+           check: bool = True) -> subprocess.CompletedProcess[str]:
+    """restic in the project's image on a local repository directory."""
+    repo = Path(repo)
+    env = dict(os.environ, RESTIC_PASSWORD=password)
+    return subprocess.run(
+        ["podman", "run", "--rm", "--env", "RESTIC_PASSWORD", "--volume", f"{repo}:/repo",
+         RESTIC_IMAGE, "--repo", "/repo", "--no-cache", *args],
+        env=env, capture_output=True, text=True, check=check, timeout=300,
+    )
+
+
+def snapshots(repo: Path | str, password: str = PASSWORD) -> list[dict[str, Any]]:
+    done = restic(repo, "snapshots", "--json", password=password)
+    return list(json.loads(done.stdout))
+
+
+def listing(repo: Path | str, snapshot: str = "latest") -> list[str]:
+    done = restic(repo, "ls", "--json", snapshot)
+    paths = []
+    for line in done.stdout.splitlines():
+        item = json.loads(line)
+        if item.get("struct_type") == "node":
+            paths.append(item["path"].lstrip("/"))
+    return paths
+
+
+def status(client: redis.Redis, node: int, backup_id: int, module_id: str) -> dict[str, Any]:
+    text = client.hget(redis_keys.backup_status(node, backup_id), module_id)
+    assert text, f"no status for {module_id}"
+    return dict(json.loads(text))
