@@ -10,6 +10,7 @@ import jsonschema
 from jsonschema.exceptions import ValidationError
 
 from agent.errors import ConfigError, ValidationFailed
+from agent.masking import MASK, is_secret_key, mask_secrets
 
 # jsonschema validator names → the gojsonschema error types NS8 clients know.
 _ERROR_TYPES = {
@@ -53,6 +54,8 @@ def _error_row(error: ValidationError) -> dict[str, Any]:
     error_type = _ERROR_TYPES.get(str(error.validator), str(error.validator))
     if isinstance(value, str) and len(value) > 256:
         value = value[:256] + "…"
+    # Rejected secrets must not come back in the task output (it is stored and shown).
+    value = MASK if is_secret_key(parameter) and value not in ("", None) else mask_secrets(value)
     return {
         "field": field,
         "parameter": parameter,

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 class NodeHarness:
     settings: Settings
     process: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. AGENT_ARGV_LOG
 
     @property
     def root(self) -> Path:
@@ -39,6 +40,7 @@ class NodeHarness:
             os.environ,
             AGENT_ROOT=str(self.root),
             PATH=f"{Path(sys.executable).parent}:" + os.environ.get("PATH", "/usr/bin:/bin"),
+            **self.extra_env,
         )
 
     def start(self, timeout: float = 20.0) -> None:

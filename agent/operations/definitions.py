@@ -1,0 +1,214 @@
+"""Cluster actions add/alter/remove/list-backups: when and what is backed up, where to."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis as redis_lib
+
+from agent import proc, redis_keys
+from agent.errors import AgentError, ValidationFailed
+from agent.models import (
+    AddBackupRequest,
+    AlterBackupRequest,
+    BackupIdRequest,
+    BackupRequest,
+    NoInput,
+)
+from agent.operations.modules import image_name
+from agent.redis_store import Redis
+from agent.steps import Step
+
+SCHEDULE_CHANGED = redis_keys.cluster_event("backup-schedule-changed")
+KEEP_FIELDS = ("keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within")
+STATUS_FIELDS = ("start", "end", "total_size", "total_file_count", "snapshots_count")
+
+
+def error_row(field: str, error: str, value: Any) -> dict[str, Any]:
+    return {"field": field, "parameter": field, "value": value, "error": error}
+
+
+def schedule_is_valid(schedule: str) -> bool:
+    """systemd's own parser decides (`--` so that a leading dash is no option)."""
+    try:
+        result = proc.run(["systemd-analyze", "calendar", "--", schedule], timeout=10)
+    except (OSError, proc.TimeoutExpired) as exc:
+        raise AgentError(f"cannot check the schedule with systemd-analyze: {exc}") from None
+    return result.returncode == 0
+
+
+def missing_modules(redis: Redis, instances: list[str]) -> list[str]:
+    placed = redis.hgetall(redis_keys.MODULE_NODE)
+    return [
+        m
+        for m in dict.fromkeys(instances)
+        if m not in placed or not redis.exists(redis_keys.module_environment(m))
+    ]
+
+
+def backup_fields(request: BackupRequest, backup_id: int) -> dict[str, str]:
+    fields = {
+        "name": request.name or f"Backup {backup_id}",
+        "schedule": request.schedule,
+        "schedule_hint": json.dumps(request.schedule_hint),
+        "retention": str(request.retention),
+        "enabled": "1" if request.enabled else "",
+        "instances": " ".join(dict.fromkeys(request.instances)),
+    }
+    for name in KEEP_FIELDS:
+        value = getattr(request, name)
+        if value is not None:
+            fields[name] = str(value)
+    return fields
+
+
+def add_backup(step: Step, request: AddBackupRequest) -> int:
+    redis = step.ctx.redis
+    errors = []
+    repository_key = redis_keys.backup_repository(request.repository)
+    if not redis.exists(repository_key):
+        errors.append(error_row("id", "backup_repository_not_found", request.repository))
+    if not schedule_is_valid(request.schedule):
+        errors.append(error_row("schedule", "bad_schedule_format", request.schedule))
+    for module_id in missing_modules(redis, request.instances):
+        errors.append(error_row("instances", "module_not_found", module_id))
+    if errors:
+        raise ValidationFailed(errors, exit_code=2)
+    for _attempt in range(10):
+        with redis.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(repository_key, redis_keys.BACKUP_SEQUENCE, redis_keys.MODULE_NODE)
+                if not pipe.exists(repository_key) or missing_modules(pipe, request.instances):
+                    raise AgentError("the destination or a module went away meanwhile: retry")
+                backup_id = int(pipe.get(redis_keys.BACKUP_SEQUENCE) or 0) + 1
+                pipe.multi()
+                pipe.set(redis_keys.BACKUP_SEQUENCE, backup_id)
+                fields = backup_fields(request, backup_id) | {"repository": request.repository}
+                pipe.hset(redis_keys.backup(backup_id), mapping=fields)
+                pipe.publish(SCHEDULE_CHANGED, json.dumps({"backup_ids": [str(backup_id)]}))
+                pipe.execute()
+                return backup_id
+            except redis_lib.WatchError:
+                continue
+    raise AgentError("the backup sequence kept changing: retry")
+
+
+def alter_backup(step: Step, request: AlterBackupRequest) -> None:
+    redis = step.ctx.redis
+    key = redis_keys.backup(request.id)
+    if not redis.exists(key):
+        raise ValidationFailed([error_row("id", "backup_object_not_found", request.id)], 2)
+    errors = []
+    if not schedule_is_valid(request.schedule):
+        errors.append(error_row("schedule", "bad_schedule_format", request.schedule))
+    for module_id in missing_modules(redis, request.instances):
+        errors.append(error_row("instances", "module_not_found", module_id))
+    if errors:
+        raise ValidationFailed(errors, exit_code=3)
+    with redis.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(key)
+            if not pipe.exists(key):
+                raise ValidationFailed([error_row("id", "backup_object_not_found", request.id)], 2)
+            fields = backup_fields(request, request.id)
+            pipe.multi()
+            pipe.hset(key, mapping=fields)
+            absent = [name for name in KEEP_FIELDS if name not in fields]
+            if absent:
+                pipe.hdel(key, *absent)
+            pipe.publish(SCHEDULE_CHANGED, json.dumps({"backup_ids": [str(request.id)]}))
+            pipe.execute()
+        except redis_lib.WatchError:
+            raise AgentError(f"backup {request.id} changed meanwhile: retry") from None
+
+
+def node_ids(redis: Redis) -> list[int]:
+    return sorted(int(n) for n in redis.smembers(redis_keys.CLUSTER_NODES))
+
+
+def remove_backup(step: Step, request: BackupIdRequest) -> None:
+    redis = step.ctx.redis
+    key = redis_keys.backup(request.id)
+    with redis.pipeline(transaction=True) as pipe:
+        pipe.watch(key)
+        if not pipe.exists(key):
+            raise ValidationFailed([error_row("id", "backup_not_found", request.id)], 2)
+        pipe.multi()
+        pipe.delete(key, *(redis_keys.backup_status(n, request.id) for n in node_ids(redis)))
+        pipe.publish(SCHEDULE_CHANGED, json.dumps({"backup_ids": [str(request.id)]}))
+        try:
+            pipe.execute()
+        except redis_lib.WatchError:
+            raise AgentError(f"backup {request.id} changed meanwhile: retry") from None
+
+
+def instance_status(raw: str | None) -> dict[str, Any] | None:
+    """The engine's status JSON in NS8's shape (success = no errors) plus our outcome."""
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    status = {name: data.get(name) for name in STATUS_FIELDS}
+    errors = data.get("errors") or 0
+    status["success"] = errors == 0
+    status["outcome"] = data.get("outcome") or ("ok" if errors == 0 else "failed")
+    status["partial"] = data.get("partial")
+    status["reason"] = data.get("reason")
+    return status
+
+
+def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
+    redis = step.ctx.redis
+    uuids = redis.hgetall(redis_keys.MODULE_UUID)
+    placed = redis.hgetall(redis_keys.MODULE_NODE)
+    nodes = node_ids(redis)
+    backups, configured = [], set()
+    keys = redis.scan_iter(match=redis_keys.BACKUP_PATTERN, count=500)
+    for backup_id in sorted(int(k.rsplit("/", 1)[1]) for k in keys):
+        fields = redis.hgetall(redis_keys.backup(backup_id))
+        statuses: dict[str, str] = {}
+        for node in nodes:
+            statuses |= redis.hgetall(redis_keys.backup_status(node, backup_id))
+        instances = []
+        for module_id in fields.get("instances", "").split():
+            configured.add(module_id)
+            if module_id not in uuids:
+                continue
+            image_url = redis.hget(redis_keys.module_environment(module_id), "IMAGE_URL") or ""
+            try:
+                image = image_name(image_url)
+            except ValidationFailed:
+                image = ""
+            instances.append(
+                {
+                    "module_id": module_id,
+                    "ui_name": redis.get(redis_keys.module_ui_name(module_id)) or "",
+                    "repository_path": f"{image}/{uuids[module_id]}",
+                    "status": instance_status(statuses.get(module_id)),
+                }
+            )
+        item: dict[str, Any] = {
+            "id": backup_id,
+            "name": fields.get("name", ""),
+            "repository": fields.get("repository", ""),
+            "schedule": fields.get("schedule", ""),
+            "schedule_hint": json.loads(fields.get("schedule_hint") or "{}"),
+            "retention": int(fields.get("retention") or 0),
+            "enabled": fields.get("enabled") == "1",
+            "instances": instances,
+        }
+        for name in KEEP_FIELDS:
+            if fields.get(name):
+                item[name] = fields[name] if name == "keep_within" else int(fields[name])
+        backups.append(item)
+    unconfigured = [
+        {"id": m, "ui_name": redis.get(redis_keys.module_ui_name(m)) or ""}
+        for m in sorted(placed)
+        if m not in configured and not redis.sismember(redis_keys.module_flags(m), "no_data_backup")
+    ]
+    return {"backups": backups, "unconfigured_instances": unconfigured}

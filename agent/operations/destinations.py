@@ -1,0 +1,183 @@
+"""Cluster actions add/alter/remove/list-backup-repositories (NS8 names and shapes)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+import redis as redis_lib
+
+from agent import lease, redis_keys, tasks
+from agent.destination_input import SECRETS, Prepared, prepare, stable_uuid
+from agent.destinations import load_destination
+from agent.errors import AgentError, DestinationNotFound, validation_error
+from agent.models import (
+    AddBackupRepositoryRequest,
+    AlterBackupRepositoryRequest,
+    DestinationIdRequest,
+    NoInput,
+)
+from agent.operations.probe import write_candidate
+from agent.redis_store import Redis
+from agent.steps import Step
+
+# When every node fails, the reason shown is the first of these any node gave (NS8's order).
+REASONS = ("no_write_permission", "no_delete_permission", "no_read_permission")
+DESTINATION_CHANGED = redis_keys.cluster_event("backup-destination-changed")
+SCHEDULE_CHANGED = redis_keys.cluster_event("backup-schedule-changed")
+
+
+def probe_nodes(redis: Redis) -> list[int]:
+    """Nodes that will use a destination and can answer now."""
+    nodes = sorted(int(n) for n in redis.smembers(redis_keys.CLUSTER_NODES))
+    return [n for n in nodes if lease.is_served(redis, n)]
+
+
+def probe_on_nodes(step: Step, prepared: Prepared, exit_code: int) -> None:
+    """Run validate-backup-destination on the nodes; raise unless one of them succeeded."""
+    redis = step.ctx.redis
+    nodes = probe_nodes(redis)
+    if not nodes:
+        raise AgentError("no node daemon is running to validate the destination")
+    token = secrets.token_hex(16)
+    destination_id = prepared.destination.id
+    write_candidate(redis, token, prepared.destination)
+    try:
+        requests = [
+            tasks.TaskRequest(
+                redis_keys.node_agent(node),
+                "validate-backup-destination",
+                {"id": destination_id, "candidate": token},
+                step.task_id,
+            )
+            for node in nodes
+        ]
+        results = tasks.run_parallel(redis, requests, step.progress_range(5, 90))
+    finally:
+        redis.delete(redis_keys.backup_repository_candidate(token))
+    if any(result.exit_code == 0 for result in results):
+        return
+    given = {
+        str(row.get("error"))
+        for result in results
+        if result.exit_code == 2 and isinstance(result.output, list)
+        for row in result.output
+        if isinstance(row, dict)
+    }
+    reason = next((r for r in REASONS if r in given), "backup_repository_not_accessible")
+    raise validation_error("parameters", reason, "", exit_code=exit_code)
+
+
+def save(redis: Redis, prepared: Prepared, *, adding: bool) -> None:
+    """Replace both hashes and publish, atomically; WATCH turns a race into an error."""
+    destination_id = prepared.destination.id
+    public_key = redis_keys.backup_repository(destination_id)
+    private_key = redis_keys.backup_repository_private(destination_id)
+    with redis.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(public_key, private_key)
+            if bool(pipe.exists(public_key)) == adding:
+                if adding:
+                    raise validation_error("", "backup_repository_exists", destination_id)
+                raise validation_error("id", "backup_repository_not_found", destination_id)
+            pipe.multi()
+            pipe.delete(public_key, private_key)
+            pipe.hset(public_key, mapping=prepared.public)
+            pipe.hset(private_key, mapping=prepared.private)
+            pipe.publish(DESTINATION_CHANGED, json.dumps({"destination_ids": [destination_id]}))
+            pipe.execute()
+        except redis_lib.WatchError:
+            raise AgentError(f"destination {destination_id} changed meanwhile: retry") from None
+
+
+def add_backup_repository(step: Step, request: AddBackupRepositoryRequest) -> dict[str, str]:
+    redis = step.ctx.redis
+    destination_id = stable_uuid(request.model_dump())
+    if redis.exists(redis_keys.backup_repository(destination_id)):
+        raise validation_error("", "backup_repository_exists", destination_id)
+    prepared = prepare(request, destination_id, None)
+    step.set_progress(5)
+    probe_on_nodes(step, prepared, exit_code=2)
+    save(redis, prepared, adding=True)
+    step.set_progress(100)
+    return {"password": prepared.destination.password, "id": destination_id}
+
+
+def alter_backup_repository(step: Step, request: AlterBackupRepositoryRequest) -> None:
+    redis = step.ctx.redis
+    try:
+        stored = load_destination(redis, request.id)
+    except DestinationNotFound:
+        raise validation_error("id", "backup_repository_not_found", request.id) from None
+    if stored.provider != request.provider:
+        raise validation_error(
+            "provider", "backup_provider_mismatch", request.provider, exit_code=3
+        )
+    prepared = prepare(request, request.id, stored)
+    probe_on_nodes(step, prepared, exit_code=4)
+    save(redis, prepared, adding=False)
+    step.set_progress(100)
+
+
+def remove_backup_repository(step: Step, request: DestinationIdRequest) -> None:
+    """Forget the destination and the backups using it; the stored data stays."""
+    redis = step.ctx.redis
+    public_key = redis_keys.backup_repository(request.id)
+    with redis.pipeline(transaction=True) as pipe:
+        try:
+            backup_keys = list(redis.scan_iter(match=redis_keys.BACKUP_PATTERN, count=500))
+            pipe.watch(public_key, *backup_keys)
+            if not pipe.exists(public_key):
+                raise validation_error("id", "backup_repository_not_found", request.id)
+            using = [k for k in backup_keys if pipe.hget(k, "repository") == request.id]
+            pipe.multi()
+            if using:
+                pipe.delete(*using)
+                ids = sorted((k.rsplit("/", 1)[1] for k in using), key=int)
+                pipe.publish(SCHEDULE_CHANGED, json.dumps({"backup_ids": ids}))
+            pipe.delete(public_key, redis_keys.backup_repository_private(request.id))
+            pipe.publish(DESTINATION_CHANGED, json.dumps({"destination_ids": [request.id]}))
+            pipe.execute()
+        except redis_lib.WatchError:
+            raise AgentError("backups changed meanwhile: retry") from None
+
+
+def hidden_parameters(provider: str, parameters: dict[str, str]) -> dict[str, str]:
+    """Parameters as list-backup-repositories shows them: every secret blanked."""
+    if provider == "rclone":
+        conf = parameters.get("rclone_conf", "")
+        kind = next(
+            (
+                line.split("=", 1)[1].strip()
+                for line in conf.splitlines()
+                if line.split("=", 1)[0].strip() == "type"
+            ),
+            "",
+        )
+        return {"type": kind}
+    return {k: ("" if k in SECRETS else v) for k, v in parameters.items() if k != "password"}
+
+
+def list_backup_repositories(step: Step, _request: NoInput) -> dict[str, Any]:
+    redis = step.ctx.redis
+    repositories = []
+    for key in sorted(redis.scan_iter(match=redis_keys.BACKUP_REPOSITORY_PATTERN, count=500)):
+        try:
+            destination = load_destination(redis, key.rsplit("/", 1)[1])
+        except DestinationNotFound:
+            continue
+        repositories.append(
+            {
+                "id": destination.id,
+                "provider": destination.provider,
+                "name": destination.name,
+                "url": destination.url,
+                "password": destination.password,
+                "basepath": destination.basepath,
+                "parameters": hidden_parameters(destination.provider, dict(destination.parameters)),
+            }
+        )
+    passphrase = step.ctx.settings.state_dir("cluster") / "backup" / "passphrase"
+    exists = passphrase.is_file() and passphrase.stat().st_size > 0
+    return {"repositories": repositories, "password_exists": exists}

@@ -1,0 +1,87 @@
+"""Real storage backends for destination tests: rclone serve restic/webdav, moto's S3."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.conftest import free_port
+
+RCLONE = shutil.which("rclone") or "/usr/bin/rclone"
+USER = "probe-user"
+PASSWORD = "Sup3r-Secret-Webdav-Pass"
+
+
+@dataclass(frozen=True)
+class Backend:
+    url: str  # http://127.0.0.1:PORT
+    root: Path
+    port: int
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"backend on port {port} did not start")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def serve(argv: list[str], port: int) -> Iterator[None]:
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port, proc)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def rclone_serve(kind: str, root: Path, *extra: str) -> Iterator[Backend]:
+    """`rclone serve restic|webdav` of root with basic auth USER/PASSWORD."""
+    port = free_port()
+    argv = [RCLONE, "serve", kind, str(root), f"--addr=127.0.0.1:{port}"]
+    argv += [f"--user={USER}", f"--pass={PASSWORD}", *extra]
+    with serve(argv, port):
+        yield Backend(f"http://127.0.0.1:{port}", root, port)
+
+
+@contextlib.contextmanager
+def moto_s3(root: Path) -> Iterator[Backend]:
+    port = free_port()
+    moto = Path(sys.executable).parent / "moto_server"
+    with serve([str(moto), "-H", "127.0.0.1", "-p", str(port)], port):
+        yield Backend(f"http://127.0.0.1:{port}", root, port)
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[Path]:
+    """path as a read-only bind mount (root only): even root cannot write there."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(path)], check=True)
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def dead_port() -> int:
+    """A port nothing listens on (free right now)."""
+    return free_port()
