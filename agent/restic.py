@@ -60,9 +60,10 @@ def podman_run_argv(
     image: str = IMAGE,
     mounts: Sequence[Mount] = (),
     name: str | None = None,
-    workdir: str = "/srv",
+    workdir: str = "/",
     hostname: str | None = None,
     entrypoint: str | None = None,
+    podman_args: Sequence[str] = (),
 ) -> list[str]:
     """`podman run … <image> <restic args>` with secrets passed by name only."""
     env_names = sorted({*target.env, "RESTIC_REPOSITORY", "RESTIC_PASSWORD"})
@@ -73,7 +74,7 @@ def podman_run_argv(
         "--interactive",
         "--log-driver=none",
         "--network=host",
-        "--privileged",
+        "--security-opt=label=disable",  # read any file, whatever its SELinux label
         f"--name={name or 'restic-' + uuid.uuid4().hex[:12]}",
         f"--workdir={workdir}",
         f"--volume={CACHE_VOLUME}:/var/cache/restic",
@@ -87,6 +88,7 @@ def podman_run_argv(
     argv += [f"--env={env_name}" for env_name in env_names]
     argv += [f"--volume={host}:{inside}" for host, inside in target.volumes]
     argv += [mount.flag() for mount in mounts]
+    argv += list(podman_args)
     argv.append(image)
     if entrypoint is None:
         argv += list(target.options)
@@ -172,25 +174,40 @@ def stream(
     on_message: Callable[[dict[str, Any]], None],
     mounts: Sequence[Mount] = (),
     hostname: str | None = None,
+    podman_args: Sequence[str] = (),
+    workdir: str = "/srv",
 ) -> tuple[int, str]:
     """Run restic with --json output, handing each message to on_message as it comes.
 
-    Returns (exit code, stderr text). stdout lines that are not JSON are ignored.
+    restic prints progress and the summary on stdout and its error messages (unreadable
+    files) as JSON on stderr: both are parsed. Returns (exit code, stderr's other lines).
     """
-    argv = podman_run_argv(target, args, mounts=mounts, hostname=hostname)
+    argv = podman_run_argv(
+        target, args, mounts=mounts, hostname=hostname, podman_args=podman_args, workdir=workdir
+    )
     env = proc.merged_env({**podman_env, **container_env(target, password)})
     child = proc.spawn(argv, env=env, stdin=proc.DEVNULL, new_session=False)
     stdout, stderr = child.stdout, child.stderr
     assert stdout is not None and stderr is not None
-    errors: list[bytes] = []
-    reader = threading.Thread(target=lambda: errors.append(stderr.read()), daemon=True)
+    other: list[str] = []
+
+    def read_stderr() -> None:
+        for raw in stderr:
+            line = raw.decode(errors="replace")
+            messages = list(parse_json_lines(line))
+            if not messages:
+                other.append(line)
+            for message in messages:
+                on_message(message)
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
     for raw in stdout:
         for message in parse_json_lines(raw.decode(errors="replace")):
             on_message(message)
     code = child.wait()
     reader.join()
-    return code, b"".join(errors).decode(errors="replace")
+    return code, "".join(other)
 
 
 def run(

@@ -50,6 +50,8 @@ class Settings:
     systemctl: str = "systemctl"  # a command line: tests use one inside a systemd container
     timer_random_delay: int = 600  # RandomizedDelaySec of the timers (fixed per timer)
     backup_concurrency: int = 1  # modules of one backup backed up at once on this node
+    # Extra `podman run` options for restic containers (resource limits, capabilities).
+    restic_podman_args: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     # --- layout ----------------------------------------------------------------------
@@ -112,6 +114,7 @@ class Settings:
             "systemctl": self.systemctl,
             "timer_random_delay": self.timer_random_delay,
             "backup_concurrency": self.backup_concurrency,
+            "restic_podman_args": list(self.restic_podman_args),
         }
 
 
@@ -141,6 +144,7 @@ def load_settings(root: Path | None = None) -> Settings:
             systemctl=str(data.get("systemctl", "systemctl")),
             timer_random_delay=int(data.get("timer_random_delay", 600)),
             backup_concurrency=int(data.get("backup_concurrency", 1)),
+            restic_podman_args=tuple(str(a) for a in data.get("restic_podman_args", [])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"malformed {path}: {exc}") from None

@@ -86,8 +86,11 @@ def step_main(handler: Callable[[Step, M], Any], model: type[M]) -> NoReturn:
     step: Step | None = None
     # Step stderr lands in the task's error text and the daemon log.
     level = os.environ.get("AGENT_LOG_LEVEL", "WARNING").upper()
-    logging.basicConfig(level=getattr(logging, level, logging.WARNING), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level, logging.WARNING),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         data = read_input()
         request = model.model_validate(data)

@@ -16,6 +16,7 @@ from agent.agentenv import agent_environment
 from agent.backup_status import ModuleStatus, Outcome
 from agent.destinations import Destination, restic_target
 from agent.operations.modules import image_name
+from agent.reachability import unreachable_reason
 from agent.redis_store import Context
 from agent.volumes import backup_layout
 
@@ -138,6 +139,9 @@ class ModuleBackup:
 
     def _locked_run(self) -> ModuleStatus:
         path, module_uuid = repo_path(self.ctx, self.module_id)
+        unreachable = unreachable_reason(self.job.destination)
+        if unreachable:  # before the dump hook: nothing to clean up, no container started
+            raise StepFailed(unreachable)
         dumped = run_hook(self.ctx, self.module_id, "module-dump-state", self.job.backup_id)
         cleanup_failure = None
         try:
@@ -261,7 +265,13 @@ class ModuleBackup:
                 )
 
         result.code, result.stderr = restic.stream(
-            target, password, args, podman_env=podman_env, on_message=on_message, mounts=mounts
+            target,
+            password,
+            args,
+            podman_env=podman_env,
+            on_message=on_message,
+            mounts=mounts,
+            podman_args=self.ctx.settings.restic_podman_args,
         )
         return result
 

@@ -17,34 +17,70 @@ RESTIC_IMAGE = "localhost/backup-agent-restic:latest"
 PASSWORD = "repo-password-for-tests-0123456789"
 
 
-def add_destination(client: redis.Redis, provider: str, url: str, password: str = PASSWORD,
-                    **parameters: str) -> str:
+def add_destination(
+    client: redis.Redis, provider: str, url: str, password: str = PASSWORD, **parameters: str
+) -> str:
     destination_id = str(uuid.uuid4())
-    client.hset(redis_keys.backup_repository(destination_id),
-                mapping={"name": f"{provider} test", "provider": provider, "url": url})
-    client.hset(redis_keys.backup_repository_private(destination_id),
-                mapping={"password": password, **parameters})
+    client.hset(
+        redis_keys.backup_repository(destination_id),
+        mapping={"name": f"{provider} test", "provider": provider, "url": url},
+    )
+    client.hset(
+        redis_keys.backup_repository_private(destination_id),
+        mapping={"password": password, **parameters},
+    )
     return destination_id
 
 
-def add_backup(client: redis.Redis, backup_id: int, repository: str, instances: list[str],
-               retention: int = 3, enabled: bool = True, **extra: Any) -> None:
-    client.hset(redis_keys.backup(backup_id), mapping={
-        "name": f"Backup {backup_id}", "repository": repository, "schedule": "daily",
-        "retention": str(retention), "enabled": "1" if enabled else "",
-        "instances": " ".join(instances), **{k: str(v) for k, v in extra.items()},
-    })
+def add_backup(
+    client: redis.Redis,
+    backup_id: int,
+    repository: str,
+    instances: list[str],
+    retention: int = 3,
+    enabled: bool = True,
+    **extra: Any,
+) -> None:
+    client.hset(
+        redis_keys.backup(backup_id),
+        mapping={
+            "name": f"Backup {backup_id}",
+            "repository": repository,
+            "schedule": "daily",
+            "retention": str(retention),
+            "enabled": "1" if enabled else "",
+            "instances": " ".join(instances),
+            **{k: str(v) for k, v in extra.items()},
+        },
+    )
 
 
-def restic(repo: Path | str, *args: str, password: str = PASSWORD,
-           check: bool = True) -> subprocess.CompletedProcess[str]:
+def restic(
+    repo: Path | str, *args: str, password: str = PASSWORD, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """restic in the project's image on a local repository directory."""
     repo = Path(repo)
     env = dict(os.environ, RESTIC_PASSWORD=password)
     return subprocess.run(
-        ["podman", "run", "--rm", "--env", "RESTIC_PASSWORD", "--volume", f"{repo}:/repo",
-         RESTIC_IMAGE, "--repo", "/repo", "--no-cache", *args],
-        env=env, capture_output=True, text=True, check=check, timeout=300,
+        [
+            "podman",
+            "run",
+            "--rm",
+            "--env",
+            "RESTIC_PASSWORD",
+            "--volume",
+            f"{repo}:/repo",
+            RESTIC_IMAGE,
+            "--repo",
+            "/repo",
+            "--no-cache",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=300,
     )
 
 
@@ -67,3 +103,21 @@ def status(client: redis.Redis, node: int, backup_id: int, module_id: str) -> di
     text = client.hget(redis_keys.backup_status(node, backup_id), module_id)
     assert text, f"no status for {module_id}"
     return dict(json.loads(text))
+
+
+def set_node_option(settings_path: Path, **options: Any) -> None:
+    """Change agent.json of a node; steps read it afresh, the daemon needs no restart."""
+    data = json.loads(settings_path.read_text())
+    data.update(options)
+    settings_path.write_text(json.dumps(data))
+
+
+def volume_path(env: dict[str, str], name: str) -> Path:
+    done = subprocess.run(
+        ["podman", "volume", "inspect", "--format", "{{.Mountpoint}}", name],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return Path(done.stdout.strip())
