@@ -14,6 +14,7 @@ from typing import Any
 from agent import locks, podman, proc, redis_keys, restic
 from agent.agentenv import agent_environment
 from agent.backup_status import ModuleStatus, Outcome
+from agent.errors import AgentError
 from agent.destinations import Destination, restic_target
 from agent.operations.modules import image_name
 from agent.reachability import unreachable_reason
@@ -134,7 +135,8 @@ class ModuleBackup:
                 return replace(latest, coalesced=True)
             try:
                 return self._locked_run()
-            except StepFailed as exc:
+            except (StepFailed, AgentError, OSError) as exc:
+                # Whatever broke, the run ends recorded as failed with its reason.
                 return self.failed(str(exc))
 
     def _locked_run(self) -> ModuleStatus:

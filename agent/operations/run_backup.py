@@ -152,7 +152,13 @@ def _write_metadata(ctx: Context, destination: Destination, status: ModuleStatus
         node_fqdn=socket.getfqdn(),
         cluster_uuid=ctx.redis.get(redis_keys.CLUSTER_UUID) or "",
     )
-    spec, env = rclone_target(destination, f"{path}.json")
+    if destination.provider == "rest":
+        return  # a restic REST server stores repositories only, no side files
+    try:
+        spec, env = rclone_target(destination, f"{path}.json")
+    except AgentError as exc:
+        log.warning("cannot write %s.json: %s", path, exc)
+        return
     volumes = restic_target(destination, path).volumes
     target = restic.ResticTarget(repository="", env=env, volumes=volumes)
     done = restic.run(
