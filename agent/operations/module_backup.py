@@ -14,8 +14,8 @@ from typing import Any
 from agent import locks, podman, proc, redis_keys, restic
 from agent.agentenv import agent_environment
 from agent.backup_status import ModuleStatus, Outcome
-from agent.errors import AgentError
 from agent.destinations import Destination, restic_target
+from agent.errors import AgentError
 from agent.operations.modules import image_name
 from agent.reachability import unreachable_reason
 from agent.redis_store import Context

@@ -57,7 +57,7 @@ def test_backup_holds_state_dumps_and_included_volumes_only(
     assert not (state / "wiki-dump.sqlite").exists(), "cleanup removed the dump"
     meta = json.loads((repo.parent / f"{repo.name}.json").read_text())
     assert meta["module_id"] == wiki and meta["outcome"] == "ok" and meta["success"] is True
-    prom = (cluster.nodes[1].settings.state_dir("node/1") / "node_exporter" / "backup1.prom")
+    prom = cluster.nodes[1].settings.state_dir("node/1") / "node_exporter" / "backup1.prom"
     text = prom.read_text()
     assert 'node_backup_status{id="1",name="Backup 1"} 1' in text
     assert f'node_backup_files{{id="1",name="Backup 1",module="{wiki}"}}' in text
