@@ -62,6 +62,24 @@ def write_private_storage_conf(root: Path) -> Path:
     return conf
 
 
+def release_private_storage(settings: Settings) -> None:
+    """Undo the bind mount podman's overlay driver keeps on a private store, so the data
+    directory can be removed once the node is down."""
+    overlay = (settings.root / "containers" / "storage" / "overlay").resolve()
+    if settings.storage_conf and is_mount_point(overlay):
+        proc.run(["umount", str(overlay)], timeout=30)
+
+
+def is_mount_point(path: Path) -> bool:
+    """True when path is mounted on, even by a bind mount of itself (os.path.ismount
+    cannot tell that one: same device, its own inode)."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return False
+    return any(line.split()[4] == str(path) for line in lines if len(line.split()) > 4)
+
+
 def init(
     root: Path, node_id: int, redis_url: str | None, private_storage: bool = False
 ) -> Settings:
@@ -224,4 +242,5 @@ def down(settings: Settings, timeout: float = 90.0) -> list[str]:
             connect_binary(settings.redis_url).shutdown(save=True)
         stop_pid(settings.run_dir / REDIS_PID, 10)
         stopped.append("redis")
+    release_private_storage(settings)
     return stopped

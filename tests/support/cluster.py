@@ -130,6 +130,7 @@ class ClusterHarness:
     def stop(self) -> None:
         for node in self.nodes.values():
             node.stop()
+            cluster_setup.release_private_storage(node.settings)
 
 
 def lease_holder(url: str, node_id: int) -> lease.Holder | None:
