@@ -39,3 +39,11 @@ def minwiki_image() -> str:
     if done.returncode != 0:
         pytest.fail(f"building the sample module failed:\n{done.stderr}", pytrace=False)
     return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def wiki(cluster: ClusterHarness, minwiki_image: str, restic_image: str) -> str:
+    """A sample module installed on node 1 of the cluster; returns its module id."""
+    code, output, stderr = cluster.api_json("add-module", {"image": minwiki_image, "node": 1})
+    assert code == 0, stderr
+    return str(output["module_id"])

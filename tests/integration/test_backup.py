@@ -14,13 +14,6 @@ from tests.support.cluster import ClusterHarness
 pytestmark = pytest.mark.podman
 
 
-@pytest.fixture
-def wiki(cluster: ClusterHarness, minwiki_image: str, restic_image: str) -> str:
-    code, output, stderr = cluster.api_json("add-module", {"image": minwiki_image, "node": 1})
-    assert code == 0, stderr
-    return str(output["module_id"])
-
-
 def repo_of(client: redis.Redis, base: Path, module_id: str) -> Path:
     module_uuid = client.hget("cluster/module_uuid", module_id)
     return base / "minwiki" / str(module_uuid)

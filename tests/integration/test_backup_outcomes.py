@@ -21,13 +21,6 @@ pytestmark = pytest.mark.podman
 
 
 @pytest.fixture
-def wiki(cluster: ClusterHarness, minwiki_image: str, restic_image: str) -> str:
-    code, output, stderr = cluster.api_json("add-module", {"image": minwiki_image, "node": 1})
-    assert code == 0, stderr
-    return str(output["module_id"])
-
-
-@pytest.fixture
 def local_backup(redis_client: redis.Redis, wiki: str, tmp_path: Path) -> Path:
     """Backup 1 of the wiki to a local destination; returns the module's repository dir."""
     target = tmp_path / "backups"
