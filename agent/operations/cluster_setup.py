@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import lease, proc
+from agent import lease, proc, redis_keys
 from agent.errors import AgentError, ConfigError
 from agent.redis_store import REDIS_ERRORS, connect, connect_binary
 from agent.settings import Settings, load_settings, write_settings
@@ -113,7 +113,7 @@ def init(
         settings.log_dir,
         root / "modules",
         settings.state_dir("cluster"),
-        settings.state_dir(f"node/{node_id}"),
+        settings.state_dir(redis_keys.node_agent(node_id)),
     ):
         path.mkdir(parents=True, exist_ok=True)
     if embedded:
