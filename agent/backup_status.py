@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -36,6 +37,7 @@ class ModuleStatus:
     unreadable: tuple[str, ...] = ()
     last_success: int = 0  # end of the last ok/partial run, carried over failures
     coalesced: bool = False  # satisfied by a run of the same backup that finished meanwhile
+    finished: float = field(default_factory=time.time)  # precise end, for coalescing
 
     @property
     def partial(self) -> bool:
@@ -67,6 +69,7 @@ class ModuleStatus:
                 errors=int(data.get("errors", 0)),
                 unreadable=tuple(data.get("unreadable", ())),
                 last_success=int(data.get("last_success", 0)),
+                finished=float(data.get("finished", data.get("end", 0))),
             )
         except (ValueError, TypeError, AttributeError):
             return None

@@ -96,7 +96,8 @@ class ModuleBackup:
         self.module_id = module_id
         self.on_progress = on_progress
         self.cancelled = cancelled
-        self.start = int(time.time())
+        self.requested = time.time()
+        self.start = int(self.requested)
         self.previous = read_status(ctx, job.backup_id, module_id)
 
     def failed(self, reason: str) -> ModuleStatus:
@@ -128,7 +129,7 @@ class ModuleBackup:
             latest = read_status(self.ctx, self.job.backup_id, self.module_id)
             if (
                 latest is not None
-                and latest.end >= self.start
+                and latest.finished > self.requested
                 and latest.outcome is not Outcome.FAILED
             ):
                 # A run of the same backup finished while we waited: its snapshot is ours.

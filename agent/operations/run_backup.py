@@ -14,7 +14,13 @@ from typing import Any
 from agent import redis_keys, restic, tasks
 from agent.backup_status import ModuleStatus, Outcome, RunSummary, metadata, render_prometheus
 from agent.backup_status import write_atomic as write_file_atomic
-from agent.destinations import Destination, load_destination, rclone_target, restic_target
+from agent.destinations import (
+    Destination,
+    load_destination,
+    local_directory,
+    rclone_target,
+    restic_target,
+)
 from agent.errors import ActionFailed, AgentError, validation_error
 from agent.operations.module_backup import BackupJob, ModuleBackup, Retention, repo_path
 from agent.redis_store import Context
@@ -152,8 +158,16 @@ def _write_metadata(ctx: Context, destination: Destination, status: ModuleStatus
         node_fqdn=socket.getfqdn(),
         cluster_uuid=ctx.redis.get(redis_keys.CLUSTER_UUID) or "",
     )
+    text = json.dumps(document)
     if destination.provider == "rest":
         return  # a restic REST server stores repositories only, no side files
+    if destination.provider == "local":
+        # The directory is on this node: no container needed for a small file.
+        try:
+            write_file_atomic(Path(local_directory(destination)) / f"{path}.json", text)
+        except OSError as exc:
+            log.warning("cannot write %s.json: %s", path, exc)
+        return
     try:
         spec, env = rclone_target(destination, f"{path}.json")
     except AgentError as exc:
@@ -167,7 +181,7 @@ def _write_metadata(ctx: Context, destination: Destination, status: ModuleStatus
         ["rcat", spec],
         podman_env=ctx.settings.podman_env(),
         entrypoint="/usr/bin/rclone",
-        input=json.dumps(document).encode(),
+        input=text.encode(),
         timeout=120,
     )
     if done.returncode != 0:

@@ -54,3 +54,40 @@ def test_backup_holds_state_dumps_and_included_volumes_only(
     text = prom.read_text()
     assert 'node_backup_status{id="1",name="Backup 1"} 1' in text
     assert f'node_backup_files{{id="1",name="Backup 1",module="{wiki}"}}' in text
+
+
+def test_a_steady_backup_starts_two_containers_per_module(
+    cluster: ClusterHarness, redis_client: redis.Redis, wiki: str, tmp_path: Path
+) -> None:
+    """NS8 starts four (snapshots, backup, stats, forget); here: backup and forget --prune.
+    The repository's first run adds an init (and its failed first backup attempt)."""
+    import os
+    import subprocess
+    import sys
+
+    target = tmp_path / "backups"
+    target.mkdir()
+    destination = backups.add_destination(redis_client, "local", f"local:{target}")
+    backups.add_backup(redis_client, 1, destination, [wiki])
+    node = cluster.nodes[1]
+    argv_log = tmp_path / "argv.log"
+    runagent = str(Path(sys.executable).parent / "runagent")
+    for _ in range(2):
+        argv_log.unlink(missing_ok=True)
+        env = {**node.env(), "AGENT_ARGV_LOG": str(argv_log)}
+        done = subprocess.run(
+            [runagent, "-m", "node", "run-backup", "--backup=1"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    commands = [json.loads(line) for line in argv_log.read_text().splitlines()]
+    runs = [argv for argv in commands if argv[:2] == ["podman", "run"]]
+    assert len(runs) == 2, runs
+    assert "backup" in runs[0] and "forget" in runs[1]
+    assert os.path.exists(
+        target / "minwiki" / f"{redis_client.hget('cluster/module_uuid', wiki)}.json"
+    )
