@@ -8,6 +8,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    RootModel,
     StrictBool,
     StrictInt,
     StringConstraints,
@@ -128,6 +129,76 @@ class RunBackupRequest(Request):
     id: int = Field(ge=1)
 
 
+# --- restore (issue #5) ---------------------------------------------------------------
+# '<image>/<uuid>' or the legacy '<image>/<module_id>@<uuid>'.
+RepoPath = Annotated[
+    str,
+    StringConstraints(
+        max_length=200,
+        pattern=r"^[a-z][a-z0-9_-]*/([a-z][a-z0-9_-]*[0-9]+@)?"
+        r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+    ),
+]
+SnapshotId = Annotated[str, StringConstraints(max_length=64, pattern=r"^([0-9a-f]*|latest)$")]
+# A path inside a snapshot: 'volumes/pages/a.md', '/state/wiki.env' ('..' refused in code).
+SnapshotPath = Annotated[
+    str,
+    StringConstraints(max_length=4096, pattern=r"^/?(state|volumes)(/[^\x00\n\r]*)?$"),
+]
+EnvName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^=]+$")]
+
+
+class RepositoryPathRequest(Request):
+    repository: Uuid
+    path: RepoPath
+
+
+class SnapshotRequest(RepositoryPathRequest):
+    snapshot: SnapshotId
+
+
+class RestoreModuleRequest(SnapshotRequest):
+    """Whole restore: node (+ replace). Partial: module_id + paths into that instance."""
+
+    node: int | None = Field(default=None, ge=1)
+    replace: bool = False
+    module_id: ModuleId | None = None
+    paths: Annotated[list[SnapshotPath], Field(max_length=1000)] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _whole_or_partial(self) -> RestoreModuleRequest:
+        if self.paths or self.module_id:
+            if not (self.paths and self.module_id):
+                raise ValueError("a partial restore needs both module_id and paths")
+            if self.replace:
+                raise ValueError("a partial restore cannot replace")
+        elif self.node is None:
+            raise ValueError("node is required")
+        return self
+
+
+class RestoreModulesItem(Request):
+    repository: Uuid
+    path: RepoPath
+    snapshot: SnapshotId = ""
+    node: int = Field(default=1, ge=1)
+
+
+class RestoreModulesRequest(RootModel[Annotated[list[RestoreModulesItem], Field(max_length=100)]]):
+    model_config = ConfigDict(frozen=True)
+
+
+class ModuleRestoreRequest(SnapshotRequest):
+    environment: dict[EnvName, str]
+    replace: bool = False
+    paths: Annotated[list[SnapshotPath], Field(max_length=1000)] = Field(default_factory=list)
+
+
+class RestoreFilesRequest(SnapshotRequest):
+    target: Annotated[str, StringConstraints(max_length=4096, pattern=r"^/[^\x00\n\r]*$")]
+    paths: Annotated[list[SnapshotPath], Field(max_length=1000)] = Field(default_factory=list)
+
+
 # Every action whose validate-input.json is generated from a model: path → model.
 SCHEMAS: dict[str, type[Request]] = {
     "actions/cluster/add-module/validate-input.json": AddModuleRequest,
@@ -143,4 +214,9 @@ SCHEMAS: dict[str, type[Request]] = {
     "actions/cluster/add-backup/validate-input.json": AddBackupRequest,
     "actions/cluster/alter-backup/validate-input.json": AlterBackupRequest,
     "actions/cluster/remove-backup/validate-input.json": BackupIdRequest,
+    "actions/cluster/read-backup-snapshots/validate-input.json": RepositoryPathRequest,
+    "actions/cluster/determine-restore-eligibility/validate-input.json": SnapshotRequest,
+    "actions/cluster/restore-module/validate-input.json": RestoreModuleRequest,
+    "actions/node/restore-files/validate-input.json": RestoreFilesRequest,
+    "imageroot/actions/restore-module/validate-input.json": ModuleRestoreRequest,
 }

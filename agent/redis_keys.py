@@ -52,6 +52,8 @@ def node_environment(node_id: int) -> str:
 # --- modules -------------------------------------------------------------------------
 MODULE_NODE = "cluster/module_node"
 MODULE_UUID = "cluster/module_uuid"
+# <restored module uuid> → <uuid of the module whose backup it came from> (NS8 name).
+RESTORE_UUID = "private/nodes/restore_uuid"
 
 
 def module_sequence(image_name: str) -> str:
@@ -64,6 +66,10 @@ def module_environment(module_id: str) -> str:
 
 def module_ui_name(module_id: str) -> str:
     return f"module/{module_id}/ui_name"
+
+
+def module_ui_note(module_id: str) -> str:
+    return f"module/{module_id}/ui_note"
 
 
 def module_key_pattern(module_id: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import threading
 import uuid
 from typing import Any
 
@@ -42,56 +43,93 @@ def cluster_add_module(step: Step, request: AddModuleRequest) -> dict[str, Any]:
     redis = step.ctx.redis
     if not redis.sismember(redis_keys.CLUSTER_NODES, request.node):
         raise validation_error("node", "node_not_found", request.node)
-    name = image_name(request.image)
+    image_name(request.image)  # rejects an unusable image name before any change
     module_uuid = request.module_uuid or str(uuid.uuid4())
     if module_uuid in redis.hvals(redis_keys.MODULE_UUID):
         raise validation_error("module_uuid", "module_uuid_in_use", module_uuid)
+    return install_module(step, request.image, request.node, module_uuid)
+
+
+def install_module(
+    step: Step,
+    image_url: str,
+    node: int,
+    module_uuid: str,
+    cancelled: threading.Event | None = None,
+    progress: tuple[int, int] = (0, 100),
+) -> dict[str, Any]:
+    """Add an instance (ids, node files, create-module); on any failure or cancel, none.
+
+    No check that module_uuid is unused: a restore that replaces keeps the uuid.
+    """
+    redis = step.ctx.redis
+    name = image_name(image_url)
     module_id = f"{name}{redis.incr(redis_keys.module_sequence(name))}"
-    environment = module_environment(module_id, module_uuid, request.image, request.node)
+    environment = module_environment(module_id, module_uuid, image_url, node)
+    low, high = progress
     with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(redis_keys.MODULE_NODE, module_id, request.node)
+        pipe.hset(redis_keys.MODULE_NODE, module_id, node)
         pipe.hset(redis_keys.MODULE_UUID, module_id, module_uuid)
         pipe.hset(redis_keys.module_environment(module_id), mapping=environment)
         pipe.execute()
     try:
-        node_result = tasks.run(
-            redis,
+        node_result = run_subtask(
+            step,
             tasks.TaskRequest(
-                redis_keys.node_agent(request.node),
+                redis_keys.node_agent(node),
                 "add-module",
-                {"module_id": module_id, "module_uuid": module_uuid, "image_url": request.image},
+                {"module_id": module_id, "module_uuid": module_uuid, "image_url": image_url},
                 step.task_id,
             ),
-            step.progress_range(5, 50),
+            step.progress_range(low + (high - low) * 5 // 100, low + (high - low) // 2),
+            cancelled,
         )
         if node_result.exit_code != 0:
             raise AgentError(
-                f"node {request.node} could not install {module_id}: "
+                f"node {node} could not install {module_id}: "
                 f"{node_result.error.strip() or node_result.output}"
             )
         redis.publish(
             redis_keys.cluster_event("module-added"),
-            json.dumps({"module_id": module_id, "node": request.node}),
+            json.dumps({"module_id": module_id, "node": node}),
         )
-        created = tasks.run(
-            redis,
+        created = run_subtask(
+            step,
             tasks.TaskRequest(
                 redis_keys.module_agent(module_id), "create-module", {}, step.task_id
             ),
-            step.progress_range(50, 95),
+            step.progress_range(low + (high - low) // 2, low + (high - low) * 95 // 100),
+            cancelled,
         )
         if created.exit_code not in (0, 8):  # 8: the module defines no create-module
             raise AgentError(f"create-module of {module_id} failed: {created.error.strip()}")
     except BaseException:
         remove_module_everywhere(step, module_id, preserve_data=False)
         raise
-    step.set_progress(100)
+    step.set_progress(high)
     return {
         "module_id": module_id,
         "module_uuid": module_uuid,
         "image_name": name,
-        "image_url": request.image,
+        "image_url": image_url,
     }
+
+
+def run_subtask(
+    step: Step,
+    request: tasks.TaskRequest,
+    on_progress: tasks.ProgressHandler,
+    cancelled: threading.Event | None,
+) -> tasks.TaskResult:
+    """Run a sub-task; once cancelled is set, cancel it and wait for it to end."""
+    if cancelled is None:
+        return tasks.run(step.ctx.redis, request, on_progress)
+    if cancelled.is_set():
+        raise AgentError("cancelled")
+    [result] = tasks.run_parallel(step.ctx.redis, [request], on_progress, cancelled)
+    if cancelled.is_set():
+        raise AgentError(f"cancelled during {request.action} of {request.agent_id}")
+    return result
 
 
 def cluster_remove_module(step: Step, request: RemoveModuleRequest) -> None:

@@ -1,0 +1,216 @@
+"""Cluster restore-module and restore-modules: a module back from a snapshot, or nothing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from agent import redis_keys, tasks
+from agent.errors import ActionFailed, AgentError, validation_error
+from agent.models import RestoreModuleRequest, RestoreModulesRequest
+from agent.operations.modules import install_module, remove_module_everywhere, run_subtask
+from agent.operations.restore_source import open_repository, read_environment
+from agent.redis_store import Redis
+from agent.steps import Step
+
+log = logging.getLogger("agent.restore")
+
+
+@dataclass(frozen=True)
+class WholeRestore:
+    repository: str
+    path: str
+    snapshot: str
+    node: int
+    replace: bool = False
+
+
+def cancel_on_sigterm() -> threading.Event:
+    """cancel-task SIGTERMs this step: the running sub-task is cancelled, then undone."""
+    cancelled = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: cancelled.set())
+    return cancelled
+
+
+def _tail(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no error output"
+
+
+def cluster_restore_module(step: Step, request: RestoreModuleRequest) -> dict[str, Any]:
+    cancelled = cancel_on_sigterm()
+    if request.paths:
+        return restore_paths(step, request, cancelled)
+    assert request.node is not None  # the model requires node for a whole restore
+    job = WholeRestore(
+        request.repository, request.path, request.snapshot, request.node, request.replace
+    )
+    return restore_whole(step, job, cancelled)
+
+
+def restore_whole(
+    step: Step, job: WholeRestore, cancelled: threading.Event, span: tuple[int, int] = (0, 100)
+) -> dict[str, Any]:
+    """Add an instance of the snapshot's image on job.node and restore it (NS8 §4.1)."""
+    redis = step.ctx.redis
+    low, high = span
+
+    def at(percent: int) -> int:
+        return low + (high - low) * percent // 100
+
+    if not redis.sismember(redis_keys.CLUSTER_NODES, job.node):
+        raise validation_error("node", "node_not_found", job.node)
+    repository = open_repository(redis, job.repository, job.path)
+    environment = read_environment(repository, job.snapshot, step.ctx.settings.podman_env())
+    step.set_progress(at(2))
+    image_url = environment["IMAGE_URL"]
+    source_uuid = environment.get("MODULE_UUID") or repository.path.uuid
+    installed: dict[str, str] = redis.hgetall(redis_keys.MODULE_UUID)
+    replaced = sorted(m for m, u in installed.items() if u == source_uuid) if job.replace else []
+    keep_uuid = job.replace or source_uuid not in installed.values()
+    module_uuid = source_uuid if keep_uuid else str(uuid.uuid4())
+    if not keep_uuid:  # the new uuid may still read the source repository
+        redis.hset(redis_keys.RESTORE_UUID, module_uuid, source_uuid)
+    try:
+        added = install_module(
+            step, image_url, job.node, module_uuid, cancelled, progress=(at(2), at(15))
+        )
+        module_id = added["module_id"]
+        try:
+            _run_module_restore(step, module_id, job, environment, cancelled, (at(16), at(94)))
+        except BaseException:
+            log.warning("restore of %s into %s failed: removing %s", job.path, job.node, module_id)
+            remove_module_everywhere(step, module_id, preserve_data=False)
+            raise
+    except BaseException:
+        if not keep_uuid:
+            redis.hdel(redis_keys.RESTORE_UUID, module_uuid)
+        raise
+    relink_backups(redis, module_id, module_uuid, replaced)
+    failed = []
+    for old in replaced:
+        try:
+            remove_module_everywhere(step, old, preserve_data=False)
+        except AgentError as exc:
+            failed.append(f"{old}: {exc}")
+    step.set_progress(high)
+    if failed:
+        raise ActionFailed("restored, but cannot remove " + "; ".join(failed), 2, added)
+    return added
+
+
+def _run_module_restore(
+    step: Step,
+    module_id: str,
+    job: WholeRestore,
+    environment: dict[str, str],
+    cancelled: threading.Event,
+    span: tuple[int, int],
+) -> None:
+    request = tasks.TaskRequest(
+        redis_keys.module_agent(module_id),
+        "restore-module",
+        {
+            "repository": job.repository,
+            "path": job.path,
+            "snapshot": job.snapshot,
+            "environment": environment,
+            "replace": job.replace,
+        },
+        step.task_id,
+    )
+    try:
+        result = run_subtask(step, request, step.progress_range(*span), cancelled)
+    except AgentError as exc:
+        raise ActionFailed(f"restore of {job.path} {exc}; {module_id} removed") from None
+    if result.exit_code != 0:
+        raise ActionFailed(
+            f"restore-module of {module_id} failed (exit {result.exit_code}): "
+            f"{_tail(result.error)}; {module_id} removed"
+        )
+
+
+def relink_backups(redis: Redis, module_id: str, module_uuid: str, replaced: list[str]) -> None:
+    """Backups naming the restored uuid (NS8 `uinstances`) or a replaced module get module_id."""
+    changes: dict[str, dict[str, str]] = {}
+    for key in redis.scan_iter(match=redis_keys.BACKUP_PATTERN, count=500):
+        instances = (redis.hget(key, "instances") or "").split()
+        uinstances = (redis.hget(key, "uinstances") or "").split()
+        wanted = module_uuid in uinstances or any(old in instances for old in replaced)
+        if not wanted:
+            continue
+        if module_id not in instances:
+            instances.append(module_id)
+        changes[key] = {
+            "instances": " ".join(instances),
+            "uinstances": " ".join(u for u in uinstances if u != module_uuid),
+        }
+    if not changes:
+        return
+    with redis.pipeline(transaction=True) as pipe:
+        for key, fields in changes.items():
+            pipe.hset(key, mapping=fields)
+        ids = [key.rsplit("/", 1)[1] for key in changes]
+        pipe.publish(
+            redis_keys.cluster_event("backup-schedule-changed"), json.dumps({"backup_ids": ids})
+        )
+        pipe.execute()
+
+
+def restore_paths(
+    step: Step, request: RestoreModuleRequest, cancelled: threading.Event
+) -> dict[str, Any]:
+    """Only request.paths from the snapshot, into the running instance request.module_id."""
+    redis = step.ctx.redis
+    module_id = str(request.module_id)
+    if redis.hget(redis_keys.MODULE_NODE, module_id) is None:
+        raise validation_error("module_id", "module_not_found", module_id)
+    open_repository(redis, request.repository, request.path)  # validates before queueing
+    environment = redis.hgetall(redis_keys.module_environment(module_id))
+    subtask = tasks.TaskRequest(
+        redis_keys.module_agent(module_id),
+        "restore-module",
+        {
+            "repository": request.repository,
+            "path": request.path,
+            "snapshot": request.snapshot,
+            "environment": environment,
+            "paths": request.paths,
+        },
+        step.task_id,
+    )
+    result = run_subtask(step, subtask, step.progress_range(0, 100), cancelled)
+    if result.exit_code != 0:
+        raise ActionFailed(
+            f"restore of {', '.join(request.paths)} into {module_id} failed "
+            f"(exit {result.exit_code}): {_tail(result.error)}",
+            result.exit_code if result.exit_code in (2, 10) else 1,
+            result.output or None,
+        )
+    output = result.output if isinstance(result.output, dict) else {}
+    return {"module_id": module_id, "paths": request.paths, **output}
+
+
+def cluster_restore_modules(step: Step, request: RestoreModulesRequest) -> list[dict[str, Any]]:
+    """Each item in turn; exit 10 + the number of failures when any failed (NS8)."""
+    items = request.root
+    cancelled = cancel_on_sigterm()
+    results: list[dict[str, Any]] = []
+    count = max(1, len(items))
+    for index, item in enumerate(items):
+        job = WholeRestore(item.repository, item.path, item.snapshot, item.node)
+        span = (index * 100 // count, (index + 1) * 100 // count)
+        try:
+            added = restore_whole(step, job, cancelled, span)
+            results.append({"path": item.path, "node": item.node, "ok": True, **added})
+        except AgentError as exc:
+            results.append({"path": item.path, "node": item.node, "ok": False, "error": str(exc)})
+    failures = sum(1 for result in results if not result["ok"])
+    if failures:
+        raise ActionFailed(f"{failures} of {len(items)} restores failed", 10 + failures, results)
+    return results

@@ -1,0 +1,202 @@
+"""Putting snapshot data back: a module's restore-module steps and the node's restore-files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from agent import proc, redis_keys, restic
+from agent.agentenv import agent_environment
+from agent.errors import ActionFailed, validation_error
+from agent.models import ModuleRestoreRequest, RestoreFilesRequest
+from agent.operations.restore_source import (
+    ENVIRONMENT_PATH,
+    Repository,
+    check_reachable,
+    explain_read_failure,
+    open_repository,
+    repository_lease,
+    snapshot_arg,
+    snapshot_paths,
+)
+from agent.redis_store import Context
+from agent.steps import Step
+from agent.volumes import included_volumes
+
+WEIGHTS = {"00progress": 0, "05replace": 0, "10restore": 4, "20label": 0}
+PRE_RESTORE_HOOK = "module-pre-restore"
+RESULT_FILE = "restic_restore.json"
+# Restores write under their own root: --delete must never see the destination's
+# mount (/srv/destination) nor anything else of the container.
+RESTORE_ROOT = "/restore"
+
+
+def restore_args(snapshot: str, target: str, paths: Sequence[str], whole: bool) -> list[str]:
+    """`restic restore` argv. A whole restore also deletes what the snapshot lacks (files
+    create-module made in the fresh instance); state/environment, the new instance's
+    identity, is never touched; security.* xattrs belong to the host, not the data."""
+    args = ["restore", "--json", snapshot_arg(snapshot), "--target", target]
+    args += ["--exclude", ENVIRONMENT_PATH, "--exclude-xattr", "security.*"]
+    if whole:
+        args.append("--delete")
+    for path in paths:
+        args += ["--include", path]
+    return args
+
+
+@dataclass
+class _Restored:
+    last: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def run_restore(
+    ctx: Context,
+    repository: Repository,
+    args: list[str],
+    mounts: Sequence[restic.Mount],
+    on_progress: Callable[[int], None],
+) -> dict[str, Any]:
+    """Run `restic restore` under the repository lease; the summary message, or raise."""
+    podman_env = ctx.settings.podman_env()
+    check_reachable(repository)
+    restored = _Restored()
+
+    def on_message(message: dict[str, Any]) -> None:
+        kind = message.get("message_type")
+        if kind == "status":
+            on_progress(int(float(message.get("percent_done", 0)) * 100))
+        elif kind == "error":
+            restored.errors.append(str(message.get("error", {}).get("message", message)))
+        if kind in ("status", "summary"):
+            restored.last = message
+
+    with repository_lease(ctx.redis, repository, podman_env):
+        code, stderr = restic.stream(
+            repository.target,
+            repository.password,
+            args,
+            podman_env=podman_env,
+            on_message=on_message,
+            mounts=mounts,
+            podman_args=ctx.settings.restic_podman_args,
+        )
+    if code != 0 or restored.errors:
+        detail = "; ".join(restored.errors[:3]) or stderr
+        snapshot = args[2]
+        raise ActionFailed(
+            "restic restore failed: "
+            + explain_read_failure(code or 1, detail, repository, snapshot)
+        )
+    return restored.last
+
+
+def _cancel_on_sigterm() -> None:
+    """cancel-task: restic (same process group) stops; we unwind so the lease is released."""
+
+    def cancelled(*_: object) -> NoReturn:
+        raise ActionFailed("restore cancelled")
+
+    signal.signal(signal.SIGTERM, cancelled)
+
+
+# --- module action restore-module ------------------------------------------------------
+def module_progress(step: Step, request: ModuleRestoreRequest) -> None:
+    """00progress: the restic step is the long one."""
+    for name, weight in WEIGHTS.items():
+        step.send(f"set-weight {name} {weight}")
+
+
+def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
+    """10restore: the state dir and the volumes of state-include.conf from the snapshot."""
+    _cancel_on_sigterm()
+    ctx = step.ctx
+    agent_id = step.agent_id
+    module_id = agent_id.split("/", 1)[1]
+    home = ctx.settings.agent_home(agent_id)
+    state = ctx.settings.state_dir(agent_id)
+    include = home / "etc" / "state-include.conf"
+    volumes = included_volumes(include.read_text()) if include.is_file() else []
+    paths = snapshot_paths(request.paths)
+    for path in paths:
+        parts = path.split("/")
+        if parts[1] == "volumes" and (len(parts) < 3 or parts[2] not in volumes):
+            raise validation_error("paths", "volume_not_restorable", path)
+    repository = open_repository(ctx.redis, request.repository, request.path)
+    if paths:
+        _run_pre_restore(ctx, agent_id, paths)
+    mounts = [restic.Mount(str(state), f"{RESTORE_ROOT}/state")]
+    mounts += [
+        restic.Mount(f"{module_id}-{name}", f"{RESTORE_ROOT}/volumes/{name}") for name in volumes
+    ]
+    args = restore_args(request.snapshot, RESTORE_ROOT, paths, whole=not paths)
+    summary = run_restore(ctx, repository, args, mounts, step.set_progress)
+    (state / RESULT_FILE).write_text(json.dumps(summary) + "\n")
+    if paths and not summary.get("total_files"):
+        raise ActionFailed("none of the paths is in the snapshot: " + ", ".join(request.paths))
+    return {"module_id": module_id, "paths": request.paths, **_counts(summary)}
+
+
+def _run_pre_restore(ctx: Context, agent_id: str, paths: list[str]) -> None:
+    env = agent_environment(ctx.settings, agent_id)
+    hook = shutil.which(PRE_RESTORE_HOOK, path=env["PATH"])
+    if hook is None:
+        return
+    done = proc.run([hook, *paths], env=env, cwd=ctx.settings.state_dir(agent_id), timeout=3600)
+    if done.returncode != 0:
+        tail = done.error_text.strip().splitlines()[-1:] or ["no error output"]
+        raise ActionFailed(f"{PRE_RESTORE_HOOK} failed (exit {done.returncode}): {tail[0]}")
+
+
+def module_label(step: Step, request: ModuleRestoreRequest) -> None:
+    """20label/20note: put back ui_name and ui_note dumped into the state dir, if any."""
+    agent_id = step.agent_id
+    module_id = agent_id.split("/", 1)[1]
+    state = step.ctx.settings.state_dir(agent_id)
+    keys = {
+        "ui_name": redis_keys.module_ui_name(module_id),
+        "ui_note": redis_keys.module_ui_note(module_id),
+    }
+    restore = str(step.ctx.settings.bin_dir / "redis-restore")
+    for name, key in keys.items():
+        dump = state / f"{name}.dump"
+        if not dump.is_file():
+            continue
+        done = proc.run([restore, key, "--replace"], input=dump.read_bytes(), timeout=60)
+        if done.returncode != 0:
+            raise ActionFailed(f"cannot restore {key}: {done.error_text.strip()}")
+        dump.unlink()
+
+
+# --- node action restore-files ---------------------------------------------------------
+def node_restore_files(step: Step, request: RestoreFilesRequest) -> dict[str, Any]:
+    """Snapshot paths into a directory of this node, for an operator; no module touched."""
+    _cancel_on_sigterm()
+    paths = snapshot_paths(request.paths)
+    target = Path(request.target)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise validation_error("target", "target_not_empty", request.target)
+    repository = open_repository(step.ctx.redis, request.repository, request.path)
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    args = restore_args(request.snapshot, RESTORE_ROOT, paths, whole=False)
+    summary = run_restore(
+        step.ctx,
+        repository,
+        args,
+        [restic.Mount(str(target), RESTORE_ROOT)],
+        step.set_progress,
+    )
+    return {"target": str(target), "paths": request.paths, **_counts(summary)}
+
+
+def _counts(summary: dict[str, Any]) -> dict[str, int]:
+    return {
+        "files_restored": int(summary.get("files_restored", 0)),
+        "bytes_restored": int(summary.get("bytes_restored", 0)),
+        "files_deleted": int(summary.get("files_deleted", 0)),
+    }

@@ -1,0 +1,150 @@
+"""Reading a backup for a restore: repository paths, the snapshot's environment, the lease."""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from agent import locks, redis_keys, restic
+from agent.destinations import Destination, load_destination, restic_target
+from agent.errors import ActionFailed, DestinationNotFound, validation_error
+from agent.operations.module_backup import explain_restic_failure
+from agent.reachability import unreachable_reason
+from agent.redis_store import Redis
+
+log = logging.getLogger("agent.restore")
+ENVIRONMENT_PATH = "/state/environment"  # where every snapshot keeps the module's identity
+LEASE_WAIT_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class RepoPath:
+    """'<image>/<uuid>' or the legacy '<image>/<module_id>@<uuid>'."""
+
+    image: str
+    uuid: str
+    legacy_module_id: str
+    path: str
+
+
+def parse_repo_path(path: str) -> RepoPath:
+    image, _, rest = path.strip("/").partition("/")
+    module_id, _, module_uuid = rest.rpartition("@")
+    if not image or not module_uuid or "/" in rest:
+        raise validation_error("path", "path_invalid", path)
+    return RepoPath(image, module_uuid, module_id, f"{image}/{rest}")
+
+
+def snapshot_arg(snapshot: str) -> str:
+    """NS8: an empty snapshot means the latest one."""
+    return snapshot or "latest"
+
+
+def snapshot_paths(paths: list[str]) -> list[str]:
+    """'volumes/pages/a.md' → '/volumes/pages/a.md'; '..' and empty parts are refused."""
+    normalized = []
+    for path in paths:
+        clean = "/" + path.strip("/")
+        if posixpath.normpath(clean) != clean or "/../" in clean + "/":
+            raise validation_error("paths", "path_invalid", path)
+        normalized.append(clean)
+    return normalized
+
+
+@dataclass(frozen=True)
+class Repository:
+    destination: Destination
+    path: RepoPath
+    target: restic.ResticTarget
+
+    @property
+    def password(self) -> str:
+        return self.destination.password
+
+    @property
+    def lease_key(self) -> str:
+        return redis_keys.repository_lease(self.destination.id, self.path.path)
+
+
+def open_repository(redis: Redis, destination_id: str, path: str) -> Repository:
+    repo_path = parse_repo_path(path)
+    try:
+        destination = load_destination(redis, destination_id)
+    except DestinationNotFound:
+        raise validation_error(
+            "repository", "backup_repository_not_found", destination_id
+        ) from None
+    return Repository(destination, repo_path, restic_target(destination, repo_path.path))
+
+
+def check_reachable(repository: Repository) -> None:
+    reason = unreachable_reason(repository.destination)
+    if reason:
+        raise ActionFailed(f"cannot read {repository.path.path}: {reason}")
+
+
+def explain_read_failure(code: int, stderr: str, repository: Repository, snapshot: str) -> str:
+    text = stderr.lower()
+    where = f"{repository.path.path} on {repository.destination.name or repository.destination.id}"
+    if "no matching id" in text or "no snapshot found" in text or "snapshot not found" in text:
+        return f"snapshot {snapshot_arg(snapshot)} not found in {where}"
+    if code == restic.EXIT_NO_REPOSITORY:
+        return f"no restic repository at {where}"
+    return f"{where}: {explain_restic_failure(code, stderr)}"
+
+
+def parse_environment(text: str) -> dict[str, str]:
+    """KEY=VALUE lines of a state/environment file."""
+    environment = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and not key.lstrip().startswith("#"):
+            environment[key.strip()] = value.strip()
+    return environment
+
+
+def read_environment(
+    repository: Repository, snapshot: str, podman_env: Mapping[str, str]
+) -> dict[str, str]:
+    """The module's state/environment as the snapshot holds it (`restic dump`)."""
+    check_reachable(repository)
+    done = restic.run(
+        repository.target,
+        repository.password,
+        ["dump", "--no-lock", snapshot_arg(snapshot), ENVIRONMENT_PATH],
+        podman_env=podman_env,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        raise ActionFailed(
+            explain_read_failure(done.returncode, done.error_text, repository, snapshot)
+        )
+    environment = parse_environment(done.text)
+    if not environment.get("IMAGE_URL"):
+        raise ActionFailed(f"the snapshot of {repository.path.path} names no IMAGE_URL")
+    return environment
+
+
+@contextmanager
+def repository_lease(
+    redis: Redis, repository: Repository, podman_env: Mapping[str, str]
+) -> Iterator[None]:
+    """Exclusive use of the repository; a crashed holder's restic locks are removed first."""
+    try:
+        lease = locks.acquire(redis, repository.lease_key, wait_seconds=LEASE_WAIT_SECONDS)
+    except locks.LockBusy as busy:
+        raise ActionFailed(f"repository {repository.path.path} is busy ({busy.holder})") from None
+    with lease:
+        if lease.previous_crashed:
+            log.warning("%s: a previous run crashed; removing its restic locks", repository.path)
+            restic.run(
+                repository.target,
+                repository.password,
+                ["unlock", "--remove-all"],
+                podman_env=podman_env,
+                timeout=300,
+            )
+        yield

@@ -1,0 +1,136 @@
+"""Restore through api-cli: discover, pick a snapshot, restore on another node, compare all."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from agent.redis_store import connect
+from agent.verify_restore import verify
+from tests.support import backups
+from tests.support.cluster import ClusterHarness
+
+pytestmark = pytest.mark.podman
+
+
+def api_ok(cluster: ClusterHarness, action: str, data: Any = None) -> Any:
+    code, output, stderr = cluster.api_json(action, data, timeout=300)
+    assert code == 0, (action, output, stderr)
+    return output
+
+
+def backed_up_wiki(cluster: ClusterHarness, image: str, target: Path) -> tuple[str, str, int]:
+    """(module id, destination id, backup id) of a minwiki on node 1 backed up once."""
+    wiki = api_ok(cluster, "add-module", {"image": image, "node": 1})["module_id"]
+    target.mkdir()
+    repository = api_ok(
+        cluster,
+        "add-backup-repository",
+        {
+            "name": "local",
+            "provider": "local",
+            "url": f"local:{target}",
+            "password": "",
+            "parameters": {},
+        },
+    )["id"]
+    backup_id = api_ok(
+        cluster,
+        "add-backup",
+        {
+            "name": "nightly",
+            "repository": repository,
+            "schedule": "daily",
+            "retention": 5,
+            "instances": [wiki],
+            "enabled": True,
+        },
+    )
+    return wiki, repository, int(backup_id)
+
+
+def run_backup(cluster: ClusterHarness, backup_id: int) -> None:
+    api_ok(cluster, "run-backup", {"id": backup_id})
+
+
+def pages(cluster: ClusterHarness, node: int, module_id: str) -> Path:
+    return backups.volume_path(cluster.nodes[node].settings.podman_env(), f"{module_id}-pages")
+
+
+def report(cluster: ClusterHarness, source: str, restored: str) -> dict[str, Any]:
+    nodes = {n: node.settings for n, node in cluster.nodes.items()}
+    return verify(connect(cluster.redis_url), nodes, source, restored)
+
+
+def test_restore_on_another_node_brings_back_everything(
+    cluster: ClusterHarness,
+    redis_client: redis.Redis,
+    minwiki_image: str,
+    restic_image: str,
+    tmp_path: Path,
+) -> None:
+    cluster.add_node(2)
+    wiki, repository, backup_id = backed_up_wiki(cluster, minwiki_image, tmp_path / "dest")
+    source_pages = pages(cluster, 1, wiki)
+    os.setxattr(source_pages / "private-notes.md", "user.reviewed", b"by admin")
+    run_backup(cluster, backup_id)
+    module_uuid = redis_client.hget("cluster/module_uuid", wiki)
+    path = f"minwiki/{module_uuid}"
+
+    found = api_ok(cluster, "read-backup-repositories")
+    [row] = [r for r in found if r["path"] == path]
+    assert row["repository_id"] == repository and row["module_id"] == wiki
+    assert row["installed_instance"] == wiki and row["is_generated_locally"] is True
+    assert row["node_fqdn"] and row["timestamp"] > 0 and row["repository_provider"] == "local"
+    [snapshot] = api_ok(cluster, "read-backup-snapshots", {"repository": repository, "path": path})
+    assert snapshot["total_bytes"] > 2_000_000 and len(snapshot["id"]) == 64
+    eligibility = api_ok(
+        cluster,
+        "determine-restore-eligibility",
+        {"repository": repository, "path": path, "snapshot": ""},
+    )
+    assert eligibility["image_url"] == minwiki_image
+    assert [
+        (d["node_id"], d["instances"], d["eligible"]) for d in eligibility["install_destinations"]
+    ] == [
+        (1, 1, True),
+        (2, 0, True),
+    ]
+
+    restored = api_ok(
+        cluster,
+        "cluster/restore-module",
+        {"node": 2, "repository": repository, "path": path, "snapshot": ""},
+    )
+    new = restored["module_id"]
+    assert restored["image_url"] == minwiki_image and restored["image_name"] == "minwiki"
+    assert redis_client.hget("cluster/module_node", new) == "2"
+    # The source is still installed: the copy gets its own uuid, mapped to the source's.
+    assert restored["module_uuid"] != module_uuid
+    assert redis_client.hget("private/nodes/restore_uuid", restored["module_uuid"]) == module_uuid
+
+    result = report(cluster, wiki, new)
+    assert result["ok"], result["differences"]
+    compared = result["compared"]
+    assert compared["files"] > 200 and compared["symlinks"] == 1
+    assert compared["hardlink_groups"] == 1 and compared["xattrs"] >= 1
+    assert "wiki_settings" in compared["redis_keys"]
+    restored_pages = pages(cluster, 2, new)
+    assert os.getxattr(restored_pages / "private-notes.md", "user.reviewed") == b"by admin"
+    assert (restored_pages / "drafts" / "empty").is_dir()
+    assert not list(restored_pages.rglob("*.tmp")), "excluded at backup, absent after restore"
+    assert redis_client.hgetall(f"module/{new}/wiki_settings") == redis_client.hgetall(
+        f"module/{wiki}/wiki_settings"
+    )
+    status = api_ok(cluster, f"module/{new}/get-status")
+    assert status == api_ok(cluster, f"module/{wiki}/get-status")
+    db_path = backups.volume_path(cluster.nodes[2].settings.podman_env(), f"{new}-db") / "wiki.db"
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("SELECT count(*) FROM pages").fetchone()[0] == status["pages"]
+    password = redis_client.hget(f"private/backup_repository/{repository}", "password")
+    backups.restic(tmp_path / "dest" / path, "check", password=str(password))
