@@ -149,6 +149,14 @@ def test_hostile_inputs_are_refused_and_change_nothing(
         data[key if len(field) % 2 else field] = value
     if data == well_formed(action) or data == {"id": DESTINATION}:
         return  # still well formed (validate-backup-destination of the saved destination)
+    if (
+        not drop
+        and key == "name"
+        and isinstance(value, str)
+        and len(value) <= 128
+        and not any(c in value for c in "\n\r\t\x00")
+    ):
+        return  # any one-line text is a valid name, shell metacharacters included
     before = dump_all(redis_url)
     result = answer(step, action, data)
     assert isinstance(result, ValidationFailed), (action, data, result)
