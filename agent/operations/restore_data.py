@@ -41,9 +41,10 @@ def restore_args(snapshot: str, target: str, paths: Sequence[str], whole: bool) 
     create-module made in the fresh instance); state/environment, the new instance's
     identity, is never touched; security.* xattrs belong to the host, not the data."""
     args = ["restore", "--json", snapshot_arg(snapshot), "--target", target]
-    args += ["--exclude", ENVIRONMENT_PATH, "--exclude-xattr", "security.*"]
+    args += ["--exclude-xattr", "security.*"]
     if whole:
-        args.append("--delete")
+        return [*args, "--exclude", ENVIRONMENT_PATH, "--delete"]
+    # restic takes includes or excludes, not both: callers keep environment out of paths.
     for path in paths:
         args += ["--include", path]
     return args
@@ -73,6 +74,8 @@ def run_restore(
             on_progress(int(float(message.get("percent_done", 0)) * 100))
         elif kind == "error":
             restored.errors.append(str(message.get("error", {}).get("message", message)))
+        elif kind == "exit_error":
+            restored.errors.append(str(message.get("message", "")))
         if kind in ("status", "summary"):
             restored.last = message
 
@@ -125,6 +128,8 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
     paths = snapshot_paths(request.paths)
     for path in paths:
         parts = path.split("/")
+        if path in ("/state", ENVIRONMENT_PATH):
+            raise validation_error("paths", "path_is_module_identity", path)
         if parts[1] == "volumes" and (len(parts) < 3 or parts[2] not in volumes):
             raise validation_error("paths", "volume_not_restorable", path)
     repository = open_repository(ctx.redis, request.repository, request.path)

@@ -1,0 +1,235 @@
+"""Restore cases: older snapshot, partial and side restores, replace via a legacy path,
+and failures that must leave no half-made module behind."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from agent import tasks
+from agent.redis_store import connect
+from tests.conftest import file_lock
+from tests.support import backups
+from tests.support.cluster import ClusterHarness
+
+pytestmark = pytest.mark.podman
+PAGE = "topic-0/section-0/sub-0/page-0.md"
+OTHER = "topic-1/section-1/sub-1/page-1.md"
+HOOK = """#!/bin/bash
+# Test hook: the test steers this restore step through the Redis key test/restore-hook.
+mode=$(python3 -c 'import os, redis
+r = redis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True)
+print(r.get("test/restore-hook") or "")')
+case $mode in
+    fail) echo "restore hook: failing on purpose" >&2; exit 1 ;;
+    slow) python3 -c 'import os, redis
+redis.Redis.from_url(os.environ["REDIS_URL"]).set("test/hook-started", "1")'
+          sleep 60 ;;
+esac
+"""
+
+
+@pytest.fixture(scope="session")
+def hooked_image(minwiki_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """minwiki plus a restore-module step the tests can make fail or hang."""
+    tag = "localhost/minwiki-hooked:latest"
+    context = tmp_path_factory.mktemp("hooked")
+    (context / "15hook").write_text(HOOK)
+    (context / "15hook").chmod(0o755)
+    (context / "Containerfile").write_text(
+        f"FROM {minwiki_image}\nCOPY 15hook /imageroot/actions/restore-module/15hook\n"
+    )
+    with file_lock("build-minwiki-hooked"):
+        subprocess.run(
+            ["podman", "build", "--tag", tag, str(context)],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    return tag
+
+
+def api(cluster: ClusterHarness, action: str, data: Any = None) -> tuple[int, Any, str]:
+    return cluster.api_json(action, data, timeout=300)
+
+
+def api_ok(cluster: ClusterHarness, action: str, data: Any = None) -> Any:
+    code, output, stderr = api(cluster, action, data)
+    assert code == 0, (action, output, stderr)
+    return output
+
+
+def setup_wiki(
+    cluster: ClusterHarness, client: redis.Redis, image: str, target: Path
+) -> tuple[str, str, str]:
+    """(module id, destination id, repository path) of a wiki on node 1, backup 1 defined."""
+    wiki = api_ok(cluster, "add-module", {"image": image, "node": 1})["module_id"]
+    target.mkdir()
+    destination = backups.add_destination(client, "local", f"local:{target}")
+    backups.add_backup(client, 1, destination, [wiki], retention=5)
+    name = image.rsplit("/", 1)[1].split(":")[0]
+    return wiki, destination, f"{name}/{client.hget('cluster/module_uuid', wiki)}"
+
+
+def pages(cluster: ClusterHarness, node: int, module_id: str) -> Path:
+    return backups.volume_path(cluster.nodes[node].settings.podman_env(), f"{module_id}-pages")
+
+
+def assert_only_modules(cluster: ClusterHarness, client: redis.Redis, modules: set[str]) -> None:
+    """No trace of any other module: ids, uuids, keys, install dirs, volumes."""
+    assert set(client.hkeys("cluster/module_node")) == modules
+    assert set(client.hkeys("cluster/module_uuid")) == modules
+    owners = {str(key).split("/")[1] for key in client.scan_iter(match="module/*")}
+    assert owners <= modules
+    assert not client.hkeys("private/nodes/restore_uuid")
+    for node in cluster.nodes.values():
+        homes = node.root / "modules"
+        assert {p.name for p in homes.iterdir()} <= modules if homes.exists() else True
+        listed = subprocess.run(
+            ["podman", "volume", "ls", "--format", "{{.Name}}"],
+            env=node.settings.podman_env() | {"PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        strays = [
+            v for v in listed if v.startswith("minwiki") and v.rsplit("-", 1)[0] not in modules
+        ]
+        assert not strays, (node.node_id, strays)
+
+
+def test_older_snapshot_partial_restore_and_restore_files(
+    cluster: ClusterHarness,
+    redis_client: redis.Redis,
+    minwiki_image: str,
+    restic_image: str,
+    tmp_path: Path,
+) -> None:
+    wiki, destination, path = setup_wiki(cluster, redis_client, minwiki_image, tmp_path / "dest")
+    live = pages(cluster, 1, wiki)
+    first_page, first_other = (live / PAGE).read_bytes(), (live / OTHER).read_bytes()
+    first_title = redis_client.hget(f"module/{wiki}/wiki_settings", "title")
+    api_ok(cluster, "run-backup", {"id": 1})
+    (live / PAGE).write_text("# edited after the first backup\n")
+    (live / OTHER).write_text("# also edited\n")
+    redis_client.hset(f"module/{wiki}/wiki_settings", "title", "Renamed wiki")
+    api_ok(cluster, "run-backup", {"id": 1})
+
+    snapshots = api_ok(cluster, "read-backup-snapshots", {"repository": destination, "path": path})
+    assert len(snapshots) == 2
+    older = min(snapshots, key=lambda s: s["timestamp"])["id"]
+    source = {"repository": destination, "path": path, "snapshot": older}
+
+    copy = api_ok(cluster, "cluster/restore-module", {**source, "node": 1})["module_id"]
+    assert (pages(cluster, 1, copy) / PAGE).read_bytes() == first_page
+    assert redis_client.hget(f"module/{copy}/wiki_settings", "title") == first_title
+
+    # One file back into the running instance; everything else stays as it is now.
+    done = api_ok(
+        cluster,
+        "cluster/restore-module",
+        {**source, "module_id": wiki, "paths": [f"volumes/pages/{PAGE}"]},
+    )
+    assert done["module_id"] == wiki and done["files_restored"] >= 1
+    assert (live / PAGE).read_bytes() == first_page
+    assert (live / OTHER).read_text() == "# also edited\n" != first_other.decode()
+    assert redis_client.hget(f"module/{wiki}/wiki_settings", "title") == "Renamed wiki"
+    code, _, error = api(
+        cluster,
+        "cluster/restore-module",
+        {**source, "module_id": wiki, "paths": ["volumes/pages/no-such-file"]},
+    )
+    assert code == 1 and "none of the paths" in error
+
+    # A side restore for an operator: files in a directory, no module touched.
+    picked = tmp_path / "picked"
+    done = api_ok(
+        cluster,
+        "node/1/restore-files",
+        {**source, "target": str(picked), "paths": [f"/volumes/pages/{PAGE}", "state/wiki.env"]},
+    )
+    assert (picked / "volumes" / "pages" / PAGE).read_bytes() == first_page
+    assert (picked / "state" / "wiki.env").is_file()
+    assert not (picked / "state" / "environment").exists()
+    assert set(redis_client.hkeys("cluster/module_node")) == {wiki, copy}
+    backups.restic(tmp_path / "dest" / path, "check")
+
+
+def test_replace_from_a_legacy_path_keeps_the_uuid_and_the_schedule(
+    cluster: ClusterHarness,
+    redis_client: redis.Redis,
+    minwiki_image: str,
+    restic_image: str,
+    tmp_path: Path,
+) -> None:
+    cluster.add_node(2)
+    wiki, destination, path = setup_wiki(cluster, redis_client, minwiki_image, tmp_path / "dest")
+    api_ok(cluster, "run-backup", {"id": 1})
+    module_uuid = path.split("/")[1]
+    settings = redis_client.hgetall(f"module/{wiki}/wiki_settings")
+    page = (pages(cluster, 1, wiki) / PAGE).read_bytes()
+    legacy = f"minwiki/{wiki}@{module_uuid}"
+    (tmp_path / "dest" / path).rename(tmp_path / "dest" / legacy)
+
+    request = {"repository": destination, "path": legacy, "snapshot": "", "node": 2}
+    restored = api_ok(cluster, "cluster/restore-module", {**request, "replace": True})
+    new = restored["module_id"]
+    assert restored["module_uuid"] == module_uuid
+    assert redis_client.hgetall("cluster/module_uuid") == {new: module_uuid}
+    assert redis_client.hget("cluster/backup/1", "instances") == new
+    assert redis_client.hgetall(f"module/{new}/wiki_settings") == settings
+    assert (pages(cluster, 2, new) / PAGE).read_bytes() == page
+    assert_only_modules(cluster, redis_client, {new})
+    backups.restic(tmp_path / "dest" / legacy, "check")
+
+
+def test_failed_restores_leave_nothing_behind(
+    cluster: ClusterHarness,
+    redis_client: redis.Redis,
+    hooked_image: str,
+    restic_image: str,
+    tmp_path: Path,
+) -> None:
+    cluster.add_node(2)
+    wiki, destination, path = setup_wiki(cluster, redis_client, hooked_image, tmp_path / "dest")
+    api_ok(cluster, "run-backup", {"id": 1})
+    request = {"repository": destination, "path": path, "snapshot": "", "node": 2}
+
+    code, _, error = api(cluster, "cluster/restore-module", {**request, "snapshot": "0123abcd"})
+    assert code == 1 and "snapshot 0123abcd not found" in error
+    assert_only_modules(cluster, redis_client, {wiki})
+
+    private = f"private/backup_repository/{destination}"
+    redis_client.hset(private, "password", "not-the-password")
+    code, _, error = api(cluster, "cluster/restore-module", request)
+    assert code == 1 and "wrong repository password" in error
+    redis_client.hset(private, "password", backups.PASSWORD)
+    assert_only_modules(cluster, redis_client, {wiki})
+
+    gone = backups.add_destination(redis_client, "local", f"local:{tmp_path / 'unplugged'}")
+    code, _, error = api(cluster, "cluster/restore-module", {**request, "repository": gone})
+    assert code == 1 and "unplugged is missing" in error
+    assert_only_modules(cluster, redis_client, {wiki})
+
+    redis_client.set("test/restore-hook", "fail")
+    code, _, error = api(cluster, "cluster/restore-module", request)
+    assert code == 1 and "failing on purpose" in error and "removed" in error
+    assert_only_modules(cluster, redis_client, {wiki})
+
+    redis_client.set("test/restore-hook", "slow")
+    client = connect(cluster.redis_url)
+    watcher = tasks.start(client, tasks.TaskRequest("cluster", "restore-module", request))
+    deadline = time.monotonic() + 60
+    while not redis_client.get("test/hook-started"):
+        assert time.monotonic() < deadline, "the restore never reached the module's step"
+        time.sleep(0.1)
+    tasks.cancel(client, "cluster", watcher.task_id)
+    result = watcher.wait(timeout=120)
+    assert result.exit_code != 0 and "cancelled" in result.error
+    assert_only_modules(cluster, redis_client, {wiki})
+    assert (pages(cluster, 1, wiki) / PAGE).is_file(), "the source is untouched"
