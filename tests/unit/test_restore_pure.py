@@ -1,0 +1,85 @@
+"""Pure parts of restore: repository paths, snapshot paths, restic argv, verify patterns."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.errors import ValidationFailed
+from agent.models import RestoreModuleRequest
+from agent.operations.repositories import epoch, snapshot_row
+from agent.operations.restore_data import restore_args
+from agent.operations.restore_source import parse_environment, parse_repo_path, snapshot_paths
+from agent.verify_restore import pattern_regex
+
+UUID = "48ce000a-79b7-5fe6-8558-177fd70c27b4"
+
+
+def test_repository_paths_new_and_legacy() -> None:
+    assert parse_repo_path(f"dokuwiki/{UUID}") == parse_repo_path(f"/dokuwiki/{UUID}/")
+    current = parse_repo_path(f"dokuwiki/{UUID}")
+    assert (current.image, current.uuid, current.legacy_module_id) == ("dokuwiki", UUID, "")
+    legacy = parse_repo_path(f"dokuwiki/dokuwiki1@{UUID}")
+    assert (legacy.uuid, legacy.legacy_module_id, legacy.path) == (
+        UUID,
+        "dokuwiki1",
+        f"dokuwiki/dokuwiki1@{UUID}",
+    )
+
+
+def test_snapshot_paths_are_absolute_and_never_climb() -> None:
+    assert snapshot_paths(["volumes/pages/a.md", "/state/x/"]) == [
+        "/volumes/pages/a.md",
+        "/state/x",
+    ]
+    for bad in ("volumes/../state/environment", "volumes//x", "volumes/./x"):
+        with pytest.raises(ValidationFailed):
+            snapshot_paths([bad])
+
+
+def test_restore_argv_whole_and_partial() -> None:
+    assert restore_args("", "/restore", [], whole=True) == [
+        *("restore", "--json", "latest", "--target", "/restore"),
+        *("--exclude-xattr", "security.*", "--exclude", "/state/environment", "--delete"),
+    ]
+    partial = restore_args("abc123", "/restore", ["/volumes/pages/a.md"], whole=False)
+    assert "--delete" not in partial and "--exclude" not in partial
+    assert partial[-2:] == ["--include", "/volumes/pages/a.md"] and partial[2] == "abc123"
+
+
+def test_restore_request_whole_or_partial() -> None:
+    base = {"repository": UUID, "path": f"minwiki/{UUID}", "snapshot": ""}
+    assert RestoreModuleRequest.model_validate({**base, "node": 2}).node == 2
+    partial = {**base, "module_id": "minwiki1", "paths": ["volumes/pages/a.md"]}
+    assert RestoreModuleRequest.model_validate(partial).paths == ["volumes/pages/a.md"]
+    for bad in (base, {**base, "paths": ["state/x"]}, {**partial, "replace": True}):
+        with pytest.raises(ValueError):
+            RestoreModuleRequest.model_validate(bad)
+    with pytest.raises(ValueError):
+        RestoreModuleRequest.model_validate({**base, "node": 1, "path": "minwiki/not-a-uuid"})
+
+
+def test_environment_and_snapshot_rows() -> None:
+    assert parse_environment("IMAGE_URL=a/b:1\n# c\nMODULE_UUID=u\nbroken\n") == {
+        "IMAGE_URL": "a/b:1",
+        "MODULE_UUID": "u",
+    }
+    assert epoch("1970-01-01T00:00:10.123456789Z") == 10
+    assert epoch("1970-01-01T01:00:10.5+01:00") == 10
+    row = snapshot_row({"time": "1970-01-01T00:01:00Z", "id": "ab" * 32})
+    assert row == {
+        "timestamp": 60,
+        "id": "ab" * 32,
+        "total_bytes": -1,
+        "backup_start": "",
+        "backup_end": "",
+    }
+
+
+def test_exclude_patterns_as_restic_reads_them() -> None:
+    tmp = pattern_regex("volumes/pages/**/*.tmp")
+    assert tmp.match("volumes/pages/a/b/c.md.tmp") and tmp.match("volumes/pages/c.tmp")
+    assert not tmp.match("volumes/pages/c.md")
+    journal = pattern_regex("volumes/db/*.db-journal")
+    assert journal.match("volumes/db/wiki.db-journal")
+    assert not journal.match("volumes/db/sub/wiki.db-journal")
+    assert pattern_regex("state/wiki-dump.*").match("state/wiki-dump.sqlite")
