@@ -28,30 +28,14 @@ def backed_up_wiki(cluster: ClusterHarness, image: str, target: Path) -> tuple[s
     """(module id, destination id, backup id) of a minwiki on node 1 backed up once."""
     wiki = api_ok(cluster, "add-module", {"image": image, "node": 1})["module_id"]
     target.mkdir()
-    repository = api_ok(
-        cluster,
-        "add-backup-repository",
-        {
-            "name": "local",
-            "provider": "local",
-            "url": f"local:{target}",
-            "password": "",
-            "parameters": {},
-        },
-    )["id"]
-    backup_id = api_ok(
-        cluster,
-        "add-backup",
-        {
-            "name": "nightly",
-            "repository": repository,
-            "schedule": "daily",
-            "retention": 5,
-            "instances": [wiki],
-            "enabled": True,
-        },
-    )
-    return wiki, repository, int(backup_id)
+    repository = backups.add_destination(cluster_redis(cluster), "local", f"local:{target}")
+    backup_id = 1
+    backups.add_backup(cluster_redis(cluster), backup_id, repository, [wiki], retention=5)
+    return wiki, repository, backup_id
+
+
+def cluster_redis(cluster: ClusterHarness) -> redis.Redis:
+    return redis.Redis.from_url(cluster.redis_url, decode_responses=True)
 
 
 def run_backup(cluster: ClusterHarness, backup_id: int) -> None:
@@ -132,5 +116,4 @@ def test_restore_on_another_node_brings_back_everything(
     db_path = backups.volume_path(cluster.nodes[2].settings.podman_env(), f"{new}-db") / "wiki.db"
     with sqlite3.connect(db_path) as db:
         assert db.execute("SELECT count(*) FROM pages").fetchone()[0] == status["pages"]
-    password = redis_client.hget(f"private/backup_repository/{repository}", "password")
-    backups.restic(tmp_path / "dest" / path, "check", password=str(password))
+    backups.restic(tmp_path / "dest" / path, "check")
