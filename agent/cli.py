@@ -150,6 +150,28 @@ def timers(
     print(schedule.format_timer_table(schedule.timer_rows(ctx.redis, ctx.settings)))
 
 
+@agent_app.command("verify-restore")
+def verify_restore_command(
+    source: Annotated[str, typer.Option(help="module id of the original")],
+    restored: Annotated[str, typer.Option(help="module id of the restored copy")],
+    root: Annotated[
+        list[Path] | None, typer.Option("--root", help="a node's data dir (repeat per node)")
+    ] = None,
+) -> None:
+    """Compare a restored module with its original: files, metadata, Redis keys."""
+    from agent.verify_restore import main
+
+    main(
+        [
+            "--source",
+            source,
+            "--restored",
+            restored,
+            *[arg for path in root or [] for arg in ("--root", str(path))],
+        ]
+    )
+
+
 @agent_app.command("schema")
 def schema(check: Annotated[bool, typer.Option(help="fail if a file differs")] = False) -> None:
     """Write (or --check) the validate-input.json files generated from the models."""

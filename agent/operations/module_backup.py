@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from agent import locks, podman, proc, redis_keys, restic
@@ -18,7 +20,7 @@ from agent.destinations import Destination, restic_target
 from agent.errors import AgentError
 from agent.operations.modules import image_name
 from agent.reachability import unreachable_reason
-from agent.redis_store import Context
+from agent.redis_store import Context, connect_binary
 from agent.volumes import backup_layout
 
 log = logging.getLogger("agent.backup")
@@ -72,6 +74,37 @@ def run_hook(ctx: Context, module_id: str, hook: str, backup_id: int) -> proc.Re
 def _tail(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "no error output"
+
+
+LABEL_KEYS = (("ui_name", redis_keys.module_ui_name), ("ui_note", redis_keys.module_ui_note))
+
+
+def dump_labels(ctx: Context, module_id: str, state_dir: Path) -> list[str]:
+    """DUMP the module's UI label and note into state/<name>.dump (NS8 does the same, and
+    restore's 20label step loads them back); returns their snapshot paths."""
+    raw = connect_binary(ctx.settings.redis_url)
+    paths = []
+    try:
+        for name, key in LABEL_KEYS:
+            payload = raw.dump(key(module_id))
+            target = state_dir / f"{name}.dump"
+            if payload is None:
+                target.unlink(missing_ok=True)
+                continue
+            target.write_bytes(payload)
+            paths.append(f"state/{name}.dump")
+    finally:
+        raw.close()
+    return paths
+
+
+@contextlib.contextmanager
+def _removed_afterwards(state_dir: Path, paths: list[str]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for path in paths:
+            (state_dir / path.removeprefix("state/")).unlink(missing_ok=True)
 
 
 def read_status(ctx: Context, backup_id: int, module_id: str) -> ModuleStatus | None:
@@ -183,8 +216,9 @@ class ModuleBackup:
         )
         target = restic_target(self.job.destination, path)
         password = self.job.destination.password
+        labels = dump_labels(self.ctx, self.module_id, settings.state_dir(agent_id))
         args = restic.backup_args(
-            layout.paths,
+            [*layout.paths, *labels],
             files_from=layout.files_from,
             exclude_file=layout.exclude_file,
             host=self.module_id,
@@ -201,7 +235,7 @@ class ModuleBackup:
             )
         except locks.LockBusy as busy:
             raise StepFailed(f"repository {path} is busy ({busy.holder})") from None
-        with lease:
+        with lease, _removed_afterwards(settings.state_dir(agent_id), labels):
             if lease.previous_crashed:
                 self._unlock_after_crash(target, password, podman_env)
             result = self._restic_backup(target, password, args, layout.mounts, podman_env)

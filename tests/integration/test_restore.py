@@ -62,7 +62,10 @@ def test_restore_on_another_node_brings_back_everything(
     wiki, repository, backup_id = backed_up_wiki(cluster, minwiki_image, tmp_path / "dest")
     source_pages = pages(cluster, 1, wiki)
     os.setxattr(source_pages / "private-notes.md", "user.reviewed", b"by admin")
+    redis_client.set(f"module/{wiki}/ui_name", "Team wiki ✓")  # the UI label travels too
     run_backup(cluster, backup_id)
+    state = cluster.nodes[1].settings.state_dir(f"module/{wiki}")
+    assert not (state / "ui_name.dump").exists(), "the label dump is removed after the backup"
     module_uuid = redis_client.hget("cluster/module_uuid", wiki)
     path = f"minwiki/{module_uuid}"
 
@@ -104,6 +107,7 @@ def test_restore_on_another_node_brings_back_everything(
     assert compared["files"] > 200 and compared["symlinks"] == 1
     assert compared["hardlink_groups"] == 1 and compared["xattrs"] >= 1
     assert "wiki_settings" in compared["redis_keys"]
+    assert redis_client.get(f"module/{new}/ui_name") == "Team wiki ✓"
     restored_pages = pages(cluster, 2, new)
     assert os.getxattr(restored_pages / "private-notes.md", "user.reviewed") == b"by admin"
     assert (restored_pages / "drafts" / "empty").is_dir()
