@@ -18,15 +18,9 @@ from tests.support.cluster import ClusterHarness
 pytestmark = pytest.mark.podman
 
 
-def api_ok(cluster: ClusterHarness, action: str, data: Any = None) -> Any:
-    code, output, stderr = cluster.api_json(action, data, timeout=300)
-    assert code == 0, (action, output, stderr)
-    return output
-
-
 def backed_up_wiki(cluster: ClusterHarness, image: str, target: Path) -> tuple[str, str, int]:
     """(module id, destination id, backup id) of a minwiki on node 1 backed up once."""
-    wiki = api_ok(cluster, "add-module", {"image": image, "node": 1})["module_id"]
+    wiki = cluster.api_ok("add-module", {"image": image, "node": 1})["module_id"]
     target.mkdir()
     repository = backups.add_destination(cluster_redis(cluster), "local", f"local:{target}")
     backup_id = 1
@@ -39,11 +33,7 @@ def cluster_redis(cluster: ClusterHarness) -> redis.Redis:
 
 
 def run_backup(cluster: ClusterHarness, backup_id: int) -> None:
-    api_ok(cluster, "run-backup", {"id": backup_id})
-
-
-def pages(cluster: ClusterHarness, node: int, module_id: str) -> Path:
-    return backups.volume_path(cluster.nodes[node].settings.podman_env(), f"{module_id}-pages")
+    cluster.api_ok("run-backup", {"id": backup_id})
 
 
 def report(cluster: ClusterHarness, source: str, restored: str) -> dict[str, Any]:
@@ -60,7 +50,7 @@ def test_restore_on_another_node_brings_back_everything(
 ) -> None:
     cluster.add_node(2)
     wiki, repository, backup_id = backed_up_wiki(cluster, minwiki_image, tmp_path / "dest")
-    source_pages = pages(cluster, 1, wiki)
+    source_pages = cluster.volume_dir(1, wiki, "pages")
     os.setxattr(source_pages / "private-notes.md", "user.reviewed", b"by admin")
     redis_client.set(f"module/{wiki}/ui_name", "Team wiki ✓")  # the UI label travels too
     run_backup(cluster, backup_id)
@@ -69,15 +59,14 @@ def test_restore_on_another_node_brings_back_everything(
     module_uuid = redis_client.hget("cluster/module_uuid", wiki)
     path = f"minwiki/{module_uuid}"
 
-    found = api_ok(cluster, "read-backup-repositories")
+    found = cluster.api_ok("read-backup-repositories")
     [row] = [r for r in found if r["path"] == path]
     assert row["repository_id"] == repository and row["module_id"] == wiki
     assert row["installed_instance"] == wiki and row["is_generated_locally"] is True
     assert row["node_fqdn"] and row["timestamp"] > 0 and row["repository_provider"] == "local"
-    [snapshot] = api_ok(cluster, "read-backup-snapshots", {"repository": repository, "path": path})
+    [snapshot] = cluster.api_ok("read-backup-snapshots", {"repository": repository, "path": path})
     assert snapshot["total_bytes"] > 2_000_000 and len(snapshot["id"]) == 64
-    eligibility = api_ok(
-        cluster,
+    eligibility = cluster.api_ok(
         "determine-restore-eligibility",
         {"repository": repository, "path": path, "snapshot": ""},
     )
@@ -89,8 +78,7 @@ def test_restore_on_another_node_brings_back_everything(
         (2, 0, True),
     ]
 
-    restored = api_ok(
-        cluster,
+    restored = cluster.api_ok(
         "cluster/restore-module",
         {"node": 2, "repository": repository, "path": path, "snapshot": ""},
     )
@@ -108,15 +96,15 @@ def test_restore_on_another_node_brings_back_everything(
     assert compared["hardlink_groups"] == 1 and compared["xattrs"] >= 1
     assert "wiki_settings" in compared["redis_keys"]
     assert redis_client.get(f"module/{new}/ui_name") == "Team wiki ✓"
-    restored_pages = pages(cluster, 2, new)
+    restored_pages = cluster.volume_dir(2, new, "pages")
     assert os.getxattr(restored_pages / "private-notes.md", "user.reviewed") == b"by admin"
     assert (restored_pages / "drafts" / "empty").is_dir()
     assert not list(restored_pages.rglob("*.tmp")), "excluded at backup, absent after restore"
     assert redis_client.hgetall(f"module/{new}/wiki_settings") == redis_client.hgetall(
         f"module/{wiki}/wiki_settings"
     )
-    status = api_ok(cluster, f"module/{new}/get-status")
-    assert status == api_ok(cluster, f"module/{wiki}/get-status")
+    status = cluster.api_ok(f"module/{new}/get-status")
+    assert status == cluster.api_ok(f"module/{wiki}/get-status")
     db_path = backups.volume_path(cluster.nodes[2].settings.podman_env(), f"{new}-db") / "wiki.db"
     with sqlite3.connect(db_path) as db:
         assert db.execute("SELECT count(*) FROM pages").fetchone()[0] == status["pages"]

@@ -58,26 +58,16 @@ def api(cluster: ClusterHarness, action: str, data: Any = None) -> tuple[int, An
     return cluster.api_json(action, data, timeout=300)
 
 
-def api_ok(cluster: ClusterHarness, action: str, data: Any = None) -> Any:
-    code, output, stderr = api(cluster, action, data)
-    assert code == 0, (action, output, stderr)
-    return output
-
-
 def setup_wiki(
     cluster: ClusterHarness, client: redis.Redis, image: str, target: Path
 ) -> tuple[str, str, str]:
     """(module id, destination id, repository path) of a wiki on node 1, backup 1 defined."""
-    wiki = api_ok(cluster, "add-module", {"image": image, "node": 1})["module_id"]
+    wiki = cluster.api_ok("add-module", {"image": image, "node": 1})["module_id"]
     target.mkdir()
     destination = backups.add_destination(client, "local", f"local:{target}")
     backups.add_backup(client, 1, destination, [wiki], retention=5)
     name = image.rsplit("/", 1)[1].split(":")[0]
     return wiki, destination, f"{name}/{client.hget('cluster/module_uuid', wiki)}"
-
-
-def pages(cluster: ClusterHarness, node: int, module_id: str) -> Path:
-    return backups.volume_path(cluster.nodes[node].settings.podman_env(), f"{module_id}-pages")
 
 
 def assert_only_modules(cluster: ClusterHarness, client: redis.Redis, modules: set[str]) -> None:
@@ -111,27 +101,26 @@ def test_older_snapshot_partial_restore_and_restore_files(
     tmp_path: Path,
 ) -> None:
     wiki, destination, path = setup_wiki(cluster, redis_client, minwiki_image, tmp_path / "dest")
-    live = pages(cluster, 1, wiki)
+    live = cluster.volume_dir(1, wiki, "pages")
     first_page, first_other = (live / PAGE).read_bytes(), (live / OTHER).read_bytes()
     first_title = redis_client.hget(f"module/{wiki}/wiki_settings", "title")
-    api_ok(cluster, "run-backup", {"id": 1})
+    cluster.api_ok("run-backup", {"id": 1})
     (live / PAGE).write_text("# edited after the first backup\n")
     (live / OTHER).write_text("# also edited\n")
     redis_client.hset(f"module/{wiki}/wiki_settings", "title", "Renamed wiki")
-    api_ok(cluster, "run-backup", {"id": 1})
+    cluster.api_ok("run-backup", {"id": 1})
 
-    snapshots = api_ok(cluster, "read-backup-snapshots", {"repository": destination, "path": path})
+    snapshots = cluster.api_ok("read-backup-snapshots", {"repository": destination, "path": path})
     assert len(snapshots) == 2
     older = min(snapshots, key=lambda s: s["timestamp"])["id"]
     source = {"repository": destination, "path": path, "snapshot": older}
 
-    copy = api_ok(cluster, "cluster/restore-module", {**source, "node": 1})["module_id"]
-    assert (pages(cluster, 1, copy) / PAGE).read_bytes() == first_page
+    copy = cluster.api_ok("cluster/restore-module", {**source, "node": 1})["module_id"]
+    assert (cluster.volume_dir(1, copy, "pages") / PAGE).read_bytes() == first_page
     assert redis_client.hget(f"module/{copy}/wiki_settings", "title") == first_title
 
     # One file back into the running instance; everything else stays as it is now.
-    done = api_ok(
-        cluster,
+    done = cluster.api_ok(
         "cluster/restore-module",
         {**source, "module_id": wiki, "paths": [f"volumes/pages/{PAGE}"]},
     )
@@ -148,8 +137,7 @@ def test_older_snapshot_partial_restore_and_restore_files(
 
     # A side restore for an operator: files in a directory, no module touched.
     picked = tmp_path / "picked"
-    done = api_ok(
-        cluster,
+    done = cluster.api_ok(
         "node/1/restore-files",
         {**source, "target": str(picked), "paths": [f"/volumes/pages/{PAGE}", "state/wiki.env"]},
     )
@@ -169,21 +157,21 @@ def test_replace_from_a_legacy_path_keeps_the_uuid_and_the_schedule(
 ) -> None:
     cluster.add_node(2)
     wiki, destination, path = setup_wiki(cluster, redis_client, minwiki_image, tmp_path / "dest")
-    api_ok(cluster, "run-backup", {"id": 1})
+    cluster.api_ok("run-backup", {"id": 1})
     module_uuid = path.split("/")[1]
     settings = redis_client.hgetall(f"module/{wiki}/wiki_settings")
-    page = (pages(cluster, 1, wiki) / PAGE).read_bytes()
+    page = (cluster.volume_dir(1, wiki, "pages") / PAGE).read_bytes()
     legacy = f"minwiki/{wiki}@{module_uuid}"
     (tmp_path / "dest" / path).rename(tmp_path / "dest" / legacy)
 
     request = {"repository": destination, "path": legacy, "snapshot": "", "node": 2}
-    restored = api_ok(cluster, "cluster/restore-module", {**request, "replace": True})
+    restored = cluster.api_ok("cluster/restore-module", {**request, "replace": True})
     new = restored["module_id"]
     assert restored["module_uuid"] == module_uuid
     assert redis_client.hgetall("cluster/module_uuid") == {new: module_uuid}
     assert redis_client.hget("cluster/backup/1", "instances") == new
     assert redis_client.hgetall(f"module/{new}/wiki_settings") == settings
-    assert (pages(cluster, 2, new) / PAGE).read_bytes() == page
+    assert (cluster.volume_dir(2, new, "pages") / PAGE).read_bytes() == page
     assert_only_modules(cluster, redis_client, {new})
     backups.restic(tmp_path / "dest" / legacy, "check")
 
@@ -197,7 +185,7 @@ def test_failed_restores_leave_nothing_behind(
 ) -> None:
     cluster.add_node(2)
     wiki, destination, path = setup_wiki(cluster, redis_client, hooked_image, tmp_path / "dest")
-    api_ok(cluster, "run-backup", {"id": 1})
+    cluster.api_ok("run-backup", {"id": 1})
     request = {"repository": destination, "path": path, "snapshot": "", "node": 2}
 
     code, _, error = api(cluster, "cluster/restore-module", {**request, "snapshot": "0123abcd"})
@@ -232,4 +220,4 @@ def test_failed_restores_leave_nothing_behind(
     result = watcher.wait(timeout=120)
     assert result.exit_code != 0 and "cancelled" in result.error
     assert_only_modules(cluster, redis_client, {wiki})
-    assert (pages(cluster, 1, wiki) / PAGE).is_file(), "the source is untouched"
+    assert (cluster.volume_dir(1, wiki, "pages") / PAGE).is_file(), "the source is untouched"

@@ -127,6 +127,24 @@ class ClusterHarness:
         output = json.loads(result.stdout) if result.stdout.strip() else None
         return result.returncode, output, result.stderr
 
+    def api_ok(self, action: str, data: Any = None) -> Any:
+        """Run action through api-cli; fail the test unless it exits 0; its parsed output."""
+        code, output, stderr = self.api_json(action, data, timeout=300)
+        assert code == 0, (action, output, stderr)
+        return output
+
+    def volume_dir(self, node: int, module_id: str, volume: str) -> Path:
+        """Host directory of a module's podman volume on a node."""
+        env = {**os.environ, **self.nodes[node].settings.podman_env()}
+        done = subprocess.run(
+            ["podman", "volume", "inspect", "--format", "{{.Mountpoint}}", f"{module_id}-{volume}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return Path(done.stdout.strip())
+
     def stop(self) -> None:
         for node in self.nodes.values():
             node.stop()
