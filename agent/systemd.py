@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -73,7 +74,11 @@ def _quoted(value: object) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+@functools.lru_cache(maxsize=8)
 def template_environment(templates: Path) -> jinja2.Environment:
+    # One environment per template dir: jinja compiles a template once per environment,
+    # and a fresh one per backup made a 1 000-backup sync spend seconds recompiling.
+    # FileSystemLoader still notices an edited template (its mtime) on get_template.
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates)),
         undefined=jinja2.StrictUndefined,
@@ -186,6 +191,33 @@ def generated_backup_units(directory: Path) -> dict[str, str]:
             if text.startswith(GENERATED_MARK):
                 found[path.name] = text
     return found
+
+
+def write_unit_files(directory: Path, files: dict[str, str]) -> None:
+    """Replace each directory/<name> atomically, mode 0644, with one sync for the batch.
+
+    Same guarantee as write_unit_file (no rename before the text is on disk), but a
+    single sync() instead of an fsync per file: 2 000 fsyncs took 3-6 s here."""
+    if len(files) <= 1:
+        for name, text in files.items():
+            write_unit_file(directory, name, text)
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[str, str]] = []
+    try:
+        for name, text in files.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+            staged.append((tmp, name))
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+            os.chmod(tmp, 0o644)
+        os.sync()
+        for tmp, name in staged:
+            os.replace(tmp, directory / name)
+    except BaseException:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_unit_file(directory: Path, name: str, text: str) -> None:

@@ -85,9 +85,10 @@ def render_node_units(
     """Every unit file this node should have: name → text (pure but for the settings)."""
     units: dict[str, str] = {}
     node = node_units(settings)
+    templates = settings.share / "systemd"  # resolved once: share_dir() stats the disk
     for backup in schedules:
         try:
-            units.update(systemd.render_backup_units(backup, node, settings.share / "systemd"))
+            units.update(systemd.render_backup_units(backup, node, templates))
         except Exception as exc:  # one bad definition must not stop the others' timers
             log.error("backup %s: cannot render its units: %s", backup.backup_id, exc)
     return units
@@ -122,8 +123,7 @@ def apply_units(wanted: dict[str, str], settings: Settings, start_all: bool = Fa
         systemd.run_systemctl(systemd.disable_now_argv(systemctl, old_timers))
     for name in remove:
         (directory / name).unlink(missing_ok=True)
-    for name in write:
-        systemd.write_unit_file(directory, name, wanted[name])
+    systemd.write_unit_files(directory, {name: wanted[name] for name in write})
     systemd.run_systemctl(systemd.daemon_reload_argv(systemctl))
     if start_all:
         new_timers = sorted(n for n in wanted if n.endswith(".timer"))
