@@ -1,0 +1,354 @@
+"""The issue-7 comparisons; each fills a section of the results and returns nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.harness import VENV_BIN, Cluster, RawRestic, RssSampler, Series, rss_kib, run
+
+MODULE_IMAGE = "localhost/minwiki:latest"
+
+
+@dataclass
+class Bench:
+    cluster: Cluster
+    raw: RawRestic
+    work: Path  # repositories and scratch, removed as we go
+    dataset: Path  # the generated tree (kept for raw runs)
+    repeat: int
+    results: dict[str, Any] = field(default_factory=dict)
+    module: str = ""  # the module whose pages volume holds the dataset
+    rss_peak_kib: int = 0
+
+    def log(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    def sampled(self, action: Callable[[], object]) -> float:
+        with RssSampler(self.cluster.daemon_pid()) as sampler:
+            seconds = _timed(action)
+        self.rss_peak_kib = max(self.rss_peak_kib, sampler.peak_kib)
+        return seconds
+
+
+def _timed(action: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def _rotate(items: list[str], by: int) -> list[str]:
+    by %= len(items)
+    return items[by:] + items[:by]
+
+
+def setup_module(bench: Bench) -> None:
+    """One module whose pages volume holds (a copy of) the dataset."""
+    added = bench.cluster.api("add-module", {"image": MODULE_IMAGE, "node": 1})
+    bench.module = added["module_id"]
+    pages = bench.cluster.volume_path(f"{bench.module}-pages")
+    run(["cp", "-a", f"{bench.dataset}/.", str(pages)])
+    bench.log(f"{bench.module}: dataset copied into {pages}")
+
+
+def backups(bench: Bench) -> None:
+    """Items 1 and 2: full and no-change backup, raw restic (a) vs NS8 sequence (b) vs agent (c)."""
+    raw, cluster = bench.raw, bench.cluster
+    pages = cluster.volume_path(f"{bench.module}-pages")
+    uuid = cluster.module_uuid(bench.module)
+    full = {k: Series(k) for k in "abc"}
+    again = {k: Series(k) for k in "abc"}
+    # Warm-up (not counted): page cache, image layers, the restic cache volume.
+    scratch = bench.work / "warmup"
+    raw.init(scratch)
+    raw.backup(scratch, pages)
+    shutil.rmtree(scratch)
+    for rep in range(bench.repeat):
+        for system in _rotate(["a", "b", "c"], rep):
+            repo = bench.work / f"{system}{rep}"
+            if system == "a":
+                raw.init(repo)
+                full["a"].samples.append(_timed(lambda r=repo: raw.backup(r, pages)))
+                again["a"].samples.append(_timed(lambda r=repo: raw.backup(r, pages)))
+            elif system == "b":
+                raw.init(repo)
+                full["b"].samples.append(_timed(lambda r=repo: raw.ns8_sequence(r, pages)))
+                again["b"].samples.append(_timed(lambda r=repo: raw.ns8_sequence(r, pages)))
+            else:
+                destination, password = cluster.add_destination(repo)
+                # An empty repository exists for (a) and (b) too: creating it is not timed.
+                raw.init(repo / "minwiki" / uuid, password)
+                backup_id = cluster.add_backup(destination, [bench.module], f"full{rep}")
+
+                def agent_backup(backup_id: int = backup_id) -> None:
+                    cluster.api("run-backup", {"id": backup_id})
+
+                full["c"].samples.append(bench.sampled(agent_backup))
+                again["c"].samples.append(bench.sampled(agent_backup))
+            bench.log(
+                f"rep {rep} {system}: full {full[system].samples[-1]:.2f}s, "
+                f"no-change {again[system].samples[-1]:.2f}s"
+            )
+            shutil.rmtree(repo, ignore_errors=True)
+    bench.results["full_backup"] = _abc(full)
+    bench.results["nochange_backup"] = _abc(again)
+
+
+def _abc(series: dict[str, Series]) -> dict[str, Any]:
+    a, b, c = series["a"].median, series["b"].median, series["c"].median
+    return {
+        "a_raw_restic": series["a"].to_json(),
+        "b_ns8_sequence": series["b"].to_json(),
+        "c_agent": series["c"].to_json(),
+        "c_over_a": c / a,
+        "c_over_b": c / b,
+        "c_minus_a": c - a,
+    }
+
+
+def restore(bench: Bench) -> None:
+    """Item 3: cluster/restore-module to a new instance vs raw `restic restore`."""
+    try:
+        _restore(bench)
+    except RuntimeError as exc:  # the restore action is young: record, go on with the rest
+        bench.results["restore"] = {"error": str(exc)[-600:]}
+        bench.log(f"restore failed: {exc}")
+
+
+def _restore(bench: Bench) -> None:
+    cluster, raw = bench.cluster, bench.raw
+    actions = VENV_BIN.parent.parent / "actions" / "cluster" / "restore-module"
+    if not actions.is_dir():
+        bench.results["restore"] = {"pending": "cluster/restore-module has not landed"}
+        bench.log("restore: skipped, cluster/restore-module not there yet")
+        return
+    uuid = cluster.module_uuid(bench.module)
+    repo = bench.work / "restore"
+    destination, password = cluster.add_destination(repo)
+    backup_id = cluster.add_backup(destination, [bench.module], "restore")
+    cluster.api("run-backup", {"id": backup_id})
+    module_repo = repo / "minwiki" / uuid
+    env = raw.env | {"RESTIC_PASSWORD": password}
+    agent, plain = Series("agent"), Series("raw")
+    for rep in range(bench.repeat):
+        for system in _rotate(["raw", "agent"], rep):
+            if system == "raw":
+                target = bench.work / f"restored{rep}"
+                target.mkdir(parents=True)
+                argv = ["podman", "run", "--rm", "--env", "RESTIC_PASSWORD"]
+                argv += ["--env", "RESTIC_REPOSITORY=/repo", "-v", f"{module_repo}:/repo"]
+                argv += ["-v", f"{target}:/target", "localhost/backup-agent-restic:latest"]
+                argv += ["restore", "latest", "--target", "/target"]
+                plain.samples.append(_timed(lambda argv=argv: run(argv, env)))
+                shutil.rmtree(target)
+            else:
+                data = {
+                    "node": 1,
+                    "repository": destination,
+                    "path": f"minwiki/{uuid}",
+                    "snapshot": "",
+                }
+                output: dict[str, Any] = {}
+
+                def restore_module(
+                    data: dict[str, Any] = data, out: dict[str, Any] = output
+                ) -> None:
+                    out["result"] = cluster.api("cluster/restore-module", data)
+
+                agent.samples.append(bench.sampled(restore_module))
+                restored = (output.get("result") or {}).get("module_id")
+                if restored:
+                    cluster.api("remove-module", {"module_id": restored})
+            latest = (agent if system == "agent" else plain).samples[-1]
+            bench.log(f"restore rep {rep} {system}: {latest:.2f}s")
+    bench.results["restore"] = {
+        "raw_restic_restore": plain.to_json(),
+        "agent_restore_module": agent.to_json(),
+        "ratio": agent.median / plain.median,
+    }
+    shutil.rmtree(repo, ignore_errors=True)
+
+
+def round_trips(bench: Bench, calls: int = 50) -> None:
+    """Item 4: api-cli round trip (process start included) of no-op actions and list-backups."""
+    cluster = bench.cluster
+    noop = cluster.root / "cluster" / "actions" / "noop"
+    noop.mkdir(parents=True, exist_ok=True)
+    (noop / "10noop").write_text("#!/bin/sh\nexit 0\n")
+    (noop / "10noop").chmod(0o755)
+    api = str(VENV_BIN / "api-cli")
+    results: dict[str, Any] = {}
+
+    def trip(name: str, argv: list[str]) -> None:
+        series = Series(name)
+        for _ in range(calls):
+            series.samples.append(_timed(lambda: run(argv, cluster.env)))
+        p50, p95 = series.percentile(50), series.percentile(95)
+        results[name] = series.to_json() | {"p50": p50, "p95": p95}
+        bench.log(f"{name}: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms")
+
+    python = str(VENV_BIN / "python")
+    # Where api-cli's time goes: the interpreter, then its imports (redis; typer, which
+    # pulls in pydantic), then the task itself (in-process figures below).
+    trip("python_startup_only", [python, "-c", "pass"])
+    trip("import_redis_agent_tasks", [python, "-c", "import agent.tasks"])
+    trip("import_agent_cli_typer", [python, "-c", "import agent.cli, typer.main, typer._adapters"])
+    trip("import_step_models", [python, "-c", "import agent.models, agent.steps"])
+    trip("list-actions", [api, "run", "list-actions"])
+    trip("noop_step", [api, "run", "noop"])
+    destination, _ = cluster.add_destination(bench.work / "listed")
+    existing = len(cluster.api("list-backups")["backups"])
+    for number in range(max(0, 100 - existing)):
+        cluster.add_backup(destination, [bench.module], f"listed{number}")
+    results["backups_defined"] = len(cluster.api("list-backups")["backups"])
+    trip("list-backups", [api, "run", "list-backups"])
+    results["in_process"] = _in_process_trips(bench, calls)
+    bench.results["round_trip"] = results
+
+
+def _in_process_trips(bench: Bench, calls: int) -> dict[str, Any]:
+    """The same trips without api-cli's interpreter start: what the agent itself costs."""
+    from agent import tasks
+    from agent.redis_store import connect
+    from agent.settings import load_settings
+
+    redis = connect(load_settings(bench.cluster.root).redis_url)
+    found: dict[str, Any] = {}
+    for action in ("list-actions", "noop", "list-backups"):
+        series = Series(action)
+        for _ in range(calls):
+            request = tasks.TaskRequest("cluster", action, None)
+            series.samples.append(_timed(lambda r=request: tasks.run(redis, r, timeout=60)))
+        found[action] = {"p50": series.percentile(50), "p95": series.percentile(95)}
+        bench.log(f"in-process {action}: p50 {series.percentile(50) * 1000:.0f} ms")
+    return found
+
+
+def scale(bench: Bench, modules: int, repeat: int = 1) -> None:
+    """Item 5: one backup naming `modules` small modules, backup_concurrency 1 and 2."""
+    cluster, raw = bench.cluster, bench.raw
+    start = time.perf_counter()
+    names = []
+    for _ in range(modules):
+        names.append(cluster.api("add-module", {"image": MODULE_IMAGE, "node": 1})["module_id"])
+    bench.log(f"scale: {modules} modules added in {time.perf_counter() - start:.0f}s")
+    repo = bench.work / "scale"
+    destination, password = cluster.add_destination(repo)
+    backup_id = cluster.add_backup(destination, names, "scale")
+    results: dict[str, Any] = {"modules": modules}
+    # First run creates the repositories (init included): counted apart, at concurrency 2.
+    cluster.set_setting("backup_concurrency", 2)
+    results["first_run_concurrency_2"] = bench.sampled(
+        lambda: cluster.api("run-backup", {"id": backup_id})
+    )
+    bench.log(f"scale: first run (repositories created) {results['first_run_concurrency_2']:.1f}s")
+    totals = {1: Series("concurrency 1"), 2: Series("concurrency 2")}
+    for rep in range(repeat):
+        for concurrency in (1, 2) if rep % 2 == 0 else (2, 1):
+            cluster.set_setting("backup_concurrency", concurrency)
+            seconds = bench.sampled(lambda: cluster.api("run-backup", {"id": backup_id}))
+            totals[concurrency].samples.append(seconds)
+            bench.log(f"scale: concurrency {concurrency}: {seconds:.1f}s")
+    cluster.set_setting("backup_concurrency", 1)
+    # restic's own cost per module: one raw `podman run restic backup` of a module's data.
+    module_repo = repo / "minwiki" / cluster.module_uuid(names[0])
+    data = cluster.volume_path(f"{names[0]}-pages")
+    env = raw.env | {"RESTIC_PASSWORD": password}
+    parts = _component_times(raw, module_repo, data, env)
+    per_restic = parts["restic_backup_nochange"]
+    results["raw_components_s"] = parts
+    for concurrency, series in totals.items():
+        # module-seconds: at concurrency 2 two modules share the wall clock
+        per_module = series.median * concurrency / modules
+        results[f"concurrency_{concurrency}"] = series.to_json() | {
+            "per_module": series.median / modules,
+            "module_seconds": per_module,
+            "overhead_per_module": per_module - per_restic,
+        }
+    results["speedup_2_over_1"] = totals[1].median / totals[2].median
+    bench.results["scale"] = results
+
+
+def _component_times(
+    raw: RawRestic, repo: Path, data: Path, env: dict[str, str]
+) -> dict[str, float]:
+    """Median of 5 of each container run the agent makes per module, run raw."""
+
+    def median(argv: list[str], input: str | None = None) -> float:
+        series = Series("x")
+        for _ in range(5):
+            series.samples.append(_timed(lambda: run(argv, env, input)))
+        return series.median
+
+    backup = raw.argv(repo, data, ["backup", "--host", "bench", "/data"])
+    forget = raw.argv(repo, None, ["forget", "--json", "--keep-last=3", "--tag=none", "--prune"])
+    version = ["podman", "run", "--rm", "localhost/backup-agent-restic:latest", "version"]
+    rclone = [
+        "podman",
+        "run",
+        "--rm",
+        "-i",
+        "--entrypoint=/usr/bin/rclone",
+        "-v",
+        f"{repo.parent}:/d",
+    ]
+    rclone += ["localhost/backup-agent-restic:latest", "rcat", "/d/bench.json"]
+    return {
+        "container_start_restic_version": median(version),
+        "restic_backup_nochange": median(backup),
+        "restic_forget_prune": median(forget),
+        "rclone_rcat_metadata": median(rclone, "{}"),
+    }
+
+
+def schedules(bench: Bench, count: int = 1000) -> None:
+    """Item 6: render and apply the units of `count` backups (systemctl stood in by `true`)."""
+    from agent import redis_keys
+    from agent.operations import schedule
+    from agent.redis_store import connect
+    from agent.settings import load_settings
+
+    settings = load_settings(bench.cluster.root)
+    redis = connect(settings.redis_url)
+    first = 1_000_000
+    with redis.pipeline(transaction=False) as pipe:
+        for number in range(count):
+            pipe.hset(
+                redis_keys.backup(first + number),
+                mapping={
+                    "name": f"sync{number}",
+                    "repository": "bench",
+                    "schedule": "daily",
+                    "retention": "3",
+                    "enabled": "1",
+                    "instances": bench.module,
+                },
+            )
+        pipe.execute()
+    results: dict[str, Any] = {"backups": count}
+    with tempfile.TemporaryDirectory(dir=bench.work) as units:
+        # Only render + write is measured: `true` stands in for systemctl (no systemd here).
+        local = dataclasses.replace(settings, unit_dir=units, systemctl="true", timers="on")
+        results["first_sync_s"] = _timed(lambda: schedule.sync_timers(redis, local))
+        results["unchanged_sync_s"] = _timed(lambda: schedule.sync_timers(redis, local))
+        redis.hset(redis_keys.backup(first), "schedule", "weekly")
+        results["one_changed_sync_s"] = _timed(lambda: schedule.sync_timers(redis, local))
+        results["unit_files"] = len(list(Path(units).iterdir()))
+        results["backups_synced"] = len(schedule.node_schedules(redis, settings.node_id))
+    redis.delete(*[redis_keys.backup(first + n) for n in range(count)])
+    bench.log(
+        f"schedule sync of {count}: first {results['first_sync_s']:.2f}s, "
+        f"unchanged {results['unchanged_sync_s']:.2f}s"
+    )
+    bench.results["schedule_sync"] = results
+
+
+def daemon_rss(bench: Bench, when: str) -> None:
+    pid = bench.cluster.daemon_pid()
+    bench.results.setdefault("daemon_rss_mib", {})[when] = rss_kib(pid) / 1024
