@@ -2,43 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 
 import typer
 
-from agent import proc, redis_keys, tasks
+from agent import proc, redis_keys
 from agent.agentenv import agent_environment
-from agent.apicli_view import ProgressBar
+from agent.apicli import guarded
 from agent.errors import AgentError, ConfigError
-from agent.redis_store import REDIS_ERRORS, connect
 from agent.settings import default_root, load_settings
 
 RootOption = Annotated[
     Path | None, typer.Option("--root", help="node data directory (default: AGENT_ROOT)")
 ]
-
-
-def _fail(prog: str, message: str, code: int) -> NoReturn:
-    print(f"{prog}: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
-def guarded(prog: str, main: Callable[[], Any]) -> None:
-    """Run main; turn our errors and Redis trouble into one line and an exit code."""
-    try:
-        main()
-    except AgentError as exc:
-        _fail(prog, str(exc), exc.exit_code)
-    except REDIS_ERRORS as exc:
-        _fail(prog, f"Redis connection failed: {exc}", 1)
-    except KeyboardInterrupt:
-        _fail(prog, "interrupted", 130)
 
 
 # --- agent ---------------------------------------------------------------------------
@@ -189,85 +169,6 @@ def schema(check: Annotated[bool, typer.Option(help="fail if a file differs")] =
 
 def agent_main() -> None:
     guarded("agent", lambda: agent_app(prog_name="agent"))
-
-
-# --- api-cli -------------------------------------------------------------------------
-api_app = typer.Typer(
-    no_args_is_help=True, add_completion=False, help="Run actions of the cluster's agents."
-)
-
-
-def _client_redis() -> Any:
-    url = os.environ.get("REDIS_URL")
-    if not url:
-        root = os.environ.get("AGENT_ROOT")
-        url = load_settings(Path(root) if root else None).redis_url
-    return connect(url)
-
-
-def _read_data(data: str) -> Any:
-    text = sys.stdin.read() if data == "-" else data
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise AgentError(f"--data is not valid JSON: {exc}") from None
-
-
-@api_app.command("run")
-def api_run(
-    action: Annotated[str, typer.Argument(help="ACTION or AGENT/ACTION, e.g. node/1/run-backup")],
-    agent: Annotated[str, typer.Option("-a", "--agent", help="agent id")] = redis_keys.CLUSTER,
-    data: Annotated[str, typer.Option("-d", "--data", help="JSON input, or - for stdin")] = "null",
-    nowait: Annotated[bool, typer.Option("--nowait", help="print the task id and exit")] = False,
-    raw: Annotated[bool, typer.Option("--raw", help="print the output as it is")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", help="also print the error text")] = False,
-) -> None:
-    """Run ACTION on an agent and print its output; exit with the task's exit code."""
-    agent_id, action_name = tasks.split_action(action, agent)
-    payload = _read_data(data)
-    redis = _client_redis()
-    request = tasks.TaskRequest(agent_id, action_name, payload)
-    if nowait:
-        print(tasks.submit(redis, request))
-        return
-    watcher = tasks.start(redis, request)
-    bar = ProgressBar(f"{agent_id}/{action_name}")
-    try:
-        result = watcher.wait(bar.update)
-    except KeyboardInterrupt:
-        bar.close()
-        print(f"api-cli: cancelling task {watcher.task_id}", file=sys.stderr)
-        tasks.cancel(redis, agent_id, watcher.task_id)
-        retry = tasks.TaskWatcher(redis, agent_id)
-        retry.subscribe(watcher.task_id)
-        result = retry.wait(timeout=60)
-    finally:
-        bar.close()
-    if raw:
-        sys.stdout.write(result.raw_output)
-    elif result.raw_output.strip():
-        print(json.dumps(result.output))
-    if verbose:
-        print(f"task {agent_id}/{result.task_id} exit {result.exit_code}", file=sys.stderr)
-    if result.error and (verbose or result.exit_code != 0):
-        sys.stderr.write(result.error if result.error.endswith("\n") else result.error + "\n")
-    sys.exit(result.exit_code)
-
-
-@api_app.command("list-actions")
-def api_list_actions(
-    agent: Annotated[str, typer.Argument(help="agent id")] = redis_keys.CLUSTER,
-) -> None:
-    """List the actions of an agent."""
-    redis = _client_redis()
-    result = tasks.run(redis, tasks.TaskRequest(agent, "list-actions", None), timeout=60)
-    for name in result.output if isinstance(result.output, list) else []:
-        print(name)
-    sys.exit(result.exit_code)
-
-
-def api_cli_main() -> None:
-    guarded("api-cli", lambda: api_app(prog_name="api-cli"))
 
 
 # --- runagent ------------------------------------------------------------------------

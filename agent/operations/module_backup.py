@@ -325,6 +325,12 @@ class ModuleBackup:
         self, target: restic.ResticTarget, password: str, podman_env: dict[str, str]
     ) -> int:
         policy = self.job.retention
+        known = self.previous.snapshots_count if self.previous is not None else 0
+        if known and known + 1 <= policy.keep_last:
+            # keep-last alone keeps every one of them, whatever the other keep-* rules say:
+            # forget would remove nothing, so its container (about a second) is not started.
+            # Without a previous count (first run, restored module) forget runs and counts.
+            return known + 1
         args = restic.forget_args(
             policy.keep_last,
             tags=[f"backup={self.job.backup_id}"],

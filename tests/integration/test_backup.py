@@ -56,11 +56,12 @@ def test_backup_holds_state_dumps_and_included_volumes_only(
     assert f'node_backup_files{{id="1",name="Backup 1",module="{wiki}"}}' in text
 
 
-def test_a_steady_backup_starts_two_containers_per_module(
+def test_container_starts_per_module_are_as_few_as_the_flow_allows(
     cluster: ClusterHarness, redis_client: redis.Redis, wiki: str, tmp_path: Path
 ) -> None:
-    """NS8 starts four (snapshots, backup, stats, forget); here: backup and forget --prune.
-    The repository's first run adds an init (and its failed first backup attempt)."""
+    """NS8 starts four per module (snapshots, backup, stats, forget). Here: the backup,
+    plus forget --prune only when the snapshots could exceed keep-last; the first run also
+    creates the repository (a failed first attempt, init) and counts with forget."""
     import os
     import subprocess
     import sys
@@ -68,11 +69,12 @@ def test_a_steady_backup_starts_two_containers_per_module(
     target = tmp_path / "backups"
     target.mkdir()
     destination = backups.add_destination(redis_client, "local", f"local:{target}")
-    backups.add_backup(redis_client, 1, destination, [wiki])
+    backups.add_backup(redis_client, 1, destination, [wiki], retention=2)
     node = cluster.nodes[1]
     argv_log = tmp_path / "argv.log"
     runagent = str(Path(sys.executable).parent / "runagent")
-    for _ in range(2):
+
+    def containers_of_one_run() -> list[list[str]]:
         argv_log.unlink(missing_ok=True)
         env = {**node.env(), "AGENT_ARGV_LOG": str(argv_log)}
         done = subprocess.run(
@@ -84,10 +86,27 @@ def test_a_steady_backup_starts_two_containers_per_module(
             check=False,
         )
         assert done.returncode == 0, done.stderr
-    commands = [json.loads(line) for line in argv_log.read_text().splitlines()]
-    runs = [argv for argv in commands if argv[:2] == ["podman", "run"]]
-    assert len(runs) == 2, runs
-    assert "backup" in runs[0] and "forget" in runs[1]
+        commands = [json.loads(line) for line in argv_log.read_text().splitlines()]
+        return [argv for argv in commands if argv[:2] == ["podman", "run"]]
+
+    first = containers_of_one_run()
+    assert [next(a for a in ("backup", "init", "forget") if a in argv) for argv in first] == [
+        "backup",
+        "init",
+        "backup",
+        "forget",
+    ]
+    assert [("forget" in argv) for argv in containers_of_one_run()] == [False]  # 2 of 2 kept
+    assert [("forget" in argv) for argv in containers_of_one_run()] == [False, True]  # 3 > 2
+    assert (
+        len(
+            backups.snapshots(
+                target / "minwiki" / str(redis_client.hget("cluster/module_uuid", wiki))
+            )
+        )
+        == 2
+    )
+    assert backups.status(redis_client, 1, 1, wiki)["snapshots_count"] == 2
     assert os.path.exists(
         target / "minwiki" / f"{redis_client.hget('cluster/module_uuid', wiki)}.json"
     )
