@@ -162,24 +162,48 @@ def instance_status(raw: str | None) -> dict[str, Any] | None:
     return status
 
 
+def _module_facts(redis: Redis, modules: list[str]) -> dict[str, tuple[str, str, bool]]:
+    """module id → (IMAGE_URL, ui_name, no_data_backup flag), in one round trip."""
+    with redis.pipeline(transaction=False) as pipe:
+        for module_id in modules:
+            pipe.hget(redis_keys.module_environment(module_id), "IMAGE_URL")
+            pipe.get(redis_keys.module_ui_name(module_id))
+            pipe.sismember(redis_keys.module_flags(module_id), "no_data_backup")
+        values = pipe.execute()
+    return {
+        module_id: (values[3 * i] or "", values[3 * i + 1] or "", bool(values[3 * i + 2]))
+        for i, module_id in enumerate(modules)
+    }
+
+
 def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
     redis = step.ctx.redis
     uuids = redis.hgetall(redis_keys.MODULE_UUID)
     placed = redis.hgetall(redis_keys.MODULE_NODE)
     nodes = node_ids(redis)
-    backups, configured = [], set()
     keys = redis.scan_iter(match=redis_keys.BACKUP_PATTERN, count=500)
-    for backup_id in sorted(int(k.rsplit("/", 1)[1]) for k in keys):
-        fields = redis.hgetall(redis_keys.backup(backup_id))
+    ids = sorted(int(k.rsplit("/", 1)[1]) for k in keys)
+    # Two round trips whatever the number of backups and modules (was one per item).
+    with redis.pipeline(transaction=False) as pipe:
+        for backup_id in ids:
+            pipe.hgetall(redis_keys.backup(backup_id))
+            for node in nodes:
+                pipe.hgetall(redis_keys.backup_status(node, backup_id))
+        fetched = pipe.execute()
+    facts = _module_facts(redis, sorted(set(uuids) | set(placed)))
+    backups, configured = [], set()
+    per_backup = 1 + len(nodes)
+    for index, backup_id in enumerate(ids):
+        fields = fetched[index * per_backup]
         statuses: dict[str, str] = {}
-        for node in nodes:
-            statuses |= redis.hgetall(redis_keys.backup_status(node, backup_id))
+        for status in fetched[index * per_backup + 1 : (index + 1) * per_backup]:
+            statuses |= status
         instances = []
         for module_id in fields.get("instances", "").split():
             configured.add(module_id)
             if module_id not in uuids:
                 continue
-            image_url = redis.hget(redis_keys.module_environment(module_id), "IMAGE_URL") or ""
+            image_url, ui_name, _ = facts.get(module_id, ("", "", False))
             try:
                 image = image_name(image_url)
             except ValidationFailed:
@@ -187,7 +211,7 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
             instances.append(
                 {
                     "module_id": module_id,
-                    "ui_name": redis.get(redis_keys.module_ui_name(module_id)) or "",
+                    "ui_name": ui_name,
                     "repository_path": f"{image}/{uuids[module_id]}",
                     "status": instance_status(statuses.get(module_id)),
                 }
@@ -207,8 +231,8 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
                 item[name] = fields[name] if name == "keep_within" else int(fields[name])
         backups.append(item)
     unconfigured = [
-        {"id": m, "ui_name": redis.get(redis_keys.module_ui_name(m)) or ""}
+        {"id": m, "ui_name": facts[m][1]}
         for m in sorted(placed)
-        if m not in configured and not redis.sismember(redis_keys.module_flags(m), "no_data_backup")
+        if m not in configured and not facts[m][2]
     ]
     return {"backups": backups, "unconfigured_instances": unconfigured}
