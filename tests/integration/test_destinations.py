@@ -213,3 +213,17 @@ def test_generic_s3_destination(
         **keys,
     )
     assert_no_leak(redis_client, node, keys["aws_secret_access_key"])
+
+
+def test_generic_s3_wrong_credentials_and_read_only_user(
+    node: ClusterHarness, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    with backends.moto_s3_with_users(tmp_path) as (s3, writer, reader):
+        url = f"s3:{s3.url}/bucket1/base"
+        region = {"aws_default_region": "us-east-1"}
+        wrong = {"aws_access_key_id": "AKIAWRONGKEY", "aws_secret_access_key": "wrong-Secret"}
+        refused(node, redis_client, "generic-s3", url, "no_read_permission", **wrong, **region)
+        refused(node, redis_client, "generic-s3", url, "no_write_permission", **reader, **region)
+        code, output = add(node, "generic-s3", url, **writer, **region)
+        assert code == 0, output
+    assert_no_leak(redis_client, node, writer["aws_secret_access_key"])

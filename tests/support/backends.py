@@ -85,3 +85,57 @@ def read_only(path: Path) -> Iterator[Path]:
 def dead_port() -> int:
     """A port nothing listens on (free right now)."""
     return free_port()
+
+
+# Requests moto answers before it starts checking credentials: exactly the set-up below
+# (bucket, two users with a policy and a key each).
+_SETUP_REQUESTS = 7
+
+
+@contextlib.contextmanager
+def moto_s3_with_users(root: Path) -> Iterator[tuple[Backend, dict[str, str], dict[str, str]]]:
+    """moto's S3 with IAM checks on: (backend, writer keys, read-only keys) for bucket1."""
+    import json
+    import os
+
+    import boto3
+
+    port = free_port()
+    moto = Path(sys.executable).parent / "moto_server"
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT=str(_SETUP_REQUESTS))
+    proc = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port, proc)
+        url = f"http://127.0.0.1:{port}"
+        admin = {
+            "endpoint_url": url,
+            "region_name": "us-east-1",
+            "aws_access_key_id": "setup",
+            "aws_secret_access_key": "setup",
+        }
+        boto3.client("s3", **admin).create_bucket(Bucket="bucket1")
+        iam = boto3.client("iam", **admin)
+        keys = []
+        for user, actions in (("writer", ["s3:*"]), ("reader", ["s3:GetObject", "s3:ListBucket"])):
+            iam.create_user(UserName=user)
+            policy = {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}],
+            }
+            iam.put_user_policy(UserName=user, PolicyName="p", PolicyDocument=json.dumps(policy))
+            key = iam.create_access_key(UserName=user)["AccessKey"]
+            keys.append(
+                {
+                    "aws_access_key_id": key["AccessKeyId"],
+                    "aws_secret_access_key": key["SecretAccessKey"],
+                }
+            )
+        yield Backend(url, root, port), keys[0], keys[1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
