@@ -27,15 +27,8 @@ def add_module(cluster: ClusterHarness, image: str, node: int = 1) -> str:
 
 
 def add_destination(cluster: ClusterHarness, provider: str, url: str, **parameters: str) -> str:
-    request = {
-        "name": "",
-        "provider": provider,
-        "url": url,
-        "password": "",
-        "parameters": parameters,
-    }
-    code, output, stderr = cluster.api_json("add-backup-repository", request)
-    assert code == 0, (output, stderr)
+    code, output = backups.api_add_destination(cluster, provider, url, **parameters)
+    assert code == 0, output
     return str(output["id"])
 
 

@@ -96,10 +96,10 @@ def test_sigterm_lets_the_running_task_finish(
         },
     )
     task_id = cluster.api("run", "short", "--nowait").stdout.strip()
-    _wait_for_pid_file = node.settings.state_dir("cluster") / "short.started"
+    started = node.settings.state_dir("cluster") / "short.started"
     deadline = time.monotonic() + 20
-    while not _wait_for_pid_file.exists():
-        assert time.monotonic() < deadline
+    while not started.exists():
+        assert time.monotonic() < deadline, "the step never started"
         time.sleep(0.05)
     assert node.stop(signal.SIGTERM) == 0
     result = tasks.fetch_result(redis_client, "cluster", task_id)

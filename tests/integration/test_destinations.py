@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 
 from agent import redis_keys
-from tests.support import backends
+from tests.support import backends, backups
 from tests.support.cluster import ClusterHarness
 
 pytestmark = pytest.mark.podman
@@ -52,16 +51,7 @@ def assert_no_leak(client: redis.Redis, cluster: ClusterHarness, *secrets: str) 
         assert not [text for text in texts if secret in text], secret
 
 
-def add(cluster: ClusterHarness, provider: str, url: str, **parameters: str) -> tuple[int, Any]:
-    request = {
-        "name": "",
-        "provider": provider,
-        "url": url,
-        "password": "",
-        "parameters": parameters,
-    }
-    code, output, stderr = cluster.api_json("add-backup-repository", request)
-    return code, output if output is not None else stderr
+add = backups.api_add_destination
 
 
 def refused(

@@ -121,3 +121,18 @@ def volume_path(env: dict[str, str], name: str) -> Path:
         check=True,
     )
     return Path(done.stdout.strip())
+
+
+def api_add_destination(
+    cluster: Any, provider: str, url: str, **parameters: str
+) -> tuple[int, Any]:
+    """add-backup-repository through api-cli: (exit code, output or error text)."""
+    request = {
+        "name": "",
+        "provider": provider,
+        "url": url,
+        "password": "",
+        "parameters": parameters,
+    }
+    code, output, stderr = cluster.api_json("add-backup-repository", request)
+    return code, output if output is not None else stderr
