@@ -86,6 +86,10 @@ class Daemon:
 
     # --- life cycle ------------------------------------------------------------------
     def serve(self) -> None:
+        # Before the lease: a SIGTERM that arrives once the lease exists must stop the
+        # daemon cleanly (releasing the lease), never kill it outright.
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
         other = lease.acquire(self.redis, self.node_id, self.holder)
         if other is not None:
             raise AgentError(
@@ -96,8 +100,6 @@ class Daemon:
             for agent_id in self.served_agents():
                 self.recover(agent_id)
             threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
-            signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
-            signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             pubsub.subscribe(
                 *(redis_keys.cluster_event(name) for name in (*MODULE_EVENTS, SCHEDULE_EVENT))

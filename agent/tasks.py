@@ -113,6 +113,7 @@ class TaskWatcher:
         self.redis = redis
         self.agent_id = agent_id
         self.task_id = task_id or ""
+        self.raw = ""  # the queued JSON, when this watcher queued the task itself
         self.pubsub = redis.pubsub(ignore_subscribe_messages=True)
 
     def subscribe(self, task_id: str) -> None:
@@ -150,7 +151,25 @@ class TaskWatcher:
             if status not in TERMINAL:
                 return None
         # Either the task ended or we heard nothing for a while: the stored result decides.
-        return fetch_result(self.redis, self.agent_id, self.task_id)
+        result = fetch_result(self.redis, self.agent_id, self.task_id)
+        if result is None and message is None:
+            self._withdraw_if_orphaned()
+        return result
+
+    def _withdraw_if_orphaned(self) -> None:
+        """A task nobody will take (its daemon died before claiming it) is withdrawn from
+        the queue and reported, instead of being waited for forever."""
+        if not self.raw:
+            return
+        try:
+            served = lease.is_served(self.redis, node_of_agent(self.redis, self.agent_id))
+        except AgentError:
+            served = False
+        if not served and self.redis.lrem(redis_keys.task_queue(self.agent_id), 1, self.raw):
+            raise AgentNotRunning(
+                f"the agent daemon serving {self.agent_id} stopped before taking task "
+                f"{self.task_id}; it was withdrawn and did not run"
+            )
 
 
 def start(redis: Redis, request: TaskRequest, check: bool = True) -> TaskWatcher:
@@ -160,7 +179,8 @@ def start(redis: Redis, request: TaskRequest, check: bool = True) -> TaskWatcher
     task = make_task(request.action, request.data, request.parent)
     watcher = TaskWatcher(redis, request.agent_id)
     watcher.subscribe(str(task["id"]))
-    redis.lpush(redis_keys.task_queue(request.agent_id), json.dumps(task))
+    watcher.raw = json.dumps(task)
+    redis.lpush(redis_keys.task_queue(request.agent_id), watcher.raw)
     return watcher
 
 

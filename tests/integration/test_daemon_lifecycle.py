@@ -138,3 +138,15 @@ def test_api_cli_against_a_stopped_redis_prints_one_clear_line(tmp_path: Path) -
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, result.stderr
         assert "cannot reach Redis" in lines[0]
+
+
+def test_api_cli_withdraws_a_task_no_daemon_will_take(
+    cluster: ClusterHarness, redis_client: redis.Redis
+) -> None:
+    # SIGKILL leaves the daemon's lease alive for up to 15 s: api-cli queues the task, then
+    # sees the lease lapse with the task still unclaimed.
+    cluster.nodes[1].stop(signal.SIGKILL)
+    result = cluster.api("run", "list-actions", timeout=60)
+    assert result.returncode != 0
+    assert "withdrawn" in result.stderr and "Traceback" not in result.stderr
+    assert redis_client.llen(redis_keys.task_queue("cluster")) == 0
