@@ -63,16 +63,25 @@ def backup_fields(request: BackupRequest, backup_id: int) -> dict[str, str]:
     return fields
 
 
+def schedule_and_instance_errors(
+    redis: Redis, schedule: str, instances: list[str]
+) -> list[dict[str, Any]]:
+    """NS8 rows for a schedule systemd refuses and for instances that are not modules."""
+    errors = []
+    if not schedule_is_valid(schedule):
+        errors.append(error_row("schedule", "bad_schedule_format", schedule))
+    for module_id in missing_modules(redis, instances):
+        errors.append(error_row("instances", "module_not_found", module_id))
+    return errors
+
+
 def add_backup(step: Step, request: AddBackupRequest) -> int:
     redis = step.ctx.redis
     errors = []
     repository_key = redis_keys.backup_repository(request.repository)
     if not redis.exists(repository_key):
         errors.append(error_row("id", "backup_repository_not_found", request.repository))
-    if not schedule_is_valid(request.schedule):
-        errors.append(error_row("schedule", "bad_schedule_format", request.schedule))
-    for module_id in missing_modules(redis, request.instances):
-        errors.append(error_row("instances", "module_not_found", module_id))
+    errors += schedule_and_instance_errors(redis, request.schedule, request.instances)
     if errors:
         raise ValidationFailed(errors, exit_code=2)
     for _attempt in range(10):
@@ -99,11 +108,7 @@ def alter_backup(step: Step, request: AlterBackupRequest) -> None:
     key = redis_keys.backup(request.id)
     if not redis.exists(key):
         raise ValidationFailed([error_row("id", "backup_object_not_found", request.id)], 2)
-    errors = []
-    if not schedule_is_valid(request.schedule):
-        errors.append(error_row("schedule", "bad_schedule_format", request.schedule))
-    for module_id in missing_modules(redis, request.instances):
-        errors.append(error_row("instances", "module_not_found", module_id))
+    errors = schedule_and_instance_errors(redis, request.schedule, request.instances)
     if errors:
         raise ValidationFailed(errors, exit_code=3)
     with redis.pipeline(transaction=True) as pipe:
