@@ -139,7 +139,7 @@ def test_cancel_task_stops_the_whole_fan_out(
     wiki = add_module(cluster, minwiki_image)
     node = cluster.nodes[1]
     env = {**os.environ, **node.settings.podman_env()}
-    with open(backups.volume_path(env, f"{wiki}-pages") / "big.bin", "wb") as handle:
+    with open(cluster.volume_dir(1, wiki, "pages") / "big.bin", "wb") as handle:
         for _ in range(32):
             handle.write(os.urandom(16 << 20))
     target = tmp_path / "backups"

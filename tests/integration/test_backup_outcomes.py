@@ -54,8 +54,7 @@ def test_unreadable_file_gives_partial_with_its_path(
     cluster: ClusterHarness, redis_client: redis.Redis, wiki: str, local_backup: Path
 ) -> None:
     node = cluster.nodes[1]
-    env = {**os.environ, **node.settings.podman_env()}
-    pages = backups.volume_path(env, f"{wiki}-pages")
+    pages = cluster.volume_dir(1, wiki, "pages")
     locked = pages / "private"
     locked.mkdir()
     (locked / "notes.md").write_text("secret notes\n")
@@ -169,7 +168,7 @@ def test_backup_killed_mid_upload_reruns_at_once(
 ) -> None:
     node = cluster.nodes[1]
     env = {**node.env(), **node.settings.podman_env()}
-    pages = backups.volume_path(env, f"{wiki}-pages")
+    pages = cluster.volume_dir(1, wiki, "pages")
     with open(pages / "big.bin", "wb") as handle:  # enough data to be caught mid-upload
         for _ in range(24):
             handle.write(os.urandom(16 << 20))

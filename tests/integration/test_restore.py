@@ -105,7 +105,7 @@ def test_restore_on_another_node_brings_back_everything(
     )
     status = cluster.api_ok(f"module/{new}/get-status")
     assert status == cluster.api_ok(f"module/{wiki}/get-status")
-    db_path = backups.volume_path(cluster.nodes[2].settings.podman_env(), f"{new}-db") / "wiki.db"
+    db_path = cluster.volume_dir(2, new, "db") / "wiki.db"
     with sqlite3.connect(db_path) as db:
         assert db.execute("SELECT count(*) FROM pages").fetchone()[0] == status["pages"]
     backups.restic(tmp_path / "dest" / path, "check")

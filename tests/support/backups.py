@@ -112,17 +112,6 @@ def set_node_option(settings_path: Path, **options: Any) -> None:
     settings_path.write_text(json.dumps(data))
 
 
-def volume_path(env: dict[str, str], name: str) -> Path:
-    done = subprocess.run(
-        ["podman", "volume", "inspect", "--format", "{{.Mountpoint}}", name],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return Path(done.stdout.strip())
-
-
 def api_add_destination(
     cluster: Any, provider: str, url: str, **parameters: str
 ) -> tuple[int, Any]:
