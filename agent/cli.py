@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -97,9 +98,13 @@ def cluster_down(root: RootOption = None) -> None:
 
 @cluster_app.command("env")
 def cluster_env(root: RootOption = None) -> None:
-    """Print shell exports that point api-cli and runagent at this node."""
+    """Print shell exports that point api-cli, runagent and podman at this node."""
     settings = load_settings(root)
-    print(f"export AGENT_ROOT={settings.root}")
+    exports = {"AGENT_ROOT": str(settings.root)}
+    if settings.storage_conf:  # the node's own podman store: plain podman must see it too
+        exports |= settings.podman_env()
+    for name, value in exports.items():
+        print(f"export {name}={shlex.quote(value)}")
 
 
 @agent_app.command("run-backup")

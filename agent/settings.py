@@ -43,6 +43,7 @@ class Settings:
     embedded_redis: bool = False
     redis_port: int = 0
     storage_conf: str = ""  # CONTAINERS_STORAGE_CONF for this node's podman, if any
+    containers_conf: str = ""  # CONTAINERS_CONF for it, if not the shipped one
     concurrency: int = 8
     # backup<ID>.timer units: "auto" = on when systemd runs this machine, "on", "off".
     timers: str = "auto"
@@ -95,7 +96,8 @@ class Settings:
 
     def podman_env(self) -> dict[str, str]:
         """Environment for every podman call on this node."""
-        env = {"CONTAINERS_CONF": str(self.share / "containers" / "containers.conf")}
+        shipped = self.share / "containers" / "containers.conf"
+        env = {"CONTAINERS_CONF": self.containers_conf or str(shipped)}
         if self.storage_conf:
             env["CONTAINERS_STORAGE_CONF"] = self.storage_conf
         return env
@@ -108,6 +110,7 @@ class Settings:
             "embedded_redis": self.embedded_redis,
             "redis_port": self.redis_port,
             "storage_conf": self.storage_conf,
+            "containers_conf": self.containers_conf,
             "concurrency": self.concurrency,
             "timers": self.timers,
             "unit_dir": self.unit_dir,
@@ -138,6 +141,7 @@ def load_settings(root: Path | None = None) -> Settings:
             embedded_redis=bool(data.get("embedded_redis", False)),
             redis_port=int(data.get("redis_port", 0)),
             storage_conf=str(data.get("storage_conf", "")),
+            containers_conf=str(data.get("containers_conf", "")),
             concurrency=int(data.get("concurrency", 8)),
             timers=str(data.get("timers", "auto")),
             unit_dir=str(data.get("unit_dir", "/etc/systemd/system")),

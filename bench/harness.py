@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.settings import load_settings
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 CONTAINERS_CONF = REPO / "containers" / "containers.conf"
@@ -131,7 +133,7 @@ class Cluster:
 
     @property
     def podman_env(self) -> dict[str, str]:
-        return self.env | {"CONTAINERS_STORAGE_CONF": str(self.root / "containers/storage.conf")}
+        return self.env | load_settings(self.root).podman_env()
 
     def api(self, action: str, data: Any = None) -> Any:
         argv = [str(VENV_BIN / "api-cli"), "run", action]

@@ -28,6 +28,8 @@ from typing import Literal
 import pytest
 import redis
 
+from agent import podman_store
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONTAINERS_CONF = REPO_ROOT / "containers" / "containers.conf"
 RESTIC_IMAGE = "localhost/backup-agent-restic:latest"
@@ -80,6 +82,14 @@ def file_lock(name: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def host_podman_env() -> dict[str, str]:
+    """Environment for podman on the machine's own store, where images are built: every
+    private store (this session's, each test node's) reads its images from there."""
+    env = dict(os.environ, CONTAINERS_CONF=str(CONTAINERS_CONF))
+    env.pop("CONTAINERS_STORAGE_CONF", None)
+    return env
+
+
 def build_image(name: str) -> str:
     """Run containers/<name>/build and return the tag it prints.
 
@@ -89,14 +99,44 @@ def build_image(name: str) -> str:
     script = REPO_ROOT / "containers" / name / "build"
     with file_lock(f"build-{name}"):
         result = subprocess.run(
-            [str(script)], capture_output=True, text=True, timeout=600, check=False
+            [str(script)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+            env=host_podman_env(),
         )
     if result.returncode != 0:
         pytest.fail(f"{script} failed ({result.returncode}):\n{result.stderr}", pytrace=False)
     return result.stdout.strip().splitlines()[-1]
 
 
-# --- podman API service ------------------------------------------------------------------
+# --- podman ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_podman_store() -> Iterator[podman_store.Store | None]:
+    """This worker's own podman store, for every container the tests start themselves
+    (testcontainers' Redis, restic runs, the systemd node); test cluster nodes get stores
+    of their own. Its file locks go away with it, so even a killed session leaves nothing
+    in the machine-wide lock table that every other podman draws from."""
+    if shutil.which("podman") is None:
+        yield None
+        return
+    root = Path(tempfile.mkdtemp(prefix=f"backup-agent-podman-{xdist_worker_id()}-"))
+    store = podman_store.create(root, CONTAINERS_CONF)
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in store.env().items():
+            mp.setenv(name, value)
+        try:
+            yield store
+        finally:
+            if store.graphroot.exists():
+                rm = ["podman", "rm", "--all", "--force", "--time", "0"]
+                subprocess.run(rm, capture_output=True, timeout=120, check=False)
+            podman_store.release(store)
+            podman_store.discard_runtime(store)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -125,7 +165,7 @@ def _pings(path: Path) -> bool:
 
 
 @pytest.fixture(scope="session")
-def podman_service() -> Iterator[str]:
+def podman_service(session_podman_store: podman_store.Store | None) -> Iterator[str]:
     """A private `podman system service` for this worker; yields its unix:// URL.
 
     Points docker clients (testcontainers) at it for the session: DOCKER_HOST, no Ryuk

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import secrets
 import signal
@@ -13,10 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import lease, proc, redis_keys
+from agent import lease, podman_store, proc, redis_keys
 from agent.errors import AgentError, ConfigError
 from agent.redis_store import REDIS_ERRORS, connect, connect_binary
-from agent.settings import Settings, load_settings, write_settings
+from agent.settings import Settings, load_settings, share_dir, write_settings
 
 DAEMON_PID = "agent.pid"
 REDIS_PID = "redis.pid"
@@ -36,48 +35,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-SHARED_IMAGE_STORE = "/var/lib/containers/storage"
-
-
-def write_private_storage_conf(root: Path) -> Path:
-    """A podman storage of the node's own (volumes, containers) that still sees the
-    machine's images: several nodes, or a demo, can share one machine without their
-    module volumes colliding."""
-    base = root / "containers"
-    base.mkdir(parents=True, exist_ok=True)
-    # conmon keeps unix sockets under the runroot: a deep data dir would push their paths
-    # past the 108-byte limit and stall every container exit, so the runroot stays short.
-    runroot = (
-        Path("/run/backup-agent") / hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
-    )
-    conf = base / "storage.conf"
-    conf.write_text(
-        "[storage]\n"
-        'driver = "overlay"\n'
-        f'graphroot = "{base / "storage"}"\n'
-        f'runroot = "{runroot}"\n'
-        "[storage.options]\n"
-        f'additionalimagestores = ["{SHARED_IMAGE_STORE}"]\n'
-    )
-    return conf
+def private_store(settings: Settings) -> podman_store.Store | None:
+    """The node's own podman store, when it was created with one."""
+    return podman_store.Store(settings.root) if settings.storage_conf else None
 
 
 def release_private_storage(settings: Settings) -> None:
-    """Undo the bind mount podman's overlay driver keeps on a private store, so the data
-    directory can be removed once the node is down."""
-    overlay = (settings.root / "containers" / "storage" / "overlay").resolve()
-    if settings.storage_conf and is_mount_point(overlay):
-        proc.run(["umount", str(overlay)], timeout=30)
-
-
-def is_mount_point(path: Path) -> bool:
-    """True when path is mounted on, even by a bind mount of itself (os.path.ismount
-    cannot tell that one: same device, its own inode)."""
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return False
-    return any(line.split()[4] == str(path) for line in lines if len(line.split()) > 4)
+    """Undo the overlay bind mount of the node's own store, so the data directory can be
+    removed once the node is down."""
+    store = private_store(settings)
+    if store is not None:
+        podman_store.release(store)
 
 
 def init(
@@ -86,7 +54,11 @@ def init(
     """Create the data dir of node node_id; node 1 without redis_url gets a private Redis."""
     if (root / "agent.json").exists():
         raise ConfigError(f"{root} already holds a node: remove it or pick another AGENT_ROOT")
-    storage_conf = str(write_private_storage_conf(root)) if private_storage else ""
+    store = (
+        podman_store.create(root, share_dir() / "containers" / "containers.conf")
+        if private_storage
+        else None
+    )
     embedded = not redis_url
     port = 0
     if embedded:
@@ -105,7 +77,8 @@ def init(
         redis_url=redis_url,
         embedded_redis=embedded,
         redis_port=port,
-        storage_conf=storage_conf,
+        storage_conf=str(store.storage_conf) if store else "",
+        containers_conf=str(store.containers_conf) if store else "",
     )
     for path in (
         root,

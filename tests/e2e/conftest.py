@@ -5,8 +5,9 @@ to are bind-mounted at the same paths. Node data dirs live under `SystemdNode.ba
 bind-mounted at the same path too, so the volume paths the agent gives podman mean the same
 on both sides. podman inside the node is a remote client of this worker's podman service
 (its socket is mounted at /run/host-podman/podman.sock; the image sets CONTAINER_HOST for
-every unit), so restic containers run next to the node, not nested in it; the host's
-volume directory is mounted at its own path so module hooks reach a volume's mountpoint.
+every unit), so restic containers run next to the node, not nested in it; the volume
+directory of the session's podman store is mounted at its own path so module hooks reach
+a volume's mountpoint.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from agent import podman_store
 from tests.conftest import REPO_ROOT, build_image, xdist_worker_id
 from tests.integration.conftest import minwiki_image  # noqa: F401  (shared fixture)
 
 UNIT_DIR_IN_NODE = "/usr/local/lib/systemd/system"  # on systemd's search path, empty
-VOLUMES = "/var/lib/containers/storage/volumes"
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,13 @@ def node_image() -> str:
 
 
 @pytest.fixture(scope="session")
-def systemd_node(node_image: str, podman_service: str) -> Iterator[SystemdNode]:
+def systemd_node(
+    node_image: str, podman_service: str, session_podman_store: podman_store.Store | None
+) -> Iterator[SystemdNode]:
     """One booted systemd node per xdist worker."""
+    assert session_podman_store is not None  # node_image has skipped without podman
+    volumes = session_podman_store.volumes
+    volumes.mkdir(parents=True, exist_ok=True)  # podman makes it on first use: maybe later
     python = Path(sys.executable).resolve()
     base_prefix = Path(sys.base_prefix)
     base = Path(tempfile.mkdtemp(prefix=f"backup-agent-node-{xdist_worker_id()}-"))
@@ -92,16 +98,19 @@ def systemd_node(node_image: str, podman_service: str) -> Iterator[SystemdNode]:
         f"{base}:{base}",
         f"{unit_dir}:{UNIT_DIR_IN_NODE}",
         f"{socket_dir}:/run/host-podman",
-        # Volumes live on the host's podman; their mountpoints must resolve in the node.
-        f"{VOLUMES}:{VOLUMES}",
+        # Volumes live in the session's podman store; their mountpoints must resolve in the
+        # node.
+        f"{volumes}:{volumes}",
     ]
     if not str(python).startswith((str(REPO_ROOT), str(base_prefix))):
         pytest.skip(f"cannot mount this Python ({python}) into the node")
     argv = ["podman", "run", "-d", "--name", name, "--systemd=always", "--network=host"]
     argv += [arg for mount in mounts for arg in ("-v", mount)]
-    subprocess.run([*argv, node_image], check=True, capture_output=True, timeout=120)
     node = SystemdNode(name, base, unit_dir)
     try:
+        started = subprocess.run([*argv, node_image], capture_output=True, text=True, timeout=120)
+        if started.returncode != 0:
+            pytest.fail(f"the systemd node did not start:\n{started.stderr}", pytrace=False)
         node.wait_for(
             "systemd to boot",
             lambda: (

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from agent import redis_keys
+from agent.operations import cluster_setup
 from tests.support.cluster import ClusterHarness
 
 pytestmark = pytest.mark.podman
@@ -47,6 +48,10 @@ def test_add_module_then_remove_module_leaves_nothing_behind(
     assert (home / "README.md").exists()  # from the base imageroot
     assert "MODULE_ID=minwiki1" in (home / "state" / "environment").read_text()
     assert {"minwiki1-pages", "minwiki1-db", "minwiki1-cache"} <= set(_volumes(cluster))
+    # The volumes' locks are files of the node's own store, not entries of the table in
+    # shared memory that every podman on the machine draws from.
+    store = cluster_setup.private_store(cluster.nodes[1].settings)
+    assert store is not None and len(list((store.tmp_dir / "locks").iterdir())) >= 3
 
     listed = cluster.api("run", f"module/{module_id}/list-actions")
     assert listed.returncode == 0

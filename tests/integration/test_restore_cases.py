@@ -13,7 +13,7 @@ import redis
 
 from agent import tasks
 from agent.redis_store import connect
-from tests.conftest import file_lock
+from tests.conftest import file_lock, host_podman_env
 from tests.support import backups
 from tests.support.cluster import ClusterHarness
 
@@ -47,6 +47,7 @@ def hooked_image(minwiki_image: str, tmp_path_factory: pytest.TempPathFactory) -
     with file_lock("build-minwiki-hooked"):
         subprocess.run(
             ["podman", "build", "--tag", tag, str(context)],
+            env=host_podman_env(),
             check=True,
             capture_output=True,
             timeout=300,

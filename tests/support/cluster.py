@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from agent import lease
+from agent import lease, podman_store
 from agent.operations import cluster_setup
 from agent.settings import Settings
 
@@ -149,6 +149,9 @@ class ClusterHarness:
         for node in self.nodes.values():
             node.stop()
             cluster_setup.release_private_storage(node.settings)
+            store = cluster_setup.private_store(node.settings)
+            if store is not None:  # its file locks and engine state: nothing outlives the test
+                podman_store.discard_runtime(store)
 
 
 def lease_holder(url: str, node_id: int) -> lease.Holder | None:
