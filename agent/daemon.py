@@ -22,6 +22,7 @@ from agent.operations.schedule import SCHEDULE_EVENT, TimerKeeper
 from agent.redis_store import REDIS_ERRORS, Redis, connect
 from agent.runner import TaskOutcome, TaskRun, masked_context
 from agent.settings import Settings
+from agent.warmsteps import WarmSteps
 
 log = logging.getLogger("agent.daemon")
 
@@ -83,6 +84,8 @@ class Daemon:
         self.running: dict[tuple[str, str], TaskRun] = {}
         self.threads: set[threading.Thread] = set()
         self.lock = threading.Lock()
+        self.warm_registry = settings.run_dir / "warm-steps"
+        self.warm: WarmSteps | None = None
 
     # --- life cycle ------------------------------------------------------------------
     def serve(self) -> None:
@@ -99,6 +102,8 @@ class Daemon:
             self._register_node()
             for agent_id in self.served_agents():
                 self.recover(agent_id)
+            if self.settings.warm_steps:
+                self.warm = WarmSteps(self.warm_registry)
             threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             pubsub.subscribe(
@@ -122,6 +127,8 @@ class Daemon:
             pubsub.close()
             self._shutdown()
         finally:
+            if self.warm is not None:
+                self.warm.close()
             with contextlib.suppress(*REDIS_ERRORS):
                 lease.release(self.redis, self.node_id, self.holder)
 
@@ -237,6 +244,7 @@ class Daemon:
                 env,
                 cwd,
                 lambda status, percent: self._publish(agent_id, task_id, status, percent),
+                self.warm,
             )
             with self.lock:
                 self.running[(agent_id, task_id)] = run
@@ -338,7 +346,7 @@ class Daemon:
                 )
                 self._requeue(agent_id, raw)
                 continue
-            killed = recovery.kill_task_processes(task["id"])
+            killed = recovery.kill_task_processes(task["id"], self.warm_registry)
             log.warning(
                 "%s: task %s was running when the daemon died (%d leftover processes "
                 "stopped); marking it aborted",

@@ -39,7 +39,7 @@ class Result:
         return self.stderr.decode(errors="replace")
 
 
-def _audit(argv: Sequence[str]) -> None:
+def audit(argv: Sequence[str]) -> None:
     """Append argv to $AGENT_ARGV_LOG when set: tests prove no secret reaches a command line."""
     path = os.environ.get("AGENT_ARGV_LOG")
     if path:
@@ -68,7 +68,7 @@ def run(
 ) -> Result:
     """Run argv to completion; env adds to (not replaces) this process's environment."""
     log.debug("run %s", shlex.join(argv))
-    _audit(argv)
+    audit(argv)
     completed = subprocess.run(
         list(argv),
         input=input,
@@ -98,7 +98,7 @@ def spawn(
 ) -> subprocess.Popen[bytes]:
     """Start argv with exactly env, in its own session (so its whole group can be signalled)."""
     log.debug("spawn %s", shlex.join(argv))
-    _audit(argv)
+    audit(argv)
     return subprocess.Popen(
         list(argv),
         env=dict(env),
@@ -113,6 +113,6 @@ def spawn(
 
 def exec_replace(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
     """Replace this process with argv (runagent)."""
-    _audit(argv)
+    audit(argv)
     os.chdir(cwd)
     os.execvpe(argv[0], list(argv), dict(env))

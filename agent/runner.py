@@ -14,15 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import proc
+from agent import proc, warmsteps
 from agent.actiondirs import Action
 from agent.errors import ConfigError, ValidationFailed
 from agent.masking import mask_secrets
 from agent.validation import load_schema, validate
+from agent.warmsteps import WarmChild, WarmSteps
 
 log = logging.getLogger("agent.task")
 
 ProgressCallback = Callable[[str, int], None]
+StepProcess = proc.Popen[bytes] | WarmChild
 HEARTBEAT_SECONDS = 5.0
 
 
@@ -68,6 +70,7 @@ class TaskRun:
         env: dict[str, str],
         cwd: Path,
         on_progress: ProgressCallback,
+        warm: WarmSteps | None = None,
     ) -> None:
         self.agent_id = agent_id
         self.task_id = task_id
@@ -76,9 +79,10 @@ class TaskRun:
         self.env = env
         self.cwd = cwd
         self.on_progress = on_progress
+        self.warm = warm
         self.cancelled = threading.Event()
         self._lock = threading.Lock()
-        self._child: proc.Popen[bytes] | None = None
+        self._child: StepProcess | None = None
 
     def cancel(self) -> None:
         """SIGTERM to the running step's whole process group; no later step starts."""
@@ -144,7 +148,7 @@ class TaskRun:
         com_read, com_write = os.pipe()
         env = dict(self.env, AGENT_COMFD=str(com_write), AGENT_TASK_STEP=name)
         try:
-            child = proc.spawn([str(path)], env=env, cwd=self.cwd, pass_fds=[com_write])
+            child = self._start(path, env, com_write)
         except OSError as exc:
             os.close(com_read)
             errors.append(f"cannot run step {name}: {exc}\n".encode())
@@ -166,9 +170,18 @@ class TaskRun:
             code = 10
         return code, validation_failed
 
+    def _start(self, path: Path, env: dict[str, str], com_write: int) -> StepProcess:
+        """Fork a Python step from the warm helper when it can; start it cold otherwise."""
+        if self.warm is not None and warmsteps.runs_warm(path, env):
+            proc.audit([str(path)])
+            child = self.warm.spawn(path, env, self.cwd, com_write)
+            if child is not None:
+                return child
+        return proc.spawn([str(path)], env=env, cwd=self.cwd, pass_fds=[com_write])
+
     def _pump(
         self,
-        child: proc.Popen[bytes],
+        child: StepProcess,
         com_read: int,
         step: str,
         progress: StepProgress,
@@ -247,7 +260,7 @@ class TaskRun:
         return False
 
 
-def _feed_stdin(child: proc.Popen[bytes], data: bytes) -> None:
+def _feed_stdin(child: StepProcess, data: bytes) -> None:
     assert child.stdin is not None
     try:
         child.stdin.write(data)

@@ -53,6 +53,8 @@ class Settings:
     backup_concurrency: int = 1  # modules of one backup backed up at once on this node
     # Extra `podman run` options for restic containers (resource limits, capabilities).
     restic_podman_args: tuple[str, ...] = ()
+    # Python steps forked from a pre-imported helper (agent/warmsteps.py), not started cold.
+    warm_steps: bool = True
     extra: dict[str, str] = field(default_factory=dict)
 
     # --- layout ----------------------------------------------------------------------
@@ -118,6 +120,7 @@ class Settings:
             "timer_random_delay": self.timer_random_delay,
             "backup_concurrency": self.backup_concurrency,
             "restic_podman_args": list(self.restic_podman_args),
+            "warm_steps": self.warm_steps,
         }
 
 
@@ -149,6 +152,7 @@ def load_settings(root: Path | None = None) -> Settings:
             timer_random_delay=int(data.get("timer_random_delay", 600)),
             backup_concurrency=int(data.get("backup_concurrency", 1)),
             restic_podman_args=tuple(str(a) for a in data.get("restic_podman_args", [])),
+            warm_steps=bool(data.get("warm_steps", True)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"malformed {path}: {exc}") from None
