@@ -2,8 +2,8 @@
 
 A cold Python step spends ~0.2 s starting the interpreter and importing redis, pydantic and
 the agent before doing anything; a backup fans out through two such steps and a restore
-through five. The daemon therefore keeps one helper process (`python -m agent.warmsteps`)
-that has imported all of that once and forks a child per step: the child gets the step's
+through five. The daemon therefore forks one helper process at start (before its threads)
+that imports all of that once and forks a child per step: the child gets the step's
 stdin, stdout, stderr and COMFD, its environment and working directory, its own session,
 and runs the step file as `__main__`. To the runner it looks like any child process: a
 pid to signal, pipes to read, an exit code.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import gc
 import importlib
 import json
 import logging
@@ -35,6 +36,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,28 +149,41 @@ class WarmSteps:
     """The daemon's handle on its helper process."""
 
     def __init__(self, registry: Path) -> None:
+        """Fork the helper. Call it before the daemon starts any thread: the helper is a
+        copy of the daemon (sharing its pages and imports), and forking a threaded process
+        could copy a lock some other thread holds."""
         self.registry = registry
         registry.mkdir(parents=True, exist_ok=True)
         prune_registry(registry)
         self._lock = threading.Lock()
         self._control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        from agent import proc  # the one module that starts processes
+        # What exists now lives as long as the daemon: kept out of the collector's sweeps,
+        # its pages stay shared with the helper instead of being copied on first touch.
+        gc.freeze()
+        pid = os.fork()
+        if pid == 0:  # the helper
+            code = 1
+            try:
+                self._control.close()
+                preload()
+                gc.freeze()  # the same for the steps forked from here
+                _Helper(theirs, registry, {}).serve()
+                code = 0
+            finally:
+                os._exit(code)
+        theirs.close()
+        self._pid = pid
+        self._exited = False
 
-        try:
-            self._helper = proc.spawn(
-                [sys.executable, "-m", "agent.warmsteps", str(theirs.fileno()), str(registry)],
-                env=dict(os.environ),
-                stdin=proc.DEVNULL,
-                stdout=proc.DEVNULL,
-                stderr=None,
-                pass_fds=[theirs.fileno()],
-            )
-        finally:
-            theirs.close()
+    def alive(self) -> bool:
+        if not self._exited:
+            with contextlib.suppress(ChildProcessError):
+                self._exited = os.waitpid(self._pid, os.WNOHANG)[0] != 0
+        return not self._exited
 
     def spawn(self, path: Path, env: dict[str, str], cwd: Path, comfd: int) -> WarmChild | None:
         """Fork path in the helper; None when the helper is gone (start it cold then)."""
-        if self._helper.poll() is not None:
+        if not self.alive():
             return None
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         stdin_r, stdin_w = os.pipe()
@@ -198,9 +213,15 @@ class WarmSteps:
         return WarmChild(pid, mine, *pipes)
 
     def close(self) -> None:
+        """Let the helper go (it exits when the control socket closes)."""
         self._control.close()
-        with contextlib.suppress(Exception):
-            self._helper.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
+            os.waitpid(self._pid, 0)
 
 
 # --- the helper's side ---------------------------------------------------------------------
@@ -226,7 +247,8 @@ class _Helper:
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the daemon's handlers are not ours
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C on `agent serve` is its own
         selector = selectors.DefaultSelector()
         selector.register(self.control, selectors.EVENT_READ, "control")
         selector.register(wake_r, selectors.EVENT_READ, "child")
@@ -324,13 +346,3 @@ def _run_child(request: dict[str, Any], fds: list[int], control: socket.socket) 
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
-
-
-def main() -> None:
-    control = socket.socket(fileno=int(sys.argv[1]))
-    preload()
-    _Helper(control, Path(sys.argv[2]), {}).serve()
-
-
-if __name__ == "__main__":
-    main()

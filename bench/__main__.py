@@ -108,6 +108,7 @@ def main() -> None:
             scenarios.schedules(bench)
         scenarios.daemon_rss(bench, "idle_at_end")
         bench.results["daemon_rss_mib"]["peak_during_runs"] = bench.rss_peak_kib / 1024
+        bench.results["agent_memory_mib"]["peak_pss_during_runs"] = bench.pss_peak_kib / 1024
     finally:
         cluster.stop()
     facts["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]

@@ -189,19 +189,49 @@ class Cluster:
         return int(self.api("add-backup", data))
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+def _proc_field(path: Path, name: str) -> int:
+    for line in path.read_text().splitlines():
+        if line.startswith(name):
             return int(line.split()[1])
     return 0
 
 
+def rss_kib(pid: int) -> int:
+    return _proc_field(Path(f"/proc/{pid}/status"), "VmRSS:")
+
+
+def agent_processes(pid: int) -> list[int]:
+    """The daemon and its warm-steps helper: the child running the daemon's own command
+    (steps, which run other commands, are left out)."""
+    command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    helpers = [int(c) for c in children if _cmdline(int(c)) == command]
+    return [pid, *helpers]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def agent_memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) summed over the daemon and its helper. RSS counts the pages they share
+    twice; PSS splits them, so its sum is what the two cost together."""
+    pids = agent_processes(pid)
+    rss = sum(rss_kib(p) for p in pids)
+    pss = sum(_proc_field(Path(f"/proc/{p}/smaps_rollup"), "Pss:") for p in pids)
+    return rss, pss
+
+
 class RssSampler:
-    """Peak RSS of one process, sampled every 50 ms in a thread while active."""
+    """Peak RSS of the daemon alone and peak PSS of daemon + helper, every 50 ms."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.peak_kib = 0
+        self.peak_pss_kib = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -209,6 +239,7 @@ class RssSampler:
         while not self._stop.wait(0.05):
             try:
                 self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
+                self.peak_pss_kib = max(self.peak_pss_kib, agent_memory_kib(self.pid)[1])
             except OSError:
                 return
 

@@ -88,6 +88,22 @@ def render_markdown(results: dict[str, Any]) -> str:
             + ", ".join(f"{k.replace('_', ' ')} {v:.1f} MiB" for k, v in rss.items())
             + f" | idle ≤ 80 MiB | {_verdict(idle <= 80)} |"
         )
+    memory = results.get("agent_memory_mib")
+    if memory:
+        idle_pss = max(v["pss"] for k, v in memory.items() if k.startswith("idle"))
+        parts = [
+            f"{k.replace('_', ' ')} PSS {v['pss']:.1f} MiB (RSS {v['rss']:.1f})"
+            for k, v in memory.items()
+            if isinstance(v, dict)
+        ]
+        parts += [
+            f"peak PSS during runs {v:.1f} MiB" for v in memory.values() if not isinstance(v, dict)
+        ]
+        rows.append(
+            "| daemon + warm-steps helper | "
+            + ", ".join(parts)
+            + f" | idle ≤ 80 MiB | {_verdict(idle_pss <= 80)} |"
+        )
     return "\n".join(rows)
 
 

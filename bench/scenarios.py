@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.harness import VENV_BIN, Cluster, RawRestic, RssSampler, Series, rss_kib, run
+from bench.harness import (
+    VENV_BIN,
+    Cluster,
+    RawRestic,
+    RssSampler,
+    Series,
+    agent_memory_kib,
+    rss_kib,
+    run,
+)
 
 MODULE_IMAGE = "localhost/minwiki:latest"
 
@@ -26,6 +35,7 @@ class Bench:
     results: dict[str, Any] = field(default_factory=dict)
     module: str = ""  # the module whose pages volume holds the dataset
     rss_peak_kib: int = 0
+    pss_peak_kib: int = 0
 
     def log(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
@@ -34,6 +44,7 @@ class Bench:
         with RssSampler(self.cluster.daemon_pid()) as sampler:
             seconds = _timed(action)
         self.rss_peak_kib = max(self.rss_peak_kib, sampler.peak_kib)
+        self.pss_peak_kib = max(self.pss_peak_kib, sampler.peak_pss_kib)
         return seconds
 
 
@@ -352,3 +363,6 @@ def schedules(bench: Bench, count: int = 1000) -> None:
 def daemon_rss(bench: Bench, when: str) -> None:
     pid = bench.cluster.daemon_pid()
     bench.results.setdefault("daemon_rss_mib", {})[when] = rss_kib(pid) / 1024
+    rss, pss = agent_memory_kib(pid)
+    memory = bench.results.setdefault("agent_memory_mib", {})
+    memory[when] = {"rss": rss / 1024, "pss": pss / 1024}
