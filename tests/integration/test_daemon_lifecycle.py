@@ -14,21 +14,7 @@ import redis
 
 from agent import redis_keys, tasks
 from tests.support.cluster import ClusterHarness, lease_holder
-
-
-def _wait_for_pid(path: Path, timeout: float = 20) -> int:
-    deadline = time.monotonic() + timeout
-    while not (path.exists() and path.read_text().strip()):
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
-    return int(path.read_text())
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
+from tests.support.processes import alive, wait_for_pid
 
 
 def test_task_of_a_killed_daemon_is_aborted_visibly_and_not_rerun(
@@ -45,10 +31,10 @@ def test_task_of_a_killed_daemon_is_aborted_visibly_and_not_rerun(
     node.write_action("cluster", "quick", {"10quick": "#!/bin/sh\necho '\"done\"'\n"})
     state = node.settings.state_dir("cluster")
     slow_id = cluster.api("run", "slow", "--nowait").stdout.strip()
-    sleep_pid = _wait_for_pid(state / "slow.pid")
+    sleep_pid = wait_for_pid(state / "slow.pid")
 
     node.stop(signal.SIGKILL)
-    assert _alive(sleep_pid), "the orphaned step keeps running until the daemon comes back"
+    assert alive(sleep_pid), "the orphaned step keeps running until the daemon comes back"
     # Queued while no daemon runs: must wait in Redis, not be lost.
     quick_task = tasks.make_task("quick", None)
     redis_client.lpush(redis_keys.task_queue("cluster"), json.dumps(quick_task))
@@ -59,7 +45,7 @@ def test_task_of_a_killed_daemon_is_aborted_visibly_and_not_rerun(
     result = watcher.wait(timeout=30)
     assert result.exit_code == 1
     assert "aborted" in result.error and "daemon" in result.error
-    assert not _alive(sleep_pid)
+    assert not alive(sleep_pid)
     assert (state / "runs.log").read_text().count("run") == 1
 
     quick = tasks.TaskWatcher(redis_client, "cluster")

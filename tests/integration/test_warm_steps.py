@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import signal
-import time
-from pathlib import Path
 
 import redis
 
 from agent import redis_keys, tasks
 from tests.support.cluster import ClusterHarness
+from tests.support.processes import alive, wait_for_pid
 
 # Evaluated before the step imports anything: only a forked step finds the agent loaded.
 PROBE = """#!/usr/bin/env python3
@@ -78,37 +77,22 @@ def test_a_forked_step_is_cancelled_and_recovered_like_a_cold_one(
     node.write_action("cluster", "slow", {"10slow": slow})
 
     watcher = tasks.start(redis_client, tasks.TaskRequest("cluster", "slow", None))
-    pid = _wait_for_pid(state / "slow.pid")
+    pid = wait_for_pid(state / "slow.pid")
     tasks.cancel(redis_client, "cluster", watcher.task_id)
     result = watcher.wait(timeout=30)
     assert result.exit_code != 0 and "cancelled" in result.error
-    assert not _alive(pid)
+    assert not alive(pid)
 
     (state / "slow.pid").unlink()
     slow_id = cluster.api("run", "slow", "--nowait").stdout.strip()
-    pid = _wait_for_pid(state / "slow.pid")
+    pid = wait_for_pid(state / "slow.pid")
     node.stop(signal.SIGKILL)
-    assert _alive(pid), "the orphaned step keeps running until the daemon comes back"
+    assert alive(pid), "the orphaned step keeps running until the daemon comes back"
     node.start()
     watcher = tasks.TaskWatcher(redis_client, "cluster")
     watcher.subscribe(slow_id)
     result = watcher.wait(timeout=30)
     assert result.exit_code == 1 and "daemon" in result.error
-    assert not _alive(pid)
+    assert not alive(pid)
     assert redis_client.llen(redis_keys.task_processing("cluster")) == 0
     assert not list((node.settings.run_dir / "warm-steps").iterdir())
-
-
-def _wait_for_pid(path: Path, timeout: float = 20.0) -> int:
-    deadline = time.monotonic() + timeout
-    while not (path.exists() and path.read_text().strip()):
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
-    return int(path.read_text())
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
