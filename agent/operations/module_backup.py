@@ -238,14 +238,18 @@ class ModuleBackup:
         with lease, _removed_afterwards(settings.state_dir(agent_id), labels):
             if lease.previous_crashed:
                 self._unlock_after_crash(target, password, podman_env)
-            result = self._restic_backup(target, password, args, layout.mounts, podman_env)
-            if result.code == restic.EXIT_NO_REPOSITORY:
-                init = restic.run(target, password, ["init"], podman_env=podman_env, timeout=600)
-                if init.returncode != 0:
-                    raise StepFailed(f"cannot create the repository: {_tail(init.error_text)}")
+            with self._counted_alongside(target, password, podman_env) as earlier:
                 result = self._restic_backup(target, password, args, layout.mounts, podman_env)
-            outcome = self._classify(result)
-            kept = self._retention(target, password, podman_env)
+                if result.code == restic.EXIT_NO_REPOSITORY:
+                    init = restic.run(
+                        target, password, ["init"], podman_env=podman_env, timeout=600
+                    )
+                    if init.returncode != 0:
+                        raise StepFailed(f"cannot create the repository: {_tail(init.error_text)}")
+                    result = self._restic_backup(target, password, args, layout.mounts, podman_env)
+                outcome = self._classify(result)
+            new_id = str(result.summary.get("snapshot_id", ""))
+            kept = self._retention(target, password, podman_env, earlier.before(new_id))
         summary = result.summary
         return ModuleStatus(
             self.module_id,
@@ -321,15 +325,47 @@ class ModuleBackup:
             return Outcome.PARTIAL
         raise StepFailed(explain_restic_failure(result.code, result.stderr))
 
-    def _retention(
+    @contextlib.contextmanager
+    def _counted_alongside(
         self, target: restic.ResticTarget, password: str, podman_env: dict[str, str]
+    ) -> Iterator[_Count]:
+        """While the body runs, count this backup's snapshots in the repository, when no
+        earlier run left a count to trust (first run, restored module): a `restic
+        snapshots` beside the backup costs far less than a `forget` after it."""
+        count = _Count()
+        if self.previous is not None and self.previous.snapshots_count:
+            yield count
+            return
+        args = ["snapshots", "--no-lock", "--json", "--tag", f"backup={self.job.backup_id}"]
+
+        def list_snapshots() -> None:
+            done = restic.run(target, password, args, podman_env=podman_env, timeout=600)
+            count.record(done.returncode, done.text)
+
+        thread = threading.Thread(target=list_snapshots, name="count-snapshots", daemon=True)
+        thread.start()
+        try:
+            yield count
+        finally:
+            thread.join()
+
+    def _retention(
+        self,
+        target: restic.ResticTarget,
+        password: str,
+        podman_env: dict[str, str],
+        counted_before: int | None,
     ) -> int:
         policy = self.job.retention
         known = self.previous.snapshots_count if self.previous is not None else 0
+        if not known and counted_before is not None:
+            known = counted_before
+            if known + 1 <= policy.keep_last:
+                return known + 1
         if known and known + 1 <= policy.keep_last:
             # keep-last alone keeps every one of them, whatever the other keep-* rules say:
             # forget would remove nothing, so its container (about a second) is not started.
-            # Without a previous count (first run, restored module) forget runs and counts.
+            # Without any count (first run whose count failed) forget runs and counts.
             return known + 1
         args = restic.forget_args(
             policy.keep_last,
@@ -344,6 +380,34 @@ class ModuleBackup:
         if done.returncode != 0:
             raise StepFailed(f"retention failed: {_tail(done.error_text)}")
         return count_kept(done.text)
+
+
+class _Count:
+    """Snapshot ids `restic snapshots` listed, from another thread."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] | None = None
+
+    def record(self, code: int, text: str) -> None:
+        if code == restic.EXIT_NO_REPOSITORY:
+            self.ids = []  # created by this very run: nothing was there before it
+            return
+        if code != restic.EXIT_OK:
+            return
+        try:
+            listed = json.loads(text)
+        except ValueError:
+            return
+        if isinstance(listed, list):
+            self.ids = [str(item.get("id", "")) for item in listed if isinstance(item, dict)]
+
+    def before(self, new_id: str) -> int | None:
+        """How many there were before the snapshot new_id (the listing may include it)."""
+        if self.ids is None:
+            return None
+        if not new_id:
+            return len(self.ids)
+        return len([i for i in self.ids if not (i.startswith(new_id) or new_id.startswith(i))])
 
 
 @dataclass

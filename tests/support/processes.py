@@ -1,0 +1,23 @@
+"""Watching the processes a test's steps start."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+def wait_for_pid(path: Path, timeout: float = 20.0) -> int:
+    """The pid a step writes to path, once it has."""
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.read_text().strip()):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+    return int(path.read_text())
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
