@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 from agent import proc, redis_keys, restic
 from agent.agentenv import agent_environment
-from agent.errors import ActionFailed, validation_error
+from agent.errors import ActionFailed, ValidationFailed, validation_error
 from agent.models import ModuleRestoreRequest, RestoreFilesRequest
 from agent.operations.restore_source import (
     ENVIRONMENT_PATH,
@@ -134,7 +134,11 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
             raise validation_error("paths", "volume_not_restorable", path)
     repository = open_repository(ctx.redis, request.repository, request.path)
     if paths:
-        _run_pre_restore(ctx, agent_id, paths)
+        hook = _pre_restore_hook(ctx, agent_id)
+        if len(paths) > 1 or hook is not None:  # one missing path alone restores nothing
+            refuse_missing_paths(ctx, repository, request.snapshot, paths, request.paths)
+        if hook is not None:
+            _run_pre_restore(ctx, agent_id, hook, paths)
     mounts = [restic.Mount(str(state), f"{RESTORE_ROOT}/state")]
     mounts += [
         restic.Mount(f"{module_id}-{name}", f"{RESTORE_ROOT}/volumes/{name}") for name in volumes
@@ -147,15 +151,51 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
     return {"module_id": module_id, "paths": request.paths, **_counts(summary)}
 
 
-def _run_pre_restore(ctx: Context, agent_id: str, paths: list[str]) -> None:
+def _pre_restore_hook(ctx: Context, agent_id: str) -> str | None:
     env = agent_environment(ctx.settings, agent_id)
-    hook = shutil.which(PRE_RESTORE_HOOK, path=env["PATH"])
-    if hook is None:
-        return
+    return shutil.which(PRE_RESTORE_HOOK, path=env["PATH"])
+
+
+def _run_pre_restore(ctx: Context, agent_id: str, hook: str, paths: list[str]) -> None:
+    env = agent_environment(ctx.settings, agent_id)
     done = proc.run([hook, *paths], env=env, cwd=ctx.settings.state_dir(agent_id), timeout=3600)
     if done.returncode != 0:
         tail = done.error_text.strip().splitlines()[-1:] or ["no error output"]
         raise ActionFailed(f"{PRE_RESTORE_HOOK} failed (exit {done.returncode}): {tail[0]}")
+
+
+def refuse_missing_paths(
+    ctx: Context, repository: Repository, snapshot: str, paths: list[str], given: list[str]
+) -> None:
+    """A validation error, before anything changes, for each of paths (snapshot paths of
+    the request's given ones) of which the snapshot holds nothing: restic would restore the
+    others and pass over it in silence. A dry run lists what the restore would write."""
+    check_reachable(repository)
+    args = restore_args(snapshot, RESTORE_ROOT, paths, whole=False)
+    args[1:1] = ["--no-lock", "--dry-run", "-vv"]
+    done = restic.run(
+        repository.target,
+        repository.password,
+        args,
+        podman_env=ctx.settings.podman_env(),
+        timeout=3600,
+    )
+    if done.returncode != 0:
+        raise ActionFailed(
+            "restic restore --dry-run failed: "
+            + explain_read_failure(done.returncode, done.error_text, repository, snapshot)
+        )
+    found = [False] * len(paths)
+    for line in done.text.splitlines():
+        if not line.startswith('{"message_type":"verbose_status"'):
+            continue
+        item = str(json.loads(line).get("item", ""))
+        for index, path in enumerate(paths):
+            found[index] = found[index] or item == path or item.startswith(path + "/")
+    missing = [given[index] for index, present in enumerate(found) if not present]
+    if missing:
+        errors = [validation_error("paths", "path_not_in_snapshot", path) for path in missing]
+        raise ValidationFailed([row for error in errors for row in error.errors], exit_code=2)
 
 
 def module_label(step: Step, request: ModuleRestoreRequest) -> None:
@@ -187,6 +227,8 @@ def node_restore_files(step: Step, request: RestoreFilesRequest) -> dict[str, An
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise validation_error("target", "target_not_empty", request.target)
     repository = open_repository(step.ctx.redis, request.repository, request.path)
+    if len(paths) > 1:  # one missing path alone restores nothing
+        refuse_missing_paths(step.ctx, repository, request.snapshot, paths, request.paths)
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
     args = restore_args(request.snapshot, RESTORE_ROOT, paths, whole=False)
     summary = run_restore(

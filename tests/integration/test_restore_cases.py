@@ -135,6 +135,26 @@ def test_older_snapshot_partial_restore_and_restore_files(
         {**source, "module_id": wiki, "paths": ["volumes/pages/no-such-file"]},
     )
     assert code == 1 and "none of the paths" in error
+    # Two paths, one of them a typo: refused before anything changes, naming the typo.
+    (live / PAGE).write_text("# edited again\n")
+    typo = "volumes/pages/no-such-file"
+    code, output, error = api(
+        cluster,
+        "cluster/restore-module",
+        {**source, "module_id": wiki, "paths": [f"volumes/pages/{PAGE}", typo]},
+    )
+    assert code == 2, error
+    assert output == [
+        {"field": "paths", "parameter": "paths", "value": typo, "error": "path_not_in_snapshot"}
+    ]
+    assert (live / PAGE).read_text() == "# edited again\n"
+    code, output, _ = api(
+        cluster,
+        "node/1/restore-files",
+        {**source, "target": str(tmp_path / "nothing"), "paths": [f"/volumes/pages/{PAGE}", typo]},
+    )
+    assert code == 2 and output[0]["value"] == typo
+    assert not (tmp_path / "nothing").exists()
 
     # A side restore for an operator: files in a directory, no module touched.
     picked = tmp_path / "picked"
