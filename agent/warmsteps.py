@@ -196,13 +196,18 @@ class WarmSteps:
         try:
             with self._lock:
                 self._control.sendmsg([header], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-            reply = mine.recv(16)
+            sent = True
+        except OSError:
+            sent = False
+        finally:
+            # Our copies go before we wait: a helper dying now must leave us an EOF.
+            for fd in (stdin_r, stdout_w, stderr_w):
+                os.close(fd)
+            theirs.close()
+        try:
+            reply = mine.recv(16) if sent else b""
         except OSError:
             reply = b""
-        finally:
-            for fd in (theirs.fileno(), stdin_r, stdout_w, stderr_w):
-                os.close(fd)
-            theirs.detach()
         if len(reply) != 4:
             mine.close()
             for fd in (stdin_w, stdout_r, stderr_r):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+from pathlib import Path
 
 import redis
 
@@ -96,3 +98,21 @@ def test_a_forked_step_is_cancelled_and_recovered_like_a_cold_one(
     assert not alive(pid)
     assert redis_client.llen(redis_keys.task_processing("cluster")) == 0
     assert not list((node.settings.run_dir / "warm-steps").iterdir())
+
+
+def test_steps_start_cold_when_the_helper_is_gone(
+    cluster: ClusterHarness, redis_client: redis.Redis
+) -> None:
+    node = cluster.nodes[1]
+    node.write_action("cluster", "probe", {"10probe": PROBE})
+    assert node.process is not None
+    daemon = node.process.pid
+    command = Path(f"/proc/{daemon}/cmdline").read_bytes()
+    children = Path(f"/proc/{daemon}/task/{daemon}/children").read_text().split()
+    helpers = [int(c) for c in children if Path(f"/proc/{c}/cmdline").read_bytes() == command]
+    assert len(helpers) == 1, "the daemon forks one helper"
+    os.kill(helpers[0], signal.SIGKILL)
+
+    result = _run(redis_client, "probe", {"x": 1})
+    assert result.exit_code == 0, result.error
+    assert result.output["warm"] is False and result.output["echo"] == {"x": 1}
