@@ -40,6 +40,12 @@ def kill_task_processes(
         time.sleep(0.1)
     for pid in processes_of_task(task_id, warm_registry):
         _signal(pid, signal.SIGKILL)
+    if warm_registry is not None:
+        # Settled before the task's end is published: nobody may see a stale record.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and processes_of_task(task_id, warm_registry):
+            time.sleep(0.05)
+        warmsteps.prune_registry(warm_registry)
     return len(pids)
 
 

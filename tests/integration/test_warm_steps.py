@@ -97,7 +97,8 @@ def test_a_forked_step_is_cancelled_and_recovered_like_a_cold_one(
     assert result.exit_code == 1 and "daemon" in result.error
     assert not alive(pid)
     assert redis_client.llen(redis_keys.task_processing("cluster")) == 0
-    assert not list((node.settings.run_dir / "warm-steps").iterdir())
+    left = {e.name: e.read_text() for e in (node.settings.run_dir / "warm-steps").iterdir()}
+    assert not left, (left, slow_id, pid, node.log_tail(40))
 
 
 def test_steps_start_cold_when_the_helper_is_gone(
