@@ -33,7 +33,7 @@ def test_default_names_follow_ns8() -> None:
 @pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone is not installed")
 def test_obscure_is_what_rclone_reveals() -> None:
     obscured = rclone.obscure("s3cr3t ü")
-    revealed = subprocess.run(["rclone", "reveal", obscured], capture_output=True, text=True)
+    revealed = subprocess.run(["rclone", "reveal", "--", obscured], capture_output=True, text=True)
     assert revealed.stdout.strip() == "s3cr3t ü"
     assert rclone.reveal(obscured) == "s3cr3t ü"
 
