@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,9 +86,39 @@ def file_lock(name: str) -> Iterator[None]:
 def host_podman_env() -> dict[str, str]:
     """Environment for podman on the machine's own store, where images are built: every
     private store (this session's, each test node's) reads its images from there."""
-    env = dict(os.environ, CONTAINERS_CONF=str(CONTAINERS_CONF))
-    env.pop("CONTAINERS_STORAGE_CONF", None)
-    return env
+    return dict(
+        os.environ,
+        CONTAINERS_CONF=str(CONTAINERS_CONF),
+        CONTAINERS_STORAGE_CONF=str(_host_storage_conf()),
+    )
+
+
+def _host_storage_conf() -> Path:
+    """The machine's store as the machine configures it, plus skip_mount_home.
+
+    By default every podman on a store bind-mounts its overlay directory onto itself and
+    detaches that mount when it exits. Private stores take their image layers from under
+    that directory: a detach landing while one of them mounts a container makes the kernel
+    refuse the mount ("failed to clone lowerpath", EINVAL). With skip_mount_home the
+    builds a test session runs never mount it, so there is nothing to detach.
+    """
+    storage: dict[str, object] = {}
+    machine = Path("/etc/containers/storage.conf")
+    if machine.is_file():
+        storage = dict(tomllib.loads(machine.read_text()).get("storage", {}))
+    graphroot = storage.get("graphroot", podman_store.SHARED_IMAGE_STORE)
+    runroot = storage.get("runroot", "/run/containers/storage")
+    driver = storage.get("driver", "overlay")
+    text = (
+        f'[storage]\ndriver = "{driver}"\ngraphroot = "{graphroot}"\nrunroot = "{runroot}"\n'
+        '[storage.options.overlay]\nskip_mount_home = "true"\n'
+    )
+    path = Path(tempfile.gettempdir()) / "backup-agent-host-storage.conf"
+    if not path.is_file() or path.read_text() != text:
+        partial = path.with_name(f"{path.name}.{os.getpid()}")
+        partial.write_text(text)
+        partial.replace(path)
+    return path
 
 
 def build_image(name: str) -> str:
