@@ -72,9 +72,14 @@ def module_ui_note(module_id: str) -> str:
     return f"module/{module_id}/ui_note"
 
 
+def module_key_prefix(module_id: str) -> str:
+    """What every key a module owns starts with."""
+    return f"module/{module_id}/"
+
+
 def module_key_pattern(module_id: str) -> str:
     """Glob matching every key a module owns."""
-    return f"module/{module_id}/*"
+    return module_key_prefix(module_id) + "*"
 
 
 def module_task_pattern(module_id: str) -> str:

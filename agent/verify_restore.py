@@ -153,7 +153,7 @@ def module_tree(
 
 def redis_values(redis: Redis, module_id: str) -> dict[str, Any]:
     values: dict[str, Any] = {}
-    prefix = f"module/{module_id}/"
+    prefix = redis_keys.module_key_prefix(module_id)
     for key in sorted(redis.scan_iter(match=redis_keys.module_key_pattern(module_id))):
         suffix = key[len(prefix) :]
         if suffix in SKIPPED_KEYS or "lock" in suffix:
