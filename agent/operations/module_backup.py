@@ -325,6 +325,11 @@ class ModuleBackup:
             return Outcome.PARTIAL
         raise StepFailed(explain_restic_failure(result.code, result.stderr))
 
+    @property
+    def _known_count(self) -> int | None:
+        """The snapshots the last run left, if it counted them (0: it never did)."""
+        return (self.previous.snapshots_count if self.previous is not None else 0) or None
+
     @contextlib.contextmanager
     def _counted_alongside(
         self, target: restic.ResticTarget, password: str, podman_env: dict[str, str]
@@ -333,7 +338,7 @@ class ModuleBackup:
         earlier run left a count to trust (first run, restored module): a `restic
         snapshots` beside the backup costs far less than a `forget` after it."""
         count = _Count()
-        if self.previous is not None and self.previous.snapshots_count:
+        if self._known_count is not None:
             yield count
             return
         args = ["snapshots", "--no-lock", "--json", "--tag", f"backup={self.job.backup_id}"]
@@ -357,15 +362,11 @@ class ModuleBackup:
         counted_before: int | None,
     ) -> int:
         policy = self.job.retention
-        known = self.previous.snapshots_count if self.previous is not None else 0
-        if not known and counted_before is not None:
-            known = counted_before
-            if known + 1 <= policy.keep_last:
-                return known + 1
-        if known and known + 1 <= policy.keep_last:
+        known = self._known_count if self._known_count is not None else counted_before
+        if known is not None and known + 1 <= policy.keep_last:
             # keep-last alone keeps every one of them, whatever the other keep-* rules say:
             # forget would remove nothing, so its container (about a second) is not started.
-            # Without any count (first run whose count failed) forget runs and counts.
+            # Without any count (first run whose listing failed) forget runs and counts.
             return known + 1
         args = restic.forget_args(
             policy.keep_last,

@@ -134,11 +134,12 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
             raise validation_error("paths", "volume_not_restorable", path)
     repository = open_repository(ctx.redis, request.repository, request.path)
     if paths:
-        hook = _pre_restore_hook(ctx, agent_id)
+        env = agent_environment(ctx.settings, agent_id)
+        hook = shutil.which(PRE_RESTORE_HOOK, path=env["PATH"])
         if len(paths) > 1 or hook is not None:  # one missing path alone restores nothing
             refuse_missing_paths(ctx, repository, request.snapshot, paths, request.paths)
         if hook is not None:
-            _run_pre_restore(ctx, agent_id, hook, paths)
+            _run_pre_restore(hook, env, state, paths)
     mounts = [restic.Mount(str(state), f"{RESTORE_ROOT}/state")]
     mounts += [
         restic.Mount(f"{module_id}-{name}", f"{RESTORE_ROOT}/volumes/{name}") for name in volumes
@@ -151,14 +152,8 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
     return {"module_id": module_id, "paths": request.paths, **_counts(summary)}
 
 
-def _pre_restore_hook(ctx: Context, agent_id: str) -> str | None:
-    env = agent_environment(ctx.settings, agent_id)
-    return shutil.which(PRE_RESTORE_HOOK, path=env["PATH"])
-
-
-def _run_pre_restore(ctx: Context, agent_id: str, hook: str, paths: list[str]) -> None:
-    env = agent_environment(ctx.settings, agent_id)
-    done = proc.run([hook, *paths], env=env, cwd=ctx.settings.state_dir(agent_id), timeout=3600)
+def _run_pre_restore(hook: str, env: dict[str, str], state: Path, paths: list[str]) -> None:
+    done = proc.run([hook, *paths], env=env, cwd=state, timeout=3600)
     if done.returncode != 0:
         tail = done.error_text.strip().splitlines()[-1:] or ["no error output"]
         raise ActionFailed(f"{PRE_RESTORE_HOOK} failed (exit {done.returncode}): {tail[0]}")
