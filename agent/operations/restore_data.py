@@ -147,7 +147,9 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
     args = restore_args(request.snapshot, RESTORE_ROOT, paths, whole=not paths)
     summary = run_restore(ctx, repository, args, mounts, step.set_progress)
     (state / RESULT_FILE).write_text(json.dumps(summary) + "\n")
-    if paths and not summary.get("total_files"):
+    # restic 0.18 leaves a file that already matches the snapshot out of total_files and
+    # counts it in files_skipped: both mean the path was there.
+    if paths and not (summary.get("total_files") or summary.get("files_skipped")):
         raise ActionFailed("none of the paths is in the snapshot: " + ", ".join(request.paths))
     return {"module_id": module_id, "paths": request.paths, **_counts(summary)}
 

@@ -242,3 +242,32 @@ def test_failed_restores_leave_nothing_behind(
     assert result.exit_code != 0 and "cancelled" in result.error
     assert_only_modules(cluster, redis_client, {wiki})
     assert (cluster.volume_dir(1, wiki, "pages") / PAGE).is_file(), "the source is untouched"
+
+
+def test_module_pre_restore_hook_gets_the_paths_and_never_runs_for_a_refused_request(
+    cluster: ClusterHarness,
+    redis_client: redis.Redis,
+    minwiki_image: str,
+    restic_image: str,
+    tmp_path: Path,
+) -> None:
+    wiki, destination, path = setup_wiki(cluster, redis_client, minwiki_image, tmp_path / "dest")
+    cluster.api_ok("run-backup", {"id": 1})
+    settings = cluster.nodes[1].settings
+    calls = tmp_path / "hook-calls"
+    hook = settings.agent_home(f"module/{wiki}") / "bin" / "module-pre-restore"
+    hook.write_text(f'#!/bin/sh\necho "$(pwd) $*" >> {calls}\n')
+    hook.chmod(0o755)
+    source = {"repository": destination, "path": path, "snapshot": "", "module_id": wiki}
+
+    code, output, _ = api(
+        cluster,
+        "cluster/restore-module",
+        {**source, "paths": [f"volumes/pages/{PAGE}", "volumes/pages/no-such-file"]},
+    )
+    assert code == 2 and output[0]["error"] == "path_not_in_snapshot"
+    assert not calls.exists(), "a refused restore changes nothing, the hook included"
+
+    cluster.api_ok("cluster/restore-module", {**source, "paths": [f"volumes/pages/{PAGE}"]})
+    state = settings.state_dir(f"module/{wiki}")
+    assert calls.read_text() == f"{state} /volumes/pages/{PAGE}\n"
