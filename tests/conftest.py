@@ -30,6 +30,7 @@ import pytest
 import redis
 
 from agent import podman_store
+from tests.support.processes import terminate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONTAINERS_CONF = REPO_ROOT / "containers" / "containers.conf"
@@ -234,12 +235,7 @@ def podman_service(session_podman_store: podman_store.Store | None) -> Iterator[
             _configure_testcontainers(mp)
             yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, timeout=15)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

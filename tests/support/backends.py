@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import free_port
+from tests.support.processes import terminate
 
 RCLONE = shutil.which("rclone") or "/usr/bin/rclone"
 USER = "probe-user"
@@ -44,12 +45,7 @@ def serve(argv: list[str], port: int) -> Iterator[None]:
         _wait_port(port, proc)
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, timeout=10)
 
 
 @contextlib.contextmanager
