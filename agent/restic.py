@@ -13,6 +13,7 @@ from agent import proc
 
 IMAGE = "localhost/backup-agent-restic:latest"
 CACHE_VOLUME = "restic-cache"
+PODMAN_FAILED = 125  # podman's own error, before any restic runs
 
 # restic's documented exit codes (restic ≥ 0.17).
 EXIT_OK = 0
@@ -186,6 +187,15 @@ def stream(
         target, args, mounts=mounts, hostname=hostname, podman_args=podman_args, workdir=workdir
     )
     env = proc.merged_env({**podman_env, **container_env(target, password)})
+    code, stderr = _stream_once(argv, env, on_message)
+    if lost_cache_volume_race(code, stderr):
+        code, stderr = _stream_once(argv, env, on_message)
+    return code, stderr
+
+
+def _stream_once(
+    argv: list[str], env: dict[str, str], on_message: Callable[[dict[str, Any]], None]
+) -> tuple[int, str]:
     child = proc.spawn(argv, env=env, stdin=proc.DEVNULL, new_session=False)
     stdout, stderr = child.stdout, child.stderr
     assert stdout is not None and stderr is not None
@@ -225,4 +235,19 @@ def run(
     """Run restic (or entrypoint) once in the container and wait for it."""
     argv = podman_run_argv(target, args, mounts=mounts, entrypoint=entrypoint, hostname=hostname)
     env = {**podman_env, **container_env(target, password)}
-    return proc.run(argv, env=env, timeout=timeout, input=input)
+    result = proc.run(argv, env=env, timeout=timeout, input=input)
+    if lost_cache_volume_race(result.returncode, result.error_text):
+        result = proc.run(argv, env=env, timeout=timeout, input=input)
+    return result
+
+
+def lost_cache_volume_race(code: int, stderr: str) -> bool:
+    """True when podman refused to start the container because another one created the
+    cache volume at the same moment. podman creates a named volume on first use, and two
+    restic containers starting together on a store without it (a backup and its snapshot
+    count, or two modules) both try; starting the loser again finds the volume there."""
+    return (
+        code == PODMAN_FAILED
+        and f'named volume "{CACHE_VOLUME}"' in stderr
+        and "already exists" in stderr
+    )

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent import redis_keys
+from agent import redis_keys, restic
 from agent.actiondirs import list_actions, merge_actions
 from agent.agentenv import format_env_file, read_env_file
 from agent.errors import ValidationFailed
@@ -171,3 +171,13 @@ def test_steps_are_executable_files() -> None:
     steps = [p for p in root.rglob("*") if p.is_file() and not p.name.endswith(".json")]
     assert steps
     assert all(os.access(p, os.X_OK) for p in steps)
+
+
+def test_only_the_cache_volume_race_is_retried() -> None:
+    raced = (
+        'Error: creating named volume "restic-cache": volume with name restic-cache '
+        "already exists: volume already exists"
+    )
+    assert restic.lost_cache_volume_race(125, raced)
+    assert not restic.lost_cache_volume_race(1, raced)  # restic's own failure
+    assert not restic.lost_cache_volume_race(125, "Error: no such image")
