@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -16,7 +17,7 @@ from typing import Any
 from agent import locks, podman, proc, redis_keys, restic
 from agent.agentenv import agent_environment
 from agent.backup_status import ModuleStatus, Outcome
-from agent.destinations import Destination, restic_target
+from agent.destinations import Destination, local_directory, restic_target
 from agent.errors import AgentError
 from agent.operations.modules import image_name
 from agent.reachability import unreachable_reason
@@ -238,7 +239,7 @@ class ModuleBackup:
         with lease, _removed_afterwards(settings.state_dir(agent_id), labels):
             if lease.previous_crashed:
                 self._unlock_after_crash(target, password, podman_env)
-            with self._counted_alongside(target, password, podman_env) as earlier:
+            with self._counted_alongside(path, target, password, podman_env) as earlier:
                 result = self._restic_backup(target, password, args, layout.mounts, podman_env)
                 if result.code == restic.EXIT_NO_REPOSITORY:
                     init = restic.run(
@@ -332,13 +333,18 @@ class ModuleBackup:
 
     @contextlib.contextmanager
     def _counted_alongside(
-        self, target: restic.ResticTarget, password: str, podman_env: dict[str, str]
+        self, path: str, target: restic.ResticTarget, password: str, podman_env: dict[str, str]
     ) -> Iterator[_Count]:
         """While the body runs, count this backup's snapshots in the repository, when no
         earlier run left a count to trust (first run, restored module): a `restic
-        snapshots` beside the backup costs far less than a `forget` after it."""
+        snapshots` beside the backup costs far less than a `forget` after it. A local
+        repository without any snapshot file needs no restic at all: the count is 0."""
         count = _Count()
         if self._known_count is not None:
+            yield count
+            return
+        if local_snapshot_files(self.job.destination, path) == 0:
+            count.ids = []
             yield count
             return
         args = ["snapshots", "--no-lock", "--json", "--tag", f"backup={self.job.backup_id}"]
@@ -381,6 +387,20 @@ class ModuleBackup:
         if done.returncode != 0:
             raise StepFailed(f"retention failed: {_tail(done.error_text)}")
         return count_kept(done.text)
+
+
+def local_snapshot_files(destination: Destination, path: str) -> int | None:
+    """How many snapshot files the local repository at path holds, of every backup and
+    host (0 when it does not exist yet); None for a destination the host cannot read."""
+    if destination.provider != "local":
+        return None
+    snapshots = Path(local_directory(destination), path, "snapshots")
+    try:
+        return sum(1 for entry in os.scandir(snapshots) if entry.is_file())
+    except FileNotFoundError:
+        return 0  # no repository yet: this run creates it
+    except OSError:
+        return None
 
 
 class _Count:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -141,3 +142,20 @@ def test_alter_keeps_stored_secrets_when_empty() -> None:
     altered = prepare(again, "abcd", stored)
     assert altered.private["b2_account_key"] == "new" and altered.private["b2_account_id"] == "i2"
     assert altered.destination.password == stored.password and len(stored.password) == 64
+
+
+def test_local_snapshot_files_counts_every_snapshot_file_or_says_it_cannot(
+    tmp_path: Path,
+) -> None:
+    from agent.operations.module_backup import local_snapshot_files
+
+    local = destination("local", f"local:{tmp_path}")
+    assert local_snapshot_files(local, "minwiki/u1") == 0  # no repository yet
+    snapshots = tmp_path / "minwiki" / "u1" / "snapshots"
+    snapshots.mkdir(parents=True)
+    assert local_snapshot_files(local, "minwiki/u1") == 0
+    (snapshots / "a").write_text("x")
+    (snapshots / "b").write_text("y")
+    assert local_snapshot_files(local, "minwiki/u1") == 2
+    remote = destination("generic-s3", "s3:host/bucket")
+    assert local_snapshot_files(remote, "minwiki/u1") is None
