@@ -2,8 +2,8 @@
 
 Modules call these from `bin/module-dump-state` and `actions/restore-module/*` to carry a
 key through a backup: the payload is Redis' own serialization (any type, binary safe),
-so the bytes go through stdout/stdin untouched.  No typer here: these run in every
-module's backup path and must start fast and stay dependency-light.
+so the bytes go through stdout/stdin untouched.  Neither typer nor redis-py here: these
+run in every module's backup path and must start fast (agent/resp.py says why).
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ import os
 import sys
 from typing import NoReturn
 
-import redis
+from agent import resp
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
-def _client() -> redis.Redis:
-    url = os.environ.get("REDIS_URL") or DEFAULT_URL
-    return redis.Redis.from_url(url, decode_responses=False)
+def _client() -> resp.Connection:
+    return resp.connect(os.environ.get("REDIS_URL") or DEFAULT_URL)
 
 
 def _fail(prog: str, message: str) -> NoReturn:
@@ -42,12 +41,14 @@ def dump_main(argv: list[str] | None = None) -> None:
     parser.add_argument("key", help="the Redis key to dump")
     args = parser.parse_args(argv)
     try:
-        payload = _client().dump(_key(args.key))
-    except (redis.RedisError, ValueError) as exc:
+        with _client() as redis:
+            payload = redis.command("DUMP", _key(args.key))
+    except resp.RespError as exc:
         _fail(parser.prog, f"cannot dump {args.key!r}: {exc}")
     if payload is None:
         return  # missing key: empty output, which redis-restore treats as "nothing to do"
-    assert isinstance(payload, bytes)
+    if not isinstance(payload, bytes):
+        _fail(parser.prog, f"cannot dump {args.key!r}: Redis answered {payload!r}")
     try:
         sys.stdout.buffer.write(payload)
         sys.stdout.buffer.flush()
@@ -71,8 +72,10 @@ def restore_main(argv: list[str] | None = None) -> None:
     payload = sys.stdin.buffer.read()
     if not payload:
         return  # the key did not exist at dump time
+    command: list[str | bytes | int] = ["RESTORE", _key(args.key), args.ttl, payload]
     try:
-        _client().restore(_key(args.key), args.ttl, payload, replace=args.replace)
-    except (redis.RedisError, ValueError) as exc:
+        with _client() as redis:
+            redis.command(*command, *(["REPLACE"] if args.replace else []))
+    except resp.RespError as exc:
         # e.g. "BUSYKEY Target key name already exists.", a bad checksum, Redis down
         _fail(parser.prog, f"cannot restore {args.key!r}: {exc}")

@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -142,3 +143,25 @@ def test_redis_down_fails_cleanly(prefix: str) -> None:
     url = f"redis://127.0.0.1:{port}/0"
     assert_one_line_error(dump(f"{prefix}/k", url), "redis-dump")
     assert_one_line_error(restore([f"{prefix}/k"], b"x", url), "redis-restore")
+
+
+def test_credentials_and_database_from_the_url(r: redis.Redis, redis_url: str, prefix: str) -> None:
+    """Private clusters give modules redis://:password@…/N URLs; ACL users work too."""
+    user, password = f"dumper-{uuid.uuid4().hex[:8]}", "p@ss:w/rd"
+    r.acl_setuser(user, enabled=True, passwords=[f"+{password}"], commands=["+@all"], keys=["*"])
+    try:
+        other_db = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/3")
+        other_db.set(f"{prefix}/k", BINARY)
+        host_port = redis_url.split("//", 1)[1].split("/", 1)[0]
+        url = f"redis://{user}:{quote(password, safe='')}@{host_port}/3"
+        out = dump(f"{prefix}/k", url)
+        assert out.returncode == 0, out.stderr
+        back = restore([f"{prefix}/copy"], out.stdout, url)
+        assert back.returncode == 0, back.stderr
+        assert other_db.get(f"{prefix}/copy") == BINARY
+        assert r.exists(f"{prefix}/copy") == 0  # database 0 untouched
+
+        wrong = f"redis://{user}:nope@{host_port}/3"
+        assert_one_line_error(dump(f"{prefix}/k", wrong), "redis-dump", "WRONGPASS")
+    finally:
+        r.acl_deluser(user)
