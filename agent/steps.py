@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -30,6 +30,7 @@ class Step:
     agent_id: str
     task_id: str
     comfd: int | None
+    _last_progress: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def send(self, command: str) -> None:
         if self.comfd is not None:
@@ -37,7 +38,10 @@ class Step:
                 os.write(self.comfd, f"{command}\n".encode())
 
     def set_progress(self, percent: int) -> None:
-        self.send(f"set-progress {max(0, min(100, int(percent)))}")
+        value = max(0, min(100, int(percent)))
+        if self._last_progress.get("sent") != value:  # the same figure again says nothing
+            self._last_progress["sent"] = value
+            self.send(f"set-progress {value}")
 
     def progress_range(self, low: int, high: int) -> Callable[[str, int], None]:
         """A progress handler mapping a sub-task's 0–100 into [low, high] of this step."""

@@ -181,3 +181,23 @@ def test_only_the_cache_volume_race_is_retried() -> None:
     assert restic.lost_cache_volume_race(125, raced)
     assert not restic.lost_cache_volume_race(1, raced)  # restic's own failure
     assert not restic.lost_cache_volume_race(125, "Error: no such image")
+
+
+def test_a_step_sends_a_progress_figure_only_when_it_changes() -> None:
+    from typing import cast
+
+    from agent.redis_store import Context
+    from agent.steps import Step
+
+    read_end, write_end = os.pipe()
+    try:
+        step = Step(cast(Context, None), "node/1", "t1", write_end)
+        for percent in (0, 5, 5, 5, 7, 130, 100):
+            step.set_progress(percent)
+        assert (
+            os.read(read_end, 4096)
+            == b"set-progress 0\nset-progress 5\nset-progress 7\nset-progress 100\n"
+        )
+    finally:
+        os.close(read_end)
+        os.close(write_end)
