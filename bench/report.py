@@ -18,6 +18,12 @@ def _verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
+def _paired(paired: dict[str, float] | None) -> str:
+    if not paired:  # results written before the paired reading existed
+        return ""
+    return f" (per repetition {paired['median']:.2f} [{paired['min']:.2f}–{paired['max']:.2f}])"
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     rows = ["| item | figure | target | |", "|---|---|---|---|"]
     for key, label in (("full_backup", "full backup"), ("nochange_backup", "no-change backup")):
@@ -26,7 +32,8 @@ def render_markdown(results: dict[str, Any]) -> str:
             continue
         rows.append(
             f"| {label} | a raw {_s(item['a_raw_restic'])}; b NS8 {_s(item['b_ns8_sequence'])}; "
-            f"c agent {_s(item['c_agent'])}; c/a {item['c_over_a']:.2f}, "
+            f"c agent {_s(item['c_agent'])}; c/a {item['c_over_a']:.2f}"
+            f"{_paired(item.get('c_over_a_paired'))}, "
             f"c/b {item['c_over_b']:.2f}, c−a {item['c_minus_a']:+.2f} s | "
             + (
                 f"c/a ≤ 1.05 | {_verdict(item['c_over_a'] <= 1.05)} |"
@@ -40,7 +47,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     elif restore:
         rows.append(
             f"| restore | raw {_s(restore['raw_restic_restore'])}; agent "
-            f"{_s(restore['agent_restore_module'])}; ratio {restore['ratio']:.2f} | ratio ≤ 1.2 | "
+            f"{_s(restore['agent_restore_module'])}; ratio {restore['ratio']:.2f}"
+            f"{_paired(restore.get('ratio_paired'))} | ratio ≤ 1.2 | "
             f"{_verdict(restore['ratio'] <= 1.2)} |"
         )
     trips = results.get("round_trip")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +87,12 @@ def backups(bench: Bench) -> None:
             repo = bench.work / f"{system}{rep}"
             if system == "a":
                 raw.init(repo)
-                full["a"].samples.append(_timed(lambda r=repo: raw.backup(r, pages)))
-                again["a"].samples.append(_timed(lambda r=repo: raw.backup(r, pages)))
+                full["a"].samples.append(_timed(partial(raw.backup, repo, pages)))
+                again["a"].samples.append(_timed(partial(raw.backup, repo, pages)))
             elif system == "b":
                 raw.init(repo)
-                full["b"].samples.append(_timed(lambda r=repo: raw.ns8_sequence(r, pages)))
-                again["b"].samples.append(_timed(lambda r=repo: raw.ns8_sequence(r, pages)))
+                full["b"].samples.append(_timed(partial(raw.ns8_sequence, repo, pages)))
+                again["b"].samples.append(_timed(partial(raw.ns8_sequence, repo, pages)))
             else:
                 destination, password = cluster.add_destination(repo)
                 # An empty repository exists for (a) and (b) too: creating it is not timed.
@@ -118,9 +120,17 @@ def _abc(series: dict[str, Series]) -> dict[str, Any]:
         "b_ns8_sequence": series["b"].to_json(),
         "c_agent": series["c"].to_json(),
         "c_over_a": c / a,
+        "c_over_a_paired": _paired(series["c"], series["a"]),
         "c_over_b": c / b,
         "c_minus_a": c - a,
     }
+
+
+def _paired(mine: Series, theirs: Series) -> dict[str, float]:
+    """The ratio within each repetition (run minutes apart, so slow drift of the machine
+    cancels), its median and range: a second reading beside the ratio of medians."""
+    ratios = sorted(m / t for m, t in zip(mine.samples, theirs.samples, strict=True))
+    return {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1]}
 
 
 def restore(bench: Bench) -> None:
@@ -156,7 +166,7 @@ def _restore(bench: Bench) -> None:
                 argv += ["--env", "RESTIC_REPOSITORY=/repo", "-v", f"{module_repo}:/repo"]
                 argv += ["-v", f"{target}:/target", "localhost/backup-agent-restic:latest"]
                 argv += ["restore", "latest", "--target", "/target"]
-                plain.samples.append(_timed(lambda argv=argv: run(argv, env)))
+                plain.samples.append(_timed(partial(run, argv, env)))
                 shutil.rmtree(target)
             else:
                 data = {
@@ -182,6 +192,7 @@ def _restore(bench: Bench) -> None:
         "raw_restic_restore": plain.to_json(),
         "agent_restore_module": agent.to_json(),
         "ratio": agent.median / plain.median,
+        "ratio_paired": _paired(agent, plain),
     }
     shutil.rmtree(repo, ignore_errors=True)
 
@@ -235,7 +246,7 @@ def _in_process_trips(bench: Bench, calls: int) -> dict[str, Any]:
         series = Series(action)
         for _ in range(calls):
             request = tasks.TaskRequest("cluster", action, None)
-            series.samples.append(_timed(lambda r=request: tasks.run(redis, r, timeout=60)))
+            series.samples.append(_timed(partial(tasks.run, redis, request, timeout=60)))
         found[action] = {"p50": series.percentile(50), "p95": series.percentile(95)}
         bench.log(f"in-process {action}: p50 {series.percentile(50) * 1000:.0f} ms")
     return found
