@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from agent import redis_keys, tasks
-from agent.errors import AgentError
-from agent.redis_store import REDIS_ERRORS, Redis, connect
+from agent import redis_keys, resp, tasks
+from agent.errors import AgentError, RedisUnavailable
+from agent.redis_api import Redis, describe_url
 from agent.settings import load_settings
 
 
@@ -31,18 +31,26 @@ def guarded(prog: str, main: Callable[[], Any]) -> None:
         main()
     except AgentError as exc:
         fail(prog, str(exc), exc.exit_code)
-    except REDIS_ERRORS as exc:
+    except resp.RespConnectionError as exc:
         fail(prog, f"Redis connection failed: {exc}", 1)
+    except resp.RespError as exc:
+        fail(prog, f"Redis refused a command: {exc}", 1)
     except KeyboardInterrupt:
         fail(prog, "interrupted", 130)
 
 
 def client_redis() -> Redis:
+    """api-cli's own small client (agent/resp.py): redis-py would double a round trip."""
     url = os.environ.get("REDIS_URL")
     if not url:
         root = os.environ.get("AGENT_ROOT")
         url = load_settings(Path(root) if root else None).redis_url
-    return connect(url)
+    try:
+        return resp.client(url)
+    except resp.RespConnectionError as exc:
+        raise RedisUnavailable(f"cannot reach Redis at {describe_url(url)}: {exc}") from None
+    except resp.RespError as exc:  # NOAUTH, WRONGPASS: the URL's credentials
+        raise RedisUnavailable(f"Redis at {describe_url(url)} refused: {exc}") from None
 
 
 def read_data(data: str) -> Any:

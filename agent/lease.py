@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 
 from agent import redis_keys
-from agent.redis_store import Redis
+from agent.redis_api import Redis
 
 LEASE_SECONDS = 15
 HEARTBEAT_SECONDS = 5

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypeAlias
-from urllib.parse import urlsplit
 
 import redis
 
 from agent.errors import RedisUnavailable
+from agent.redis_api import Redis, describe_url
 from agent.settings import Settings
 
-# redis-py annotates every sync command as "Awaitable[T] | T" (its asyncio client shares the
-# stubs), so typed call sites would each need a cast; values are checked where they are used.
-Redis: TypeAlias = Any
-
-
-def describe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or parts.path or "?"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}"
+__all__ = ["REDIS_ERRORS", "Context", "Redis", "connect", "connect_binary", "describe_url"]
 
 
 def connect(url: str, *, check: bool = True, timeout: float = 5.0) -> Redis:

@@ -12,7 +12,7 @@ from typing import Any
 
 from agent import lease, redis_keys
 from agent.errors import AgentError, AgentNotRunning, UnknownAgent
-from agent.redis_store import REDIS_ERRORS, Redis
+from agent.redis_api import Redis, connection_errors
 
 TERMINAL = ("completed", "aborted", "validation-failed")
 ProgressHandler = Callable[[str, int], None]
@@ -137,7 +137,7 @@ class TaskWatcher:
     def _poll(self, on_progress: ProgressHandler | None) -> TaskResult | None:
         try:
             message = self.pubsub.get_message(timeout=2.0)
-        except REDIS_ERRORS:
+        except connection_errors():
             time.sleep(1.0)
             message = None
         if message is not None:
