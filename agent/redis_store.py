@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import redis
 
 from agent.errors import RedisUnavailable
-from agent.redis_api import Redis, describe_url
+from agent.redis_api import Redis, connection_errors, describe_url
 from agent.settings import Settings
 
-__all__ = ["REDIS_ERRORS", "Context", "Redis", "connect", "connect_binary", "describe_url"]
+__all__ = ["REDIS_ERRORS", "Context", "Redis", "connect", "connect_binary"]
 
 
 def connect(url: str, *, check: bool = True, timeout: float = 5.0) -> Redis:
@@ -47,4 +47,5 @@ class Context:
         return cls(settings=settings, redis=connect(settings.redis_url))
 
 
-REDIS_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+# redis-py is loaded here, so this names its connection errors too (one definition).
+REDIS_ERRORS: tuple[type[Exception], ...] = connection_errors()
