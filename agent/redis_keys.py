@@ -120,6 +120,12 @@ def backup_status(node_id: int, backup_id: int) -> str:
 BACKUP_STATUS_PATTERN = "node/*/backup_status/*"
 
 
+def snapshot_environments(node_id: int) -> str:
+    """Hash: snapshot id → JSON {repository, path, time, environment} of the snapshots
+    this node's backups wrote; a restore of one of them learns its image from here."""
+    return f"node/{node_id}/snapshot_environment"
+
+
 def module_backup_lock(module_id: str) -> str:
     """Held while a module is being backed up: one backup of a module at a time."""
     return f"module/{module_id}/backup_lock"

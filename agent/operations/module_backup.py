@@ -14,14 +14,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agent import locks, podman, proc, redis_keys, restic
+from agent import locks, podman, proc, redis_keys, restic, snapshot_environments
 from agent.agentenv import agent_environment
 from agent.backup_status import ModuleStatus, Outcome
 from agent.destinations import Destination, local_directory, restic_target
 from agent.errors import AgentError
 from agent.operations.modules import image_name
 from agent.reachability import unreachable_reason
-from agent.redis_store import Context, connect_binary
+from agent.redis_store import REDIS_ERRORS, Context, connect_binary
 from agent.volumes import backup_layout
 
 log = logging.getLogger("agent.backup")
@@ -218,6 +218,8 @@ class ModuleBackup:
         target = restic_target(self.job.destination, path)
         password = self.job.destination.password
         labels = dump_labels(self.ctx, self.module_id, settings.state_dir(agent_id))
+        environment_file = settings.state_dir(agent_id) / "environment"
+        environment = _read_text(environment_file)
         args = restic.backup_args(
             [*layout.paths, *labels],
             files_from=layout.files_from,
@@ -250,6 +252,8 @@ class ModuleBackup:
                     result = self._restic_backup(target, password, args, layout.mounts, podman_env)
                 outcome = self._classify(result)
             new_id = str(result.summary.get("snapshot_id", ""))
+            if new_id and "state/environment" not in result.unreadable:
+                self._remember_environment(new_id, path, environment, environment_file)
             kept = self._retention(target, password, podman_env, earlier.before(new_id))
         summary = result.summary
         return ModuleStatus(
@@ -270,6 +274,25 @@ class ModuleBackup:
             unreadable=tuple(result.unreadable),
             last_success=int(time.time()),
         )
+
+    def _remember_environment(
+        self, snapshot_id: str, path: str, before: str, environment_file: Path
+    ) -> None:
+        """Record the environment the new snapshot holds: the bytes read before the backup,
+        when the file still has them after it (a change in between leaves no record)."""
+        if not before or _read_text(environment_file) != before:
+            return
+        try:
+            snapshot_environments.record(
+                self.ctx.redis,
+                self.ctx.settings.node_id,
+                snapshot_id,
+                self.job.destination.id,
+                path,
+                before,
+            )
+        except REDIS_ERRORS as exc:  # the snapshot is made; a restore will read it instead
+            log.warning("%s: snapshot %s not recorded: %s", self.module_id, snapshot_id, exc)
 
     def _unlock_after_crash(
         self, target: restic.ResticTarget, password: str, podman_env: dict[str, str]
@@ -386,7 +409,9 @@ class ModuleBackup:
         done = restic.run(target, password, args, podman_env=podman_env, timeout=3600)
         if done.returncode != 0:
             raise StepFailed(f"retention failed: {_tail(done.error_text)}")
-        return count_kept(done.text)
+        kept, removed = forget_result(done.text)
+        snapshot_environments.forget(self.ctx.redis, self.ctx.settings.node_id, removed)
+        return kept
 
 
 def local_snapshot_files(destination: Destination, path: str) -> int | None:
@@ -439,16 +464,32 @@ class _Result:
     unreadable: list[str] = field(default_factory=list)
 
 
-def count_kept(forget_output: str) -> int:
-    """Snapshots kept, from `forget --json` (one JSON array line among prune's text)."""
+def forget_result(forget_output: str) -> tuple[int, list[str]]:
+    """(snapshots kept, ids removed), from `forget --json` (one JSON array line among
+    prune's text)."""
     for line in forget_output.splitlines():
         if line.startswith("["):
             try:
                 groups = json.loads(line)
             except ValueError:
                 continue
-            return sum(len(group.get("keep") or []) for group in groups if isinstance(group, dict))
-    return 0
+            groups = [group for group in groups if isinstance(group, dict)]
+            kept = sum(len(group.get("keep") or []) for group in groups)
+            removed = [
+                str(item.get("id", ""))
+                for group in groups
+                for item in group.get("remove") or []
+                if isinstance(item, dict) and item.get("id")
+            ]
+            return kept, removed
+    return 0, []
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def explain_restic_failure(code: int, stderr: str) -> str:

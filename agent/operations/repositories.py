@@ -29,7 +29,7 @@ from agent.operations.restore_source import (
     check_reachable,
     explain_read_failure,
     open_repository,
-    read_environment,
+    snapshot_environment,
 )
 from agent.redis_store import Context
 from agent.steps import Step
@@ -237,7 +237,8 @@ def determine_restore_eligibility(step: Step, request: SnapshotRequest) -> dict[
     runs is eligible, as NS8 does for an image it cannot find."""
     redis = step.ctx.redis
     repository = open_repository(redis, request.repository, request.path)
-    environment = read_environment(repository, request.snapshot, step.ctx.settings.podman_env())
+    podman_env = step.ctx.settings.podman_env()
+    environment = snapshot_environment(redis, repository, request.snapshot, podman_env)
     image_url = environment["IMAGE_URL"]
     name = image_name(image_url)
     counts: dict[str, int] = {}

@@ -14,7 +14,7 @@ from agent import redis_keys, tasks
 from agent.errors import ActionFailed, AgentError, validation_error
 from agent.models import RestoreModuleRequest, RestoreModulesRequest
 from agent.operations.modules import install_module, remove_module_everywhere, run_subtask
-from agent.operations.restore_source import open_repository, read_environment
+from agent.operations.restore_source import open_repository, snapshot_environment
 from agent.redis_store import Redis
 from agent.steps import Step
 
@@ -66,7 +66,8 @@ def restore_whole(
     if not redis.sismember(redis_keys.CLUSTER_NODES, job.node):
         raise validation_error("node", "node_not_found", job.node)
     repository = open_repository(redis, job.repository, job.path)
-    environment = read_environment(repository, job.snapshot, step.ctx.settings.podman_env())
+    podman_env = step.ctx.settings.podman_env()
+    environment = snapshot_environment(redis, repository, job.snapshot, podman_env)
     step.set_progress(at(2))
     image_url = environment["IMAGE_URL"]
     source_uuid = environment.get("MODULE_UUID") or repository.path.uuid

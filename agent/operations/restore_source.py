@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from agent import locks, redis_keys, restic
+from agent import locks, redis_keys, restic, snapshot_environments
 from agent.destinations import Destination, load_destination, restic_target
 from agent.errors import ActionFailed, DestinationNotFound, validation_error
 from agent.operations.module_backup import explain_restic_failure
@@ -125,6 +125,22 @@ def read_environment(
     environment = parse_environment(done.text)
     if not environment.get("IMAGE_URL"):
         raise ActionFailed(f"the snapshot of {repository.path.path} names no IMAGE_URL")
+    return environment
+
+
+def snapshot_environment(
+    redis: Redis, repository: Repository, snapshot: str, podman_env: Mapping[str, str]
+) -> dict[str, str]:
+    """The module's state/environment in the snapshot: from the record the node that wrote
+    the snapshot left, else read from the repository."""
+    text = snapshot_environments.lookup(
+        redis, repository.destination.id, repository.path.path, snapshot
+    )
+    environment = parse_environment(text) if text else {}
+    if not environment.get("IMAGE_URL"):
+        return read_environment(repository, snapshot, podman_env)
+    check_reachable(repository)  # as reading it would have: fail before installing
+    log.info("%s@%s: environment from this cluster's backup record", repository.path, snapshot)
     return environment
 
 

@@ -1,0 +1,74 @@
+"""The cluster's own record of what environment each snapshot it wrote holds.
+
+A whole restore must know the module's image before it can install the module, and the
+image is in the snapshot's state/environment. Reading it back costs a restic run (a
+container and restic's key derivation, ~0.7 s). The node that wrote the snapshot already
+had those bytes: it records them under the snapshot id, and a restore by that id reads
+them from Redis. Snapshot ids are hashes of what restic stored, so an id names one
+snapshot; `latest`, or an id the cluster did not write, still reads the snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Iterable
+
+from agent import redis_keys
+from agent.redis_api import Redis
+
+log = logging.getLogger("agent.snapshots")
+MAX_RECORDS = 1000  # per node; the oldest go first
+SNAPSHOT_ID = re.compile(r"[0-9a-f]{8,64}")
+
+
+def record(
+    redis: Redis, node_id: int, snapshot_id: str, repository: str, path: str, text: str
+) -> None:
+    key = redis_keys.snapshot_environments(node_id)
+    entry = {"repository": repository, "path": path, "time": time.time(), "environment": text}
+    redis.hset(key, snapshot_id, json.dumps(entry))
+    if redis.hlen(key) > MAX_RECORDS:
+        _trim(redis, key)
+
+
+def _trim(redis: Redis, key: str) -> None:
+    def written(item: tuple[str, str]) -> float:
+        try:
+            return float(json.loads(item[1]).get("time", 0))
+        except (ValueError, AttributeError):
+            return 0.0
+
+    entries = sorted(redis.hgetall(key).items(), key=written)
+    excess = [snapshot_id for snapshot_id, _ in entries[: len(entries) - MAX_RECORDS]]
+    if excess:
+        redis.hdel(key, *excess)
+
+
+def forget(redis: Redis, node_id: int, snapshot_ids: Iterable[str]) -> None:
+    """Snapshots retention removed: a restore of them must fail on reading, not install."""
+    ids = list(snapshot_ids)
+    if ids:
+        redis.hdel(redis_keys.snapshot_environments(node_id), *ids)
+
+
+def lookup(redis: Redis, repository: str, path: str, snapshot: str) -> str | None:
+    """The recorded state/environment text of the one snapshot of repository/path whose id
+    is, or starts with, snapshot; None when there is no such record or more than one."""
+    if not SNAPSHOT_ID.fullmatch(snapshot):
+        return None  # 'latest', '' and short prefixes: only restic can tell which it is
+    found: dict[str, str] = {}
+    for node in redis.smembers(redis_keys.CLUSTER_NODES):
+        key = redis_keys.snapshot_environments(int(node))
+        for snapshot_id, text in redis.hscan_iter(key, match=f"{snapshot}*"):
+            try:
+                entry = json.loads(text)
+            except ValueError:
+                continue
+            if entry.get("repository") == repository and entry.get("path") == path:
+                found[snapshot_id] = str(entry.get("environment", ""))
+    if len(found) != 1:
+        return None
+    return next(iter(found.values()))

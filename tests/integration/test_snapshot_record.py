@@ -1,0 +1,114 @@
+"""The record of each snapshot's environment that backups leave, and restores that use it
+instead of reading the environment back with a restic run of its own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import redis
+
+from agent import redis_keys, snapshot_environments
+from agent.redis_store import connect
+from agent.verify_restore import verify
+from tests.support import backups
+from tests.support.cluster import ClusterHarness
+
+ENVIRONMENT = "IMAGE_URL=localhost/minwiki:latest\nMODULE_UUID=u1\n"
+
+
+def test_lookup_names_one_snapshot_of_one_repository_path(redis_client: redis.Redis) -> None:
+    redis_client.sadd(redis_keys.CLUSTER_NODES, 1, 2)
+    first, second = "ab12cd34" + "0" * 56, "ab12cd99" + "1" * 56
+    snapshot_environments.record(redis_client, 1, first, "dest", "minwiki/u1", ENVIRONMENT)
+    snapshot_environments.record(redis_client, 2, second, "dest", "minwiki/u1", "IMAGE_URL=x\n")
+
+    def lookup(snapshot: str, repository: str = "dest", path: str = "minwiki/u1") -> str | None:
+        return snapshot_environments.lookup(redis_client, repository, path, snapshot)
+
+    assert lookup(first) == ENVIRONMENT
+    assert lookup("ab12cd34") == ENVIRONMENT  # a prefix, recorded by node 1
+    assert lookup("ab12cd99") == "IMAGE_URL=x\n"  # recorded by node 2
+    assert lookup("ab12cd") is None  # too short to trust
+    assert lookup("ab12cd3") is None and lookup("ab12cd*") is None
+    redis_client.hset(
+        redis_keys.snapshot_environments(1),
+        "ab12cd99" + "2" * 56,
+        json.dumps({"repository": "dest", "path": "minwiki/u1", "environment": "IMAGE_URL=y\n"}),
+    )
+    assert lookup("ab12cd99") is None  # two recorded snapshots start so: restic must choose
+    assert lookup("", "dest") is None and lookup("latest") is None
+    assert lookup(first, repository="other") is None
+    assert lookup(first, path="minwiki/u2") is None
+    snapshot_environments.forget(redis_client, 1, [first, "0" * 64])
+    assert lookup(first) is None
+
+
+def test_the_record_keeps_the_newest(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(snapshot_environments, "MAX_RECORDS", 3)
+    ids = [f"{n:064x}" for n in range(5)]
+    for snapshot_id in ids:
+        snapshot_environments.record(redis_client, 1, snapshot_id, "d", "p", ENVIRONMENT)
+    assert sorted(redis_client.hkeys(redis_keys.snapshot_environments(1))) == ids[2:]
+
+
+@pytest.fixture
+def audited(cluster: ClusterHarness, tmp_path: Path) -> tuple[ClusterHarness, Path]:
+    """The one-node cluster, its daemon restarted to log every argv it runs."""
+    argv_log = tmp_path / "argv.log"
+    cluster.nodes[1].stop()
+    cluster.nodes[1].extra_env["AGENT_ARGV_LOG"] = str(argv_log)
+    cluster.nodes[1].start()
+    return cluster, argv_log
+
+
+@pytest.mark.podman
+def test_a_restore_by_id_of_a_snapshot_this_cluster_took_reads_no_environment_back(
+    audited: tuple[ClusterHarness, Path],
+    redis_client: redis.Redis,
+    minwiki_image: str,
+    restic_image: str,
+    tmp_path: Path,
+) -> None:
+    cluster, argv_log = audited
+    wiki = cluster.api_ok("add-module", {"image": minwiki_image, "node": 1})["module_id"]
+    target = tmp_path / "dest"
+    target.mkdir()
+    destination = backups.add_destination(redis_client, "local", f"local:{target}")
+    backups.add_backup(redis_client, 1, destination, [wiki], retention=1)
+    path = f"minwiki/{redis_client.hget('cluster/module_uuid', wiki)}"
+    cluster.api_ok("run-backup", {"id": 1})
+    first = backups.status(redis_client, 1, 1, wiki)["snapshot_id"]
+    recorded = json.loads(str(redis_client.hget(redis_keys.snapshot_environments(1), first)))
+    assert (recorded["repository"], recorded["path"]) == (destination, path)
+    dumped = backups.restic(target / path, "dump", first, "/state/environment").stdout
+    assert recorded["environment"] == dumped  # the very bytes the snapshot holds
+
+    def restored_with_dumps(snapshot: str) -> tuple[str, int]:
+        argv_log.unlink(missing_ok=True)
+        request = {"node": 1, "repository": destination, "path": path, "snapshot": snapshot}
+        module_id = cluster.api_ok("cluster/restore-module", request)["module_id"]
+        commands = [json.loads(line) for line in argv_log.read_text().splitlines()]
+        dumps = [argv for argv in commands if argv[:2] == ["podman", "run"] and "dump" in argv]
+        report = verify(connect(cluster.redis_url), {1: cluster.nodes[1].settings}, wiki, module_id)
+        assert report["ok"], report["differences"]
+        return module_id, len(dumps)
+
+    copy, dumps = restored_with_dumps(first[:12])
+    assert dumps == 0
+    cluster.api_ok("remove-module", {"module_id": copy})
+    # No record (a snapshot of another cluster, say): the environment is read back.
+    redis_client.hdel(redis_keys.snapshot_environments(1), first)
+    copy, dumps = restored_with_dumps(first)
+    assert dumps == 1
+    cluster.api_ok("remove-module", {"module_id": copy})
+
+    # Retention forgets the first snapshot, and its record with it.
+    snapshot_environments.record(redis_client, 1, first, destination, path, dumped)
+    cluster.api_ok("run-backup", {"id": 1})
+    second = backups.status(redis_client, 1, 1, wiki)["snapshot_id"]
+    assert [s["id"] for s in backups.snapshots(target / path)] == [second]
+    assert redis_client.hkeys(redis_keys.snapshot_environments(1)) == [second]
