@@ -83,6 +83,14 @@ class TaskRun:
         self.cancelled = threading.Event()
         self._lock = threading.Lock()
         self._child: StepProcess | None = None
+        self._reported = -1
+
+    def _report(self, percent: int, *, always: bool = True) -> None:
+        """Progress to on_progress; a step's set-progress only when the figure changed
+        (each publish wakes every process waiting on the task)."""
+        if always or percent != self._reported:
+            self._reported = percent
+            self.on_progress("running", percent)
 
     def cancel(self) -> None:
         """SIGTERM to the running step's whole process group; no later step starts."""
@@ -108,7 +116,7 @@ class TaskRun:
         stdin_bytes = json.dumps(self.data).encode()
         output: list[bytes] = []
         errors: list[bytes] = []
-        self.on_progress("running", 0)
+        self._report(0)
         for name, path in steps:
             if self.cancelled.is_set():
                 errors.append(b"task cancelled\n")
@@ -123,7 +131,7 @@ class TaskRun:
                     errors.append(b"task cancelled\n")
                 return self._outcome(output, errors, code, "aborted")
             progress.update(name, 100)
-            self.on_progress("running", progress.percent)
+            self._report(progress.percent)
         return self._outcome(output, errors, 0, "completed")
 
     def _outcome(
@@ -202,7 +210,7 @@ class TaskRun:
         while open_streams:
             events = selector.select(timeout=HEARTBEAT_SECONDS)
             if not events:
-                self.on_progress("running", progress.percent)
+                self._report(progress.percent)  # a heartbeat, changed or not
                 continue
             for key, _ in events:
                 chunk = os.read(key.fd, 65536)
@@ -252,7 +260,7 @@ class TaskRun:
         try:
             if words[0] == "set-progress" and len(words) == 2:
                 progress.update(step, int(float(words[1])))
-                self.on_progress("running", progress.percent)
+                self._report(progress.percent, always=False)
             elif words[0] == "set-weight" and len(words) == 3:
                 progress.set_weight(words[1], int(words[2]))
         except ValueError:

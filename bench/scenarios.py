@@ -45,6 +45,7 @@ class Bench:
 
     def sampled(self, action: Callable[[], object]) -> float:
         os.sync()
+        _wait_for_idle_cpus()
         with RssSampler(self.cluster.daemon_pid()) as sampler:
             seconds = _timed(action)
         self.rss_peak_kib = max(self.rss_peak_kib, sampler.peak_kib)
@@ -59,15 +60,45 @@ def _timed(action: Callable[[], object]) -> float:
 
 
 def _settled(action: Callable[[], object]) -> float:
-    """_timed, once the dirty pages earlier runs left (a repository is ~600 MiB written)
-    are on disk: their writeback would otherwise land on whichever run comes next."""
+    """_timed, once what earlier runs left behind is done: their dirty pages (a repository
+    is ~600 MiB written) are on disk and the CPUs are idle again (podman cleans up after a
+    container in the background). Both would otherwise land on whichever run comes next."""
     os.sync()
+    _wait_for_idle_cpus()
     return _timed(action)
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _wait_for_idle_cpus(busy_below: float = 0.1, window: float = 0.2, limit: float = 3.0) -> None:
+    """Until a window of CPU time is under busy_below busy, or limit seconds have passed
+    (a machine shared with others may never be that quiet)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        busy, total = _cpu_times()
+        time.sleep(window)
+        busy2, total2 = _cpu_times()
+        if total2 > total and (busy2 - busy) / (total2 - total) < busy_below:
+            return
 
 
 def _rotate(items: list[str], by: int) -> list[str]:
     by %= len(items)
     return items[by:] + items[:by]
+
+
+def _order(items: list[str], rep: int) -> list[str]:
+    """The systems' order in repetition rep: rotations of items, then of items reversed.
+    Over 2 × len(items) repetitions each system runs right after each other one equally
+    often (for 3 systems: abc bca cab cba bac acb), so none keeps inheriting the
+    aftermath of a heavier one."""
+    turn = rep % (2 * len(items))
+    return _rotate(items if turn < len(items) else items[::-1], turn)
 
 
 def setup_module(bench: Bench) -> None:
@@ -92,7 +123,7 @@ def backups(bench: Bench) -> None:
     raw.backup(scratch, pages)
     shutil.rmtree(scratch)
     for rep in range(bench.repeat):
-        for system in _rotate(["a", "b", "c"], rep):
+        for system in _order(["a", "b", "c"], rep):
             repo = bench.work / f"{system}{rep}"
             if system == "a":
                 raw.init(repo)
@@ -172,7 +203,7 @@ def _restore(bench: Bench) -> None:
     env = raw.env | {"RESTIC_PASSWORD": password}
     series = {name: Series(name) for name in ("raw", "agent", "agent_latest")}
     for rep in range(bench.repeat):
-        for system in _rotate(list(series), rep):
+        for system in _order(list(series), rep):
             if system == "raw":
                 target = bench.work / f"restored{rep}"
                 target.mkdir(parents=True)
