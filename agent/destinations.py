@@ -6,8 +6,10 @@ target, which reaches the container by variable name only (see agent.restic).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from agent import rclone, redis_keys
@@ -109,6 +111,21 @@ def s3_options(destination: Destination) -> dict[str, str]:
 
 def local_directory(destination: Destination) -> str:
     return "/" + url_body(destination.url).strip("/")
+
+
+def local_snapshot_names(destination: Destination, path: str) -> list[str] | None:
+    """The files in the `snapshots/` directory of the local repository at path (one per
+    snapshot, named by its id; none when the repository does not exist yet); None for a
+    destination the host cannot read."""
+    if destination.provider != "local":
+        return None
+    snapshots = Path(local_directory(destination), path, "snapshots")
+    try:
+        return sorted(entry.name for entry in os.scandir(snapshots) if entry.is_file())
+    except FileNotFoundError:
+        return []
+    except OSError:
+        return None
 
 
 def destination_volumes(destination: Destination) -> tuple[tuple[str, str], ...]:

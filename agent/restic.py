@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from agent import proc
@@ -168,6 +170,18 @@ def parse_json_lines(text: str) -> Iterator[dict[str, Any]]:
                 continue
             if isinstance(value, dict):
                 yield value
+
+
+_NANOSECONDS = re.compile(r"(\.\d{6})\d+")
+
+
+def parse_time(text: str) -> float:
+    """restic's RFC 3339 time (nanoseconds, Z or an offset) → seconds since the epoch;
+    ValueError for anything else."""
+    moment = datetime.fromisoformat(_NANOSECONDS.sub(r"\1", text.strip()).replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"no time zone in {text!r}")
+    return moment.timestamp()
 
 
 # restic's --json progress comes 60 times a second by default; each message wakes the

@@ -5,7 +5,9 @@ image is in the snapshot's state/environment. Reading it back costs a restic run
 container and restic's key derivation, ~0.7 s). The node that wrote the snapshot already
 had those bytes: it records them under the snapshot id, and a restore by that id reads
 them from Redis. Snapshot ids are hashes of what restic stored, so an id names one
-snapshot; `latest`, or an id the cluster did not write, still reads the snapshot.
+snapshot. `latest` is the snapshot with the newest time in the repository: the record
+says which when it holds every snapshot the repository lists, with restic's own time
+for each. Otherwise the restore reads the file from the repository.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
-from agent import redis_keys
+from agent import redis_keys, restic
 from agent.redis_api import Redis
 
 log = logging.getLogger("agent.snapshots")
@@ -25,10 +27,23 @@ SNAPSHOT_ID = re.compile(r"[0-9a-f]{8,64}")
 
 
 def record(
-    redis: Redis, node_id: int, snapshot_id: str, repository: str, path: str, text: str
+    redis: Redis,
+    node_id: int,
+    snapshot_id: str,
+    repository: str,
+    path: str,
+    text: str,
+    snapshot_time: str = "",
 ) -> None:
+    """snapshot_time: restic's time of the snapshot (the backup summary's backup_start)."""
     key = redis_keys.snapshot_environments(node_id)
-    entry = {"repository": repository, "path": path, "time": time.time(), "environment": text}
+    entry = {
+        "repository": repository,
+        "path": path,
+        "time": time.time(),
+        "snapshot_time": snapshot_time,
+        "environment": text,
+    }
     redis.hset(key, snapshot_id, json.dumps(entry))
     if redis.hlen(key) > MAX_RECORDS:
         _trim(redis, key)
@@ -72,3 +87,37 @@ def lookup(redis: Redis, repository: str, path: str, snapshot: str) -> str | Non
     if len(found) != 1:
         return None
     return next(iter(found.values()))
+
+
+def newest(
+    redis: Redis, repository: str, path: str, snapshot_ids: Collection[str]
+) -> tuple[str, str] | None:
+    """(id, environment text) of restic's `latest` among snapshot_ids, every snapshot the
+    repository holds, when each of them is recorded with its time; else None."""
+    ids = sorted(set(snapshot_ids))
+    if not ids:
+        return None
+    found: dict[str, tuple[float, str]] = {}
+    for node in redis.smembers(redis_keys.CLUSTER_NODES):
+        texts = redis.hmget(redis_keys.snapshot_environments(int(node)), ids)
+        for snapshot_id, text in zip(ids, texts, strict=True):
+            entry = _entry(text)
+            if entry.get("repository") != repository or entry.get("path") != path:
+                continue
+            try:
+                when = restic.parse_time(str(entry.get("snapshot_time", "")))
+            except ValueError:
+                continue
+            found[snapshot_id] = (when, str(entry.get("environment", "")))
+    if len(found) != len(ids):
+        return None  # a snapshot the cluster did not write (or not with its time)
+    latest = max(ids, key=lambda snapshot_id: found[snapshot_id][0])
+    return latest, found[latest][1]
+
+
+def _entry(text: str | None) -> dict[str, object]:
+    try:
+        entry = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return entry if isinstance(entry, dict) else {}

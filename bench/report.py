@@ -51,13 +51,17 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"{_paired(restore.get('ratio_paired'))} | ratio ≤ 1.2 | "
             f"{_verdict(restore['ratio'] <= 1.2)} |"
         )
-        if "ratio_latest" in restore:
-            rows.append(
-                f"| restore of `latest` (environment read back) | agent "
-                f"{_s(restore['agent_restore_module_latest'])}; ratio "
-                f"{restore['ratio_latest']:.2f}{_paired(restore.get('ratio_latest_paired'))} "
-                f"| ratio ≤ 1.2 | {_verdict(restore['ratio_latest'] <= 1.2)} |"
-            )
+        for key, label in (
+            ("latest", "restore of `latest`"),
+            ("unrecorded", "restore of a snapshot with no record (environment read back)"),
+        ):
+            if f"ratio_{key}" in restore:
+                ratio = restore[f"ratio_{key}"]
+                rows.append(
+                    f"| {label} | agent {_s(restore[f'agent_restore_module_{key}'])}; ratio "
+                    f"{ratio:.2f}{_paired(restore.get(f'ratio_{key}_paired'))} "
+                    f"| ratio ≤ 1.2 | {_verdict(ratio <= 1.2)} |"
+                )
     trips = results.get("round_trip")
     if trips:
         for name in ("list-actions", "noop_step", "list-backups"):

@@ -183,8 +183,14 @@ def restore(bench: Bench) -> None:
 
 
 def _restore(bench: Bench) -> None:
-    """By snapshot id, as the UI asks after listing the snapshots, and by `latest`, which
-    makes the agent read the snapshot's environment back (one more restic run)."""
+    """By snapshot id, as the UI asks after listing the snapshots; by `latest`; and by id
+    of a snapshot the cluster has no record of (another cluster's, say: the record is
+    removed before each run), which makes the agent read the environment back."""
+    from agent import redis_keys
+    from agent.redis_store import connect
+    from agent.settings import load_settings
+
+    redis = connect(load_settings(bench.cluster.root).redis_url)
     cluster, raw = bench.cluster, bench.raw
     actions = VENV_BIN.parent.parent / "actions" / "cluster" / "restore-module"
     if not actions.is_dir():
@@ -199,9 +205,10 @@ def _restore(bench: Bench) -> None:
     path = f"minwiki/{uuid}"
     [listed] = cluster.api("read-backup-snapshots", {"repository": destination, "path": path})
     snapshot = str(listed["id"])
+    record = redis.hgetall(redis_keys.snapshot_environments(1))
     module_repo = repo / path
     env = raw.env | {"RESTIC_PASSWORD": password}
-    series = {name: Series(name) for name in ("raw", "agent", "agent_latest")}
+    series = {name: Series(name) for name in ("raw", "agent", "agent_latest", "unrecorded")}
     for rep in range(bench.repeat):
         for system in _order(list(series), rep):
             if system == "raw":
@@ -218,8 +225,12 @@ def _restore(bench: Bench) -> None:
                     "node": 1,
                     "repository": destination,
                     "path": path,
-                    "snapshot": snapshot if system == "agent" else "",
+                    "snapshot": "" if system == "agent_latest" else snapshot,
                 }
+                if system == "unrecorded":
+                    redis.delete(redis_keys.snapshot_environments(1))
+                else:
+                    redis.hset(redis_keys.snapshot_environments(1), mapping=record)
                 output: dict[str, Any] = {}
 
                 def restore_module(
@@ -232,7 +243,8 @@ def _restore(bench: Bench) -> None:
                 if restored:
                     cluster.api("remove-module", {"module_id": restored})
             bench.log(f"restore rep {rep} {system}: {series[system].samples[-1]:.2f}s")
-    plain, agent, latest = series["raw"], series["agent"], series["agent_latest"]
+    plain, agent = series["raw"], series["agent"]
+    latest, unrecorded = series["agent_latest"], series["unrecorded"]
     bench.results["restore"] = {
         "raw_restic_restore": plain.to_json(),
         "agent_restore_module": agent.to_json(),
@@ -241,6 +253,9 @@ def _restore(bench: Bench) -> None:
         "agent_restore_module_latest": latest.to_json(),
         "ratio_latest": latest.median / plain.median,
         "ratio_latest_paired": _paired(latest, plain),
+        "agent_restore_module_unrecorded": unrecorded.to_json(),
+        "ratio_unrecorded": unrecorded.median / plain.median,
+        "ratio_unrecorded_paired": _paired(unrecorded, plain),
     }
     shutil.rmtree(repo, ignore_errors=True)
 

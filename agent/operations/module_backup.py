@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import threading
 import time
@@ -17,7 +16,7 @@ from typing import Any
 from agent import locks, podman, proc, redis_keys, restic, snapshot_environments
 from agent.agentenv import agent_environment
 from agent.backup_status import ModuleStatus, Outcome
-from agent.destinations import Destination, local_directory, restic_target
+from agent.destinations import Destination, local_snapshot_names, restic_target
 from agent.errors import AgentError
 from agent.operations.modules import image_name
 from agent.reachability import unreachable_reason
@@ -253,7 +252,10 @@ class ModuleBackup:
                 outcome = self._classify(result)
             new_id = str(result.summary.get("snapshot_id", ""))
             if new_id and "state/environment" not in result.unreadable:
-                self._remember_environment(new_id, path, environment, environment_file)
+                snapshot_time = str(result.summary.get("backup_start", ""))
+                self._remember_environment(
+                    new_id, snapshot_time, path, environment, environment_file
+                )
             kept = self._retention(target, password, podman_env, earlier.before(new_id))
         summary = result.summary
         return ModuleStatus(
@@ -276,7 +278,7 @@ class ModuleBackup:
         )
 
     def _remember_environment(
-        self, snapshot_id: str, path: str, before: str, environment_file: Path
+        self, snapshot_id: str, snapshot_time: str, path: str, before: str, environment_file: Path
     ) -> None:
         """Record the environment the new snapshot holds: the bytes read before the backup,
         when the file still has them after it (a change in between leaves no record)."""
@@ -290,6 +292,7 @@ class ModuleBackup:
                 self.job.destination.id,
                 path,
                 before,
+                snapshot_time,
             )
         except REDIS_ERRORS as exc:  # the snapshot is made; a restore will read it instead
             log.warning("%s: snapshot %s not recorded: %s", self.module_id, snapshot_id, exc)
@@ -366,7 +369,7 @@ class ModuleBackup:
         if self._known_count is not None:
             yield count
             return
-        if local_snapshot_files(self.job.destination, path) == 0:
+        if local_snapshot_names(self.job.destination, path) == []:
             count.ids = []
             yield count
             return
@@ -412,20 +415,6 @@ class ModuleBackup:
         kept, removed = forget_result(done.text)
         snapshot_environments.forget(self.ctx.redis, self.ctx.settings.node_id, removed)
         return kept
-
-
-def local_snapshot_files(destination: Destination, path: str) -> int | None:
-    """How many snapshot files the local repository at path holds, of every backup and
-    host (0 when it does not exist yet); None for a destination the host cannot read."""
-    if destination.provider != "local":
-        return None
-    snapshots = Path(local_directory(destination), path, "snapshots")
-    try:
-        return sum(1 for entry in os.scandir(snapshots) if entry.is_file())
-    except FileNotFoundError:
-        return 0  # no repository yet: this run creates it
-    except OSError:
-        return None
 
 
 class _Count:

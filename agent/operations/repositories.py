@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import re
 import tempfile
 import urllib.error
 import urllib.request
@@ -38,13 +37,11 @@ log = logging.getLogger("agent.restore")
 LIST_MOUNT = "/srv/listing"
 # Only what discovery needs: each repository's config and the metadata beside it.
 LIST_FILTERS = ("--include=/*/*/config", "--include=/*/*.json", "--max-depth=3")
-_FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
 def epoch(timestamp: str) -> int:
-    """restic's RFC 3339 time (nanoseconds, any offset) → seconds since the epoch."""
-    text = _FRACTION.sub(r"\1", timestamp.strip()).replace("Z", "+00:00")
-    return int(datetime.fromisoformat(text).timestamp())
+    """restic's RFC 3339 time → whole seconds since the epoch."""
+    return int(restic.parse_time(timestamp))
 
 
 # --- read-backup-repositories ------------------------------------------------------------
@@ -238,7 +235,7 @@ def determine_restore_eligibility(step: Step, request: SnapshotRequest) -> dict[
     redis = step.ctx.redis
     repository = open_repository(redis, request.repository, request.path)
     podman_env = step.ctx.settings.podman_env()
-    environment = snapshot_environment(redis, repository, request.snapshot, podman_env)
+    _, environment = snapshot_environment(redis, repository, request.snapshot, podman_env)
     image_url = environment["IMAGE_URL"]
     name = image_name(image_url)
     counts: dict[str, int] = {}

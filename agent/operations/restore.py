@@ -7,7 +7,7 @@ import logging
 import signal
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from agent import redis_keys, tasks
@@ -67,7 +67,8 @@ def restore_whole(
         raise validation_error("node", "node_not_found", job.node)
     repository = open_repository(redis, job.repository, job.path)
     podman_env = step.ctx.settings.podman_env()
-    environment = snapshot_environment(redis, repository, job.snapshot, podman_env)
+    snapshot, environment = snapshot_environment(redis, repository, job.snapshot, podman_env)
+    job = replace(job, snapshot=snapshot)
     step.set_progress(at(2))
     image_url = environment["IMAGE_URL"]
     source_uuid = environment.get("MODULE_UUID") or repository.path.uuid

@@ -9,7 +9,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from agent import locks, redis_keys, restic, snapshot_environments
-from agent.destinations import Destination, load_destination, restic_target
+from agent.destinations import (
+    Destination,
+    load_destination,
+    local_snapshot_names,
+    restic_target,
+)
 from agent.errors import ActionFailed, DestinationNotFound, validation_error
 from agent.operations.module_backup import explain_restic_failure
 from agent.reachability import unreachable_reason
@@ -130,18 +135,29 @@ def read_environment(
 
 def snapshot_environment(
     redis: Redis, repository: Repository, snapshot: str, podman_env: Mapping[str, str]
-) -> dict[str, str]:
-    """The module's state/environment in the snapshot: from the record the node that wrote
-    the snapshot left, else read from the repository."""
-    text = snapshot_environments.lookup(
-        redis, repository.destination.id, repository.path.path, snapshot
-    )
-    environment = parse_environment(text) if text else {}
-    if not environment.get("IMAGE_URL"):
-        return read_environment(repository, snapshot, podman_env)
-    check_reachable(repository)  # as reading it would have: fail before installing
-    log.info("%s@%s: environment from this cluster's backup record", repository.path, snapshot)
-    return environment
+) -> tuple[str, dict[str, str]]:
+    """(the snapshot to restore, the module's state/environment in it): from the record
+    the node that wrote the snapshot left, else read from the repository. When the record
+    tells which snapshot `latest` is, its id comes back in place of `latest`, so that
+    what is installed and what is restored come from the same snapshot."""
+    recorded = _recorded(redis, repository, snapshot)
+    environment = parse_environment(recorded[1]) if recorded else {}
+    if recorded and environment.get("IMAGE_URL"):
+        check_reachable(repository)  # as reading it would have: fail before installing
+        log.info("%s@%s: environment from the backup record", repository.path, recorded[0])
+        return recorded[0], environment
+    return snapshot, read_environment(repository, snapshot, podman_env)
+
+
+def _recorded(redis: Redis, repository: Repository, snapshot: str) -> tuple[str, str] | None:
+    destination, path = repository.destination, repository.path.path
+    if snapshot_arg(snapshot) != "latest":
+        text = snapshot_environments.lookup(redis, destination.id, path, snapshot)
+        return (snapshot, text) if text else None
+    # The newest of every snapshot the repository holds: only a local one can be listed
+    # without restic.
+    names = local_snapshot_names(destination, path)
+    return snapshot_environments.newest(redis, destination.id, path, names) if names else None
 
 
 @contextmanager

@@ -45,6 +45,32 @@ def test_lookup_names_one_snapshot_of_one_repository_path(redis_client: redis.Re
     assert lookup(first) is None
 
 
+def test_newest_is_restics_latest_when_every_listed_snapshot_is_recorded(
+    redis_client: redis.Redis,
+) -> None:
+    redis_client.sadd(redis_keys.CLUSTER_NODES, 1, 2)
+    old, new, other = "a" * 64, "b" * 64, "c" * 64
+    # Recorded in an order unlike their times: restic's time decides, as for restic.
+    snapshot_environments.record(
+        redis_client, 2, new, "d", "p", "IMAGE_URL=new\n", "2026-11-22T08:24:18.438472757Z"
+    )
+    snapshot_environments.record(
+        redis_client, 1, old, "d", "p", "IMAGE_URL=old\n", "2026-11-22T09:24:17.9+02:00"
+    )
+    snapshot_environments.record(redis_client, 1, other, "d", "p", "IMAGE_URL=x\n")
+
+    def newest(*ids: str, repository: str = "d") -> tuple[str, str] | None:
+        return snapshot_environments.newest(redis_client, repository, "p", ids)
+
+    assert newest(old, new) == (new, "IMAGE_URL=new\n")
+    assert newest(old) == (old, "IMAGE_URL=old\n")  # what the listing lacks is gone
+    assert newest(old, new, "d" * 64) is None  # a snapshot the cluster did not write
+    assert newest(old, new, "snapshot.tmp") is None
+    assert newest(old, other) is None  # recorded without its time
+    assert newest(old, new, repository="e") is None
+    assert newest() is None
+
+
 def test_the_record_keeps_the_newest(
     redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -66,7 +92,7 @@ def audited(cluster: ClusterHarness, tmp_path: Path) -> tuple[ClusterHarness, Pa
 
 
 @pytest.mark.podman
-def test_a_restore_by_id_of_a_snapshot_this_cluster_took_reads_no_environment_back(
+def test_a_restore_of_a_snapshot_this_cluster_took_reads_no_environment_back(
     audited: tuple[ClusterHarness, Path],
     redis_client: redis.Redis,
     minwiki_image: str,
@@ -100,9 +126,17 @@ def test_a_restore_by_id_of_a_snapshot_this_cluster_took_reads_no_environment_ba
     copy, dumps = restored_with_dumps(first[:12])
     assert dumps == 0
     cluster.api_ok("remove-module", {"module_id": copy})
+    # latest: the repository's only snapshot file is one the record holds.
+    copy, dumps = restored_with_dumps("")
+    assert dumps == 0
+    commands = [json.loads(line) for line in argv_log.read_text().splitlines()]
+    restores = [a for a in commands if a[:2] == ["podman", "run"] and "restore" in a]
+    # The module's restic restore names the snapshot whose environment was installed.
+    assert [a[a.index("restore") + 2] for a in restores] == [first]
+    cluster.api_ok("remove-module", {"module_id": copy})
     # No record (a snapshot of another cluster, say): the environment is read back.
     redis_client.hdel(redis_keys.snapshot_environments(1), first)
-    copy, dumps = restored_with_dumps(first)
+    copy, dumps = restored_with_dumps("")
     assert dumps == 1
     cluster.api_ok("remove-module", {"module_id": copy})
 

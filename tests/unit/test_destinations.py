@@ -144,18 +144,19 @@ def test_alter_keeps_stored_secrets_when_empty() -> None:
     assert altered.destination.password == stored.password and len(stored.password) == 64
 
 
-def test_local_snapshot_files_counts_every_snapshot_file_or_says_it_cannot(
+def test_local_snapshot_names_lists_every_snapshot_file_or_says_it_cannot(
     tmp_path: Path,
 ) -> None:
-    from agent.operations.module_backup import local_snapshot_files
+    from agent.destinations import local_snapshot_names
 
     local = destination("local", f"local:{tmp_path}")
-    assert local_snapshot_files(local, "minwiki/u1") == 0  # no repository yet
+    assert local_snapshot_names(local, "minwiki/u1") == []  # no repository yet
     snapshots = tmp_path / "minwiki" / "u1" / "snapshots"
     snapshots.mkdir(parents=True)
-    assert local_snapshot_files(local, "minwiki/u1") == 0
-    (snapshots / "a").write_text("x")
+    assert local_snapshot_names(local, "minwiki/u1") == []
     (snapshots / "b").write_text("y")
-    assert local_snapshot_files(local, "minwiki/u1") == 2
+    (snapshots / "a").write_text("x")
+    (snapshots / "sub").mkdir()
+    assert local_snapshot_names(local, "minwiki/u1") == ["a", "b"]
     remote = destination("generic-s3", "s3:host/bucket")
-    assert local_snapshot_files(remote, "minwiki/u1") is None
+    assert local_snapshot_names(remote, "minwiki/u1") is None
