@@ -56,13 +56,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--size", default="600M", help="dataset size (default 600M)")
     parser.add_argument("--quick", action="store_true", help="60M, 3 repeats, 10 modules")
-    parser.add_argument("--repeat", type=int, default=3, help="A/B alternations per item")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="A/B alternations per item (default 6, each system after each other equally often)",
+    )
     parser.add_argument("--modules", type=int, default=100, help="modules in the scale item")
     parser.add_argument("--scale-repeat", type=int, default=1, help="runs per concurrency")
     parser.add_argument("--only", default=",".join(ITEMS), help="comma list of " + ",".join(ITEMS))
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/agent-bench"))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
+    if args.repeat is None:
+        args.repeat = 3 if args.quick else 6
     if args.quick:
         args.size, args.modules = "60M", 10
     items = set(args.only.split(","))
