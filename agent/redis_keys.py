@@ -121,8 +121,9 @@ BACKUP_STATUS_PATTERN = "node/*/backup_status/*"
 
 
 def snapshot_environments(node_id: int) -> str:
-    """Hash: snapshot id → JSON {repository, path, time, environment} of the snapshots
-    this node's backups wrote; a restore of one of them learns its image from here."""
+    """Hash: snapshot id → JSON {repository, path, time, snapshot_time, environment} of
+    the snapshots this node's backups wrote; a restore of one of them learns its image
+    from here (agent/snapshot_environments.py)."""
     return f"node/{node_id}/snapshot_environment"
 
 

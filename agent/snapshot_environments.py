@@ -44,8 +44,11 @@ def record(
         "snapshot_time": snapshot_time,
         "environment": text,
     }
-    redis.hset(key, snapshot_id, json.dumps(entry))
-    if redis.hlen(key) > MAX_RECORDS:
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.hset(key, snapshot_id, json.dumps(entry))
+        pipe.hlen(key)
+        _, count = pipe.execute()
+    if count > MAX_RECORDS:
         _trim(redis, key)
 
 
@@ -77,11 +80,12 @@ def lookup(redis: Redis, repository: str, path: str, snapshot: str) -> str | Non
     found: dict[str, str] = {}
     for node in redis.smembers(redis_keys.CLUSTER_NODES):
         key = redis_keys.snapshot_environments(int(node))
-        for snapshot_id, text in redis.hscan_iter(key, match=f"{snapshot}*"):
-            try:
-                entry = json.loads(text)
-            except ValueError:
-                continue
+        if len(snapshot) == 64:  # a whole id: one read
+            candidates = [(snapshot, redis.hget(key, snapshot))]
+        else:  # a prefix: the hash is at most MAX_RECORDS long, so one page holds it
+            candidates = list(redis.hscan_iter(key, match=f"{snapshot}*", count=2 * MAX_RECORDS))
+        for snapshot_id, text in candidates:
+            entry = _entry(text)
             if entry.get("repository") == repository and entry.get("path") == path:
                 found[snapshot_id] = str(entry.get("environment", ""))
     if len(found) != 1:
