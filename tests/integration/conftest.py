@@ -47,3 +47,15 @@ def wiki(cluster: ClusterHarness, minwiki_image: str, restic_image: str) -> str:
     code, output, stderr = cluster.api_json("add-module", {"image": minwiki_image, "node": 1})
     assert code == 0, stderr
     return str(output["module_id"])
+
+
+@pytest.fixture
+def audited(
+    cluster: ClusterHarness, tmp_path: Path, restic_image: str
+) -> tuple[ClusterHarness, Path]:
+    """The one-node cluster, its daemon restarted to log every argv it runs (and the log)."""
+    argv_log = tmp_path / "argv.log"
+    cluster.nodes[1].stop()
+    cluster.nodes[1].extra_env["AGENT_ARGV_LOG"] = str(argv_log)
+    cluster.nodes[1].start()
+    return cluster, argv_log

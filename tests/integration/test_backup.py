@@ -10,7 +10,7 @@ import redis
 
 from agent import redis_keys
 from tests.support import backups
-from tests.support.cluster import ClusterHarness
+from tests.support.cluster import ClusterHarness, podman_runs
 
 pytestmark = pytest.mark.podman
 
@@ -88,8 +88,7 @@ def test_container_starts_per_module_are_as_few_as_the_flow_allows(
             check=False,
         )
         assert done.returncode == 0, done.stderr
-        commands = [json.loads(line) for line in argv_log.read_text().splitlines()]
-        return [argv for argv in commands if argv[:2] == ["podman", "run"]]
+        return podman_runs(argv_log)
 
     first = containers_of_one_run()
     kinds = ("snapshots", "backup", "init", "forget")

@@ -18,18 +18,6 @@ pytestmark = pytest.mark.podman
 SECRET_PASSWORD = "restic-Pass-4-seq-XYZZY"
 
 
-@pytest.fixture
-def audited(
-    cluster: ClusterHarness, tmp_path: Path, restic_image: str
-) -> tuple[ClusterHarness, Path]:
-    """The one-node cluster, its daemon restarted to log every argv it runs."""
-    argv_log = tmp_path / "argv.log"
-    cluster.nodes[1].stop()
-    cluster.nodes[1].extra_env["AGENT_ARGV_LOG"] = str(argv_log)
-    cluster.nodes[1].start()
-    return cluster, argv_log
-
-
 def public_text(client: redis.Redis) -> dict[str, str]:
     """Every key outside private/* rendered as text (hash fields, lists, strings)."""
     found = {}

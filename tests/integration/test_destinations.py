@@ -30,12 +30,9 @@ def snapshot(client: redis.Redis) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def node(cluster: ClusterHarness, tmp_path: Path, restic_image: str) -> ClusterHarness:
+def node(audited: tuple[ClusterHarness, Path]) -> ClusterHarness:
     """The one-node cluster, its daemon restarted to log every argv it runs."""
-    cluster.nodes[1].stop()
-    cluster.nodes[1].extra_env["AGENT_ARGV_LOG"] = str(tmp_path / "argv.log")
-    cluster.nodes[1].start()
-    return cluster
+    return audited[0]
 
 
 def assert_no_leak(client: redis.Redis, cluster: ClusterHarness, *secrets: str) -> None:

@@ -13,7 +13,7 @@ from agent import redis_keys, snapshot_environments
 from agent.redis_store import connect
 from agent.verify_restore import verify
 from tests.support import backups
-from tests.support.cluster import ClusterHarness
+from tests.support.cluster import ClusterHarness, podman_runs
 
 ENVIRONMENT = "IMAGE_URL=localhost/minwiki:latest\nMODULE_UUID=u1\n"
 
@@ -81,16 +81,6 @@ def test_the_record_keeps_the_newest(
     assert sorted(redis_client.hkeys(redis_keys.snapshot_environments(1))) == ids[2:]
 
 
-@pytest.fixture
-def audited(cluster: ClusterHarness, tmp_path: Path) -> tuple[ClusterHarness, Path]:
-    """The one-node cluster, its daemon restarted to log every argv it runs."""
-    argv_log = tmp_path / "argv.log"
-    cluster.nodes[1].stop()
-    cluster.nodes[1].extra_env["AGENT_ARGV_LOG"] = str(argv_log)
-    cluster.nodes[1].start()
-    return cluster, argv_log
-
-
 @pytest.mark.podman
 def test_a_restore_of_a_snapshot_this_cluster_took_reads_no_environment_back(
     audited: tuple[ClusterHarness, Path],
@@ -117,8 +107,7 @@ def test_a_restore_of_a_snapshot_this_cluster_took_reads_no_environment_back(
         argv_log.unlink(missing_ok=True)
         request = {"node": 1, "repository": destination, "path": path, "snapshot": snapshot}
         module_id = cluster.api_ok("cluster/restore-module", request)["module_id"]
-        commands = [json.loads(line) for line in argv_log.read_text().splitlines()]
-        dumps = [argv for argv in commands if argv[:2] == ["podman", "run"] and "dump" in argv]
+        dumps = [argv for argv in podman_runs(argv_log) if "dump" in argv]
         report = verify(connect(cluster.redis_url), {1: cluster.nodes[1].settings}, wiki, module_id)
         assert report["ok"], report["differences"]
         return module_id, len(dumps)
@@ -129,8 +118,7 @@ def test_a_restore_of_a_snapshot_this_cluster_took_reads_no_environment_back(
     # latest: the repository's only snapshot file is one the record holds.
     copy, dumps = restored_with_dumps("")
     assert dumps == 0
-    commands = [json.loads(line) for line in argv_log.read_text().splitlines()]
-    restores = [a for a in commands if a[:2] == ["podman", "run"] and "restore" in a]
+    restores = [a for a in podman_runs(argv_log) if "restore" in a]
     # The module's restic restore names the snapshot whose environment was installed.
     assert [a[a.index("restore") + 2] for a in restores] == [first]
     cluster.api_ok("remove-module", {"module_id": copy})

@@ -154,6 +154,12 @@ class ClusterHarness:
                 podman_store.discard_runtime(store)
 
 
+def podman_runs(argv_log: Path) -> list[list[str]]:
+    """The `podman run` commands an $AGENT_ARGV_LOG recorded, in order."""
+    commands = [json.loads(line) for line in argv_log.read_text().splitlines()]
+    return [argv for argv in commands if argv[:2] == ["podman", "run"]]
+
+
 def lease_holder(url: str, node_id: int) -> lease.Holder | None:
     value = redis.Redis.from_url(url, decode_responses=True).get(f"node/{node_id}/daemon")
     return lease.Holder.decode(value) if value else None
