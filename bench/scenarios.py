@@ -44,8 +44,7 @@ class Bench:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
     def sampled(self, action: Callable[[], object]) -> float:
-        os.sync()
-        _wait_for_idle_cpus()
+        _settle()
         with RssSampler(self.cluster.daemon_pid()) as sampler:
             seconds = _timed(action)
         self.rss_peak_kib = max(self.rss_peak_kib, sampler.peak_kib)
@@ -59,12 +58,16 @@ def _timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def _settled(action: Callable[[], object]) -> float:
-    """_timed, once what earlier runs left behind is done: their dirty pages (a repository
-    is ~600 MiB written) are on disk and the CPUs are idle again (podman cleans up after a
-    container in the background). Both would otherwise land on whichever run comes next."""
+def _settle() -> None:
+    """Wait for what earlier runs left behind: their dirty pages (a repository is ~600 MiB
+    written) go to disk and the CPUs go idle again (podman cleans up after a container in
+    the background). Both would otherwise land on whichever timed run comes next."""
     os.sync()
     _wait_for_idle_cpus()
+
+
+def _settled(action: Callable[[], object]) -> float:
+    _settle()
     return _timed(action)
 
 
@@ -214,10 +217,7 @@ def _restore(bench: Bench) -> None:
             if system == "raw":
                 target = bench.work / f"restored{rep}"
                 target.mkdir(parents=True)
-                argv = ["podman", "run", "--rm", "--env", "RESTIC_PASSWORD"]
-                argv += ["--env", "RESTIC_REPOSITORY=/repo", "-v", f"{module_repo}:/repo"]
-                argv += ["-v", f"{target}:/target", "localhost/backup-agent-restic:latest"]
-                argv += ["restore", snapshot, "--target", "/target"]
+                argv = raw.argv(module_repo, target, ["restore", snapshot, "--target", "/data"])
                 series[system].samples.append(_settled(partial(run, argv, env)))
                 shutil.rmtree(target)
             else:
