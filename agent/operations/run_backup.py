@@ -162,9 +162,15 @@ def _write_metadata(ctx: Context, destination: Destination, status: ModuleStatus
     if destination.provider == "rest":
         return  # a restic REST server stores repositories only, no side files
     if destination.provider == "local":
-        # The directory is on this node: no container needed for a small file.
+        # The directory is on this node: no container needed for a small file. A missing
+        # directory (a disk not mounted) is never created: the next run would see it
+        # there and put a new repository on whatever disk holds the mount point.
+        root = Path(local_directory(destination))
+        if not root.is_dir():
+            log.warning("cannot write %s.json: %s is missing", path, root)
+            return
         try:
-            write_file_atomic(Path(local_directory(destination)) / f"{path}.json", text)
+            write_file_atomic(root / f"{path}.json", text)
         except OSError as exc:
             log.warning("cannot write %s.json: %s", path, exc)
         return
