@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -201,11 +203,18 @@ def stream(
     hostname: str | None = None,
     podman_args: Sequence[str] = (),
     workdir: str = "/srv",
+    stdin_text: Callable[[], str] | None = None,
 ) -> tuple[int, str]:
     """Run restic with --json output, handing each message to on_message as it comes.
 
     restic prints progress and the summary on stdout and its error messages (unreadable
     files) as JSON on stderr: both are parsed. Returns (exit code, stderr's other lines).
+
+    With stdin_text, the container starts first and stdin_text() runs meanwhile in this
+    thread; what it returns is restic's standard input (`--files-from -`). restic reads
+    its standard input before it opens the repository, so the container's start overlaps
+    stdin_text's work. When stdin_text raises, restic's input stays empty (`nothing to
+    backup`: it ends without touching the repository) and the exception propagates.
     """
     argv = podman_run_argv(
         target,
@@ -217,19 +226,37 @@ def stream(
         progress_fps=PROGRESS_FPS,
     )
     env = proc.merged_env({**podman_env, **container_env(target, password)})
-    code, stderr = _stream_once(argv, env, on_message)
+    given: list[str] = []
+
+    def text_once() -> str:
+        if not given and stdin_text is not None:
+            given.append(stdin_text())
+        return given[0] if given else ""
+
+    feed = text_once if stdin_text is not None else None
+    code, stderr = _stream_once(argv, env, on_message, feed)
     if lost_cache_volume_race(code, stderr):
-        code, stderr = _stream_once(argv, env, on_message)
+        code, stderr = _stream_once(argv, env, on_message, feed)
     return code, stderr
 
 
 def _stream_once(
-    argv: list[str], env: dict[str, str], on_message: Callable[[dict[str, Any]], None]
+    argv: list[str],
+    env: dict[str, str],
+    on_message: Callable[[dict[str, Any]], None],
+    feed: Callable[[], str] | None,
 ) -> tuple[int, str]:
-    child = proc.spawn(argv, env=env, stdin=proc.DEVNULL, new_session=False)
+    child = proc.spawn(
+        argv, env=env, stdin=proc.DEVNULL if feed is None else proc.PIPE, new_session=False
+    )
     stdout, stderr = child.stdout, child.stderr
     assert stdout is not None and stderr is not None
     other: list[str] = []
+
+    def read_stdout() -> None:
+        for raw in stdout:
+            for message in parse_json_lines(raw.decode(errors="replace")):
+                on_message(message)
 
     def read_stderr() -> None:
         for raw in stderr:
@@ -240,14 +267,29 @@ def _stream_once(
             for message in messages:
                 on_message(message)
 
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
-    for raw in stdout:
-        for message in parse_json_lines(raw.decode(errors="replace")):
-            on_message(message)
-    code = child.wait()
-    reader.join()
+    readers = [threading.Thread(target=read, daemon=True) for read in (read_stdout, read_stderr)]
+    for reader in readers:
+        reader.start()
+    try:
+        if feed is not None:
+            _write_stdin(child, feed)
+    finally:
+        code = child.wait()
+        for reader in readers:
+            reader.join()
     return code, "".join(other)
+
+
+def _write_stdin(child: subprocess.Popen[bytes], feed: Callable[[], str]) -> None:
+    """feed()'s text to the child's stdin, then EOF; EOF alone when feed raises."""
+    assert child.stdin is not None
+    try:
+        text = feed()
+        with contextlib.suppress(BrokenPipeError):  # the container ended before reading
+            child.stdin.write(text.encode(errors="surrogateescape"))
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            child.stdin.close()
 
 
 def run(

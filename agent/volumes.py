@@ -9,7 +9,6 @@ from agent.restic import Mount
 
 STATE_MOUNT = "/srv/state"
 VOLUMES_MOUNT = "/srv/volumes"
-INCLUDE_MOUNT = "/etc/state-include.conf"
 EXCLUDE_MOUNT = "/etc/state-exclude.conf"
 ALWAYS_BACKED_UP = ("state/environment",)
 
@@ -31,9 +30,14 @@ def volume_mounts(module_id: str, volume_names: list[str]) -> list[Mount]:
 @dataclass(frozen=True)
 class BackupLayout:
     mounts: tuple[Mount, ...]
-    paths: tuple[str, ...]  # positional restic paths, relative to /srv
-    files_from: str | None
+    paths: tuple[str, ...]  # always backed up, relative to /srv
+    include_text: str  # state-include.conf: restic --files-from patterns, relative to /srv
     exclude_file: str | None
+
+    def sources(self, extra_paths: list[str]) -> str:
+        """What restic reads with `--files-from -`: every path and pattern to back up."""
+        # state-include.conf goes as it is, for restic to parse the way it parses the file.
+        return "".join(f"{path}\n" for path in (*self.paths, *extra_paths)) + self.include_text
 
 
 def backup_layout(
@@ -43,14 +47,15 @@ def backup_layout(
     mounts = [Mount(str(state_dir), STATE_MOUNT), *volume_mounts(module_id, volume_names)]
     include = install_dir / "etc" / "state-include.conf"
     exclude = install_dir / "etc" / "state-exclude.conf"
-    files_from = exclude_file = None
+    # Any bytes restic would have read from the file reach it unchanged (surrogateescape).
+    include_text = ""
     if include.is_file():
-        mounts.append(Mount(str(include), INCLUDE_MOUNT, read_only=True))
-        files_from = INCLUDE_MOUNT
+        include_text = include.read_bytes().decode(errors="surrogateescape")
+    exclude_file = None
     if exclude.is_file():
         mounts.append(Mount(str(exclude), EXCLUDE_MOUNT, read_only=True))
         exclude_file = EXCLUDE_MOUNT
-    return BackupLayout(tuple(mounts), ALWAYS_BACKED_UP, files_from, exclude_file)
+    return BackupLayout(tuple(mounts), ALWAYS_BACKED_UP, include_text, exclude_file)
 
 
 def included_volumes(include_text: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""One module's backup: dump hook, restic backup, cleanup hook, retention, in that order."""
+"""One module's backup: dump hook, restic backup, cleanup hook, retention, in that order
+(restic's container starts while the dump hook runs; restic waits for it)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,26 @@ def run_hook(ctx: Context, module_id: str, hook: str, backup_id: int) -> proc.Re
     return proc.run(
         [path, str(backup_id)], env=env, cwd=ctx.settings.state_dir(agent_id), timeout=HOOK_TIMEOUT
     )
+
+
+class _DumpHook:
+    """The module's module-dump-state, run at most once per backup."""
+
+    def __init__(self, ctx: Context, module_id: str, backup_id: int) -> None:
+        self.ctx, self.module_id, self.backup_id = ctx, module_id, backup_id
+        self.ran = False  # the module ships the hook and it was started
+        self.done = False
+
+    def run(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        dumped = run_hook(self.ctx, self.module_id, "module-dump-state", self.backup_id)
+        self.ran = dumped is not None
+        if dumped is not None and dumped.returncode != 0:
+            raise StepFailed(
+                f"module-dump-state failed (exit {dumped.returncode}): {_tail(dumped.error_text)}"
+            )
 
 
 def _tail(text: str) -> str:
@@ -178,18 +199,13 @@ class ModuleBackup:
         unreachable = unreachable_reason(self.job.destination)
         if unreachable:  # before the dump hook: nothing to clean up, no container started
             raise StepFailed(unreachable)
-        dumped = run_hook(self.ctx, self.module_id, "module-dump-state", self.job.backup_id)
+        dump = _DumpHook(self.ctx, self.module_id, self.job.backup_id)
         cleanup_failure = None
         try:
-            if dumped is not None and dumped.returncode != 0:
-                raise StepFailed(
-                    f"module-dump-state failed (exit {dumped.returncode}): "
-                    f"{_tail(dumped.error_text)}"
-                )
-            status = self._backup(path, module_uuid)
+            status = self._backup(path, module_uuid, dump)
         finally:
             # Once the dump hook ran, its cleanup runs whatever happened after it.
-            if dumped is not None:
+            if dump.ran:
                 cleanup_failure = self._cleanup()
         if cleanup_failure:
             raise StepFailed(cleanup_failure)
@@ -204,24 +220,33 @@ class ModuleBackup:
             )
         return None
 
-    def _backup(self, path: str, module_uuid: str) -> ModuleStatus:
+    def _backup(self, path: str, module_uuid: str, dump: _DumpHook) -> ModuleStatus:
         settings = self.ctx.settings
         agent_id = redis_keys.module_agent(self.module_id)
+        state_dir = settings.state_dir(agent_id)
         podman_env = settings.podman_env()
         layout = backup_layout(
             self.module_id,
             settings.agent_home(agent_id),
-            settings.state_dir(agent_id),
+            state_dir,
             podman.list_volumes(podman_env),
         )
         target = restic_target(self.job.destination, path)
         password = self.job.destination.password
-        labels = dump_labels(self.ctx, self.module_id, settings.state_dir(agent_id))
-        environment_file = settings.state_dir(agent_id) / "environment"
-        environment = _read_text(environment_file)
+        labels = dump_labels(self.ctx, self.module_id, state_dir)
+        environment_file = state_dir / "environment"
+        environment: list[str] = []
+
+        def sources() -> str:
+            """Run while restic's container starts: restic reads the paths to back up,
+            and so any file, only once the dump hook has written its files."""
+            dump.run()
+            environment.append(_read_text(environment_file))
+            return layout.sources(labels)
+
         args = restic.backup_args(
-            [*layout.paths, *labels],
-            files_from=layout.files_from,
+            [],
+            files_from="-",
             exclude_file=layout.exclude_file,
             host=self.module_id,
             tags=[
@@ -237,24 +262,28 @@ class ModuleBackup:
             )
         except locks.LockBusy as busy:
             raise StepFailed(f"repository {path} is busy ({busy.holder})") from None
-        with lease, _removed_afterwards(settings.state_dir(agent_id), labels):
+        with lease, _removed_afterwards(state_dir, labels):
             if lease.previous_crashed:
                 self._unlock_after_crash(target, password, podman_env)
             with self._counted_alongside(path, target, password, podman_env) as earlier:
-                result = self._restic_backup(target, password, args, layout.mounts, podman_env)
+                result = self._restic_backup(
+                    target, password, args, layout.mounts, podman_env, sources
+                )
                 if result.code == restic.EXIT_NO_REPOSITORY:
                     init = restic.run(
                         target, password, ["init"], podman_env=podman_env, timeout=600
                     )
                     if init.returncode != 0:
                         raise StepFailed(f"cannot create the repository: {_tail(init.error_text)}")
-                    result = self._restic_backup(target, password, args, layout.mounts, podman_env)
+                    result = self._restic_backup(
+                        target, password, args, layout.mounts, podman_env, sources
+                    )
                 outcome = self._classify(result)
             new_id = str(result.summary.get("snapshot_id", ""))
             if new_id and "state/environment" not in result.unreadable:
                 snapshot_time = str(result.summary.get("backup_start", ""))
                 self._remember_environment(
-                    new_id, snapshot_time, path, environment, environment_file
+                    new_id, snapshot_time, path, environment[-1], environment_file
                 )
             kept = self._retention(target, password, podman_env, earlier.before(new_id))
         summary = result.summary
@@ -317,6 +346,7 @@ class ModuleBackup:
         args: list[str],
         mounts: tuple[restic.Mount, ...],
         podman_env: dict[str, str],
+        sources: Callable[[], str],
     ) -> _Result:
         result = _Result()
 
@@ -340,6 +370,7 @@ class ModuleBackup:
             on_message=on_message,
             mounts=mounts,
             podman_args=self.ctx.settings.restic_podman_args,
+            stdin_text=sources,
         )
         return result
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,8 +47,84 @@ def test_failed_dump_hook_fails_the_module_and_cleanup_still_runs(
     assert "module-dump-state failed" in status["reason"]
     assert (state / "cleanup-ran").exists()
     assert not local_backup.exists(), "no restic run after a failed dump"
+    assert not _restic_containers(
+        {**cluster.nodes[1].env(), **cluster.nodes[1].settings.podman_env()}
+    )
     prom = cluster.nodes[1].settings.state_dir("node/1") / "node_exporter" / "backup1.prom"
     assert 'node_backup_status{id="1",name="Backup 1"} 0' in prom.read_text()
+
+
+def _slow_dump_hook(cluster: ClusterHarness, module_id: str, seconds: float) -> Path:
+    """Make the module's dump hook note that it started, then sleep before dumping;
+    returns the note's path (in the module's state dir)."""
+    node = cluster.nodes[1]
+    hook = node.settings.agent_home(f"module/{module_id}") / "bin" / "module-dump-state"
+    hook.rename(hook.with_name("module-dump-state.real"))
+    hook.write_text(
+        "#!/bin/sh\n"
+        "touch dump-started\n"
+        f"sleep {seconds}\n"
+        'exec "$(dirname "$0")/module-dump-state.real" "$@"\n'
+    )
+    hook.chmod(0o755)
+    return node.settings.state_dir(f"module/{module_id}") / "dump-started"
+
+
+def _start_node_backup(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "runagent"), "-m", "node", "run-backup", "--backup=1"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _wait_for(condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {seconds}s"
+        time.sleep(0.05)
+
+
+def test_restic_starts_while_the_dump_hook_runs_and_reads_only_what_it_wrote(
+    cluster: ClusterHarness, redis_client: redis.Redis, wiki: str, local_backup: Path
+) -> None:
+    """The container starts during the hook; restic learns its paths (globs included:
+    state/wiki-dump.* names a file only the hook writes) once the hook is done."""
+    node = cluster.nodes[1]
+    env = {**node.env(), **node.settings.podman_env()}
+    started = _slow_dump_hook(cluster, wiki, 3)
+    dump = node.settings.state_dir(f"module/{wiki}") / "wiki-dump.sqlite"
+    backup = _start_node_backup(env)
+    _wait_for(started.exists, "the dump hook started")
+    _wait_for(lambda: bool(_restic_containers(env)), "restic's container started", 3)
+    assert not dump.exists(), "the container was up before the hook had dumped"
+    assert not (local_backup / "locks").exists(), "restic waits: the repository is untouched"
+    _, stderr = backup.communicate(timeout=300)
+    assert backup.returncode == 0, stderr.decode()
+    paths = backups.listing(local_backup)
+    assert "state/wiki-dump.sqlite" in paths and "state/wiki_settings.dump" in paths
+
+
+def test_a_backup_killed_during_the_dump_hook_leaves_no_container_and_no_trace(
+    cluster: ClusterHarness, redis_client: redis.Redis, wiki: str, local_backup: Path
+) -> None:
+    node = cluster.nodes[1]
+    env = {**node.env(), **node.settings.podman_env()}
+    assert run_backup(cluster).returncode == 0
+    files_before = sorted(p.relative_to(local_backup) for p in local_backup.rglob("*"))
+    started = _slow_dump_hook(cluster, wiki, 30)
+    started.unlink(missing_ok=True)
+    backup = _start_node_backup(env)
+    _wait_for(started.exists, "the dump hook started")
+    _wait_for(lambda: bool(_restic_containers(env)), "restic's container started", 5)
+    os.killpg(backup.pid, signal.SIGKILL)
+    backup.wait()
+    # restic's standard input closed with no path on it: it ends without a repository call.
+    _wait_for(lambda: not _restic_containers(env), "the waiting container ended", 30)
+    assert sorted(p.relative_to(local_backup) for p in local_backup.rglob("*")) == files_before
+    assert len(backups.snapshots(local_backup)) == 1
 
 
 def test_unreadable_file_gives_partial_with_its_path(
@@ -146,10 +223,13 @@ def test_unreachable_storage_fails_fast_with_its_own_reason(
 def test_missing_destination_directory_is_its_own_reason(
     cluster: ClusterHarness, redis_client: redis.Redis, wiki: str, tmp_path: Path
 ) -> None:
-    destination = backups.add_destination(redis_client, "local", f"local:{tmp_path / 'gone'}")
+    gone = tmp_path / "gone"
+    destination = backups.add_destination(redis_client, "local", f"local:{gone}")
     backups.add_backup(redis_client, 3, destination, [wiki])
-    assert run_backup(cluster, 3).returncode == 1
-    assert "missing" in backups.status(redis_client, 1, 3, wiki)["reason"]
+    for _ in range(2):  # the failed run must not create it: the second would back up there
+        assert run_backup(cluster, 3).returncode == 1
+        assert "missing" in backups.status(redis_client, 1, 3, wiki)["reason"]
+        assert not gone.exists()
 
 
 def _restic_containers(env: dict[str, str]) -> list[str]:
