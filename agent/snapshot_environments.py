@@ -1,13 +1,15 @@
-"""The cluster's own record of what environment each snapshot it wrote holds.
+"""The cluster's own record of what environment each snapshot holds.
 
 A whole restore must know the module's image before it can install the module, and the
 image is in the snapshot's state/environment. Reading it back costs a restic run (a
 container and restic's key derivation, ~0.7 s). The node that wrote the snapshot already
 had those bytes: it records them under the snapshot id, and a restore by that id reads
-them from Redis. Snapshot ids are hashes of what restic stored, so an id names one
-snapshot. `latest` is the snapshot with the newest time in the repository: the record
-says which when it holds every snapshot the repository lists, with restic's own time
-for each. Otherwise the restore reads the file from the repository.
+them from Redis. A file read back from a repository by a whole id (another cluster's
+snapshot) is recorded the same way, without a time, on the node that read it. Snapshot
+ids are hashes of what restic stored, so an id names one snapshot. `latest` is the
+snapshot with the newest time in the repository: the record says which when it holds
+every snapshot the repository lists, with restic's own time for each. Otherwise the
+restore reads the file from the repository.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from agent.redis_api import Redis
 log = logging.getLogger("agent.snapshots")
 MAX_RECORDS = 1000  # per node; the oldest go first
 SNAPSHOT_ID = re.compile(r"[0-9a-f]{8,64}")
+WHOLE_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def record(
@@ -80,7 +83,7 @@ def lookup(redis: Redis, repository: str, path: str, snapshot: str) -> str | Non
     found: dict[str, str] = {}
     for node in redis.smembers(redis_keys.CLUSTER_NODES):
         key = redis_keys.snapshot_environments(int(node))
-        if len(snapshot) == 64:  # a whole id: one read
+        if WHOLE_ID.fullmatch(snapshot):  # one read
             candidates = [(snapshot, redis.hget(key, snapshot))]
         else:  # a prefix: the hash is at most MAX_RECORDS long, so one page holds it
             candidates = list(redis.hscan_iter(key, match=f"{snapshot}*", count=2 * MAX_RECORDS))

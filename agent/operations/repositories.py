@@ -235,7 +235,9 @@ def determine_restore_eligibility(step: Step, request: SnapshotRequest) -> dict[
     redis = step.ctx.redis
     repository = open_repository(redis, request.repository, request.path)
     podman_env = step.ctx.settings.podman_env()
-    _, environment = snapshot_environment(redis, repository, request.snapshot, podman_env)
+    _, environment = snapshot_environment(
+        redis, repository, request.snapshot, podman_env, step.ctx.settings.node_id
+    )
     image_url = environment["IMAGE_URL"]
     name = image_name(image_url)
     counts: dict[str, int] = {}

@@ -67,7 +67,9 @@ def restore_whole(
         raise validation_error("node", "node_not_found", job.node)
     repository = open_repository(redis, job.repository, job.path)
     podman_env = step.ctx.settings.podman_env()
-    snapshot, environment = snapshot_environment(redis, repository, job.snapshot, podman_env)
+    snapshot, environment = snapshot_environment(
+        redis, repository, job.snapshot, podman_env, step.ctx.settings.node_id
+    )
     job = replace(job, snapshot=snapshot)
     step.set_progress(at(2))
     image_url = environment["IMAGE_URL"]

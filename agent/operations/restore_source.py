@@ -18,7 +18,7 @@ from agent.destinations import (
 from agent.errors import ActionFailed, DestinationNotFound, validation_error
 from agent.operations.module_backup import explain_restic_failure
 from agent.reachability import unreachable_reason
-from agent.redis_store import Redis
+from agent.redis_store import REDIS_ERRORS, Redis
 
 log = logging.getLogger("agent.restore")
 ENVIRONMENT_PATH = "/state/environment"  # where every snapshot keeps the module's identity
@@ -111,10 +111,11 @@ def parse_environment(text: str) -> dict[str, str]:
     return environment
 
 
-def read_environment(
+def read_environment_text(
     repository: Repository, snapshot: str, podman_env: Mapping[str, str]
-) -> dict[str, str]:
-    """The module's state/environment as the snapshot holds it (`restic dump`)."""
+) -> str:
+    """The module's state/environment as the snapshot holds it (`restic dump`); fails
+    when it names no image."""
     check_reachable(repository)
     done = restic.run(
         repository.target,
@@ -127,26 +128,41 @@ def read_environment(
         raise ActionFailed(
             explain_read_failure(done.returncode, done.error_text, repository, snapshot)
         )
-    environment = parse_environment(done.text)
-    if not environment.get("IMAGE_URL"):
+    if not parse_environment(done.text).get("IMAGE_URL"):
         raise ActionFailed(f"the snapshot of {repository.path.path} names no IMAGE_URL")
-    return environment
+    return done.text
 
 
 def snapshot_environment(
-    redis: Redis, repository: Repository, snapshot: str, podman_env: Mapping[str, str]
+    redis: Redis,
+    repository: Repository,
+    snapshot: str,
+    podman_env: Mapping[str, str],
+    node_id: int,
 ) -> tuple[str, dict[str, str]]:
     """(the snapshot to restore, the module's state/environment in it): from the record
     the node that wrote the snapshot left, else read from the repository. When the record
     tells which snapshot `latest` is, its id comes back in place of `latest`, so that
-    what is installed and what is restored come from the same snapshot."""
+    what is installed and what is restored come from the same snapshot.
+
+    A file read from the repository by its whole snapshot id is recorded on node_id (the
+    node running this step): the restore that follows determine-restore-eligibility, or
+    one tried again, finds it there and needs no restic run to know the image."""
     recorded = _recorded(redis, repository, snapshot)
     environment = parse_environment(recorded[1]) if recorded else {}
     if recorded and environment.get("IMAGE_URL"):
         check_reachable(repository)  # as reading it would have: fail before installing
         log.info("%s@%s: environment from the backup record", repository.path, recorded[0])
         return recorded[0], environment
-    return snapshot, read_environment(repository, snapshot, podman_env)
+    text = read_environment_text(repository, snapshot, podman_env)
+    if snapshot_environments.WHOLE_ID.fullmatch(snapshot):
+        try:
+            snapshot_environments.record(
+                redis, node_id, snapshot, repository.destination.id, repository.path.path, text
+            )
+        except REDIS_ERRORS as exc:  # only a later restore's shortcut is lost
+            log.warning("%s@%s: environment not recorded: %s", repository.path, snapshot, exc)
+    return snapshot, parse_environment(text)
 
 
 def _recorded(redis: Redis, repository: Repository, snapshot: str) -> tuple[str, str] | None:

@@ -123,9 +123,22 @@ def test_a_restore_of_a_snapshot_this_cluster_took_reads_no_environment_back(
     assert [a[a.index("restore") + 2] for a in restores] == [first]
     cluster.api_ok("remove-module", {"module_id": copy})
     # No record (a snapshot of another cluster, say): the environment is read back.
-    redis_client.hdel(redis_keys.snapshot_environments(1), first)
+    key = redis_keys.snapshot_environments(1)
+    redis_client.hdel(key, first)
     copy, dumps = restored_with_dumps("")
     assert dumps == 1
+    cluster.api_ok("remove-module", {"module_id": copy})
+    assert not redis_client.hexists(key, first), "what `latest` named is not known: no record"
+    # The eligibility check the UI makes before a restore reads it back by the whole id
+    # and records it: the restore that follows reads nothing.
+    argv_log.unlink(missing_ok=True)
+    request = {"repository": destination, "path": path, "snapshot": first}
+    cluster.api_ok("determine-restore-eligibility", request)
+    assert len([argv for argv in podman_runs(argv_log) if "dump" in argv]) == 1
+    kept = json.loads(str(redis_client.hget(key, first)))
+    assert (kept["environment"], kept["snapshot_time"]) == (dumped, "")
+    copy, dumps = restored_with_dumps(first)
+    assert dumps == 0
     cluster.api_ok("remove-module", {"module_id": copy})
 
     # Retention forgets the first snapshot, and its record with it.
