@@ -65,14 +65,59 @@ def extract_imageroot(image: str, target: Path, env: dict[str, str]) -> Path:
     return target / "imageroot"
 
 
-def install_imageroot(image: str, base: Path, target: Path, env: dict[str, str]) -> None:
+def image_id(image: str, env: dict[str, str]) -> str | None:
+    """The id of the image a name points to on this node; None when it is not here."""
+    done = proc.run([PODMAN, "image", "inspect", "--format", "{{.Id}}", image], env=env, timeout=60)
+    found = done.text.strip()
+    return found if done.returncode == 0 and found and "/" not in found else None
+
+
+def install_imageroot(
+    image: str, base: Path, target: Path, env: dict[str, str], cache: Path | None = None
+) -> None:
     """target = base imageroot overlaid by the image's own (the image's file wins)."""
     staging = Path(tempfile.mkdtemp(prefix=".install-", dir=target.parent))
     try:
-        own = extract_imageroot(image, staging, env)
+        own = _image_imageroot(image, staging, env, cache)
         tree = staging / "tree"
         shutil.copytree(base, tree, symlinks=True)
         shutil.copytree(own, tree, symlinks=True, dirs_exist_ok=True)
         tree.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _image_imageroot(image: str, staging: Path, env: dict[str, str], cache: Path | None) -> Path:
+    """The image's /imageroot under staging. An image id names fixed content, so what was
+    extracted once for an id is kept in cache/<id> and copied from there the next time
+    (a restore, a second instance): no container to create, copy out of and remove."""
+    known = image_id(image, env) if cache is not None else None
+    if cache is None or known is None:  # not on this node yet: podman create pulls it
+        return extract_imageroot(image, staging, env)
+    kept = cache / known / "imageroot"
+    if not kept.is_dir():
+        # By id, not by name: a name moved to another image meanwhile cannot land here.
+        extracted = staging / "extracted"
+        extracted.mkdir()
+        _keep(extract_imageroot(known, extracted, env), cache / known, env)
+    copied = proc.run(["cp", "-a", "--", str(kept), str(staging)], env=env, timeout=300)
+    if copied.returncode != 0:
+        raise AgentError(f"cannot copy the imageroot of {image}: {copied.error_text.strip()}")
+    return staging / "imageroot"
+
+
+def _keep(imageroot: Path, entry: Path, env: dict[str, str]) -> None:
+    """imageroot into entry/imageroot whole or not at all (two installs may race)."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=".part-", dir=entry.parent))
+    try:
+        copied = proc.run(["cp", "-a", "--", str(imageroot), str(partial)], env=env, timeout=300)
+        if copied.returncode != 0:
+            raise AgentError(f"cannot keep {imageroot}: {copied.error_text.strip()}")
+        try:
+            partial.rename(entry)
+        except OSError:
+            if not (entry / "imageroot").is_dir():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)

@@ -7,6 +7,7 @@ import logging
 import os
 import shlex
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,7 @@ def run(
     """Run argv to completion; env adds to (not replaces) this process's environment."""
     log.debug("run %s", shlex.join(argv))
     audit(argv)
+    started = time.monotonic()
     completed = subprocess.run(
         list(argv),
         input=input,
@@ -80,6 +82,7 @@ def run(
         check=False,
     )
     result = Result(tuple(argv), completed.returncode, completed.stdout or b"", completed.stderr)
+    log.debug("%s: exit %d after %.3fs", argv[0], result.returncode, time.monotonic() - started)
     if check and result.returncode != 0:
         raise CommandFailed(argv[0], result.returncode, result.error_text)
     return result

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from typing import Any
 
 from agent import proc
 
+log = logging.getLogger("agent.restic")
 IMAGE = "localhost/backup-agent-restic:latest"
 CACHE_VOLUME = "restic-cache"
 PODMAN_FAILED = 125  # podman's own error, before any restic runs
@@ -270,6 +273,7 @@ def _stream_once(
     readers = [threading.Thread(target=read, daemon=True) for read in (read_stdout, read_stderr)]
     for reader in readers:
         reader.start()
+    started = time.monotonic()
     try:
         if feed is not None:
             _write_stdin(child, feed)
@@ -277,6 +281,10 @@ def _stream_once(
         code = child.wait()
         for reader in readers:
             reader.join()
+    name = next((arg for arg in argv if arg.startswith("--name=")), "restic")
+    log.debug(
+        "%s: exit %d after %.3fs", name.removeprefix("--name="), code, time.monotonic() - started
+    )
     return code, "".join(other)
 
 

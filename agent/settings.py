@@ -78,6 +78,11 @@ class Settings:
     def redis_dir(self) -> Path:
         return self.root / "redis"
 
+    @property
+    def imageroot_cache(self) -> Path:
+        """Module images' /imageroot as extracted once, by image id."""
+        return self.root / "cache" / "imageroot"
+
     def agent_home(self, agent_id: str) -> Path:
         """Install dir of an agent: cluster/, node/, or modules/<id>/."""
         if agent_id == "cluster":

@@ -202,7 +202,11 @@ def node_add_module(step: Step, request: NodeAddModuleRequest) -> None:
     home.parent.mkdir(parents=True, exist_ok=True)
     step.set_progress(10)
     podman.install_imageroot(
-        request.image_url, settings.share / "imageroot", home, settings.podman_env()
+        request.image_url,
+        settings.share / "imageroot",
+        home,
+        settings.podman_env(),
+        cache=settings.imageroot_cache,
     )
     state = home / "state"
     state.mkdir(mode=0o700, exist_ok=True)

@@ -79,6 +79,39 @@ def test_add_module_then_remove_module_leaves_nothing_behind(
     assert code == 0 and output["module_id"] == "minwiki2", "ids are never reused"
 
 
+def _tree(root: Path) -> dict[str, tuple[int, bytes]]:
+    return {
+        str(path.relative_to(root)): (path.lstat().st_mode, path.read_bytes())
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and not path.is_symlink()
+    }
+
+
+def test_a_second_instance_copies_the_imageroot_kept_for_the_image_id(
+    audited: tuple[ClusterHarness, Path], minwiki_image: str
+) -> None:
+    """An image id names fixed content: its /imageroot is extracted once (by id, so a tag
+    moved meanwhile cannot slip in) and later installs copy it, without a container."""
+    cluster, argv_log = audited
+    settings = cluster.nodes[1].settings
+
+    def podman_calls() -> list[list[str]]:
+        calls = [json.loads(line) for line in argv_log.read_text().splitlines()]
+        argv_log.unlink()
+        return [argv for argv in calls if argv[0] == "podman" and argv[1] in ("create", "cp")]
+
+    first = cluster.api_ok("add-module", {"image": minwiki_image, "node": 1})["module_id"]
+    [image_id] = [entry.name for entry in settings.imageroot_cache.iterdir()]
+    created = [argv for argv in podman_calls() if argv[1] == "create"]
+    assert [argv[-2] for argv in created] == [image_id]
+    second = cluster.api_ok("add-module", {"image": minwiki_image, "node": 1})["module_id"]
+    assert podman_calls() == [], "no container for an image whose imageroot is kept"
+    homes = [settings.agent_home(f"module/{module_id}") for module_id in (first, second)]
+    for part in ("bin", "actions", "etc"):
+        assert _tree(homes[0] / part) == _tree(homes[1] / part)
+    assert (homes[1] / "bin" / "module-dump-state").stat().st_mode & 0o111
+
+
 def test_add_module_of_a_missing_image_changes_nothing(
     cluster: ClusterHarness, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
