@@ -70,8 +70,13 @@ def base_env() -> dict[str, str]:
     return env
 
 
+RAW_CACHE_VOLUME = "bench-raw-restic-cache"
+
+
 class RawRestic:
-    """restic in the project's image, one `podman run` per command, as an operator would."""
+    """restic in the project's image, one `podman run` per command, as an operator would,
+    with a cache that outlives the container as an operator's ~/.cache/restic does (NS8
+    mounts its `restic-cache` volume the same way; without one, each run starts cold)."""
 
     def __init__(self, host_name: str = "bench") -> None:
         self.env = base_env() | {"RESTIC_PASSWORD": PASSWORD}
@@ -79,6 +84,8 @@ class RawRestic:
 
     def argv(self, repo: Path, data: Path | None, args: Sequence[str]) -> list[str]:
         argv = ["podman", "run", "--rm", "--env", "RESTIC_PASSWORD"]
+        argv += ["-v", f"{RAW_CACHE_VOLUME}:/var/cache/restic"]
+        argv += ["--env", "RESTIC_CACHE_DIR=/var/cache/restic"]
         argv += ["--env", "RESTIC_REPOSITORY=/repo", "-v", f"{repo}:/repo"]
         if data is not None:
             argv += ["-v", f"{data}:/data"]
