@@ -130,6 +130,9 @@ def test_ctrl_c_in_api_cli_cancels_the_task(cluster: ClusterHarness) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A test run started in the background by a shell without job control inherits
+        # SIGINT ignored, and Python keeps it so: give api-cli the Ctrl-C a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     _wait_for(pid_file)
     sleep_pid = int(pid_file.read_text())
