@@ -96,24 +96,20 @@ def _image_imageroot(image: str, staging: Path, env: dict[str, str], cache: Path
         return extract_imageroot(image, staging, env)
     kept = cache / known / "imageroot"
     if not kept.is_dir():
-        # By id, not by name: a name moved to another image meanwhile cannot land here.
-        extracted = staging / "extracted"
-        extracted.mkdir()
-        _keep(extract_imageroot(known, extracted, env), cache / known, env)
+        _keep(known, cache / known, env)
     copied = proc.run(["cp", "-a", "--", str(kept), str(staging)], env=env, timeout=300)
     if copied.returncode != 0:
         raise AgentError(f"cannot copy the imageroot of {image}: {copied.error_text.strip()}")
     return staging / "imageroot"
 
 
-def _keep(imageroot: Path, entry: Path, env: dict[str, str]) -> None:
-    """imageroot into entry/imageroot whole or not at all (two installs may race)."""
+def _keep(known: str, entry: Path, env: dict[str, str]) -> None:
+    """Image known's /imageroot into entry/imageroot, whole or not at all (two installs
+    may race). By id, not by name: a name moved to another image cannot land here."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=".part-", dir=entry.parent))
     try:
-        copied = proc.run(["cp", "-a", "--", str(imageroot), str(partial)], env=env, timeout=300)
-        if copied.returncode != 0:
-            raise AgentError(f"cannot keep {imageroot}: {copied.error_text.strip()}")
+        extract_imageroot(known, partial, env)
         try:
             partial.rename(entry)
         except OSError:

@@ -214,10 +214,11 @@ def stream(
     files) as JSON on stderr: both are parsed. Returns (exit code, stderr's other lines).
 
     With stdin_text, the container starts first and stdin_text() runs meanwhile in this
-    thread; what it returns is restic's standard input (`--files-from -`). restic reads
-    its standard input before it opens the repository, so the container's start overlaps
-    stdin_text's work. When stdin_text raises, restic's input stays empty (`nothing to
-    backup`: it ends without touching the repository) and the exception propagates.
+    thread (again if podman has to start the container a second time); what it returns is
+    restic's standard input (`--files-from -`). restic reads its standard input before it
+    opens the repository, so the container's start overlaps stdin_text's work. When
+    stdin_text raises, restic's input stays empty (`nothing to backup`: it ends without
+    touching the repository) and the exception propagates.
     """
     argv = podman_run_argv(
         target,
@@ -229,17 +230,9 @@ def stream(
         progress_fps=PROGRESS_FPS,
     )
     env = proc.merged_env({**podman_env, **container_env(target, password)})
-    given: list[str] = []
-
-    def text_once() -> str:
-        if not given and stdin_text is not None:
-            given.append(stdin_text())
-        return given[0] if given else ""
-
-    feed = text_once if stdin_text is not None else None
-    code, stderr = _stream_once(argv, env, on_message, feed)
+    code, stderr = _stream_once(argv, env, on_message, stdin_text)
     if lost_cache_volume_race(code, stderr):
-        code, stderr = _stream_once(argv, env, on_message, feed)
+        code, stderr = _stream_once(argv, env, on_message, stdin_text)
     return code, stderr
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import shutil
@@ -73,17 +74,13 @@ def run_hook(ctx: Context, module_id: str, hook: str, backup_id: int) -> proc.Re
 
 
 class _DumpHook:
-    """The module's module-dump-state, run at most once per backup."""
+    """The module's module-dump-state; ran tells whether its cleanup is due."""
 
     def __init__(self, ctx: Context, module_id: str, backup_id: int) -> None:
         self.ctx, self.module_id, self.backup_id = ctx, module_id, backup_id
         self.ran = False  # the module ships the hook and it was started
-        self.done = False
 
     def run(self) -> None:
-        if self.done:
-            return
-        self.done = True
         dumped = run_hook(self.ctx, self.module_id, "module-dump-state", self.backup_id)
         self.ran = dumped is not None
         if dumped is not None and dumped.returncode != 0:
@@ -235,13 +232,15 @@ class ModuleBackup:
         password = self.job.destination.password
         labels = dump_labels(self.ctx, self.module_id, state_dir)
         environment_file = state_dir / "environment"
-        environment: list[str] = []
+        environment = ""
 
+        @functools.cache  # once per backup, however many times restic is started
         def sources() -> str:
             """Run while restic's container starts: restic reads the paths to back up,
             and so any file, only once the dump hook has written its files."""
+            nonlocal environment
             dump.run()
-            environment.append(_read_text(environment_file))
+            environment = _read_text(environment_file)
             return layout.sources(labels)
 
         args = restic.backup_args(
@@ -283,7 +282,7 @@ class ModuleBackup:
             if new_id and "state/environment" not in result.unreadable:
                 snapshot_time = str(result.summary.get("backup_start", ""))
                 self._remember_environment(
-                    new_id, snapshot_time, path, environment[-1], environment_file
+                    new_id, snapshot_time, path, environment, environment_file
                 )
             kept = self._retention(target, password, podman_env, earlier.before(new_id))
         summary = result.summary
