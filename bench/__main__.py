@@ -101,6 +101,7 @@ def main() -> None:
     try:
         scenarios.daemon_rss(bench, "idle_after_start")
         scenarios.setup_module(bench)
+        scenarios.let_deletions_settle(bench)  # of the previous run's cluster, just above
         if "backup" in items:
             scenarios.backups(bench)
         if "restore" in items:

@@ -146,6 +146,15 @@ class Cluster:
         argv = ["podman", "volume", "inspect", "--format", "{{.Mountpoint}}", name]
         return Path(run(argv, self.podman_env).strip())
 
+    def new_volume(self, name: str) -> Path:
+        """A volume in the node's storage, beside the modules' ones; its host path."""
+        run(["podman", "volume", "create", name], self.podman_env)
+        return self.volume_path(name)
+
+    def remove_volumes(self, names: Sequence[str]) -> None:
+        if names:
+            run(["podman", "volume", "rm", "--force", *names], self.podman_env)
+
     def module_uuid(self, module_id: str) -> str:
         environment = self.root / "modules" / module_id / "state" / "environment"
         for line in environment.read_text().splitlines():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import (
+    REPO,
     VENV_BIN,
     Cluster,
     RawRestic,
@@ -106,6 +107,9 @@ def _order(items: list[str], rep: int) -> list[str]:
 
 def setup_module(bench: Bench) -> None:
     """One module whose pages volume holds (a copy of) the dataset."""
+    # The sample image as the checkout has it (rebuilt only when its sources changed):
+    # a stale one would time hooks that are no longer the module's.
+    run([str(REPO / "examples" / "minwiki" / "build")], bench.cluster.env)
     added = bench.cluster.api("add-module", {"image": MODULE_IMAGE, "node": 1})
     bench.module = added["module_id"]
     pages = bench.cluster.volume_path(f"{bench.module}-pages")
@@ -152,18 +156,33 @@ def backups(bench: Bench) -> None:
                 f"no-change {again[system].samples[-1]:.2f}s"
             )
             spent.append(repo)
-    _remove_later(spent)
+    _remove_later(bench, spent)
     bench.results["full_backup"] = _abc(full)
     bench.results["nochange_backup"] = _abc(again)
 
 
-def _remove_later(paths: list[Path]) -> None:
+def _remove_later(bench: Bench, paths: list[Path]) -> None:
     """Delete what the timed runs wrote only after the last of them. On this machine's
     ext4 (mounted with `discard`), writing right after deleting some 600 MiB is about
     twice as slow (a restore: 2.6 s, 5.4 s after a deletion, most of it system time),
     and a deletion between runs charged that to whichever system came next."""
     for path in paths:
         shutil.rmtree(path, ignore_errors=True)
+    let_deletions_settle(bench)
+
+
+DELETION_SETTLE_S = 90.0
+
+
+def let_deletions_settle(bench: Bench) -> None:
+    """Wait out the slow spell that follows a big deletion before the next timed item.
+    It fades with time: restic restores measured on the host ran 2.4-2.9 s with nothing
+    deleted before them, 5.4 s right after a deletion, 3.7 s ten seconds after one (with
+    a sync), and 2.8 s forty seconds after; after the bench's own deletions (some 10 GiB)
+    the first minute of restores still ran 3.4-3.9 s, hence a minute and a half."""
+    bench.log(f"waiting {DELETION_SETTLE_S:.0f} s for the disk to settle after deletions")
+    os.sync()
+    time.sleep(DELETION_SETTLE_S)
 
 
 def _abc(series: dict[str, Series]) -> dict[str, Any]:
@@ -222,16 +241,18 @@ def _restore(bench: Bench) -> None:
     module_repo = repo / path
     env = raw.env | {"RESTIC_PASSWORD": password}
     series = {name: Series(name) for name in ("raw", "agent", "agent_latest", "unrecorded")}
-    targets: list[Path] = []
+    targets: list[str] = []
     restored_modules: list[str] = []
     for rep in range(bench.repeat):
         for system in _order(list(series), rep):
             if system == "raw":
-                target = bench.work / f"restored{rep}"
-                target.mkdir(parents=True)
+                # Into a volume of the node's storage, as the agent restores, so that both
+                # write under one directory: on this machine, where on the disk 600 MiB
+                # land changed a restore's time by up to a second (system time).
+                targets.append(f"bench-raw-restored{rep}")
+                target = cluster.new_volume(targets[-1])
                 argv = raw.argv(module_repo, target, ["restore", snapshot, "--target", "/data"])
                 series[system].samples.append(_settled(partial(run, argv, env)))
-                targets.append(target)
             else:
                 data = {
                     "node": 1,
@@ -257,7 +278,8 @@ def _restore(bench: Bench) -> None:
             bench.log(f"restore rep {rep} {system}: {series[system].samples[-1]:.2f}s")
     for module_id in restored_modules:  # not timed, and after every timed run
         cluster.api("remove-module", {"module_id": module_id})
-    _remove_later(targets)
+    cluster.remove_volumes(targets)
+    _remove_later(bench, [repo])
     plain, agent = series["raw"], series["agent"]
     latest, unrecorded = series["agent_latest"], series["unrecorded"]
     bench.results["restore"] = {
@@ -272,7 +294,6 @@ def _restore(bench: Bench) -> None:
         "ratio_unrecorded": unrecorded.median / plain.median,
         "ratio_unrecorded_paired": _paired(unrecorded, plain),
     }
-    shutil.rmtree(repo, ignore_errors=True)
 
 
 def round_trips(bench: Bench, calls: int = 50) -> None:
