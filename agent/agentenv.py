@@ -9,13 +9,18 @@ from agent.settings import Settings
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines (no quoting rules beyond stripping one pair of quotes)."""
-    env: dict[str, str] = {}
+    """parse_env_text of the file; {} when there is none."""
     try:
-        lines = path.read_text().splitlines()
+        return parse_env_text(path.read_text())
     except FileNotFoundError:
-        return env
-    for line in lines:
+        return {}
+
+
+def parse_env_text(text: str) -> dict[str, str]:
+    """KEY=VALUE lines (no quoting rules beyond stripping one pair of quotes), as a
+    module's state/environment or agent.env holds them, live or read from a snapshot."""
+    env: dict[str, str] = {}
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue

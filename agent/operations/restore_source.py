@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from agent import locks, redis_keys, restic, snapshot_environments
+from agent.agentenv import parse_env_text
 from agent.destinations import (
     Destination,
     load_destination,
@@ -101,16 +102,6 @@ def explain_read_failure(code: int, stderr: str, repository: Repository, snapsho
     return f"{where}: {explain_restic_failure(code, stderr)}"
 
 
-def parse_environment(text: str) -> dict[str, str]:
-    """KEY=VALUE lines of a state/environment file."""
-    environment = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key.strip() and not key.lstrip().startswith("#"):
-            environment[key.strip()] = value.strip()
-    return environment
-
-
 def read_environment_text(
     repository: Repository, snapshot: str, podman_env: Mapping[str, str]
 ) -> str:
@@ -128,7 +119,7 @@ def read_environment_text(
         raise ActionFailed(
             explain_read_failure(done.returncode, done.error_text, repository, snapshot)
         )
-    if not parse_environment(done.text).get("IMAGE_URL"):
+    if not parse_env_text(done.text).get("IMAGE_URL"):
         raise ActionFailed(f"the snapshot of {repository.path.path} names no IMAGE_URL")
     return done.text
 
@@ -149,7 +140,7 @@ def snapshot_environment(
     node running this step): the restore that follows determine-restore-eligibility, or
     one tried again, finds it there and needs no restic run to know the image."""
     recorded = _recorded(redis, repository, snapshot)
-    environment = parse_environment(recorded[1]) if recorded else {}
+    environment = parse_env_text(recorded[1]) if recorded else {}
     if recorded and environment.get("IMAGE_URL"):
         check_reachable(repository)  # as reading it would have: fail before installing
         log.info("%s@%s: environment from the backup record", repository.path, recorded[0])
@@ -162,7 +153,7 @@ def snapshot_environment(
             )
         except REDIS_ERRORS as exc:  # only a later restore's shortcut is lost
             log.warning("%s@%s: environment not recorded: %s", repository.path, snapshot, exc)
-    return snapshot, parse_environment(text)
+    return snapshot, parse_env_text(text)
 
 
 def _recorded(redis: Redis, repository: Repository, snapshot: str) -> tuple[str, str] | None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from agent.agentenv import parse_env_text
 from agent.errors import ValidationFailed
 from agent.models import RestoreModuleRequest
 from agent.operations.repositories import epoch, snapshot_row
 from agent.operations.restore_data import restore_args
-from agent.operations.restore_source import parse_environment, parse_repo_path, snapshot_paths
+from agent.operations.restore_source import parse_repo_path, snapshot_paths
 from agent.verify_restore import pattern_regex
 
 UUID = "48ce000a-79b7-5fe6-8558-177fd70c27b4"
@@ -59,7 +60,8 @@ def test_restore_request_whole_or_partial() -> None:
 
 
 def test_environment_and_snapshot_rows() -> None:
-    assert parse_environment("IMAGE_URL=a/b:1\n# c\nMODULE_UUID=u\nbroken\n") == {
+    # As the daemon reads the live file: a snapshot's copy means the same.
+    assert parse_env_text("IMAGE_URL=a/b:1\n# c\nMODULE_UUID='u'\nbroken\n") == {
         "IMAGE_URL": "a/b:1",
         "MODULE_UUID": "u",
     }
