@@ -30,7 +30,7 @@ from agent import podman, proc, redis_keys
 from agent.errors import AgentError
 from agent.redis_store import Redis, connect
 from agent.settings import Settings, default_root, load_settings
-from agent.volumes import included_volumes
+from agent.volumes import ENVIRONMENT, included_volumes
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SKIPPED_KEYS = ("environment", "backup_lock", "flags")
@@ -141,7 +141,7 @@ def module_tree(
     state_keep = [p for p in _patterns(include) if p.pattern.startswith("^state")]
     agent_id = redis_keys.module_agent(module_id)
     entries, links = snapshot_tree(settings.state_dir(agent_id), "state", state_keep, skip)
-    entries = {k: v for k, v in entries.items() if k not in ("state", "state/environment")}
+    entries = {k: v for k, v in entries.items() if k not in ("state", ENVIRONMENT)}
     for name in volumes:
         found, groups = snapshot_tree(
             volume_dir(settings, f"{module_id}-{name}"), f"volumes/{name}", None, skip

@@ -10,7 +10,9 @@ from agent.restic import Mount
 STATE_MOUNT = "/srv/state"
 VOLUMES_MOUNT = "/srv/volumes"
 EXCLUDE_MOUNT = "/etc/state-exclude.conf"
-ALWAYS_BACKED_UP = ("state/environment",)
+# The module's identity (image, uuid): in every snapshot, whatever state-include.conf says.
+ENVIRONMENT = "state/environment"
+ALWAYS_BACKED_UP = (ENVIRONMENT,)
 
 
 def volume_mounts(module_id: str, volume_names: list[str]) -> list[Mount]:

@@ -23,7 +23,7 @@ from agent.errors import AgentError
 from agent.operations.modules import image_name
 from agent.reachability import unreachable_reason
 from agent.redis_store import REDIS_ERRORS, Context, connect_binary
-from agent.volumes import backup_layout
+from agent.volumes import ENVIRONMENT, backup_layout
 
 log = logging.getLogger("agent.backup")
 HOOK_TIMEOUT = 3600
@@ -279,7 +279,7 @@ class ModuleBackup:
                     )
                 outcome = self._classify(result)
             new_id = str(result.summary.get("snapshot_id", ""))
-            if new_id and "state/environment" not in result.unreadable:
+            if new_id and ENVIRONMENT not in result.unreadable:
                 snapshot_time = str(result.summary.get("backup_start", ""))
                 self._remember_environment(
                     new_id, snapshot_time, path, environment, environment_file

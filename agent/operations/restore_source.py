@@ -20,9 +20,10 @@ from agent.errors import ActionFailed, DestinationNotFound, validation_error
 from agent.operations.module_backup import explain_restic_failure
 from agent.reachability import unreachable_reason
 from agent.redis_store import REDIS_ERRORS, Redis
+from agent.volumes import ENVIRONMENT
 
 log = logging.getLogger("agent.restore")
-ENVIRONMENT_PATH = "/state/environment"  # where every snapshot keeps the module's identity
+ENVIRONMENT_PATH = f"/{ENVIRONMENT}"  # where every snapshot keeps the module's identity
 LEASE_WAIT_SECONDS = 600.0
 
 
