@@ -109,26 +109,18 @@ def podman_run_argv(
 
 
 def backup_args(
-    paths: Sequence[str],
-    *,
-    tags: Sequence[str] = (),
-    host: str | None = None,
-    files_from: str | None = None,
-    exclude_file: str | None = None,
-    json_output: bool = True,
+    *, tags: Sequence[str] = (), host: str | None = None, exclude_file: str | None = None
 ) -> list[str]:
-    args = ["backup"]
-    if json_output:
-        args.append("--json")
+    """`restic backup` with JSON output; the paths and patterns come on standard input."""
+    args = ["backup", "--json"]
     for tag in tags:
         args += ["--tag", tag]
     if host:
         args += ["--host", host]
-    if files_from:
-        args += ["--files-from", files_from]
+    args += ["--files-from", "-"]
     if exclude_file:
         args += ["--exclude-file", exclude_file]
-    return args + list(paths)
+    return args
 
 
 def forget_args(

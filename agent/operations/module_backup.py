@@ -244,8 +244,6 @@ class ModuleBackup:
             return layout.sources(labels)
 
         args = restic.backup_args(
-            [],
-            files_from="-",
             exclude_file=layout.exclude_file,
             host=self.module_id,
             tags=[
