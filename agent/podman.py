@@ -88,19 +88,17 @@ def install_imageroot(
 
 
 def _image_imageroot(image: str, staging: Path, env: dict[str, str], cache: Path | None) -> Path:
-    """The image's /imageroot under staging. An image id names fixed content, so what was
-    extracted once for an id is kept in cache/<id> and copied from there the next time
-    (a restore, a second instance): no container to create, copy out of and remove."""
+    """The image's /imageroot, to copy from and never to change: extracted under staging,
+    or kept in cache/<id>. An image id names fixed content, so what was extracted once
+    for an id serves the next install too (a restore, a second instance): no container
+    to create, copy out of and remove."""
     known = image_id(image, env) if cache is not None else None
     if cache is None or known is None:  # not on this node yet: podman create pulls it
         return extract_imageroot(image, staging, env)
     kept = cache / known / "imageroot"
     if not kept.is_dir():
         _keep(known, cache / known, env)
-    copied = proc.run(["cp", "-a", "--", str(kept), str(staging)], env=env, timeout=300)
-    if copied.returncode != 0:
-        raise AgentError(f"cannot copy the imageroot of {image}: {copied.error_text.strip()}")
-    return staging / "imageroot"
+    return kept
 
 
 def _keep(known: str, entry: Path, env: dict[str, str]) -> None:
