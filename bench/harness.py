@@ -151,10 +151,6 @@ class Cluster:
         run(["podman", "volume", "create", name], self.podman_env)
         return self.volume_path(name)
 
-    def remove_volumes(self, names: Sequence[str]) -> None:
-        if names:
-            run(["podman", "volume", "rm", "--force", *names], self.podman_env)
-
     def module_uuid(self, module_id: str) -> str:
         environment = self.root / "modules" / module_id / "state" / "environment"
         for line in environment.read_text().splitlines():

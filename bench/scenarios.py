@@ -218,7 +218,7 @@ def _restore(bench: Bench) -> None:
     """By snapshot id, as the UI asks after listing the snapshots; by `latest`; and by id
     of a snapshot the cluster has no record of (another cluster's, say: the record is
     removed before each run), which makes the agent read the environment back."""
-    from agent import redis_keys
+    from agent import podman, redis_keys
     from agent.redis_store import connect
     from agent.settings import load_settings
 
@@ -278,7 +278,7 @@ def _restore(bench: Bench) -> None:
             bench.log(f"restore rep {rep} {system}: {series[system].samples[-1]:.2f}s")
     for module_id in restored_modules:  # not timed, and after every timed run
         cluster.api("remove-module", {"module_id": module_id})
-    cluster.remove_volumes(targets)
+    podman.remove_volumes(targets, cluster.podman_env)
     _remove_later(bench, [repo])
     plain, agent = series["raw"], series["agent"]
     latest, unrecorded = series["agent_latest"], series["unrecorded"]
