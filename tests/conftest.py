@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import tomllib
+import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import pytest
 import redis
 
 from agent import podman_store
+from tests.support import leaks
 from tests.support.processes import terminate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +47,56 @@ def pytest_configure(config: pytest.Config) -> None:
     # project's engine settings: runc, cgroupfs, no default ulimits.
     os.environ["CONTAINERS_CONF"] = str(CONTAINERS_CONF)
     redis_backend()  # a bad TEST_REDIS_BACKEND stops the run here, not in every test
+    if not hasattr(config, "workerinput") and leaks.enabled():
+        # The controller marks the environment that workers and every process they start
+        # inherit; what still carries the mark at the end was left behind by a test.
+        os.environ.setdefault(leaks.SESSION_VARIABLE, uuid.uuid4().hex)
+        config.stash[_LEAK_BASELINE] = _machine_inventory()
+
+
+_LEAK_BASELINE = pytest.StashKey[dict[str, set[str]]]()
+
+
+def _machine_inventory() -> dict[str, set[str]]:
+    inventory = {"users": leaks.users()}
+    if shutil.which("podman") is not None:
+        env = host_podman_env()
+        inventory["containers"] = leaks.podman_names("ps", env)
+        inventory["volumes"] = leaks.podman_names("volume", env)
+    return inventory
+
+
+@pytest.hookimpl(trylast=True)  # after the session's fixtures are torn down
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fails the run when a test left a process, container, volume or user behind."""
+    config = session.config
+    if hasattr(config, "workerinput") or _LEAK_BASELINE not in config.stash:
+        return
+    session_id = os.environ[leaks.SESSION_VARIABLE]
+    exclude = {os.getpid(), os.getppid()}
+    found: dict[str, object] = {}
+    processes = leaks.wait_for_marked_processes(session_id, exclude, grace=20.0)
+    if processes:
+        found["processes"] = processes
+    before = config.stash[_LEAK_BASELINE]
+    for kind, names in _machine_inventory().items():
+        new = sorted(names - before.get(kind, set()))
+        if new:
+            found[f"machine {kind}"] = new
+    for worker, leftovers in leaks.read_reports(session_id).items():
+        found[f"{worker} store"] = leftovers
+    shutil.rmtree(leaks.report_dir(session_id), ignore_errors=True)
+    if found:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        text = "tests left these behind:\n" + "\n".join(f"  {k}: {v}" for k, v in found.items())
+        if reporter is not None:
+            reporter.write_line("")
+            reporter.write_sep("=", "leak check", red=True)
+            reporter.write_line(text, red=True)
+        else:
+            print(text, file=sys.stderr)
+        if session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -163,12 +215,24 @@ def session_podman_store() -> Iterator[podman_store.Store | None]:
         try:
             yield store
         finally:
+            _report_store_leftovers()
             if store.graphroot.exists():
                 rm = ["podman", "rm", "--all", "--force", "--time", "0"]
                 subprocess.run(rm, capture_output=True, timeout=120, check=False)
             podman_store.release(store)
             podman_store.discard_runtime(store)
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _report_store_leftovers() -> None:
+    """What is still in this worker's store at its end (deleting the store would hide it)."""
+    session_id = os.environ.get(leaks.SESSION_VARIABLE)
+    if not session_id or not leaks.enabled():
+        return
+    leftovers = {kind: sorted(leaks.podman_names(kind)) for kind in ("ps", "volume")}
+    leftovers = {("containers" if k == "ps" else "volumes"): v for k, v in leftovers.items() if v}
+    if leftovers:
+        leaks.write_report(session_id, xdist_worker_id(), leftovers)
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 import redis
@@ -101,6 +103,30 @@ def test_a_forked_step_is_cancelled_and_recovered_like_a_cold_one(
     assert not left, (left, slow_id, pid, node.log_tail(40))
 
 
+def _children(pid: int) -> list[int]:
+    """Children of every thread of pid: a thread's own `children` file lists only its own."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _wait_for_helpers(daemon: int, timeout: float = 30.0) -> list[int]:
+    """The daemon's children that run its own command line (the warm helper forks itself)."""
+    command = Path(f"/proc/{daemon}/cmdline").read_bytes()
+    deadline = time.monotonic() + timeout
+    while True:
+        helpers = []
+        for child in _children(daemon):
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{child}/cmdline").read_bytes() == command:
+                    helpers.append(child)
+        if helpers or time.monotonic() > deadline:
+            return helpers
+        time.sleep(0.1)
+
+
 def test_steps_start_cold_when_the_helper_is_gone(
     cluster: ClusterHarness, redis_client: redis.Redis
 ) -> None:
@@ -108,9 +134,7 @@ def test_steps_start_cold_when_the_helper_is_gone(
     node.write_action("cluster", "probe", {"10probe": PROBE})
     assert node.process is not None
     daemon = node.process.pid
-    command = Path(f"/proc/{daemon}/cmdline").read_bytes()
-    children = Path(f"/proc/{daemon}/task/{daemon}/children").read_text().split()
-    helpers = [int(c) for c in children if Path(f"/proc/{c}/cmdline").read_bytes() == command]
+    helpers = _wait_for_helpers(daemon)
     assert len(helpers) == 1, "the daemon forks one helper"
     os.kill(helpers[0], signal.SIGKILL)
 

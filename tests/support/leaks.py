@@ -1,0 +1,87 @@
+"""What a test session leaves behind: processes, containers, volumes and users.
+
+The controller marks its environment with a session id before any worker starts; every
+process a test starts inherits it (workers, daemons, redis-server, rclone, podman and its
+conmon), so a process still carrying the mark after the run is one a test left behind,
+whatever other work shares the machine. Workers report what is left in their private
+podman store just before it is deleted, since deletion would hide it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+SESSION_VARIABLE = "BACKUP_AGENT_TEST_SESSION"
+# Set to 0 to skip the check, e.g. while other test runs share the machine's store.
+CHECK_VARIABLE = "BACKUP_AGENT_LEAK_CHECK"
+
+
+def enabled() -> bool:
+    return os.environ.get(CHECK_VARIABLE, "1") != "0"
+
+
+def report_dir(session: str) -> Path:
+    return Path("/tmp") / f"backup-agent-leaks-{session}"
+
+
+def marked_processes(session: str, exclude: set[int]) -> dict[int, str]:
+    """Live (non-zombie) processes whose environment carries this session's mark."""
+    marker = f"{SESSION_VARIABLE}={session}".encode()
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in exclude:
+            continue
+        try:
+            if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        found[int(entry.name)] = command.strip()[:200]
+    return found
+
+
+def wait_for_marked_processes(session: str, exclude: set[int], grace: float) -> dict[int, str]:
+    """What still carries the mark after grace seconds (workers need a moment to exit)."""
+    deadline = time.monotonic() + grace
+    while True:
+        found = marked_processes(session, exclude)
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def podman_names(kind: str, env: dict[str, str] | None = None) -> set[str]:
+    """Container ('ps') or volume ('volume') names in the store that env points at."""
+    argv = (
+        ["podman", "ps", "--all", "--format", "{{.Names}}"]
+        if kind == "ps"
+        else ["podman", "volume", "ls", "--format", "{{.Name}}"]
+    )
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    if result.returncode != 0:
+        return set()
+    return {line for line in result.stdout.split() if line}
+
+
+def users() -> set[str]:
+    return {line.split(":", 1)[0] for line in Path("/etc/passwd").read_text().splitlines()}
+
+
+def write_report(session: str, name: str, leftovers: dict[str, list[str]]) -> None:
+    directory = report_dir(session)
+    directory.mkdir(exist_ok=True)
+    (directory / f"{name}.json").write_text(json.dumps(leftovers))
+
+
+def read_reports(session: str) -> dict[str, dict[str, list[str]]]:
+    directory = report_dir(session)
+    if not directory.is_dir():
+        return {}
+    return {path.stem: json.loads(path.read_text()) for path in directory.glob("*.json")}
