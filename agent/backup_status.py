@@ -89,6 +89,8 @@ class RunSummary:
     name: str
     node_id: int
     modules: list[ModuleStatus] = field(default_factory=list)
+    destination: str = ""  # the destination's name, for reports
+    free_bytes: int | None = None  # free space where the storage tells it (local disks)
 
     @property
     def outcome(self) -> Outcome:
@@ -100,6 +102,8 @@ class RunSummary:
             "node": self.node_id,
             "outcome": self.outcome.value,
             "modules": {m.module_id: json.loads(m.to_record()) for m in self.modules},
+            "destination": self.destination,
+            "free_bytes": self.free_bytes,
         }
 
 

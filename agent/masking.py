@@ -6,7 +6,8 @@ import re
 from typing import Any
 
 MASK = "XXX"
-_SECRET_KEY = re.compile(r"(password|secret|key|token|pass)$", re.IGNORECASE)
+# "url": apprise and ping URLs carry tokens, and a destination URL may hold user:pass@.
+_SECRET_KEY = re.compile(r"(password|secret|key|token|pass|url)$", re.IGNORECASE)
 
 
 def is_secret_key(name: str) -> bool:

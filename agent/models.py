@@ -94,6 +94,10 @@ class NoInput(Request):
         return {} if data is None else data
 
 
+# healthchecks.io-style ping URL; "" on alter removes it, absent keeps it.
+PingUrl = Annotated[str, StringConstraints(max_length=2048, pattern=r"^(https?://[^\x00-\x20]+)?$")]
+
+
 class BackupRequest(Request):
     name: DestinationName
     instances: Annotated[list[ModuleId], Field(max_length=1000)]
@@ -111,6 +115,7 @@ class BackupRequest(Request):
     keep_within: (
         Annotated[str, StringConstraints(max_length=32, pattern=r"^([0-9]{1,6}[ymdh])+$")] | None
     ) = None
+    ping_url: PingUrl | None = None
 
 
 class AddBackupRequest(BackupRequest):
@@ -199,6 +204,47 @@ class RestoreFilesRequest(SnapshotRequest):
     paths: Annotated[list[SnapshotPath], Field(max_length=1000)] = Field(default_factory=list)
 
 
+# --- notifications (issue #17) ----------------------------------------------------------
+NotificationEvent = Literal["failure", "partial", "success", "overdue", "report"]
+NotificationName = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+]
+# An apprise URL (mailto://, slack://, ntfy://, json://, …): a scheme and something after it.
+AppriseUrl = Annotated[
+    str,
+    StringConstraints(
+        min_length=4, max_length=2048, pattern=r"^[a-z][a-z0-9+.-]{0,31}://[^\x00-\x20]+$"
+    ),
+]
+BackupIdList = Annotated[list[Annotated[StrictInt, Field(ge=1, le=2**31)]], Field(max_length=1000)]
+
+
+class NotificationTargetRequest(Request):
+    name: NotificationName
+    url: AppriseUrl
+    events: Annotated[list[NotificationEvent], Field(min_length=1, max_length=5)]
+    backups: BackupIdList = Field(default_factory=list)
+
+
+class AlterNotificationTargetRequest(Request):
+    """As add; an empty url keeps the stored one (the listing never shows it)."""
+
+    name: NotificationName
+    url: AppriseUrl | Literal[""] = ""
+    events: Annotated[list[NotificationEvent], Field(min_length=1, max_length=5)]
+    backups: BackupIdList = Field(default_factory=list)
+
+
+class NotificationNameRequest(Request):
+    name: NotificationName
+
+
+class NodeRunBackupRequest(RunBackupRequest):
+    """notify=false: the cluster run that started this node run sends one report for all."""
+
+    notify: StrictBool = True
+
+
 # Every action whose validate-input.json is generated from a model: path → model.
 SCHEMAS: dict[str, type[Request]] = {
     "actions/cluster/add-module/validate-input.json": AddModuleRequest,
@@ -206,7 +252,7 @@ SCHEMAS: dict[str, type[Request]] = {
     "actions/node/add-module/validate-input.json": NodeAddModuleRequest,
     "actions/node/remove-module/validate-input.json": RemoveModuleRequest,
     "actions/cluster/run-backup/validate-input.json": RunBackupRequest,
-    "actions/node/run-backup/validate-input.json": RunBackupRequest,
+    "actions/node/run-backup/validate-input.json": NodeRunBackupRequest,
     "actions/cluster/add-backup-repository/validate-input.json": AddBackupRepositoryRequest,
     "actions/cluster/alter-backup-repository/validate-input.json": AlterBackupRepositoryRequest,
     "actions/cluster/remove-backup-repository/validate-input.json": DestinationIdRequest,
@@ -219,4 +265,10 @@ SCHEMAS: dict[str, type[Request]] = {
     "actions/cluster/restore-module/validate-input.json": RestoreModuleRequest,
     "actions/node/restore-files/validate-input.json": RestoreFilesRequest,
     "imageroot/actions/restore-module/validate-input.json": ModuleRestoreRequest,
+    "actions/cluster/add-notification-target/validate-input.json": NotificationTargetRequest,
+    "actions/cluster/alter-notification-target/validate-input.json": (
+        AlterNotificationTargetRequest
+    ),
+    "actions/cluster/remove-notification-target/validate-input.json": NotificationNameRequest,
+    "actions/cluster/test-notification-target/validate-input.json": NotificationNameRequest,
 }

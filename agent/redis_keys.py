@@ -113,6 +113,11 @@ def backup(backup_id: int) -> str:
     return f"cluster/backup/{backup_id}"
 
 
+def backup_private(backup_id: int) -> str:
+    """Hash: the backup's secrets (ping_url: a healthchecks-style URL is its own password)."""
+    return f"private/backup/{backup_id}"
+
+
 def backup_status(node_id: int, backup_id: int) -> str:
     return f"node/{node_id}/backup_status/{backup_id}"
 
@@ -148,3 +153,17 @@ def node_event(node_id: int, name: str) -> str:
 
 def module_event(module_id: str, name: str) -> str:
     return f"module/{module_id}/event/{name}"
+
+
+# --- notifications -------------------------------------------------------------------
+NOTIFICATION_TARGET_PATTERN = "cluster/notification_target/*"
+
+
+def notification_target(name: str) -> str:
+    """Hash: name, events, backups, and the outcome of the last send (no secret)."""
+    return f"cluster/notification_target/{name}"
+
+
+def notification_target_private(name: str) -> str:
+    """Hash: url (apprise URLs carry tokens and passwords)."""
+    return f"private/notification_target/{name}"

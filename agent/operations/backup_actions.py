@@ -7,8 +7,11 @@ import sys
 import threading
 from typing import Any
 
+from agent import run_report
+from agent.backup_status import Outcome, RunSummary
 from agent.errors import ActionFailed
-from agent.models import RunBackupRequest
+from agent.models import NodeRunBackupRequest, RunBackupRequest
+from agent.operations import notifications
 from agent.operations.run_backup import (
     describe_failure,
     exit_code,
@@ -26,11 +29,15 @@ def _cancel_on_sigterm() -> threading.Event:
     return cancelled
 
 
-def node_run_backup(step: Step, request: RunBackupRequest) -> Any:
+def node_run_backup(step: Step, request: NodeRunBackupRequest) -> Any:
     cancelled = _cancel_on_sigterm()
+    if request.notify:
+        notifications.queue_ping(step.ctx.redis, request.id, "start", step.task_id)
     summary = run_node_backup(step.ctx, request.id, step.set_progress, cancelled)
     if summary is None:
         return {"id": request.id, "outcome": "skipped", "reason": "backup is not enabled"}
+    if request.notify:
+        notify(step.ctx, summary, cancelled, step.task_id)
     output = summary.to_output()
     code = exit_code(summary.outcome)
     if code != 0:
@@ -49,13 +56,25 @@ def cluster_run_backup(step: Step, request: RunBackupRequest) -> Any:
     )
 
 
+def notify(ctx: Context, summary: RunSummary, cancelled: threading.Event, parent: str = "") -> None:
+    """The run's one message (unless every module's result came from another run, or it
+    was cancelled) and its end ping: success only when every module is ok."""
+    report = run_report.from_summary(summary)
+    if report.modules and not cancelled.is_set():
+        notifications.queue_report(ctx.redis, report, parent)
+    ok = not cancelled.is_set() and summary.outcome is Outcome.OK
+    notifications.queue_ping(ctx.redis, summary.backup_id, "success" if ok else "fail", parent)
+
+
 def command_run_backup(ctx: Context, backup_id: int) -> int:
     """`runagent -m node run-backup --backup=<ID>`: what the systemd timers run."""
     cancelled = _cancel_on_sigterm()
+    notifications.queue_ping(ctx.redis, backup_id, "start")
     summary = run_node_backup(ctx, backup_id, cancelled=cancelled)
     if summary is None:
         print(f"backup {backup_id} is not enabled: nothing to do")
         return 0
+    notify(ctx, summary, cancelled)
     for module in summary.modules:
         line = f"{module.module_id}: {module.outcome.value}"
         if module.snapshot_id:

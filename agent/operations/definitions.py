@@ -95,6 +95,8 @@ def add_backup(step: Step, request: AddBackupRequest) -> int:
                 pipe.set(redis_keys.BACKUP_SEQUENCE, backup_id)
                 fields = backup_fields(request, backup_id) | {"repository": request.repository}
                 pipe.hset(redis_keys.backup(backup_id), mapping=fields)
+                if request.ping_url:
+                    pipe.hset(redis_keys.backup_private(backup_id), "ping_url", request.ping_url)
                 pipe.publish(SCHEDULE_CHANGED, json.dumps({"backup_ids": [str(backup_id)]}))
                 pipe.execute()
                 return backup_id
@@ -122,6 +124,10 @@ def alter_backup(step: Step, request: AlterBackupRequest) -> None:
             absent = [name for name in KEEP_FIELDS if name not in fields]
             if absent:
                 pipe.hdel(key, *absent)
+            if request.ping_url:
+                pipe.hset(redis_keys.backup_private(request.id), "ping_url", request.ping_url)
+            elif request.ping_url == "":
+                pipe.delete(redis_keys.backup_private(request.id))
             pipe.publish(SCHEDULE_CHANGED, json.dumps({"backup_ids": [str(request.id)]}))
             pipe.execute()
         except redis_lib.WatchError:
@@ -140,12 +146,19 @@ def remove_backup(step: Step, request: BackupIdRequest) -> None:
         if not pipe.exists(key):
             raise ValidationFailed([error_row("id", "backup_not_found", request.id)], 2)
         pipe.multi()
-        pipe.delete(key, *(redis_keys.backup_status(n, request.id) for n in node_ids(redis)))
+        statuses = (redis_keys.backup_status(n, request.id) for n in node_ids(redis))
+        pipe.delete(key, redis_keys.backup_private(request.id), *statuses)
         pipe.publish(SCHEDULE_CHANGED, json.dumps({"backup_ids": [str(request.id)]}))
         try:
             pipe.execute()
         except redis_lib.WatchError:
             raise AgentError(f"backup {request.id} changed meanwhile: retry") from None
+
+
+def masked_url(url: str) -> str:
+    """Scheme and host of a URL whose path is a secret: enough to tell which service."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0].rsplit('@', 1)[-1]}/…" if rest else ""
 
 
 def instance_status(raw: str | None) -> dict[str, Any] | None:
@@ -194,7 +207,10 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
             pipe.hgetall(redis_keys.backup(backup_id))
             for node in nodes:
                 pipe.hgetall(redis_keys.backup_status(node, backup_id))
+        for backup_id in ids:
+            pipe.hget(redis_keys.backup_private(backup_id), "ping_url")
         fetched = pipe.execute()
+    ping_urls = dict(zip(ids, fetched[len(fetched) - len(ids) :], strict=True))
     facts = _module_facts(redis, sorted(set(uuids) | set(placed)))
     backups, configured = [], set()
     per_backup = 1 + len(nodes)
@@ -230,6 +246,7 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
             "retention": int(fields.get("retention") or 0),
             "enabled": fields.get("enabled") == "1",
             "instances": instances,
+            "ping_url": masked_url(ping_urls[backup_id] or ""),
         }
         for name in KEEP_FIELDS:
             if fields.get(name):

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from agent import redis_keys, restic, tasks
+from agent import redis_keys, restic, run_report, tasks
 from agent.backup_status import ModuleStatus, Outcome, RunSummary, metadata, render_prometheus
 from agent.backup_status import write_atomic as write_file_atomic
 from agent.destinations import (
@@ -22,6 +24,7 @@ from agent.destinations import (
     restic_target,
 )
 from agent.errors import ActionFailed, AgentError, validation_error
+from agent.operations import notifications
 from agent.operations.module_backup import BackupJob, ModuleBackup, Retention, repo_path
 from agent.redis_store import Context
 
@@ -113,7 +116,20 @@ def run_node_backup(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backup") as pool:
         summary.modules.extend(pool.map(back_up, modules))
     write_file_atomic(prometheus_path(ctx, backup_id), render_prometheus(summary))
-    return summary
+    return replace(
+        summary, destination=destination.name or destination.id, free_bytes=free_space(destination)
+    )
+
+
+def free_space(destination: Destination) -> int | None:
+    """Bytes free for the destination, where this node can tell without a container."""
+    if destination.provider != "local":
+        return None
+    try:
+        stat = os.statvfs(local_directory(destination))
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
 
 
 def prometheus_path(ctx: Context, backup_id: int) -> Path:
@@ -194,6 +210,51 @@ def _write_metadata(ctx: Context, destination: Destination, status: ModuleStatus
         log.warning("cannot write %s.json: %s", path, done.error_text.strip()[-300:])
 
 
+def cluster_report(
+    ctx: Context, backup_id: int, nodes: list[int], results: list[tasks.TaskResult]
+) -> run_report.RunReport:
+    """The nodes' outputs as one report; a node that said nothing of its modules failed."""
+    definition = ctx.redis.hgetall(redis_keys.backup(backup_id))
+    parts: list[run_report.RunReport | run_report.NodeFailure] = []
+    for node, result in zip(nodes, results, strict=True):
+        output = result.output if isinstance(result.output, dict) else {}
+        if output.get("outcome") == "skipped" or (result.exit_code == 0 and not output):
+            continue
+        try:
+            parts.append(node_report(output))
+        except (ValueError, TypeError, KeyError):
+            error = (result.error or "").strip().splitlines()
+            reason = error[-1] if error else f"exit code {result.exit_code}"
+            parts.append(run_report.NodeFailure(node=node, error=reason[:2000]))
+    name = definition.get("name") or f"Backup {backup_id}"
+    return run_report.merge(backup_id, name, parts)
+
+
+def node_report(output: dict[str, Any]) -> run_report.RunReport:
+    """A node's run-backup output back as a report (raises when it is not one)."""
+    modules = [
+        run_report.ModuleReport(
+            module_id=module_id,
+            node=int(output["node"]),
+            outcome=record["outcome"],
+            reason=str(record.get("reason", ""))[:2000],
+            snapshot_id=str(record.get("snapshot_id", "")),
+            total_size=int(record.get("total_size", 0)),
+            bytes_added=int(record.get("bytes_added", 0)),
+            snapshots_count=int(record.get("snapshots_count", 0)),
+        )
+        for module_id, record in dict(output["modules"]).items()
+        if not record.get("coalesced")
+    ]
+    return run_report.RunReport(
+        backup_id=int(output["id"]),
+        name="",
+        destination=str(output.get("destination") or ""),
+        free_bytes=output.get("free_bytes"),
+        modules=modules,
+    )
+
+
 def exit_code(outcome: Outcome) -> int:
     return {Outcome.OK: 0, Outcome.PARTIAL: EXIT_PARTIAL, Outcome.FAILED: 1}[outcome]
 
@@ -213,9 +274,12 @@ def run_cluster_backup(
 ) -> dict[str, Any]:
     """node/<N>/run-backup on every node at once; raises ActionFailed if any failed."""
     read_definition(ctx, backup_id)
+    notifications.queue_ping(ctx.redis, backup_id, "start", parent)
     nodes = sorted(int(n) for n in ctx.redis.smembers(redis_keys.CLUSTER_NODES))
     requests = [
-        tasks.TaskRequest(redis_keys.node_agent(n), "run-backup", {"id": backup_id}, parent)
+        tasks.TaskRequest(
+            redis_keys.node_agent(n), "run-backup", {"id": backup_id, "notify": False}, parent
+        )
         for n in nodes
     ]
     results = tasks.run_parallel(ctx.redis, requests, on_progress, cancelled)
@@ -224,6 +288,11 @@ def run_cluster_backup(
     for node, result in zip(nodes, results, strict=True):
         output["nodes"][str(node)] = result.output
         codes.append(result.exit_code)
+    report = cluster_report(ctx, backup_id, nodes, results)
+    if not cancelled.is_set() and (report.modules or report.node_failures):
+        notifications.queue_report(ctx.redis, report, parent)
+    ok = not cancelled.is_set() and report.outcome is Outcome.OK
+    notifications.queue_ping(ctx.redis, backup_id, "success" if ok else "fail", parent)
     failed = [n for n, c in zip(nodes, codes, strict=True) if c not in (0, EXIT_PARTIAL)]
     partial = [n for n, c in zip(nodes, codes, strict=True) if c == EXIT_PARTIAL]
     output["outcome"] = "failed" if failed else "partial" if partial else "ok"
