@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from agent import lease, recovery, redis_keys
+from agent import lease, overdue, recovery, redis_keys
 from agent.actiondirs import action_dirs, list_actions, merge_actions
 from agent.agentenv import agent_environment, read_env_file
 from agent.errors import AgentError
@@ -112,6 +112,12 @@ class Daemon:
             self.sync_workers()
             timers = TimerKeeper(self.settings)
             timers.sync(self.redis, start_all=True)
+            threading.Thread(
+                target=overdue.monitor,
+                args=(self.redis, self.settings, self.stopping, self.is_leader),
+                name="overdue",
+                daemon=True,
+            ).start()
             log.info("node %s serving %s", self.node_id, ", ".join(sorted(self.workers)))
             while not self.stopping.is_set():
                 try:

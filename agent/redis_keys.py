@@ -123,6 +123,13 @@ def backup_status(node_id: int, backup_id: int) -> str:
 
 
 BACKUP_STATUS_PATTERN = "node/*/backup_status/*"
+BACKUP_WATCH_PATTERN = "cluster/backup_watch/*"
+
+
+def backup_watch(backup_id: int) -> str:
+    """Hash: module id → JSON {since, due, next_run, last_success, overdue}, kept by the
+    leader's overdue monitor (agent/overdue.py)."""
+    return f"cluster/backup_watch/{backup_id}"
 
 
 def snapshot_environments(node_id: int) -> str:

@@ -147,12 +147,17 @@ class SendNotificationRequest(_Frozen):
     report: RunReport | None = None
     backup_id: Annotated[int, Field(ge=1)] | None = None
     ping: Literal["start", "success", "fail"] | None = None
+    title: Annotated[str, StringConstraints(max_length=500)] | None = None
+    body: Annotated[str, StringConstraints(max_length=20000)] | None = None
 
     @model_validator(mode="after")
-    def _report_or_ping(self) -> SendNotificationRequest:
+    def _one_kind(self) -> SendNotificationRequest:
         if self.event == "ping":
             if self.ping is None or self.backup_id is None:
                 raise ValueError("a ping needs backup_id and ping")
+        elif self.event == "overdue":
+            if self.title is None or self.body is None or self.backup_id is None:
+                raise ValueError("an overdue message needs backup_id, title and body")
         elif self.report is None:
             raise ValueError("a notification needs a report")
         return self

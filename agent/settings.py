@@ -55,6 +55,10 @@ class Settings:
     restic_podman_args: tuple[str, ...] = ()
     # Python steps forked from a pre-imported helper (agent/warmsteps.py), not started cold.
     warm_steps: bool = True
+    # A module is overdue this long after a scheduled time (plus the timers' random delay)
+    # with no good snapshot since; the leader looks every overdue_check_seconds.
+    overdue_grace_seconds: int = 3600
+    overdue_check_seconds: int = 60
     extra: dict[str, str] = field(default_factory=dict)
 
     # --- layout ----------------------------------------------------------------------
@@ -126,6 +130,8 @@ class Settings:
             "backup_concurrency": self.backup_concurrency,
             "restic_podman_args": list(self.restic_podman_args),
             "warm_steps": self.warm_steps,
+            "overdue_grace_seconds": self.overdue_grace_seconds,
+            "overdue_check_seconds": self.overdue_check_seconds,
         }
 
 
@@ -158,6 +164,8 @@ def load_settings(root: Path | None = None) -> Settings:
             backup_concurrency=int(data.get("backup_concurrency", 1)),
             restic_podman_args=tuple(str(a) for a in data.get("restic_podman_args", [])),
             warm_steps=bool(data.get("warm_steps", True)),
+            overdue_grace_seconds=int(data.get("overdue_grace_seconds", 3600)),
+            overdue_check_seconds=max(1, int(data.get("overdue_check_seconds", 60))),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"malformed {path}: {exc}") from None

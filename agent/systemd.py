@@ -149,6 +149,32 @@ def list_timers_argv(systemctl: Sequence[str], patterns: Iterable[str]) -> list[
     return [*systemctl, "list-timers", "--all", "--output=json", *patterns]
 
 
+def calendar_argv(schedule: str, base_epoch: float, iterations: int = 1) -> list[str]:
+    """systemd's own arithmetic: the next `iterations` elapses of schedule after base."""
+    return [
+        "systemd-analyze",
+        "calendar",
+        f"--iterations={iterations}",
+        f"--base-time=@{int(base_epoch)}",
+        "--",
+        schedule,
+    ]
+
+
+def parse_calendar_elapses(text: str) -> list[float]:
+    """Epoch seconds of the elapses `systemd-analyze calendar` printed (run with TZ=UTC)."""
+    elapses = []
+    for line in text.splitlines():
+        label, _, value = line.strip().partition(": ")
+        if label == "Next elapse" or label.startswith("Iter. #"):
+            try:
+                moment = datetime.strptime(value.strip(), "%a %Y-%m-%d %H:%M:%S UTC")
+            except ValueError:
+                continue
+            elapses.append(moment.replace(tzinfo=UTC).timestamp())
+    return elapses
+
+
 def usec_to_iso(usec: object) -> str | None:
     """Epoch microseconds → ISO 8601 UTC (seconds); 0, null or junk → None."""
     if not isinstance(usec, int) or isinstance(usec, bool) or usec <= 0:

@@ -7,11 +7,10 @@ import sys
 import threading
 from typing import Any
 
-from agent import run_report
+from agent import notification_queue, run_report
 from agent.backup_status import Outcome, RunSummary
 from agent.errors import ActionFailed
 from agent.models import NodeRunBackupRequest, RunBackupRequest
-from agent.operations import notifications
 from agent.operations.run_backup import (
     describe_failure,
     exit_code,
@@ -32,7 +31,7 @@ def _cancel_on_sigterm() -> threading.Event:
 def node_run_backup(step: Step, request: NodeRunBackupRequest) -> Any:
     cancelled = _cancel_on_sigterm()
     if request.notify:
-        notifications.queue_ping(step.ctx.redis, request.id, "start", step.task_id)
+        notification_queue.queue_ping(step.ctx.redis, request.id, "start", step.task_id)
     summary = run_node_backup(step.ctx, request.id, step.set_progress, cancelled)
     if summary is None:
         return {"id": request.id, "outcome": "skipped", "reason": "backup is not enabled"}
@@ -61,15 +60,15 @@ def notify(ctx: Context, summary: RunSummary, cancelled: threading.Event, parent
     was cancelled) and its end ping: success only when every module is ok."""
     report = run_report.from_summary(summary)
     if report.modules and not cancelled.is_set():
-        notifications.queue_report(ctx.redis, report, parent)
+        notification_queue.queue_report(ctx.redis, report, parent)
     ok = not cancelled.is_set() and summary.outcome is Outcome.OK
-    notifications.queue_ping(ctx.redis, summary.backup_id, "success" if ok else "fail", parent)
+    notification_queue.queue_ping(ctx.redis, summary.backup_id, "success" if ok else "fail", parent)
 
 
 def command_run_backup(ctx: Context, backup_id: int) -> int:
     """`runagent -m node run-backup --backup=<ID>`: what the systemd timers run."""
     cancelled = _cancel_on_sigterm()
-    notifications.queue_ping(ctx.redis, backup_id, "start")
+    notification_queue.queue_ping(ctx.redis, backup_id, "start")
     summary = run_node_backup(ctx, backup_id, cancelled=cancelled)
     if summary is None:
         print(f"backup {backup_id} is not enabled: nothing to do")

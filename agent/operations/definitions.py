@@ -17,6 +17,7 @@ from agent.models import (
     NoInput,
 )
 from agent.operations.modules import image_name
+from agent.overdue import Watch
 from agent.redis_store import Redis
 from agent.steps import Step
 
@@ -161,6 +162,18 @@ def masked_url(url: str) -> str:
     return f"{scheme}://{rest.split('/', 1)[0].rsplit('@', 1)[-1]}/…" if rest else ""
 
 
+def freshness(raw: str | None) -> dict[str, Any]:
+    """The overdue monitor's verdict: overdue, next_run and the newest good run's end."""
+    watch = Watch.from_json(raw)
+    if watch is None:  # not looked at yet (the leader looks every overdue_check_seconds)
+        return {"overdue": None, "next_run": None, "last_snapshot": None}
+    return {
+        "overdue": watch.overdue,
+        "next_run": int(watch.next_run) if watch.next_run else None,
+        "last_snapshot": watch.last_success or None,
+    }
+
+
 def instance_status(raw: str | None) -> dict[str, Any] | None:
     """The engine's status JSON in NS8's shape (success = no errors) plus our outcome."""
     if not raw:
@@ -209,8 +222,12 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
                 pipe.hgetall(redis_keys.backup_status(node, backup_id))
         for backup_id in ids:
             pipe.hget(redis_keys.backup_private(backup_id), "ping_url")
+        for backup_id in ids:
+            pipe.hgetall(redis_keys.backup_watch(backup_id))
         fetched = pipe.execute()
-    ping_urls = dict(zip(ids, fetched[len(fetched) - len(ids) :], strict=True))
+    tail = fetched[len(fetched) - 2 * len(ids) :]
+    ping_urls = dict(zip(ids, tail[: len(ids)], strict=True))
+    watches = dict(zip(ids, tail[len(ids) :], strict=True))
     facts = _module_facts(redis, sorted(set(uuids) | set(placed)))
     backups, configured = [], set()
     per_backup = 1 + len(nodes)
@@ -235,6 +252,7 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
                     "ui_name": ui_name,
                     "repository_path": f"{image}/{uuids[module_id]}",
                     "status": instance_status(statuses.get(module_id)),
+                    **freshness(watches[backup_id].get(module_id)),
                 }
             )
         item: dict[str, Any] = {

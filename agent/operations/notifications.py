@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agent import apprise_client, healthchecks, notification_targets, redis_keys, tasks
+from agent import apprise_client, healthchecks, notification_targets, redis_keys
 from agent.errors import ActionFailed, validation_error
 from agent.models import (
     AlterNotificationTargetRequest,
@@ -15,18 +15,10 @@ from agent.models import (
 )
 from agent.notification_targets import Target
 from agent.redis_api import Redis
-from agent.run_report import (
-    RunReport,
-    SendNotificationRequest,
-    as_task_data,
-    ping_task_data,
-    render,
-)
+from agent.run_report import SendNotificationRequest, render
 from agent.steps import Step
 
 log = logging.getLogger("agent.notifications")
-SEND_ACTION = "send-notification"
-TARGETS = redis_keys.NOTIFICATION_TARGET_PATTERN
 LEVELS: dict[str, apprise_client.Level] = {
     "success": "success",
     "partial": "warning",
@@ -101,12 +93,15 @@ def send_notification(step: Step, request: SendNotificationRequest) -> Any:
     redis = step.ctx.redis
     if request.ping is not None and request.backup_id is not None:
         return send_ping(redis, request.backup_id, request.ping)
-    report = request.report
-    assert report is not None  # the model requires one for every other event
-    title, body = render(report)
+    if request.report is not None:
+        backup_id = request.report.backup_id
+        title, body = render(request.report)
+    else:  # the model lets only a whole overdue message through here
+        assert request.backup_id is not None and request.title and request.body is not None
+        backup_id, title, body = request.backup_id, request.title, request.body
     sent, failed = [], []
     for target in notification_targets.load_all(redis):
-        if not target.wants(request.event, report.backup_id):
+        if not target.wants(request.event, backup_id):
             continue
         result = apprise_client.send(target.url, title, body, LEVELS[request.event])
         notification_targets.record_delivery(
@@ -131,34 +126,3 @@ def send_ping(redis: Redis, backup_id: int, ping: healthchecks.Ping) -> Any:
     if not result.ok:
         raise ActionFailed(f"backup {backup_id}: {result.error}", 1, {"ping": ping, "sent": False})
     return {"ping": ping, "sent": True}
-
-
-def queue_ping(redis: Redis, backup_id: int, ping: healthchecks.Ping, parent: str = "") -> None:
-    """Queue one ping of the backup's ping_url, if it has one; never raises, never waits."""
-    try:
-        if not redis.hexists(redis_keys.backup_private(backup_id), "ping_url"):
-            return
-        data = ping_task_data(backup_id, ping)
-        request = tasks.TaskRequest(redis_keys.CLUSTER, SEND_ACTION, data, parent)
-        tasks.submit(redis, request, check=False)
-    except Exception as exc:
-        log.warning("backup %s: ping %s was not queued: %s", backup_id, ping, exc)
-
-
-def queue_report(redis: Redis, report: RunReport, parent: str = "") -> None:
-    """Hand the report to the leader's send-notification; never raises, never waits.
-
-    A message that could not be queued is logged: the backup's own outcome stands.
-    """
-    try:
-        if next(redis.scan_iter(match=TARGETS, count=1000), None) is None:
-            return  # nobody listens: no task at all
-        tasks.submit(
-            redis,
-            tasks.TaskRequest(
-                redis_keys.CLUSTER, SEND_ACTION, as_task_data(report.event, report), parent
-            ),
-            check=False,
-        )
-    except Exception as exc:
-        log.warning("backup %s: the run's report was not queued: %s", report.backup_id, exc)

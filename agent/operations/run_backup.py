@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from agent import redis_keys, restic, run_report, tasks
+from agent import notification_queue, redis_keys, restic, run_report, tasks
 from agent.backup_status import ModuleStatus, Outcome, RunSummary, metadata, render_prometheus
 from agent.backup_status import write_atomic as write_file_atomic
 from agent.destinations import (
@@ -24,7 +24,6 @@ from agent.destinations import (
     restic_target,
 )
 from agent.errors import ActionFailed, AgentError, validation_error
-from agent.operations import notifications
 from agent.operations.module_backup import BackupJob, ModuleBackup, Retention, repo_path
 from agent.redis_store import Context
 
@@ -274,7 +273,7 @@ def run_cluster_backup(
 ) -> dict[str, Any]:
     """node/<N>/run-backup on every node at once; raises ActionFailed if any failed."""
     read_definition(ctx, backup_id)
-    notifications.queue_ping(ctx.redis, backup_id, "start", parent)
+    notification_queue.queue_ping(ctx.redis, backup_id, "start", parent)
     nodes = sorted(int(n) for n in ctx.redis.smembers(redis_keys.CLUSTER_NODES))
     requests = [
         tasks.TaskRequest(
@@ -290,9 +289,9 @@ def run_cluster_backup(
         codes.append(result.exit_code)
     report = cluster_report(ctx, backup_id, nodes, results)
     if not cancelled.is_set() and (report.modules or report.node_failures):
-        notifications.queue_report(ctx.redis, report, parent)
+        notification_queue.queue_report(ctx.redis, report, parent)
     ok = not cancelled.is_set() and report.outcome is Outcome.OK
-    notifications.queue_ping(ctx.redis, backup_id, "success" if ok else "fail", parent)
+    notification_queue.queue_ping(ctx.redis, backup_id, "success" if ok else "fail", parent)
     failed = [n for n, c in zip(nodes, codes, strict=True) if c not in (0, EXIT_PARTIAL)]
     partial = [n for n, c in zip(nodes, codes, strict=True) if c == EXIT_PARTIAL]
     output["outcome"] = "failed" if failed else "partial" if partial else "ok"

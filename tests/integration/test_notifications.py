@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import queue
 import subprocess
@@ -16,9 +17,10 @@ import pytest
 import redis
 
 from agent import redis_keys
+from agent.settings import write_settings
 from tests.conftest import free_port
 from tests.support import backups
-from tests.support.cluster import ClusterHarness
+from tests.support.cluster import ClusterHarness, NodeHarness
 
 pytestmark = pytest.mark.podman
 
@@ -239,3 +241,47 @@ def test_a_ping_url_gets_start_then_success_or_fail(
     altered = {k: v for k, v in definition.items() if k != "repository"}
     cluster.api_ok("alter-backup", {**altered, "id": backup_id, "ping_url": ""})
     assert not redis_client.exists(redis_keys.backup_private(backup_id))
+
+
+def test_missed_runs_turn_a_module_overdue_once_and_a_good_run_brings_it_back(
+    cluster: ClusterHarness,
+    redis_client: redis.Redis,
+    wiki: str,
+    tmp_path: Path,
+    receiver: Receiver,
+) -> None:
+    node = cluster.nodes[1]
+    node.stop()
+    node.settings = dataclasses.replace(
+        node.settings, overdue_check_seconds=1, overdue_grace_seconds=2, timer_random_delay=0
+    )
+    write_settings(node.settings)
+    node.start()
+    target = tmp_path / "backups"
+    target.mkdir()
+    destination = backups.add_destination(redis_client, "local", f"local:{target}")
+    # Due every 20 s; no timer runs here (no systemd), so every run is missed.
+    backups.add_backup(redis_client, 1, destination, [wiki], schedule="*-*-* *:*:00/20")
+    assert add_target(cluster, "late", receiver.url("late"), ["overdue"])[0] == 0
+
+    message = receiver.next(timeout=90)
+    assert message["title"] == f"Backup 1 'Backup 1': {wiki} is overdue"
+    assert "no good snapshot since never" in message["message"]
+    instance = cluster.api_ok("list-backups")["backups"][0]["instances"][0]
+    assert instance["overdue"] is True and instance["last_snapshot"] is None
+    assert instance["next_run"] > time.time() - 5
+    prom = overdue_prometheus(node)
+    assert f'node_backup_overdue{{id="1",name="Backup 1",module="{wiki}"}} 1' in prom
+    with pytest.raises(queue.Empty):
+        receiver.next(timeout=4)  # announced once, not at every look
+
+    assert run_backup(cluster).returncode == 0
+    message = receiver.next(timeout=60)
+    assert message["title"] == f"Backup 1 'Backup 1': {wiki} is back on schedule"
+    instance = cluster.api_ok("list-backups")["backups"][0]["instances"][0]
+    assert instance["overdue"] is False and instance["last_snapshot"] > time.time() - 120
+
+
+def overdue_prometheus(node: NodeHarness) -> str:
+    path = node.settings.state_dir("node/1") / "node_exporter" / "backup_overdue.prom"
+    return path.read_text()

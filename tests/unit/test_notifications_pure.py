@@ -8,7 +8,9 @@ import pytest
 from agent.healthchecks import ping_address
 from agent.notification_targets import Target
 from agent.operations.definitions import masked_url
+from agent.overdue import Watch
 from agent.run_report import ModuleReport, NodeFailure, RunReport, SendNotificationRequest, render
+from agent.systemd import parse_calendar_elapses
 
 
 def test_a_target_wants_its_events_and_report_wants_every_run() -> None:
@@ -72,3 +74,21 @@ def test_a_send_request_needs_a_report_or_a_whole_ping() -> None:
         SendNotificationRequest.model_validate({"event": "failure"})
     with pytest.raises(pydantic.ValidationError):
         SendNotificationRequest.model_validate({"event": "ping", "ping": "start"})
+
+
+def test_calendar_output_is_read_in_utc() -> None:
+    text = (
+        "  Original form: daily\n"
+        "Normalized form: *-*-* 00:00:00\n"
+        "    Next elapse: Thu 2026-11-19 00:00:00 UTC\n"
+        "       From now: 1 week 1 day ago\n"
+        "       Iter. #2: Fri 2026-11-20 00:00:00 UTC\n"
+    )
+    assert parse_calendar_elapses(text) == [1795046400.0, 1795132800.0]
+    assert parse_calendar_elapses("Next elapse: never\n") == []
+
+
+def test_a_watch_survives_its_stored_form_and_junk_is_none() -> None:
+    watch = Watch(since=10, last_success=0, due=20.0, next_run=None, overdue=True)
+    assert Watch.from_json(watch.to_json()) == watch
+    assert Watch.from_json('{"since": "x"}') is None and Watch.from_json(None) is None
