@@ -239,6 +239,11 @@ class NotificationNameRequest(Request):
     name: NotificationName
 
 
+class BackupRunsRequest(Request):
+    module_id: ModuleId
+    limit: Annotated[StrictInt, Field(ge=1, le=200)] = 20
+
+
 class NodeRunBackupRequest(RunBackupRequest):
     """notify=false: the cluster run that started this node run sends one report for all."""
 
@@ -271,4 +276,5 @@ SCHEMAS: dict[str, type[Request]] = {
     ),
     "actions/cluster/remove-notification-target/validate-input.json": NotificationNameRequest,
     "actions/cluster/test-notification-target/validate-input.json": NotificationNameRequest,
+    "actions/cluster/list-backup-runs/validate-input.json": BackupRunsRequest,
 }

@@ -123,6 +123,14 @@ def backup_status(node_id: int, backup_id: int) -> str:
 
 
 BACKUP_STATUS_PATTERN = "node/*/backup_status/*"
+
+
+def backup_history(module_id: str) -> str:
+    """List, newest first: JSON of the module's last runs (agent/run_history.py). A
+    cluster key, not module/<id>/…: a module must not be able to rewrite its record."""
+    return f"cluster/backup_history/{module_id}"
+
+
 BACKUP_WATCH_PATTERN = "cluster/backup_watch/*"
 
 

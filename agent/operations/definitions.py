@@ -7,13 +7,14 @@ from typing import Any
 
 import redis as redis_lib
 
-from agent import proc, redis_keys
+from agent import proc, redis_keys, run_history
 from agent.errors import AgentError, ValidationFailed
 from agent.models import (
     AddBackupRequest,
     AlterBackupRequest,
     BackupIdRequest,
     BackupRequest,
+    BackupRunsRequest,
     NoInput,
 )
 from agent.operations.modules import image_name
@@ -276,3 +277,8 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
         if m not in configured and not facts[m][2]
     ]
     return {"backups": backups, "unconfigured_instances": unconfigured}
+
+
+def list_backup_runs(step: Step, request: BackupRunsRequest) -> list[dict[str, Any]]:
+    """The module's last runs, newest first, with their log lines."""
+    return run_history.read(step.ctx.redis, request.module_id, request.limit)

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from agent import notification_queue, redis_keys, restic, run_report, tasks
+from agent import notification_queue, redis_keys, restic, run_history, run_report, tasks
 from agent.backup_status import ModuleStatus, Outcome, RunSummary, metadata, render_prometheus
 from agent.backup_status import write_atomic as write_file_atomic
 from agent.destinations import (
@@ -101,14 +101,17 @@ def run_node_backup(
                 percents[module_id] = percent
                 on_progress(sum(percents.values()) // len(percents))
 
-        status = ModuleBackup(ctx, job, module_id, progress, cancelled).run()
+        with run_history.LogCollector() as collected:
+            log.info("backup %s of %s to %r: started", backup_id, module_id, job.name)
+            status = ModuleBackup(ctx, job, module_id, progress, cancelled).run()
+            log.info(
+                "backup %s of %s: %s %s", backup_id, module_id, status.outcome.value, status.reason
+            )
         if not status.coalesced:
             _record(ctx, summary, [status])
             _write_metadata(ctx, destination, status)
+            _remember(ctx, backup_id, destination, status, collected.lines)
         progress(100)
-        log.info(
-            "backup %s of %s: %s %s", backup_id, module_id, status.outcome.value, status.reason
-        )
         return status
 
     workers = max(1, ctx.settings.backup_concurrency)
@@ -129,6 +132,18 @@ def free_space(destination: Destination) -> int | None:
     except OSError:
         return None
     return stat.f_bavail * stat.f_frsize
+
+
+def _remember(
+    ctx: Context, backup_id: int, destination: Destination, status: ModuleStatus, lines: list[str]
+) -> None:
+    """The run in the module's history; a failure to write it never fails the backup."""
+    secrets = [destination.password, *destination.parameters.values()]
+    record = run_history.make_record(backup_id, ctx.settings.node_id, status, lines, secrets)
+    try:
+        run_history.append(ctx.redis, status.module_id, record)
+    except Exception as exc:
+        log.warning("backup %s of %s: history not written: %s", backup_id, status.module_id, exc)
 
 
 def prometheus_path(ctx: Context, backup_id: int) -> Path:

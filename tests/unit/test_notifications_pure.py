@@ -1,14 +1,16 @@
-"""Pure parts of notifications: who wants what, the message text, ping addresses."""
+"""Pure parts of notifications and run history: who wants what, message texts, masking."""
 
 from __future__ import annotations
 
 import pydantic
 import pytest
 
+from agent.backup_status import ModuleStatus, Outcome
 from agent.healthchecks import ping_address
 from agent.notification_targets import Target
 from agent.operations.definitions import masked_url
 from agent.overdue import Watch
+from agent.run_history import make_record
 from agent.run_report import ModuleReport, NodeFailure, RunReport, SendNotificationRequest, render
 from agent.systemd import parse_calendar_elapses
 
@@ -92,3 +94,17 @@ def test_a_watch_survives_its_stored_form_and_junk_is_none() -> None:
     watch = Watch(since=10, last_success=0, due=20.0, next_run=None, overdue=True)
     assert Watch.from_json(watch.to_json()) == watch
     assert Watch.from_json('{"since": "x"}') is None and Watch.from_json(None) is None
+
+
+def test_a_history_record_masks_every_secret_in_its_texts() -> None:
+    status = ModuleStatus(
+        "wiki1",
+        Outcome.FAILED,
+        10,
+        25,
+        reason="Fatal: s3 key AKIAEXAMPLE123 refused",
+        unreadable=("/srv/AKIAEXAMPLE123",),
+    )
+    record = make_record(1, 2, status, ["x AKIAEXAMPLE123 y"], ["AKIAEXAMPLE123"])
+    assert "AKIAEXAMPLE123" not in record.to_json()
+    assert record.duration == 15 and record.log == ["x XXX y"]
