@@ -113,10 +113,7 @@ def test_a_successful_run_reaches_report_targets_only(
     tmp_path: Path,
     receiver: Receiver,
 ) -> None:
-    target = tmp_path / "backups"
-    target.mkdir()
-    destination = backups.add_destination(redis_client, "local", f"local:{target}")
-    backups.add_backup(redis_client, 1, destination, [wiki])
+    backups.add_local_backup(redis_client, tmp_path, [wiki])
     assert add_target(cluster, "failures", receiver.url("failures"), ["failure"])[0] == 0
     assert add_target(cluster, "reports", receiver.url("reports"), ["report"])[0] == 0
 
@@ -137,10 +134,7 @@ def test_a_timer_run_notifies_and_an_unreachable_target_never_fails_the_backup(
     tmp_path: Path,
     receiver: Receiver,
 ) -> None:
-    target = tmp_path / "backups"
-    target.mkdir()
-    destination = backups.add_destination(redis_client, "local", f"local:{target}")
-    backups.add_backup(redis_client, 1, destination, [wiki])
+    backups.add_local_backup(redis_client, tmp_path, [wiki])
     dead = f"json://127.0.0.1:{free_port()}/nobody"
     assert add_target(cluster, "dead", dead, ["success"])[0] == 0
     assert add_target(cluster, "live", receiver.url("live"), ["success"])[0] == 0
@@ -257,11 +251,8 @@ def test_missed_runs_turn_a_module_overdue_once_and_a_good_run_brings_it_back(
     )
     write_settings(node.settings)
     node.start()
-    target = tmp_path / "backups"
-    target.mkdir()
-    destination = backups.add_destination(redis_client, "local", f"local:{target}")
     # Due every 20 s; no timer runs here (no systemd), so every run is missed.
-    backups.add_backup(redis_client, 1, destination, [wiki], schedule="*-*-* *:*:00/20")
+    backups.add_local_backup(redis_client, tmp_path, [wiki], schedule="*-*-* *:*:00/20")
     assert add_target(cluster, "late", receiver.url("late"), ["overdue"])[0] == 0
 
     message = receiver.next(timeout=90)

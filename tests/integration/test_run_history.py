@@ -18,10 +18,7 @@ pytestmark = pytest.mark.podman
 def test_runs_are_kept_newest_first_with_their_reason_and_log(
     cluster: ClusterHarness, redis_client: redis.Redis, wiki: str, tmp_path: Path
 ) -> None:
-    target = tmp_path / "backups"
-    target.mkdir()
-    destination = backups.add_destination(redis_client, "local", f"local:{target}")
-    backups.add_backup(redis_client, 1, destination, [wiki])
+    backups.add_local_backup(redis_client, tmp_path, [wiki])
     state = cluster.nodes[1].settings.state_dir(f"module/{wiki}")
 
     (state / "FAIL_DUMP").write_text("asked by the test\n")

@@ -55,6 +55,18 @@ def add_backup(
     )
 
 
+def add_local_backup(
+    client: redis.Redis, base: Path, instances: list[str], backup_id: int = 1, **extra: Any
+) -> Path:
+    """Backup backup_id of instances to a new local destination in base/backups; returns
+    that directory."""
+    target = base / "backups"
+    target.mkdir()
+    destination = add_destination(client, "local", f"local:{target}")
+    add_backup(client, backup_id, destination, instances, **extra)
+    return target
+
+
 def restic(
     repo: Path | str, *args: str, password: str = PASSWORD, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
