@@ -55,6 +55,8 @@ class Settings:
     restic_podman_args: tuple[str, ...] = ()
     # Python steps forked from a pre-imported helper (agent/warmsteps.py), not started cold.
     warm_steps: bool = True
+    # Where node restore-files may write (absolute directories); empty = the defaults.
+    restore_files_roots: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     # --- layout ----------------------------------------------------------------------
@@ -93,6 +95,13 @@ class Settings:
             return self.root / "modules" / agent_id.split("/", 1)[1]
         raise ConfigError(f"not an agent id: {agent_id!r}")
 
+    @property
+    def restore_roots(self) -> tuple[Path, ...]:
+        """Directories whose subdirectories restore-files may create and fill."""
+        if self.restore_files_roots:
+            return tuple(Path(root) for root in self.restore_files_roots)
+        return (self.root / "restored", Path("/root"))
+
     def state_dir(self, agent_id: str) -> Path:
         return self.agent_home(agent_id) / "state"
 
@@ -126,6 +135,7 @@ class Settings:
             "backup_concurrency": self.backup_concurrency,
             "restic_podman_args": list(self.restic_podman_args),
             "warm_steps": self.warm_steps,
+            "restore_files_roots": list(self.restore_files_roots),
         }
 
 
@@ -158,9 +168,18 @@ def load_settings(root: Path | None = None) -> Settings:
             backup_concurrency=int(data.get("backup_concurrency", 1)),
             restic_podman_args=tuple(str(a) for a in data.get("restic_podman_args", [])),
             warm_steps=bool(data.get("warm_steps", True)),
+            restore_files_roots=_absolute_dirs(data.get("restore_files_roots", [])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"malformed {path}: {exc}") from None
+
+
+def _absolute_dirs(values: list[object]) -> tuple[str, ...]:
+    roots = tuple(str(value) for value in values)
+    for root in roots:
+        if not os.path.isabs(root) or os.path.normpath(root) in ("/", "//"):
+            raise ValueError(f"restore_files_roots: {root!r} is not an absolute directory")
+    return roots
 
 
 def write_settings(settings: Settings) -> None:
