@@ -44,12 +44,30 @@ Tree = Callable[[Path], None]
 
 
 @pytest.fixture(scope="session")
-def other_image(minwiki_image: str) -> str:
+def wiki_image() -> str:
+    """The sample module as this checkout has it, under a tag of these tests alone (the
+    image name is still minwiki): localhost/minwiki may be rebuilt from another checkout
+    while the tests run."""
+    tag = "localhost/hostile-snapshots/minwiki:latest"
+    source = Path(__file__).resolve().parents[2] / "examples" / "minwiki"
+    with file_lock("build-hostile-minwiki"):
+        subprocess.run(
+            ["podman", "build", "--tag", tag, "--file", str(source / "Containerfile"), str(source)],
+            env=host_podman_env(),
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    return tag
+
+
+@pytest.fixture(scope="session")
+def other_image(wiki_image: str) -> str:
     """The sample module under another image name (a second tag of the same image)."""
     tag = "localhost/otherwiki:latest"
     with file_lock("tag-otherwiki"):
         subprocess.run(
-            ["podman", "tag", minwiki_image, tag],
+            ["podman", "tag", wiki_image, tag],
             env=host_podman_env(),
             check=True,
             capture_output=True,
@@ -154,11 +172,11 @@ class Setting:
 def setting(
     cluster: ClusterHarness,
     redis_client: redis.Redis,
-    minwiki_image: str,
+    wiki_image: str,
     restic_image: str,
     tmp_path: Path,
 ) -> Setting:
-    return Setting(cluster, redis_client, minwiki_image, tmp_path)
+    return Setting(cluster, redis_client, wiki_image, tmp_path)
 
 
 def step_environment(setting: Setting, module_id: str) -> dict[str, str]:
@@ -184,14 +202,14 @@ def bystander(setting: Setting) -> dict[str, Any]:
 
 
 def test_links_and_env_files_in_a_snapshot_never_reach_the_host_or_the_steps(
-    setting: Setting, minwiki_image: str
+    setting: Setting, wiki_image: str
 ) -> None:
     secret = setting.base / "secret.dump"
     setting.client.set("test/secret", "stolen through a link")
     secret.write_bytes(setting.client.dump("test/secret") or b"")
     marker = setting.base / "bash-env-ran"
     module_uuid = str(uuid.uuid4())
-    plain = module_tree(minwiki_image, module_uuid)
+    plain = module_tree(wiki_image, module_uuid)
 
     def build(tree: Path) -> None:
         plain(tree)
@@ -221,7 +239,7 @@ def test_links_and_env_files_in_a_snapshot_never_reach_the_host_or_the_steps(
 
     # A dump file the agent reads (ui_name.dump) that is a link: refused, nothing kept.
     def linked_dump(tree: Path) -> None:
-        module_tree(minwiki_image, other_uuid)(tree)
+        module_tree(wiki_image, other_uuid)(tree)
         (tree / "state" / "ui_name.dump").symlink_to(secret)
 
     other_uuid = str(uuid.uuid4())
@@ -237,7 +255,7 @@ def test_links_and_env_files_in_a_snapshot_never_reach_the_host_or_the_steps(
 
 
 def test_image_and_uuid_are_those_of_the_repository_path(
-    setting: Setting, minwiki_image: str, other_image: str
+    setting: Setting, wiki_image: str, other_image: str
 ) -> None:
     before = setting.world()
     # Stored under minwiki/<uuid>, but naming another image.
@@ -254,7 +272,7 @@ def test_image_and_uuid_are_those_of_the_repository_path(
 
     # Claiming the installed wiki's uuid from another repository path, with and without
     # replace: the wiki stays.
-    path = setting.snapshot(module_tree(minwiki_image, setting.wiki_uuid))
+    path = setting.snapshot(module_tree(wiki_image, setting.wiki_uuid))
     for replace in (True, False):
         request = setting.request(path, node=1, replace=replace)
         code, _, error = setting.run("cluster/restore-module", request)
@@ -263,10 +281,10 @@ def test_image_and_uuid_are_those_of_the_repository_path(
 
     # No uuid at all is no match either.
     module_uuid = str(uuid.uuid4())
-    no_uuid = f"MODULE_ID=minwiki9\nIMAGE_URL={minwiki_image}\n"
+    no_uuid = f"MODULE_ID=minwiki9\nIMAGE_URL={wiki_image}\n"
 
     def without_uuid(tree: Path) -> None:
-        module_tree(minwiki_image, module_uuid)(tree)
+        module_tree(wiki_image, module_uuid)(tree)
         (tree / "state" / "environment").write_text(no_uuid)
 
     path = setting.snapshot(without_uuid, module_uuid=module_uuid)
@@ -285,7 +303,11 @@ def test_partial_restore_paths_are_literal_and_never_the_module_identity(
         (tree / "state" / "agent.env").write_text("LD_PRELOAD=/nonexistent/evil.so\n")
         (tree / "state" / "apitoken.cache").write_text("token\n")
         (tree / "volumes" / "pages" / "[a].md").write_text("# brackets\n")
+        (tree / "state" / "wiki_settings.dump").symlink_to(secret)
 
+    secret = setting.base / "secret.dump"
+    setting.client.hset("test/secret", "title", "stolen through a link")
+    secret.write_bytes(setting.client.dump("test/secret") or b"")
     path = setting.snapshot(build, module_uuid=setting.wiki_uuid)
     before = setting.world()
     for bad in (
@@ -315,12 +337,21 @@ def test_partial_restore_paths_are_literal_and_never_the_module_identity(
         assert code == 10 and output[0]["field"].startswith("paths"), (bad, output)
     assert not (setting.node.root / "restored" / "x").exists()
 
+    # A literal path to a file the module's own restore step reads (the sample module's
+    # 20loadkey): a link there is refused by the step, never followed.
+    settings = setting.client.hgetall(f"module/{setting.wiki}/wiki_settings")
+    request = setting.request(path, module_id=setting.wiki, paths=["state/wiki_settings.dump"])
+    code, _, error = setting.run("cluster/restore-module", request)
+    assert code == 1 and "wiki_settings.dump is a link" in error, error
+    assert setting.client.hgetall(f"module/{setting.wiki}/wiki_settings") == settings
+    assert setting.canary.read_bytes() == CANARY
 
-def test_setuid_bits_survive_only_in_module_volumes(setting: Setting, minwiki_image: str) -> None:
+
+def test_setuid_bits_survive_only_in_module_volumes(setting: Setting, wiki_image: str) -> None:
     module_uuid = str(uuid.uuid4())
 
     def build(tree: Path) -> None:
-        module_tree(minwiki_image, module_uuid)(tree)
+        module_tree(wiki_image, module_uuid)(tree)
         for place in (tree / "state", tree / "volumes" / "pages"):
             for name, mode in (("suid", 0o4755), ("sgid", 0o2755)):
                 (place / name).write_text("#!/bin/sh\n")
@@ -348,10 +379,10 @@ def test_setuid_bits_survive_only_in_module_volumes(setting: Setting, minwiki_im
 
 
 def test_restore_files_targets_stay_under_the_allowed_roots(
-    setting: Setting, minwiki_image: str
+    setting: Setting, wiki_image: str
 ) -> None:
     module_uuid = str(uuid.uuid4())
-    path = setting.snapshot(module_tree(minwiki_image, module_uuid), module_uuid=module_uuid)
+    path = setting.snapshot(module_tree(wiki_image, module_uuid), module_uuid=module_uuid)
     root = setting.node.root / "restored"
     root.mkdir(exist_ok=True)
     (root / "link").symlink_to(setting.base)
