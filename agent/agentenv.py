@@ -2,18 +2,66 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import re
+import stat
 from pathlib import Path
 
 from agent.settings import Settings
 
+log = logging.getLogger("agent.env")
+# What an agent's env files may put into its steps' environment. Both live in the agent's
+# state dir, which a restore fills and a module writes: data, so a name gets through only
+# when it cannot change which programs run or how they load (NS8 §step environment).
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+RESERVED_NAMES = frozenset(
+    {
+        *("PATH", "HOME", "SHELL", "USER", "LOGNAME", "IFS", "ENV", "BASH_ENV", "CDPATH"),
+        *("GLOBIGNORE", "PS4", "PROMPT_COMMAND", "SHELLOPTS", "BASHOPTS", "TMPDIR"),
+        *("NODE_ID", "NODE_OPTIONS", "GCONV_PATH", "LOCPATH", "NLSPATH", "HOSTALIASES"),
+        *("RESOLV_HOST_CONF", "OPENSSL_CONF", "OPENSSL_MODULES", "SSL_CERT_FILE"),
+        *("SSL_CERT_DIR", "REGISTRY_AUTH_FILE", "TZDIR"),
+    }
+)
+RESERVED_PREFIXES = (
+    *("LD_", "PYTHON", "REDIS_", "AGENT_", "BASH_FUNC_", "PERL", "RUBY", "GIT_"),
+    *("CONTAINERS_", "XDG_", "MALLOC_", "GLIBC_", "RESTIC_", "RCLONE_", "PODMAN_"),
+)
+# agent.env is the node's file in NS8 (the module's Redis credentials); PATH and
+# PYTHONPATH, which NS8 also writes there, this node computes itself.
+AGENT_ENV_NAMES = frozenset({"REDIS_USER", "REDIS_PASSWORD"})
+
+
+def module_variable(name: str) -> bool:
+    """May state/environment set name in a step's environment? `<NAME>_IMAGE` (NS8's
+    create-module names, e.g. REDIS_IMAGE) may; names that steer a loader never do."""
+    if not ENV_NAME.fullmatch(name):
+        return False
+    if name.endswith("_IMAGE"):
+        return True
+    return name not in RESERVED_NAMES and not name.startswith(RESERVED_PREFIXES)
+
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """parse_env_text of the file; {} when there is none."""
+    """parse_env_text of the file; {} when there is none, or when it is a link or not a
+    regular file (never followed: the state dir holds what a snapshot put there)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        return parse_env_text(path.read_text())
+        fd = os.open(path, flags)
     except FileNotFoundError:
         return {}
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise
+        log.warning("%s is a link or not a file: ignored", path)
+        return {}
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            log.warning("%s is not a regular file: ignored", path)
+            return {}
+        return parse_env_text(handle.read().decode(errors="replace"))
 
 
 def parse_env_text(text: str) -> dict[str, str]:
@@ -50,7 +98,8 @@ def agent_path(settings: Settings, agent_id: str) -> str:
 
 
 def agent_environment(settings: Settings, agent_id: str) -> dict[str, str]:
-    """os.environ + node settings + the agent's env files + AGENT_* variables."""
+    """os.environ + node settings + what the agent's env files may set (AGENT_ENV_NAMES
+    of agent.env, module_variable names of environment) + AGENT_* variables."""
     state = settings.state_dir(agent_id)
     env = dict(os.environ)
     env.update(settings.podman_env())
@@ -61,8 +110,10 @@ def agent_environment(settings: Settings, agent_id: str) -> dict[str, str]:
             "NODE_ID": str(settings.node_id),
         }
     )
-    env.update(read_env_file(state / "agent.env"))
-    env.update(read_env_file(state / "environment"))
+    agent_env = read_env_file(state / "agent.env")
+    env.update({k: v for k, v in agent_env.items() if k in AGENT_ENV_NAMES})
+    module_env = read_env_file(state / "environment")
+    env.update({k: v for k, v in module_env.items() if module_variable(k)})
     env.update(
         {
             "AGENT_ID": agent_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -14,6 +15,7 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 ModuleId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]*[0-9]+$", max_length=64)]
 Uuid = Annotated[
@@ -145,10 +147,31 @@ RepoPath = Annotated[
     ),
 ]
 SnapshotId = Annotated[str, StringConstraints(max_length=64, pattern=r"^([0-9a-f]*|latest)$")]
-# A path inside a snapshot: 'volumes/pages/a.md', '/state/wiki.env' ('..' refused in code).
+# The restored instance's own identity and credentials (NS8: written by the node at
+# add-module): a restore never writes them from a snapshot, whole or in part.
+INSTANCE_FILES = ("state/environment", "state/agent.env", "state/apitoken.cache")
+# One path component, taken literally by restic: no '.' or '..', no control characters,
+# nothing restic reads as a pattern (glob *?[], escapes \, environment variables $).
+_CHAR = r"[^\x00-\x1f\x7f/*?\[\]\\$]"
+_NOT_DOT = r"[^\x00-\x1f\x7f/*?\[\]\\$.]"
+_COMPONENT = rf"(?:{_NOT_DOT}{_CHAR}*|\.{_NOT_DOT}{_CHAR}*|\.\.{_CHAR}+)"
+
+
+def _not_instance_file(path: str) -> str:
+    if path.strip("/") in INSTANCE_FILES:
+        raise PydanticCustomError(
+            "path_is_instance_file",
+            "{path} belongs to the restored instance, never to a snapshot",
+            {"path": path},
+        )
+    return path
+
+
+# A path inside a snapshot, from its root: 'volumes/pages/a.md', '/state/wiki.env'.
 SnapshotPath = Annotated[
     str,
-    StringConstraints(max_length=4096, pattern=r"^/?(state|volumes)(/[^\x00\n\r]*)?$"),
+    StringConstraints(max_length=4096, pattern=rf"^/?(?:state|volumes)(?:/{_COMPONENT})*/?$"),
+    AfterValidator(_not_instance_file),
 ]
 EnvName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^=]+$")]
 

@@ -59,6 +59,8 @@ class Settings:
     # with no good snapshot since; the leader looks every overdue_check_seconds.
     overdue_grace_seconds: int = 3600
     overdue_check_seconds: int = 60
+    # Where node restore-files may write (absolute directories); empty = the defaults.
+    restore_files_roots: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     # --- layout ----------------------------------------------------------------------
@@ -97,6 +99,13 @@ class Settings:
             return self.root / "modules" / agent_id.split("/", 1)[1]
         raise ConfigError(f"not an agent id: {agent_id!r}")
 
+    @property
+    def restore_roots(self) -> tuple[Path, ...]:
+        """Directories whose subdirectories restore-files may create and fill."""
+        if self.restore_files_roots:
+            return tuple(Path(root) for root in self.restore_files_roots)
+        return (self.root / "restored", Path("/root"))
+
     def state_dir(self, agent_id: str) -> Path:
         return self.agent_home(agent_id) / "state"
 
@@ -132,6 +141,7 @@ class Settings:
             "warm_steps": self.warm_steps,
             "overdue_grace_seconds": self.overdue_grace_seconds,
             "overdue_check_seconds": self.overdue_check_seconds,
+            "restore_files_roots": list(self.restore_files_roots),
         }
 
 
@@ -166,9 +176,18 @@ def load_settings(root: Path | None = None) -> Settings:
             warm_steps=bool(data.get("warm_steps", True)),
             overdue_grace_seconds=int(data.get("overdue_grace_seconds", 3600)),
             overdue_check_seconds=max(1, int(data.get("overdue_check_seconds", 60))),
+            restore_files_roots=_absolute_dirs(data.get("restore_files_roots", [])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"malformed {path}: {exc}") from None
+
+
+def _absolute_dirs(values: list[object]) -> tuple[str, ...]:
+    roots = tuple(str(value) for value in values)
+    for root in roots:
+        if not os.path.isabs(root) or os.path.normpath(root) in ("/", "//"):
+            raise ValueError(f"restore_files_roots: {root!r} is not an absolute directory")
+    return roots
 
 
 def write_settings(settings: Settings) -> None:

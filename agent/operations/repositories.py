@@ -28,6 +28,7 @@ from agent.operations.restore_source import (
     check_reachable,
     explain_read_failure,
     open_repository,
+    refuse_foreign_identity,
     snapshot_environment,
 )
 from agent.redis_store import Context
@@ -238,6 +239,7 @@ def determine_restore_eligibility(step: Step, request: SnapshotRequest) -> dict[
     _, environment = snapshot_environment(
         redis, repository, request.snapshot, podman_env, step.ctx.settings.node_id
     )
+    refuse_foreign_identity(redis, repository, environment)
     image_url = environment["IMAGE_URL"]
     name = image_name(image_url)
     counts: dict[str, int] = {}

@@ -14,7 +14,11 @@ from agent import redis_keys, tasks
 from agent.errors import ActionFailed, AgentError, validation_error
 from agent.models import RestoreModuleRequest, RestoreModulesRequest
 from agent.operations.modules import install_module, remove_module_everywhere, run_subtask
-from agent.operations.restore_source import open_repository, snapshot_environment
+from agent.operations.restore_source import (
+    open_repository,
+    refuse_foreign_identity,
+    snapshot_environment,
+)
 from agent.redis_store import Redis
 from agent.steps import Step
 
@@ -70,10 +74,12 @@ def restore_whole(
     snapshot, environment = snapshot_environment(
         redis, repository, job.snapshot, podman_env, step.ctx.settings.node_id
     )
+    refuse_foreign_identity(redis, repository, environment)
     job = replace(job, snapshot=snapshot)
     step.set_progress(at(2))
     image_url = environment["IMAGE_URL"]
-    source_uuid = environment.get("MODULE_UUID") or repository.path.uuid
+    # The path names the module, not what the snapshot claims: replace removes only it.
+    source_uuid = repository.path.uuid
     installed: dict[str, str] = redis.hgetall(redis_keys.MODULE_UUID)
     replaced = sorted(m for m, u in installed.items() if u == source_uuid) if job.replace else []
     keep_uuid = job.replace or source_uuid not in installed.values()

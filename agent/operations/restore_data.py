@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
-from collections.abc import Callable, Sequence
+import stat
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
-from agent import proc, redis_keys, restic
+from agent import proc, redis_keys, restic, restored_files
 from agent.agentenv import agent_environment
 from agent.errors import ActionFailed, ValidationFailed, validation_error
 from agent.models import ModuleRestoreRequest, RestoreFilesRequest
 from agent.operations.restore_source import (
-    ENVIRONMENT_PATH,
+    INSTANCE_PATHS,
     Repository,
     check_reachable,
     explain_read_failure,
@@ -25,12 +28,14 @@ from agent.operations.restore_source import (
     snapshot_paths,
 )
 from agent.redis_store import Context
+from agent.settings import Settings
 from agent.steps import Step
 from agent.volumes import included_volumes
 
 WEIGHTS = {"00progress": 0, "05replace": 0, "10restore": 4, "20label": 0}
 PRE_RESTORE_HOOK = "module-pre-restore"
 RESULT_FILE = "restic_restore.json"
+DUMP_LIMIT = 1 << 20  # ui_name.dump, ui_note.dump: DUMPs of short strings
 # Restores write under their own root: --delete must never see the destination's
 # mount (/srv/destination) nor anything else of the container.
 RESTORE_ROOT = "/restore"
@@ -38,12 +43,14 @@ RESTORE_ROOT = "/restore"
 
 def restore_args(snapshot: str, target: str, paths: Sequence[str], whole: bool) -> list[str]:
     """`restic restore` argv. A whole restore also deletes what the snapshot lacks (files
-    create-module made in the fresh instance); state/environment, the new instance's
-    identity, is never touched; security.* xattrs belong to the host, not the data."""
+    create-module made in the fresh instance); the new instance's identity and credentials
+    (INSTANCE_PATHS) are never touched; security.* xattrs belong to the host, not the data."""
     args = ["restore", "--json", snapshot_arg(snapshot), "--target", target]
     args += ["--exclude-xattr", "security.*"]
     if whole:
-        return [*args, "--exclude", ENVIRONMENT_PATH, "--delete"]
+        for path in INSTANCE_PATHS:
+            args += ["--exclude", path]
+        return [*args, "--delete"]
     # restic takes includes or excludes, not both: callers keep environment out of paths.
     for path in paths:
         args += ["--include", path]
@@ -128,7 +135,7 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
     paths = snapshot_paths(request.paths)
     for path in paths:
         parts = path.split("/")
-        if path in ("/state", ENVIRONMENT_PATH):
+        if path == "/state" or path in INSTANCE_PATHS:
             raise validation_error("paths", "path_is_module_identity", path)
         if parts[1] == "volumes" and (len(parts) < 3 or parts[2] not in volumes):
             raise validation_error("paths", "volume_not_restorable", path)
@@ -145,13 +152,45 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
         restic.Mount(f"{module_id}-{name}", f"{RESTORE_ROOT}/volumes/{name}") for name in volumes
     ]
     args = restore_args(request.snapshot, RESTORE_ROOT, paths, whole=not paths)
-    summary = run_restore(ctx, repository, args, mounts, step.set_progress)
-    (state / RESULT_FILE).write_text(json.dumps(summary) + "\n")
+    with _state_tree(ctx.settings, agent_id) as state_fd:
+        summary = run_restore(ctx, repository, args, mounts, step.set_progress)
+        # setuid/setgid files are kept only in the module's volumes, never in its state.
+        restored_files.strip_setid(state_fd)
+        try:
+            text = json.dumps(summary) + "\n"
+            restored_files.write_replacing(state_fd, RESULT_FILE, text.encode())
+        except OSError as exc:
+            raise ActionFailed(f"cannot write state/{RESULT_FILE}: {exc}") from None
     # restic 0.18 leaves a file that already matches the snapshot out of total_files and
     # counts it in files_skipped: both mean the path was there.
-    if paths and not (summary.get("total_files") or summary.get("files_skipped")):
+    if paths and not _restored_any(summary):
         raise ActionFailed("none of the paths is in the snapshot: " + ", ".join(request.paths))
     return {"module_id": module_id, "paths": request.paths, **_counts(summary)}
+
+
+@contextmanager
+def _state_tree(settings: Settings, agent_id: str) -> Iterator[int]:
+    """The agent's state dir as a directory fd reached without links, for the agent's own
+    work in it after restic filled it; its owner and mode stay the node's, whatever the
+    snapshot's copy of the directory said."""
+    relative = settings.state_dir(agent_id).relative_to(settings.root).parts
+    try:
+        opened = restored_files.open_beneath(settings.root, relative)
+    except restored_files.NotPlain as exc:
+        raise ActionFailed(f"refused: {exc}") from None
+    try:
+        before = os.fstat(opened.fd)
+        try:
+            yield opened.fd
+        finally:
+            os.fchown(opened.fd, before.st_uid, before.st_gid)
+            os.fchmod(opened.fd, stat.S_IMODE(before.st_mode))
+    finally:
+        opened.close()
+
+
+def _restored_any(summary: dict[str, Any]) -> bool:
+    return bool(summary.get("total_files") or summary.get("files_skipped"))
 
 
 def _run_pre_restore(hook: str, env: dict[str, str], state: Path, paths: list[str]) -> None:
@@ -199,43 +238,72 @@ def module_label(step: Step, request: ModuleRestoreRequest) -> None:
     """20label/20note: put back ui_name and ui_note dumped into the state dir, if any."""
     agent_id = step.agent_id
     module_id = agent_id.split("/", 1)[1]
-    state = step.ctx.settings.state_dir(agent_id)
     keys = {
         "ui_name": redis_keys.module_ui_name(module_id),
         "ui_note": redis_keys.module_ui_note(module_id),
     }
     restore = str(step.ctx.settings.bin_dir / "redis-restore")
-    for name, key in keys.items():
-        dump = state / f"{name}.dump"
-        if not dump.is_file():
-            continue
-        done = proc.run([restore, key, "--replace"], input=dump.read_bytes(), timeout=60)
-        if done.returncode != 0:
-            raise ActionFailed(f"cannot restore {key}: {done.error_text.strip()}")
-        dump.unlink()
+    with _state_tree(step.ctx.settings, agent_id) as state_fd:
+        for name, key in keys.items():
+            try:
+                dump = restored_files.read_regular(state_fd, f"{name}.dump", DUMP_LIMIT)
+            except restored_files.NotPlain as exc:
+                raise ActionFailed(f"refused: state/{exc}") from None
+            if dump is None:
+                continue
+            done = proc.run([restore, key, "--replace"], input=dump, timeout=60)
+            if done.returncode != 0:
+                raise ActionFailed(f"cannot restore {key}: {done.error_text.strip()}")
+            restored_files.unlink(state_fd, f"{name}.dump")
 
 
 # --- node action restore-files ---------------------------------------------------------
 def node_restore_files(step: Step, request: RestoreFilesRequest) -> dict[str, Any]:
-    """Snapshot paths into a directory of this node, for an operator; no module touched."""
+    """Snapshot paths into a new (or empty) directory under one of the node's restore
+    roots, for an operator; no module touched, no setuid or setgid bit kept."""
     _cancel_on_sigterm()
     paths = snapshot_paths(request.paths)
-    target = Path(request.target)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise validation_error("target", "target_not_empty", request.target)
+    root, parts = allowed_target(step.ctx.settings.restore_roots, request.target)
     repository = open_repository(step.ctx.redis, request.repository, request.path)
-    if len(paths) > 1:  # one missing path alone restores nothing
-        refuse_missing_paths(step.ctx, repository, request.snapshot, paths, request.paths)
-    target.mkdir(mode=0o700, parents=True, exist_ok=True)
-    args = restore_args(request.snapshot, RESTORE_ROOT, paths, whole=False)
-    summary = run_restore(
-        step.ctx,
-        repository,
-        args,
-        [restic.Mount(str(target), RESTORE_ROOT)],
-        step.set_progress,
-    )
-    return {"target": str(target), "paths": request.paths, **_counts(summary)}
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        target = restored_files.open_beneath(root, parts, create=True)
+    except restored_files.NotPlain:
+        raise validation_error("target", "target_not_allowed", request.target) from None
+    except OSError as exc:
+        raise ActionFailed(f"cannot create {request.target}: {exc.strerror}") from None
+    try:
+        if not target.created and os.listdir(target.fd):
+            raise validation_error("target", "target_not_empty", request.target)
+        if len(paths) > 1:  # one missing path alone restores nothing
+            refuse_missing_paths(step.ctx, repository, request.snapshot, paths, request.paths)
+        args = restore_args(request.snapshot, RESTORE_ROOT, paths, whole=False)
+        mount = restic.Mount(str(root.joinpath(*parts)), RESTORE_ROOT)
+        summary = run_restore(step.ctx, repository, args, [mount], step.set_progress)
+        restored_files.strip_setid(target.fd)
+        if paths and not _restored_any(summary):
+            raise ActionFailed("none of the paths is in the snapshot: " + ", ".join(request.paths))
+    except BaseException:
+        target.close()
+        restored_files.remove_created(root, target.created)
+        raise
+    target.close()
+    return {"target": request.target, "paths": request.paths, **_counts(summary)}
+
+
+def allowed_target(roots: Sequence[Path], target: str) -> tuple[Path, tuple[str, ...]]:
+    """(root, the parts of target below it) for the first root target is strictly under;
+    a validation error for a target elsewhere, a root itself, or a path with '..'."""
+    path = PurePosixPath(target)
+    if path.is_absolute() and ".." not in path.parts:
+        for root in roots:
+            try:
+                below = path.relative_to(root.as_posix())
+            except ValueError:
+                continue
+            if below.parts:
+                return root, below.parts
+    raise validation_error("target", "target_not_allowed", target)
 
 
 def _counts(summary: dict[str, Any]) -> dict[str, int]:

@@ -16,14 +16,18 @@ from agent.destinations import (
     local_snapshot_names,
     restic_target,
 )
-from agent.errors import ActionFailed, DestinationNotFound, validation_error
+from agent.errors import ActionFailed, DestinationNotFound, ValidationFailed, validation_error
+from agent.models import INSTANCE_FILES
 from agent.operations.module_backup import explain_restic_failure
+from agent.operations.modules import image_name
 from agent.reachability import unreachable_reason
 from agent.redis_store import REDIS_ERRORS, Redis
 from agent.volumes import ENVIRONMENT
 
 log = logging.getLogger("agent.restore")
 ENVIRONMENT_PATH = f"/{ENVIRONMENT}"  # where every snapshot keeps the module's identity
+# Never restored from a snapshot: the new instance's own identity and credentials.
+INSTANCE_PATHS = tuple(f"/{name}" for name in INSTANCE_FILES)
 LEASE_WAIT_SECONDS = 600.0
 
 
@@ -166,6 +170,50 @@ def _recorded(redis: Redis, repository: Repository, snapshot: str) -> tuple[str,
     # without restic.
     names = local_snapshot_names(destination, path)
     return snapshot_environments.newest(redis, destination.id, path, names) if names else None
+
+
+def refuse_foreign_identity(
+    redis: Redis, repository: Repository, environment: Mapping[str, str]
+) -> None:
+    """A snapshot is restored as what its repository path says it is: the image its
+    environment names must be the path's image, and the uuid the path's uuid (or one the
+    cluster recorded as restored from it, or restored into it). Raise before any change."""
+    path = repository.path
+    image_url = environment.get("IMAGE_URL", "")
+    try:
+        named = image_name(image_url)
+    except ValidationFailed:
+        named = ""
+    if named != path.image:
+        raise _refused(
+            path, "image", f"its state/environment names image {image_url!r}, not {path.image}"
+        )
+    claimed = environment.get("MODULE_UUID", "")
+    if claimed != path.uuid and not _restored_from(redis, path.uuid, claimed):
+        raise _refused(
+            path,
+            "uuid",
+            f"its state/environment claims module uuid {claimed or 'none'}, not {path.uuid}",
+        )
+
+
+def _restored_from(redis: Redis, one: str, other: str) -> bool:
+    if not other:
+        return False
+    recorded = redis.hmget(redis_keys.RESTORE_UUID, [one, other])
+    return bool(recorded[0] == other or recorded[1] == one)
+
+
+def _refused(path: RepoPath, what: str, reason: str) -> ActionFailed:
+    row = {
+        "field": "path",
+        "parameter": "path",
+        "value": path.path,
+        "error": f"snapshot_{what}_mismatch",
+    }
+    return ActionFailed(
+        f"refused: the snapshot of {path.path} is not that module's: {reason}", 2, [row]
+    )
 
 
 @contextmanager

@@ -148,16 +148,17 @@ def test_older_snapshot_partial_restore_and_restore_files(
         {"field": "paths", "parameter": "paths", "value": typo, "error": "path_not_in_snapshot"}
     ]
     assert (live / PAGE).read_text() == "# edited again\n"
+    restored = cluster.nodes[1].root / "restored"  # a restore-files root by default
     code, output, _ = api(
         cluster,
         "node/1/restore-files",
-        {**source, "target": str(tmp_path / "nothing"), "paths": [f"/volumes/pages/{PAGE}", typo]},
+        {**source, "target": str(restored / "nothing"), "paths": [f"/volumes/pages/{PAGE}", typo]},
     )
     assert code == 2 and output[0]["value"] == typo
-    assert not (tmp_path / "nothing").exists()
+    assert not (restored / "nothing").exists()
 
     # A side restore for an operator: files in a directory, no module touched.
-    picked = tmp_path / "picked"
+    picked = restored / "picked"
     done = cluster.api_ok(
         "node/1/restore-files",
         {**source, "target": str(picked), "paths": [f"/volumes/pages/{PAGE}", "state/wiki.env"]},

@@ -40,7 +40,8 @@ def test_snapshot_paths_are_absolute_and_never_climb() -> None:
 def test_restore_argv_whole_and_partial() -> None:
     assert restore_args("", "/restore", [], whole=True) == [
         *("restore", "--json", "latest", "--target", "/restore"),
-        *("--exclude-xattr", "security.*", "--exclude", "/state/environment", "--delete"),
+        *("--exclude-xattr", "security.*", "--exclude", "/state/environment"),
+        *("--exclude", "/state/agent.env", "--exclude", "/state/apitoken.cache", "--delete"),
     ]
     partial = restore_args("abc123", "/restore", ["/volumes/pages/a.md"], whole=False)
     assert "--delete" not in partial and "--exclude" not in partial
