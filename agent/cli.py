@@ -40,8 +40,10 @@ def serve(
     ] = 60.0,
 ) -> None:
     """Serve this node's task queues until SIGTERM."""
+    from agent import filemodes
     from agent.daemon import Daemon
 
+    os.umask(filemodes.PRIVATE_UMASK)  # however it was started: logs, Redis dumps, records
     level = os.environ.get("AGENT_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO),
