@@ -66,12 +66,17 @@ def cluster_init(
     private_storage: Annotated[
         bool, typer.Option(help="own podman volumes under the data dir (images shared)")
     ] = False,
+    local_root: Annotated[
+        list[Path] | None,
+        typer.Option(help="a host directory local: destinations may be under (repeatable)"),
+    ] = None,
 ) -> None:
     """Create a node's data directory (node 1 alone: a private Redis too)."""
     from agent.operations import cluster_setup
 
     url = redis_url or (cluster_setup.join_url(join) if join else None)
-    settings = cluster_setup.init(root or default_root(), node, url, private_storage)
+    roots = tuple(str(path.absolute()) for path in local_root or [])
+    settings = cluster_setup.init(root or default_root(), node, url, private_storage, roots)
     kind = "private Redis" if settings.embedded_redis else "shared Redis"
     print(f"node {settings.node_id} initialised in {settings.root} ({kind})")
 

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.destination_rules import LocalPolicy
 from agent.errors import ConfigError
 
 CONFIG_FILE = "agent.json"
@@ -55,6 +56,8 @@ class Settings:
     restic_podman_args: tuple[str, ...] = ()
     # Python steps forked from a pre-imported helper (agent/warmsteps.py), not started cold.
     warm_steps: bool = True
+    # Host directories under which `local:` destinations may be (none by default).
+    local_roots: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     # --- layout ----------------------------------------------------------------------
@@ -101,6 +104,9 @@ class Settings:
         """Where the agent's own console scripts (api-cli, redis-dump …) live."""
         return Path(sys.executable).parent
 
+    def local_policy(self) -> LocalPolicy:
+        return LocalPolicy(self.local_roots, str(self.root))
+
     def podman_env(self) -> dict[str, str]:
         """Environment for every podman call on this node."""
         shipped = self.share / "containers" / "containers.conf"
@@ -126,6 +132,7 @@ class Settings:
             "backup_concurrency": self.backup_concurrency,
             "restic_podman_args": list(self.restic_podman_args),
             "warm_steps": self.warm_steps,
+            "local_roots": list(self.local_roots),
         }
 
 
@@ -158,6 +165,7 @@ def load_settings(root: Path | None = None) -> Settings:
             backup_concurrency=int(data.get("backup_concurrency", 1)),
             restic_podman_args=tuple(str(a) for a in data.get("restic_podman_args", [])),
             warm_steps=bool(data.get("warm_steps", True)),
+            local_roots=tuple(str(root) for root in data.get("local_roots", [])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"malformed {path}: {exc}") from None

@@ -52,7 +52,11 @@ def release_private_storage(settings: Settings) -> None:
 
 
 def init(
-    root: Path, node_id: int, redis_url: str | None, private_storage: bool = False
+    root: Path,
+    node_id: int,
+    redis_url: str | None,
+    private_storage: bool = False,
+    local_roots: tuple[str, ...] = (),
 ) -> Settings:
     """Create the data dir of node node_id; node 1 without redis_url gets a private Redis."""
     if (root / "agent.json").exists():
@@ -82,6 +86,7 @@ def init(
         redis_port=port,
         storage_conf=str(store.storage_conf) if store else "",
         containers_conf=str(store.containers_conf) if store else "",
+        local_roots=local_roots,
     )
     for path in (
         root,
