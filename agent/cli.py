@@ -72,7 +72,10 @@ def cluster_init(
     ] = None,
 ) -> None:
     """Create a node's data directory (node 1 alone: a private Redis too)."""
+    from agent import filemodes
     from agent.operations import cluster_setup
+
+    os.umask(filemodes.PRIVATE_UMASK)
 
     url = redis_url or (cluster_setup.join_url(join) if join else None)
     roots = tuple(str(path.absolute()) for path in local_root or [])
@@ -84,8 +87,10 @@ def cluster_init(
 @cluster_app.command("up")
 def cluster_up(root: RootOption = None) -> None:
     """Start the private Redis (if any) and the node daemon in the background."""
+    from agent import filemodes
     from agent.operations import cluster_setup
 
+    os.umask(filemodes.PRIVATE_UMASK)  # pid files and the log it creates are root's alone
     result = cluster_setup.up(load_settings(root))
     state = "started" if result.started_daemon else "already running"
     print(
