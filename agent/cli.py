@@ -40,8 +40,10 @@ def serve(
     ] = 60.0,
 ) -> None:
     """Serve this node's task queues until SIGTERM."""
+    from agent import filemodes
     from agent.daemon import Daemon
 
+    os.umask(filemodes.PRIVATE_UMASK)  # however it was started: logs, Redis dumps, records
     level = os.environ.get("AGENT_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO),
@@ -64,12 +66,20 @@ def cluster_init(
     private_storage: Annotated[
         bool, typer.Option(help="own podman volumes under the data dir (images shared)")
     ] = False,
+    local_root: Annotated[
+        list[Path] | None,
+        typer.Option(help="a host directory local: destinations may be under (repeatable)"),
+    ] = None,
 ) -> None:
     """Create a node's data directory (node 1 alone: a private Redis too)."""
+    from agent import filemodes
     from agent.operations import cluster_setup
 
+    os.umask(filemodes.PRIVATE_UMASK)
+
     url = redis_url or (cluster_setup.join_url(join) if join else None)
-    settings = cluster_setup.init(root or default_root(), node, url, private_storage)
+    roots = tuple(str(path.absolute()) for path in local_root or [])
+    settings = cluster_setup.init(root or default_root(), node, url, private_storage, roots)
     kind = "private Redis" if settings.embedded_redis else "shared Redis"
     print(f"node {settings.node_id} initialised in {settings.root} ({kind})")
 
@@ -77,8 +87,10 @@ def cluster_init(
 @cluster_app.command("up")
 def cluster_up(root: RootOption = None) -> None:
     """Start the private Redis (if any) and the node daemon in the background."""
+    from agent import filemodes
     from agent.operations import cluster_setup
 
+    os.umask(filemodes.PRIVATE_UMASK)  # pid files and the log it creates are root's alone
     result = cluster_setup.up(load_settings(root))
     state = "started" if result.started_daemon else "already running"
     print(

@@ -19,9 +19,10 @@ from agent.agentenv import agent_environment, read_env_file
 from agent.errors import AgentError
 from agent.masking import mask_secrets
 from agent.operations.schedule import SCHEDULE_EVENT, TimerKeeper
-from agent.redis_store import REDIS_ERRORS, Redis, connect
+from agent.redis_store import REDIS_ERRORS, Redis, connect, connect_binary
 from agent.runner import TaskOutcome, TaskRun, masked_context
 from agent.settings import Settings
+from agent.task_input import Rejected, parse_task
 from agent.warmsteps import WarmSteps
 
 log = logging.getLogger("agent.daemon")
@@ -42,8 +43,9 @@ class Worker(threading.Thread):
         self.agent_id = agent_id
         self.stop_requested = threading.Event()
         self.slots = threading.Semaphore(daemon.settings.concurrency)
+        # Bytes as queued: an entry that is not UTF-8 must still be claimed and dropped.
         self.conn: Redis = redis.Redis.from_url(
-            daemon.settings.redis_url, decode_responses=True, single_connection_client=True
+            daemon.settings.redis_url, decode_responses=False, single_connection_client=True
         )
         self.client_id: int | None = None
 
@@ -62,8 +64,24 @@ class Worker(threading.Thread):
                 time.sleep(min(30.0, 0.5 * 2**failures))
                 continue
             if raw is not None:
-                self.owner.dispatch(self, str(raw))
+                self.take(processing, raw)
         self.conn.close()
+
+    def take(self, processing: str, raw: bytes) -> None:
+        """Dispatch one claimed entry; whatever it holds, this worker goes on serving."""
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            log.error("%s: dropping a queued task that is not UTF-8: %.200r", self.agent_id, raw)
+            with contextlib.suppress(*REDIS_ERRORS):
+                self.conn.lrem(processing, 1, raw)
+            return
+        try:
+            self.owner.dispatch(self, text)
+        except Exception:  # the worker must outlive any one entry
+            log.exception("%s: dropping a task that broke its dispatch", self.agent_id)
+            with contextlib.suppress(*REDIS_ERRORS):
+                self.conn.lrem(processing, 1, raw)
 
     def stop(self) -> None:
         self.stop_requested.set()
@@ -197,10 +215,9 @@ class Daemon:
     # --- tasks ---------------------------------------------------------------------------
     def dispatch(self, worker: Worker, raw: str) -> None:
         agent_id = worker.agent_id
-        task = _parse_task(raw)
-        if task is None:
-            log.error("%s: dropping malformed task %.200r", agent_id, raw)
-            self.redis.lrem(redis_keys.task_processing(agent_id), 1, raw)
+        task = parse_task(raw)
+        if isinstance(task, Rejected):
+            self._reject(agent_id, raw, task)
             return
         if self.stopping.is_set() or worker.stop_requested.is_set():
             self._requeue(agent_id, raw)
@@ -323,6 +340,16 @@ class Daemon:
             pipe.delete(key)
             pipe.hset(key, mapping=environment)
 
+    def _reject(self, agent_id: str, raw: str, rejected: Rejected) -> None:
+        """A task that cannot run: a failed record when its id is known, else dropped."""
+        if rejected.task_id is None:
+            log.error("%s: dropping a malformed task (%s): %.200r", agent_id, rejected.reason, raw)
+            self.redis.lrem(redis_keys.task_processing(agent_id), 1, raw)
+            return
+        log.error("%s: task %s cannot run: %s", agent_id, rejected.task_id, rejected.reason)
+        task = {"id": rejected.task_id, "action": ""}
+        self._finish(agent_id, task, raw, TaskOutcome("", f"{rejected.reason}\n", 1, "aborted"))
+
     def _requeue(self, agent_id: str, raw: str) -> None:
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.lrem(redis_keys.task_processing(agent_id), 1, raw)
@@ -340,10 +367,19 @@ class Daemon:
 
     def recover(self, agent_id: str) -> None:
         """Settle tasks a previous daemon of this node claimed and never finished."""
-        for raw in self.redis.lrange(redis_keys.task_processing(agent_id), 0, -1):
-            task = _parse_task(raw)
-            if task is None:
-                self.redis.lrem(redis_keys.task_processing(agent_id), 1, raw)
+        processing = redis_keys.task_processing(agent_id)
+        binary = connect_binary(self.settings.redis_url)
+        with contextlib.closing(binary):
+            entries = binary.lrange(processing, 0, -1)
+            for bad in [entry for entry in entries if not _is_utf8(entry)]:
+                binary.lrem(processing, 1, bad)
+        for raw_bytes in entries:
+            if not _is_utf8(raw_bytes):
+                continue
+            raw = raw_bytes.decode()
+            task = parse_task(raw)
+            if isinstance(task, Rejected):
+                self._reject(agent_id, raw, task)
                 continue
             started = self.redis.exists(redis_keys.task_field(agent_id, task["id"], "context"))
             if not started:
@@ -363,15 +399,9 @@ class Daemon:
             self._finish(agent_id, task, raw, TaskOutcome("", ABORTED_BY_CRASH, 1, "aborted"))
 
 
-def _parse_task(raw: str) -> dict[str, Any] | None:
+def _is_utf8(raw: bytes) -> bool:
     try:
-        task = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(task, dict):
-        return None
-    if not isinstance(task.get("id"), str) or not isinstance(task.get("action"), str):
-        return None
-    if not task["id"] or "/" in task["id"]:
-        return None
-    return task
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -15,7 +15,8 @@ import pydantic
 from pydantic import StringConstraints
 
 from agent import rclone
-from agent.destinations import Destination
+from agent.destination_rules import DestinationNotAllowed, LocalPolicy
+from agent.destinations import Destination, check_destination
 from agent.errors import ValidationFailed, validation_error
 from agent.models import AddBackupRepositoryRequest, AlterBackupRepositoryRequest, Request
 from agent.steps import pydantic_errors
@@ -171,8 +172,10 @@ def prepare(
     request: AddBackupRepositoryRequest | AlterBackupRepositoryRequest,
     destination_id: str,
     stored: Destination | None,
+    policy: LocalPolicy,
 ) -> Prepared:
-    """Check provider parameters and URL; on alter, empty secrets keep the stored ones."""
+    """Check provider parameters and URL, and what the destination may reach (policy:
+    this node's local roots); on alter, empty secrets keep the stored ones."""
     provider = request.provider
     parameters = check_parameters(provider, dict(request.parameters))
     old = dict(stored.parameters) if stored else {}
@@ -203,6 +206,12 @@ def prepare(
         parameters=private,
         basepath=basepath,
     )
+    try:
+        check_destination(destination, policy)
+    except DestinationNotAllowed as exc:
+        field = "url" if provider == "local" else "parameters"
+        shown = url if provider == "local" else str(exc)
+        raise validation_error(field, exc.code, shown) from None
     public = {"name": name, "provider": provider, "url": url, "basepath": basepath}
     return Prepared(destination, public, {**private, "password": destination.password})
 

@@ -13,6 +13,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from agent import rclone, redis_keys
+from agent.destination_rules import (
+    DestinationNotAllowed,
+    LocalPolicy,
+    check_basepath,
+    check_local_directory,
+    check_rclone_options,
+)
 from agent.errors import AgentError, DestinationNotFound
 from agent.redis_store import Redis
 from agent.restic import ResticTarget
@@ -60,6 +67,20 @@ def load_destination(redis: Redis, destination_id: str) -> Destination:
         parameters=parameters,
         basepath=public.get("basepath", ""),
     )
+
+
+def check_destination(destination: Destination, policy: LocalPolicy) -> None:
+    """Raise DestinationNotAllowed when destination would reach what this node forbids:
+    a host directory outside its local roots, an rclone backend or option off the list."""
+    if destination.provider == "local":
+        check_local_directory(local_directory(destination), policy)
+    elif destination.provider == "rclone":
+        try:
+            options = rclone.parse_config_section(destination.parameters.get("rclone_conf", ""))
+        except ValueError as exc:
+            raise DestinationNotAllowed(str(exc), "rclone_conf_error") from None
+        check_rclone_options(options)
+        check_basepath(destination.basepath)
 
 
 def url_body(url: str) -> str:

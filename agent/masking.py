@@ -31,6 +31,23 @@ def mask_secrets(value: Any) -> Any:
     return value
 
 
+def secret_values(value: Any) -> list[str]:
+    """The string values of every secret-named key in value, at any depth."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and is_secret_key(key) and isinstance(child, str):
+                    found.append(child)
+                else:
+                    stack.append(child)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
 def redact_text(text: str, secrets: list[str]) -> str:
     """text with every occurrence of the given secret values replaced by MASK."""
     for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):

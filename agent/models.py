@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -28,13 +28,17 @@ ImageUrl = Annotated[
 ]
 
 
+NodeId = Annotated[int, Field(ge=1, le=100000)]
+BackupId = Annotated[StrictInt, Field(ge=1, le=2**31)]
+
+
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class AddModuleRequest(Request):
     image: ImageUrl
-    node: int = Field(ge=1)
+    node: NodeId
     module_uuid: Uuid | None = None
 
 
@@ -57,7 +61,13 @@ Provider = Literal[
 OneLine = Annotated[str, StringConstraints(max_length=1024, pattern=r"^[^\n\r\t\x00]*$")]
 # Parameter values are checked per provider (agent.destinations); rclone's may span lines.
 ParameterValue = Annotated[str, StringConstraints(max_length=100000)]
-Parameters = Annotated[dict[str, ParameterValue], Field(max_length=16)]
+ParameterName = Annotated[str, StringConstraints(max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
+Parameters = Annotated[dict[ParameterName, ParameterValue], Field(max_length=16)]
+# The UI's own record of how it built a schedule ({interval, minute, time, weekDay, …}).
+HintValue = Annotated[str, StringConstraints(max_length=256)] | int | float | bool | None
+ScheduleHint = Annotated[
+    dict[Annotated[str, StringConstraints(max_length=64)], HintValue], Field(max_length=32)
+]
 DestinationName = Annotated[str, StringConstraints(max_length=128, pattern=r"^[^\n\r\t\x00]*$")]
 KeepCount = Annotated[int, Field(ge=1, le=100000)]
 
@@ -108,7 +118,7 @@ class BackupRequest(Request):
     ]
     retention: KeepCount
     enabled: StrictBool
-    schedule_hint: dict[str, Any] = Field(default_factory=dict)
+    schedule_hint: ScheduleHint = Field(default_factory=dict)
     keep_daily: KeepCount | None = None
     keep_weekly: KeepCount | None = None
     keep_monthly: KeepCount | None = None
@@ -125,15 +135,15 @@ class AddBackupRequest(BackupRequest):
 
 
 class AlterBackupRequest(BackupRequest):
-    id: Annotated[StrictInt, Field(ge=1, le=2**31)]
+    id: BackupId
 
 
 class BackupIdRequest(Request):
-    id: Annotated[StrictInt, Field(ge=1, le=2**31)]
+    id: BackupId
 
 
 class RunBackupRequest(Request):
-    id: int = Field(ge=1)
+    id: int = Field(ge=1, le=2**31)
 
 
 # --- restore (issue #5) ---------------------------------------------------------------

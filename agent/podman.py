@@ -5,16 +5,29 @@ from __future__ import annotations
 import shutil
 import tempfile
 import uuid
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from agent import proc
 from agent.errors import AgentError
 
 PODMAN = "podman"
+MODULE_LABEL = "org.nethserver.module"  # set on a volume by the module that created it
 
 
 def volume_names_argv() -> list[str]:
     return [PODMAN, "volume", "ls", "--format", "{{.Name}}"]
+
+
+def volume_owners_argv() -> list[str]:
+    """Each volume's name and module label, tab-separated (a name never holds a tab)."""
+    return [
+        PODMAN,
+        "volume",
+        "ls",
+        "--format",
+        f'{{{{.Name}}}}\t{{{{index .Labels "{MODULE_LABEL}"}}}}',
+    ]
 
 
 def volume_rm_argv(names: list[str]) -> list[str]:
@@ -34,10 +47,45 @@ def rm_argv(container: str) -> list[str]:
     return [PODMAN, "rm", "--force", container]
 
 
-def module_volumes(module_id: str, all_names: list[str]) -> list[str]:
-    """Rootfull module volumes: named '<module_id>-<name>'."""
+def module_volumes(
+    module_id: str,
+    all_names: Collection[str],
+    module_ids: Collection[str] = (),
+    owners: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Rootfull volumes of module_id, named '<module_id>-<name>', and never another's:
+    'foo1-bar1-data' belongs to module foo1-bar1 when that id is in module_ids, and a
+    volume whose module label (owners) names another module is that module's."""
     prefix = f"{module_id}-"
-    return sorted(n for n in all_names if n.startswith(prefix) and len(n) > len(prefix))
+    longer = [f"{other}-" for other in module_ids if other.startswith(prefix)]
+    owners = owners or {}
+    return sorted(
+        name
+        for name in all_names
+        if name.startswith(prefix)
+        and len(name) > len(prefix)
+        and not any(name.startswith(other) for other in longer)
+        and owners.get(name, module_id) in (module_id, "")
+    )
+
+
+def parse_volume_owners(text: str) -> dict[str, str]:
+    """volume_owners_argv's output → {volume name: module label, '' when none}."""
+    owners = {}
+    for line in text.splitlines():
+        name, _, owner = line.partition("\t")
+        if name.strip():
+            owners[name.strip()] = "" if owner.strip() == "<no value>" else owner.strip()
+    return owners
+
+
+def list_module_volumes(
+    module_id: str, module_ids: Collection[str], env: dict[str, str]
+) -> list[str]:
+    """The volumes of module_id on this node (module_ids: every installed module)."""
+    result = proc.run(volume_owners_argv(), env=env, check=True, timeout=60)
+    owners = parse_volume_owners(result.text)
+    return module_volumes(module_id, list(owners), module_ids, owners)
 
 
 def list_volumes(env: dict[str, str]) -> list[str]:

@@ -66,8 +66,10 @@ def run(
     timeout: float | None = None,
     check: bool = False,
     stdout: int | IO[bytes] | None = PIPE,
+    umask: int = -1,
 ) -> Result:
-    """Run argv to completion; env adds to (not replaces) this process's environment."""
+    """Run argv to completion; env adds to (not replaces) this process's environment;
+    umask, when given, is the child's (-1: this process's)."""
     log.debug("run %s", shlex.join(argv))
     audit(argv)
     started = time.monotonic()
@@ -80,6 +82,7 @@ def run(
         cwd=cwd,
         timeout=timeout,
         check=False,
+        umask=umask,
     )
     result = Result(tuple(argv), completed.returncode, completed.stdout or b"", completed.stderr)
     log.debug("%s: exit %d after %.3fs", argv[0], result.returncode, time.monotonic() - started)
@@ -98,6 +101,7 @@ def spawn(
     stderr: int | IO[bytes] | None = PIPE,
     pass_fds: Sequence[int] = (),
     new_session: bool = True,
+    umask: int = -1,
 ) -> subprocess.Popen[bytes]:
     """Start argv with exactly env, in its own session (so its whole group can be signalled)."""
     log.debug("spawn %s", shlex.join(argv))
@@ -111,6 +115,7 @@ def spawn(
         stderr=stderr,
         pass_fds=tuple(pass_fds),
         start_new_session=new_session,
+        umask=umask,
     )
 
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import proc, warmsteps
+from agent import filemodes, proc, warmsteps
 from agent.actiondirs import Action
 from agent.errors import ConfigError, ValidationFailed
-from agent.masking import mask_secrets
+from agent.masking import mask_secrets, redact_text, secret_values
 from agent.validation import load_schema, validate
 from agent.warmsteps import WarmChild, WarmSteps
 
@@ -80,6 +80,8 @@ class TaskRun:
         self.cwd = cwd
         self.on_progress = on_progress
         self.warm = warm
+        # What the task was given as a secret never comes back in its output, error or log.
+        self.secrets = secret_values(data)
         self.cancelled = threading.Event()
         self._lock = threading.Lock()
         self._child: StepProcess | None = None
@@ -107,7 +109,8 @@ class TaskRun:
             if schema_path is not None:
                 validate(self.data, load_schema(schema_path))
         except ValidationFailed as exc:
-            return TaskOutcome(json.dumps(exc.errors), "", exc.exit_code, "validation-failed")
+            rows = redact_text(json.dumps(exc.errors), self.secrets)
+            return TaskOutcome(rows, "", exc.exit_code, "validation-failed")
         except ConfigError as exc:
             return TaskOutcome("", f"{exc}\n", 1, "aborted")
 
@@ -138,8 +141,8 @@ class TaskRun:
         self, output: list[bytes], errors: list[bytes], code: int, status: str
     ) -> TaskOutcome:
         return TaskOutcome(
-            b"".join(output).decode(errors="replace"),
-            b"".join(errors).decode(errors="replace"),
+            redact_text(b"".join(output).decode(errors="replace"), self.secrets),
+            redact_text(b"".join(errors).decode(errors="replace"), self.secrets),
             code,
             status,
         )
@@ -185,7 +188,9 @@ class TaskRun:
             child = self.warm.spawn(path, env, self.cwd, com_write)
             if child is not None:
                 return child
-        return proc.spawn([str(path)], env=env, cwd=self.cwd, pass_fds=[com_write])
+        return proc.spawn(
+            [str(path)], env=env, cwd=self.cwd, pass_fds=[com_write], umask=filemodes.STEP_UMASK
+        )
 
     def _pump(
         self,
@@ -225,13 +230,7 @@ class TaskRun:
                     pending_err += chunk
                     *lines, pending_err = pending_err.split(b"\n")
                     for line in lines:
-                        log.warning(
-                            "%s/%s %s: %s",
-                            self.agent_id,
-                            self.task_id,
-                            step,
-                            line.decode(errors="replace"),
-                        )
+                        self._log_stderr(step, line)
                 else:
                     pending_com += chunk
                     *lines, pending_com = pending_com.split(b"\n")
@@ -239,16 +238,14 @@ class TaskRun:
                         if self._command(line.decode(errors="replace"), step, progress):
                             validation_failed = True
         if pending_err:
-            log.warning(
-                "%s/%s %s: %s",
-                self.agent_id,
-                self.task_id,
-                step,
-                pending_err.decode(errors="replace"),
-            )
+            self._log_stderr(step, pending_err)
         selector.close()
         com.close()
         return validation_failed
+
+    def _log_stderr(self, step: str, line: bytes) -> None:
+        text = redact_text(line.decode(errors="replace"), self.secrets)
+        log.warning("%s/%s %s: %s", self.agent_id, self.task_id, step, text)
 
     def _command(self, line: str, step: str, progress: StepProgress) -> bool:
         """Apply one COMFD command; True when it marks the task validation-failed."""

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.destination_rules import LocalPolicy
 from agent.errors import ConfigError
 
 CONFIG_FILE = "agent.json"
@@ -61,6 +62,8 @@ class Settings:
     overdue_check_seconds: int = 60
     # Where node restore-files may write (absolute directories); empty = the defaults.
     restore_files_roots: tuple[str, ...] = ()
+    # Host directories under which `local:` destinations may be (none by default).
+    local_roots: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     # --- layout ----------------------------------------------------------------------
@@ -114,6 +117,9 @@ class Settings:
         """Where the agent's own console scripts (api-cli, redis-dump …) live."""
         return Path(sys.executable).parent
 
+    def local_policy(self) -> LocalPolicy:
+        return LocalPolicy(self.local_roots, str(self.root))
+
     def podman_env(self) -> dict[str, str]:
         """Environment for every podman call on this node."""
         shipped = self.share / "containers" / "containers.conf"
@@ -142,6 +148,7 @@ class Settings:
             "overdue_grace_seconds": self.overdue_grace_seconds,
             "overdue_check_seconds": self.overdue_check_seconds,
             "restore_files_roots": list(self.restore_files_roots),
+            "local_roots": list(self.local_roots),
         }
 
 
@@ -177,6 +184,7 @@ def load_settings(root: Path | None = None) -> Settings:
             overdue_grace_seconds=int(data.get("overdue_grace_seconds", 3600)),
             overdue_check_seconds=max(1, int(data.get("overdue_check_seconds", 60))),
             restore_files_roots=_absolute_dirs(data.get("restore_files_roots", [])),
+            local_roots=tuple(str(root) for root in data.get("local_roots", [])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"malformed {path}: {exc}") from None

@@ -16,7 +16,9 @@ ALWAYS_BACKED_UP = (ENVIRONMENT,)
 
 
 def volume_mounts(module_id: str, volume_names: list[str]) -> list[Mount]:
-    """Rootfull volumes '<module_id>-<name>' at /srv/volumes/<name>; 'restic-*' skipped."""
+    """Rootfull volumes '<module_id>-<name>' at /srv/volumes/<name>, read-only (a backup
+    only reads them, and nothing in the container, rclone included, may change them);
+    'restic-*' skipped."""
     prefix = f"{module_id}-"
     mounts = []
     for name in sorted(volume_names):
@@ -25,7 +27,7 @@ def volume_mounts(module_id: str, volume_names: list[str]) -> list[Mount]:
         short = name[len(prefix) :]
         if not short or short.startswith("restic-"):
             continue
-        mounts.append(Mount(name, f"{VOLUMES_MOUNT}/{short}"))
+        mounts.append(Mount(name, f"{VOLUMES_MOUNT}/{short}", read_only=True))
     return mounts
 
 
@@ -46,7 +48,10 @@ def backup_layout(
     module_id: str, install_dir: Path, state_dir: Path, volume_names: list[str]
 ) -> BackupLayout:
     """Mounts and restic path arguments for one module's backup."""
-    mounts = [Mount(str(state_dir), STATE_MOUNT), *volume_mounts(module_id, volume_names)]
+    mounts = [
+        Mount(str(state_dir), STATE_MOUNT, read_only=True),
+        *volume_mounts(module_id, volume_names),
+    ]
     include = install_dir / "etc" / "state-include.conf"
     exclude = install_dir / "etc" / "state-exclude.conf"
     # Any bytes restic would have read from the file reach it unchanged (surrogateescape).

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from agent import filemodes
+
 log = logging.getLogger(__name__)
 
 PYTHON_SHEBANGS = ("#!/usr/bin/env python3", "#!/usr/bin/env python")
@@ -165,6 +167,7 @@ class WarmSteps:
             code = 1
             try:
                 self._control.close()
+                os.umask(filemodes.STEP_UMASK)  # the daemon's is for its own files only
                 preload()
                 gc.freeze()  # the same for the steps forked from here
                 _Helper(theirs, registry, {}).serve()

@@ -168,6 +168,9 @@ class Cluster:
         return int((self.root / "run" / "agent.pid").read_text().strip())
 
     def add_destination(self, directory: Path) -> tuple[str, str]:
+        roots = json.loads((self.root / "agent.json").read_text()).get("local_roots", [])
+        if str(directory) not in roots:  # the node accepts local destinations there only
+            self.set_setting("local_roots", [*roots, str(directory)])
         """(id, password) of a new local destination."""
         directory.mkdir(parents=True, exist_ok=True)
         added = self.api(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import signal
@@ -12,10 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import lease, podman_store, proc, redis_keys
+from agent import filemodes, lease, podman_store, proc, redis_keys
 from agent.errors import AgentError, ConfigError
 from agent.redis_store import REDIS_ERRORS, connect, connect_binary
 from agent.settings import Settings, load_settings, share_dir, write_settings
+
+log = logging.getLogger("agent.cluster")
 
 DAEMON_PID = "agent.pid"
 REDIS_PID = "redis.pid"
@@ -49,7 +52,11 @@ def release_private_storage(settings: Settings) -> None:
 
 
 def init(
-    root: Path, node_id: int, redis_url: str | None, private_storage: bool = False
+    root: Path,
+    node_id: int,
+    redis_url: str | None,
+    private_storage: bool = False,
+    local_roots: tuple[str, ...] = (),
 ) -> Settings:
     """Create the data dir of node node_id; node 1 without redis_url gets a private Redis."""
     if (root / "agent.json").exists():
@@ -79,6 +86,7 @@ def init(
         redis_port=port,
         storage_conf=str(store.storage_conf) if store else "",
         containers_conf=str(store.containers_conf) if store else "",
+        local_roots=local_roots,
     )
     for path in (
         root,
@@ -88,10 +96,11 @@ def init(
         settings.state_dir("cluster"),
         settings.state_dir(redis_keys.node_agent(node_id)),
     ):
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=filemodes.PRIVATE_DIR, parents=True, exist_ok=True)
     if embedded:
         write_redis_conf(settings, password)
     write_settings(settings)
+    filemodes.apply_private_modes(settings)  # mkdir's mode is cut by the umask
     return settings
 
 
@@ -134,7 +143,12 @@ def start_redis(settings: Settings) -> bool:
     """Start the private redis-server if it is not up; True when it was started."""
     if read_pid(settings.run_dir / REDIS_PID) is not None:
         return False
-    proc.run(["redis-server", str(settings.redis_dir / "redis.conf")], check=True, timeout=30)
+    proc.run(
+        ["redis-server", str(settings.redis_dir / "redis.conf")],
+        check=True,
+        timeout=30,
+        umask=filemodes.PRIVATE_UMASK,  # its AOF and RDB files hold every secret
+    )
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -157,13 +171,15 @@ def start_daemon(settings: Settings) -> tuple[bool, int]:
         return False, pid
     log_path = settings.log_dir / "agent.log"
     env = dict(os.environ, AGENT_ROOT=str(settings.root))
-    with open(log_path, "ab") as log_file:
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, filemodes.PRIVATE_FILE)
+    with os.fdopen(fd, "ab") as log_file:
         child = proc.spawn(
             [sys.executable, "-m", "agent.cli", "serve"],
             env=env,
             stdin=proc.DEVNULL,
             stdout=log_file,
             stderr=log_file,
+            umask=filemodes.PRIVATE_UMASK,
         )
     pid_file.write_text(f"{child.pid}\n")
     deadline = time.monotonic() + 15
@@ -176,6 +192,10 @@ def start_daemon(settings: Settings) -> tuple[bool, int]:
 
 
 def up(settings: Settings) -> UpResult:
+    # A data dir made before this rule, or by hand with a loose umask, is fixed first.
+    fixed = filemodes.apply_private_modes(settings)
+    if fixed:
+        log.warning("made %d path(s) under %s readable by root only", len(fixed), settings.root)
     started_redis = start_redis(settings) if settings.embedded_redis else False
     started_daemon, pid = start_daemon(settings)
     return UpResult(settings, started_redis, started_daemon, pid)

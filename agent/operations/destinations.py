@@ -96,7 +96,7 @@ def add_backup_repository(step: Step, request: AddBackupRepositoryRequest) -> di
     destination_id = stable_uuid(request.model_dump())
     if redis.exists(redis_keys.backup_repository(destination_id)):
         raise validation_error("", "backup_repository_exists", destination_id)
-    prepared = prepare(request, destination_id, None)
+    prepared = prepare(request, destination_id, None, step.ctx.settings.local_policy())
     step.set_progress(5)
     probe_on_nodes(step, prepared, exit_code=2)
     save(redis, prepared, adding=True)
@@ -114,7 +114,7 @@ def alter_backup_repository(step: Step, request: AlterBackupRepositoryRequest) -
         raise validation_error(
             "provider", "backup_provider_mismatch", request.provider, exit_code=3
         )
-    prepared = prepare(request, request.id, stored)
+    prepared = prepare(request, request.id, stored, step.ctx.settings.local_policy())
     probe_on_nodes(step, prepared, exit_code=4)
     save(redis, prepared, adding=False)
     step.set_progress(100)

@@ -226,7 +226,9 @@ class ModuleBackup:
             self.module_id,
             settings.agent_home(agent_id),
             state_dir,
-            podman.list_volumes(podman_env),
+            podman.list_module_volumes(
+                self.module_id, self.ctx.redis.hkeys(redis_keys.MODULE_NODE), podman_env
+            ),
         )
         target = restic_target(self.job.destination, path)
         password = self.job.destination.password

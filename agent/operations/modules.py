@@ -9,7 +9,7 @@ import threading
 import uuid
 from typing import Any
 
-from agent import podman, redis_keys, tasks
+from agent import filemodes, podman, redis_keys, tasks
 from agent.agentenv import format_env_file
 from agent.errors import AgentError, validation_error
 from agent.models import AddModuleRequest, NodeAddModuleRequest, RemoveModuleRequest
@@ -213,7 +213,9 @@ def node_add_module(step: Step, request: NodeAddModuleRequest) -> None:
     env = module_environment(
         request.module_id, request.module_uuid, request.image_url, settings.node_id
     )
-    (state / "environment").write_text(format_env_file(env))
+    environment = state / "environment"
+    environment.write_text(format_env_file(env))
+    environment.chmod(filemodes.PRIVATE_FILE)
     step.set_progress(100)
 
 
@@ -221,7 +223,14 @@ def node_remove_module(step: Step, request: RemoveModuleRequest) -> None:
     settings = step.ctx.settings
     env = settings.podman_env()
     if not request.preserve_data:
-        volumes = podman.module_volumes(request.module_id, podman.list_volumes(env))
+        installed = [*step.ctx.redis.hkeys(redis_keys.MODULE_NODE), *_node_module_ids(step)]
+        volumes = podman.list_module_volumes(request.module_id, installed, env)
         podman.remove_volumes(volumes, env)
     home = settings.agent_home(redis_keys.module_agent(request.module_id))
     shutil.rmtree(home, ignore_errors=True)
+
+
+def _node_module_ids(step: Step) -> list[str]:
+    """Modules with an install directory on this node (Redis may have lost some)."""
+    modules = step.ctx.settings.root / "modules"
+    return [entry.name for entry in modules.iterdir()] if modules.is_dir() else []

@@ -11,8 +11,10 @@ from dataclasses import asdict
 from typing import Any
 
 from agent import proc, rclone, redis_keys, restic
+from agent.destination_rules import DestinationNotAllowed
 from agent.destinations import (
     Destination,
+    check_destination,
     destination_volumes,
     load_destination,
     local_directory,
@@ -49,6 +51,10 @@ def node_validate_destination(step: Step, request: ValidateDestinationRequest) -
     else:
         destination = load_destination(redis, request.id)
     name = f".probe-{step.task_id or os.urandom(8).hex()}"
+    try:
+        check_destination(destination, step.ctx.settings.local_policy())
+    except DestinationNotAllowed as exc:
+        raise validation_error("", exc.code, {}, exit_code=2) from None
     error = probe(destination, step.ctx.settings, name)
     if error:
         raise validation_error("", error, {}, exit_code=2)
@@ -59,11 +65,10 @@ def probe(destination: Destination, settings: Settings, name: str) -> str:
     """'' when the destination can be read, written and deleted from; else the NS8 error."""
     if destination.provider == "rest":
         return probe_rest(destination, name)
-    if destination.provider == "local":
-        try:
-            os.makedirs(local_directory(destination), exist_ok=True)
-        except OSError:
-            return "no_write_permission"
+    # Never created here: a missing directory is a disk not mounted, and a probe that
+    # made it would have the backups fill the disk under the mount point.
+    if destination.provider == "local" and not os.path.isdir(local_directory(destination)):
+        return "backup_repository_not_accessible"
     remote, env = rclone_target(destination)
     target = restic.ResticTarget("", env=env, volumes=destination_volumes(destination))
     for step, args, error in rclone.probe_plan(remote, name):
@@ -80,8 +85,8 @@ def probe(destination: Destination, settings: Settings, name: str) -> str:
             return "backup_repository_not_accessible"
         if result.returncode == 0:
             continue
-        if step == "read" and result.returncode == 3:
-            continue  # directory not found yet: the write step creates it
+        if step == "read" and result.returncode == 3 and destination.provider != "local":
+            continue  # a remote directory not found yet: the write step creates it
         if step == "read" and rclone.is_unreachable(result.error_text):
             return "backup_repository_not_accessible"
         return error

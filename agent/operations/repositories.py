@@ -16,6 +16,7 @@ from typing import Any
 from agent import lease, rclone, redis_keys, restic
 from agent.destinations import (
     Destination,
+    check_destination,
     destination_volumes,
     load_destination,
     rclone_target,
@@ -55,7 +56,9 @@ def read_backup_repositories(step: Step, _request: NoInput) -> list[dict[str, An
     destinations = []
     for destination_id in ids:
         try:
-            destinations.append(load_destination(ctx.redis, destination_id))
+            destination = load_destination(ctx.redis, destination_id)
+            check_destination(destination, ctx.settings.local_policy())
+            destinations.append(destination)
         except AgentError as exc:
             log.warning("skipping destination %s: %s", destination_id, exc)
     installed = _installed(ctx)

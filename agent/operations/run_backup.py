@@ -18,6 +18,7 @@ from agent.backup_status import ModuleStatus, Outcome, RunSummary, metadata, ren
 from agent.backup_status import write_atomic as write_file_atomic
 from agent.destinations import (
     Destination,
+    check_destination,
     load_destination,
     local_directory,
     rclone_target,
@@ -82,6 +83,7 @@ def run_node_backup(
         return summary
     try:
         destination = load_destination(ctx.redis, definition.get("repository", ""))
+        check_destination(destination, ctx.settings.local_policy())
     except AgentError as exc:
         failures = [
             ModuleStatus(m, Outcome.FAILED, 0, 0, reason=str(exc), errors=1) for m in modules

@@ -110,7 +110,8 @@ def answer(step: Step, action: str, data: Any) -> ValidationFailed | AgentError 
 @pytest.fixture
 def step(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> Step:
     seed(redis_client)
-    return Step(Context(Settings(tmp_path, 1, redis_url), redis_client), "cluster", "t1", None)
+    settings = Settings(tmp_path, 1, redis_url, local_roots=("/srv",))
+    return Step(Context(settings, redis_client), "cluster", "t1", None)
 
 
 def well_formed(action: str) -> dict[str, Any]:

@@ -67,6 +67,11 @@ def refused(
 
 
 def test_local_destination(node: ClusterHarness, redis_client: redis.Redis, tmp_path: Path) -> None:
+    refused(
+        node, redis_client, "local", f"local:{tmp_path}/repo", "backup_repository_not_accessible"
+    )
+    assert not (tmp_path / "repo").exists(), "the probe never creates the directory"
+    (tmp_path / "repo").mkdir()
     code, output = add(node, "local", f"local:{tmp_path}/repo")
     assert code == 0, output
     assert len(output["password"]) == 64 and int(output["password"], 16) >= 0

@@ -199,3 +199,23 @@ def test_secrets_are_masked_in_the_stored_context_and_log(
     assert json.loads(context)["data"]["name"] == "x"
     log = (cluster.nodes[1].root / "log" / "agent.log").read_text()
     assert "hunter2-secret" not in log and "k3y-val" not in log
+
+
+def test_secrets_given_to_a_task_never_come_back_in_its_output_error_or_log(
+    cluster: ClusterHarness, redis_client: redis.Redis
+) -> None:
+    cluster.nodes[1].write_action(
+        "cluster",
+        "leaky",
+        {"10leak": '#!/bin/sh\ninput=$(cat)\necho "$input"\necho "$input" >&2\nexit 3\n'},
+    )
+    data = {"name": "x", "parameters": {"rest_password": "s3cret-rest-pass", "user": "bob"}}
+    task_id = cluster.api("run", "leaky", "--nowait", "--data", json.dumps(data)).stdout.strip()
+    watcher = tasks.TaskWatcher(redis_client, "cluster")
+    watcher.subscribe(task_id)
+    result = watcher.wait(timeout=30)
+    assert result.exit_code == 3
+    assert "bob" in result.raw_output and "bob" in result.error
+    assert "s3cret-rest-pass" not in result.raw_output + result.error
+    log = (cluster.nodes[1].root / "log" / "agent.log").read_text()
+    assert "bob" in log and "s3cret-rest-pass" not in log

@@ -101,8 +101,13 @@ class ClusterHarness:
     nodes: dict[int, NodeHarness] = field(default_factory=dict)
 
     def add_node(self, node_id: int, start: bool = True) -> NodeHarness:
+        # Tests keep their local destinations in the test's directory, beside the nodes.
         settings = cluster_setup.init(
-            self.base / f"node{node_id}", node_id, self.redis_url, private_storage=True
+            self.base / f"node{node_id}",
+            node_id,
+            self.redis_url,
+            private_storage=True,
+            local_roots=(str(self.base),),
         )
         node = NodeHarness(settings)
         self.nodes[node_id] = node

@@ -10,8 +10,11 @@ import pytest
 
 from agent import rclone
 from agent.destination_input import default_name, prepare, stable_uuid
+from agent.destination_rules import LocalPolicy
 from agent.destinations import Destination, rclone_target, restic_target, s3_options
 from agent.models import AddBackupRepositoryRequest
+
+NO_LOCAL = LocalPolicy((), "/var/lib/backup-agent")
 
 
 def destination(provider: str, url: str, **parameters: str) -> Destination:
@@ -131,7 +134,7 @@ def test_alter_keeps_stored_secrets_when_empty() -> None:
         password="",
         parameters={"b2_account_id": "i", "b2_account_key": "new"},
     )
-    stored = prepare(request, "abcd", None).destination
+    stored = prepare(request, "abcd", None, NO_LOCAL).destination
     again = AddBackupRepositoryRequest(
         provider="backblaze",
         name="",
@@ -139,7 +142,7 @@ def test_alter_keeps_stored_secrets_when_empty() -> None:
         password="",
         parameters={"b2_account_id": "i2", "b2_account_key": ""},
     )
-    altered = prepare(again, "abcd", stored)
+    altered = prepare(again, "abcd", stored, NO_LOCAL)
     assert altered.private["b2_account_key"] == "new" and altered.private["b2_account_id"] == "i2"
     assert altered.destination.password == stored.password and len(stored.password) == 64
 

@@ -16,11 +16,12 @@ from agent.agentenv import format_env_file, read_env_file
 from agent.errors import ValidationFailed
 from agent.masking import MASK, mask_secrets, redact_text
 from agent.operations.modules import image_name
-from agent.podman import module_volumes
+from agent.podman import module_volumes, parse_volume_owners
 from agent.runner import StepProgress
 from agent.schemas import check_schemas
 from agent.tasks import split_action
 from agent.validation import validate
+from agent.volumes import backup_layout
 
 
 def test_task_keys_follow_ns8_names() -> None:
@@ -121,6 +122,34 @@ def test_image_name(url: str, name: str) -> None:
 def test_rootfull_volume_names_match_the_module_exactly() -> None:
     names = ["minwiki1-pages", "minwiki10-pages", "minwiki1-db", "minwiki1", "other-x"]
     assert module_volumes("minwiki1", names) == ["minwiki1-db", "minwiki1-pages"]
+
+
+def test_a_module_id_never_takes_a_longer_ids_volumes() -> None:
+    names = ["foo1-data", "foo1-bar1-data", "foo1-bar1-x", "foo1-cache", "foo1-labelled"]
+    installed = ["foo1", "foo1-bar1", "foo12"]
+    assert module_volumes("foo1", names, installed) == ["foo1-cache", "foo1-data", "foo1-labelled"]
+    assert module_volumes("foo1-bar1", names, installed) == ["foo1-bar1-data", "foo1-bar1-x"]
+    # A label written at creation decides even when the longer id is no longer installed.
+    owners = {"foo1-bar1-data": "foo1-bar1", "foo1-labelled": "foo1", "foo1-data": ""}
+    assert module_volumes("foo1", names, ["foo1"], owners) == [
+        "foo1-bar1-x",  # no label, no installed foo1-bar1: nothing tells it apart
+        "foo1-cache",
+        "foo1-data",
+        "foo1-labelled",
+    ]
+    assert parse_volume_owners("a\tfoo1\nb\t<no value>\nc\t\n") == {"a": "foo1", "b": "", "c": ""}
+
+
+def test_backup_mounts_are_read_only(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "state-exclude.conf").write_text("x\n")
+    layout = backup_layout("foo1", tmp_path, tmp_path / "state", ["foo1-data", "foo1-restic-x"])
+    flags = [mount.flag() for mount in layout.mounts]
+    assert flags == [
+        f"--volume={tmp_path / 'state'}:/srv/state:ro",
+        "--volume=foo1-data:/srv/volumes/data:ro",
+        f"--volume={tmp_path / 'etc' / 'state-exclude.conf'}:/etc/state-exclude.conf:ro",
+    ]
 
 
 def test_validation_rows_name_the_parameter() -> None:
