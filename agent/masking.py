@@ -6,13 +6,22 @@ import re
 from typing import Any
 
 MASK = "XXX"
-# "url": apprise and ping URLs carry tokens, and a destination URL may hold user:pass@.
-_SECRET_KEY = re.compile(r"(password|secret|key|token|pass|url)$", re.IGNORECASE)
+_SECRET_KEY = re.compile(r"(password|secret|key|token|pass)$", re.IGNORECASE)
+_URL_KEY = re.compile(r"url$", re.IGNORECASE)
 
 
 def is_secret_key(name: str) -> bool:
     """True for key names whose values must never be shown (…password, …secret, …key …)."""
     return bool(_SECRET_KEY.search(name))
+
+
+def is_secret(name: str, value: object) -> bool:
+    """A secret-named value, or a URL with a scheme under a …url key: apprise and ping
+    URLs carry their tokens, and `rest:http://user:pass@host` its password. A bare
+    `local:/srv/backup` or `s3:host/bucket` stays readable in errors."""
+    if is_secret_key(name):
+        return True
+    return bool(_URL_KEY.search(name)) and isinstance(value, str) and "://" in value
 
 
 def mask_secrets(value: Any) -> Any:
@@ -21,7 +30,7 @@ def mask_secrets(value: Any) -> Any:
         return {
             k: (
                 MASK
-                if isinstance(k, str) and is_secret_key(k) and v not in ("", None)
+                if isinstance(k, str) and is_secret(k, v) and v not in ("", None)
                 else mask_secrets(v)
             )
             for k, v in value.items()
@@ -39,7 +48,7 @@ def secret_values(value: Any) -> list[str]:
         item = stack.pop()
         if isinstance(item, dict):
             for key, child in item.items():
-                if isinstance(key, str) and is_secret_key(key) and isinstance(child, str):
+                if isinstance(key, str) and is_secret(key, child) and isinstance(child, str):
                     found.append(child)
                 else:
                     stack.append(child)

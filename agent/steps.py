@@ -15,7 +15,7 @@ from typing import Any, NoReturn, TypeVar
 import pydantic
 
 from agent.errors import ActionFailed, AgentError, ValidationFailed
-from agent.masking import MASK, is_secret_key, mask_secrets
+from agent.masking import MASK, is_secret, mask_secrets
 from agent.redis_store import Context
 from agent.settings import load_settings
 
@@ -55,7 +55,7 @@ def pydantic_errors(exc: pydantic.ValidationError) -> list[dict[str, Any]]:
         parameter = path[-1] if path else "(root)"
         kind = "required" if error["type"] == "missing" else error["type"]
         value = error.get("input") if kind != "required" else None
-        if any(is_secret_key(p) for p in path) and value not in ("", None):
+        if any(is_secret(p, value) for p in path) and value not in ("", None):
             value = MASK  # a rejected secret must not come back in the stored output
         rows.append(
             {

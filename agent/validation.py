@@ -10,7 +10,7 @@ import jsonschema
 from jsonschema.exceptions import ValidationError
 
 from agent.errors import ConfigError, ValidationFailed
-from agent.masking import MASK, is_secret_key, mask_secrets
+from agent.masking import MASK, is_secret, mask_secrets
 
 # jsonschema validator names → the gojsonschema error types NS8 clients know.
 _ERROR_TYPES = {
@@ -55,7 +55,7 @@ def _error_row(error: ValidationError) -> dict[str, Any]:
     if isinstance(value, str) and len(value) > 256:
         value = value[:256] + "…"
     # Rejected secrets must not come back in the task output (it is stored and shown).
-    value = MASK if is_secret_key(parameter) and value not in ("", None) else mask_secrets(value)
+    value = MASK if is_secret(parameter, value) and value not in ("", None) else mask_secrets(value)
     return {
         "field": field,
         "parameter": parameter,

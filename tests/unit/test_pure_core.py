@@ -230,3 +230,17 @@ def test_a_step_sends_a_progress_figure_only_when_it_changes() -> None:
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_a_url_is_masked_when_it_carries_a_scheme_and_so_may_carry_credentials() -> None:
+    masked = mask_secrets(
+        {
+            "url": "json://hooks.example/t0k3n",
+            "ping_url": "https://hc-ping.com/uuid",
+            "destination": {"url": "local:/srv/backup"},
+            "rest": {"url": "rest:http://user:pw@host:8000/"},
+        }
+    )
+    assert masked["url"] == MASK and masked["ping_url"] == MASK
+    assert masked["destination"]["url"] == "local:/srv/backup"
+    assert masked["rest"]["url"] == MASK
