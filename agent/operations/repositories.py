@@ -205,7 +205,7 @@ def _probe_rest(destination: Destination, installed: dict[str, tuple[str, str, s
 
 # --- read-backup-snapshots -----------------------------------------------------------------
 def read_backup_snapshots(step: Step, request: RepositoryPathRequest) -> list[dict[str, Any]]:
-    repository = open_repository(step.ctx.redis, request.repository, request.path)
+    repository = open_repository(step.ctx, request.repository, request.path)
     check_reachable(repository)
     done = restic.run(
         repository.target,
@@ -237,7 +237,7 @@ def determine_restore_eligibility(step: Step, request: SnapshotRequest) -> dict[
     There is no module catalog here (NS8's list_available): every node whose daemon
     runs is eligible, as NS8 does for an image it cannot find."""
     redis = step.ctx.redis
-    repository = open_repository(redis, request.repository, request.path)
+    repository = open_repository(step.ctx, request.repository, request.path)
     podman_env = step.ctx.settings.podman_env()
     _, environment = snapshot_environment(
         redis, repository, request.snapshot, podman_env, step.ctx.settings.node_id

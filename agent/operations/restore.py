@@ -69,7 +69,7 @@ def restore_whole(
 
     if not redis.sismember(redis_keys.CLUSTER_NODES, job.node):
         raise validation_error("node", "node_not_found", job.node)
-    repository = open_repository(redis, job.repository, job.path)
+    repository = open_repository(step.ctx, job.repository, job.path)
     podman_env = step.ctx.settings.podman_env()
     snapshot, environment = snapshot_environment(
         redis, repository, job.snapshot, podman_env, step.ctx.settings.node_id
@@ -180,7 +180,7 @@ def restore_paths(
     module_id = str(request.module_id)
     if redis.hget(redis_keys.MODULE_NODE, module_id) is None:
         raise validation_error("module_id", "module_not_found", module_id)
-    open_repository(redis, request.repository, request.path)  # validates before queueing
+    open_repository(step.ctx, request.repository, request.path)  # validates before queueing
     environment = redis.hgetall(redis_keys.module_environment(module_id))
     subtask = tasks.TaskRequest(
         redis_keys.module_agent(module_id),

@@ -139,7 +139,7 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
             raise validation_error("paths", "path_is_module_identity", path)
         if parts[1] == "volumes" and (len(parts) < 3 or parts[2] not in volumes):
             raise validation_error("paths", "volume_not_restorable", path)
-    repository = open_repository(ctx.redis, request.repository, request.path)
+    repository = open_repository(ctx, request.repository, request.path)
     if paths:
         env = agent_environment(ctx.settings, agent_id)
         hook = shutil.which(PRE_RESTORE_HOOK, path=env["PATH"])
@@ -264,7 +264,7 @@ def node_restore_files(step: Step, request: RestoreFilesRequest) -> dict[str, An
     _cancel_on_sigterm()
     paths = snapshot_paths(request.paths)
     root, parts = allowed_target(step.ctx.settings.restore_roots, request.target)
-    repository = open_repository(step.ctx.redis, request.repository, request.path)
+    repository = open_repository(step.ctx, request.repository, request.path)
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         target = restored_files.open_beneath(root, parts, create=True)

@@ -12,6 +12,7 @@ from agent import locks, redis_keys, restic, snapshot_environments
 from agent.agentenv import parse_env_text
 from agent.destinations import (
     Destination,
+    check_destination,
     load_destination,
     local_snapshot_names,
     restic_target,
@@ -21,7 +22,7 @@ from agent.models import INSTANCE_FILES
 from agent.operations.module_backup import explain_restic_failure
 from agent.operations.modules import image_name
 from agent.reachability import unreachable_reason
-from agent.redis_store import REDIS_ERRORS, Redis
+from agent.redis_store import REDIS_ERRORS, Context, Redis
 from agent.volumes import ENVIRONMENT
 
 log = logging.getLogger("agent.restore")
@@ -80,14 +81,17 @@ class Repository:
         return redis_keys.repository_lease(self.destination.id, self.path.path)
 
 
-def open_repository(redis: Redis, destination_id: str, path: str) -> Repository:
+def open_repository(ctx: Context, destination_id: str, path: str) -> Repository:
+    """The repository at path on a destination this node may reach (its local roots and
+    rclone rules apply to reads as they do to backups)."""
     repo_path = parse_repo_path(path)
     try:
-        destination = load_destination(redis, destination_id)
+        destination = load_destination(ctx.redis, destination_id)
     except DestinationNotFound:
         raise validation_error(
             "repository", "backup_repository_not_found", destination_id
         ) from None
+    check_destination(destination, ctx.settings.local_policy())
     return Repository(destination, repo_path, restic_target(destination, repo_path.path))
 
 

@@ -409,3 +409,22 @@ def test_restore_files_targets_stay_under_the_allowed_roots(
     assert code == 1 and "none of the paths is in the snapshot" in stderr, stderr
     assert not (root / "nothing").exists()
     assert setting.world() == before
+
+
+def test_reads_of_a_destination_outside_the_local_roots_are_refused(
+    cluster: ClusterHarness, redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # Written straight into Redis, as a Redis client could: add-backup-repository refuses it.
+    outside = tmp_path_factory.mktemp("outside-the-roots")
+    destination = backups.add_destination(redis_client, "local", f"local:{outside}")
+    path = f"minwiki/{uuid.uuid4()}"
+    code, _, stderr = cluster.api_json(
+        "read-backup-snapshots", {"repository": destination, "path": path}
+    )
+    assert code == 1 and "outside this node's local_roots" in stderr
+    code, _, stderr = cluster.api_json(
+        "cluster/restore-module",
+        {"node": 1, "repository": destination, "path": path, "snapshot": ""},
+    )
+    assert code != 0 and "outside this node's local_roots" in stderr
+    assert not redis_client.hgetall("cluster/module_node")
