@@ -283,6 +283,30 @@ class ImportBackupDestinationsRequest(Request):
     backup_data: Annotated[str, StringConstraints(max_length=64 * 1024 * 1024)]
 
 
+AbsolutePath = Annotated[str, StringConstraints(max_length=4096, pattern=r"^/[^\x00\n\r]*$")]
+ScratchToken = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
+
+
+class ExportModuleBackupRequest(SnapshotRequest):
+    """directory: where the archive goes on the leader (default <data dir>/exports)."""
+
+    directory: AbsolutePath | None = None
+
+
+class ImportModuleBackupRequest(Request):
+    node: int = Field(ge=1)
+    file: AbsolutePath
+
+
+class ScratchTokenRequest(Request):
+    token: ScratchToken
+
+
+class PrepareModuleArchiveRequest(ScratchTokenRequest):
+    file: AbsolutePath
+    password: Annotated[str, StringConstraints(min_length=32, max_length=128)]
+
+
 # Every action whose validate-input.json is generated from a model: path → model.
 SCHEMAS: dict[str, type[Request]] = {
     "actions/cluster/add-module/validate-input.json": AddModuleRequest,
@@ -315,4 +339,8 @@ SCHEMAS: dict[str, type[Request]] = {
     "actions/cluster/import-backup-destinations/validate-input.json": (
         ImportBackupDestinationsRequest
     ),
+    "actions/cluster/export-module-backup/validate-input.json": ExportModuleBackupRequest,
+    "actions/cluster/import-module-backup/validate-input.json": ImportModuleBackupRequest,
+    "actions/node/prepare-module-archive/validate-input.json": PrepareModuleArchiveRequest,
+    "actions/node/discard-module-archive/validate-input.json": ScratchTokenRequest,
 }
