@@ -129,6 +129,7 @@ def test_a_destroyed_cluster_comes_back_from_its_destinations(
         new.api_ok("restore-cluster")
         assert redis_client.get("cluster/uuid") == cluster_uuid
         restored_definitions = definitions(redis_client)
+        restored_definitions_all = definitions(redis_client)
         for backup_id, module_id in ((1, wikis[0]), (2, wikis[1])):
             key = f"cluster/backup/{backup_id}"
             assert restored_definitions[key].pop("uinstances") == module_uuids[module_id]
@@ -137,6 +138,21 @@ def test_a_destroyed_cluster_comes_back_from_its_destinations(
         assert restored_definitions == expected
         code, output, _ = new.api_json("restore-cluster")
         assert code != 0, "a second restore-cluster is refused"
+        encoded = base64.b64encode(sealed).decode()
+        code, output, _ = new.api_json(
+            "import-backup-destinations", {"backup_password": "guess", "backup_data": encoded}
+        )
+        assert code == 3 and output[0]["error"] == "invalid_passphrase", output
+        imported = new.api_ok(
+            "import-backup-destinations", {"backup_password": PASSPHRASE, "backup_data": encoded}
+        )
+        assert imported == {"imported_destinations": 0, "skipped_destinations": 2}
+        redis_client.delete(f"cluster/backup_repository/{destinations[0]}")
+        imported = new.api_ok(
+            "import-backup-destinations", {"backup_password": PASSPHRASE, "backup_data": encoded}
+        )
+        assert imported == {"imported_destinations": 1, "skipped_destinations": 1}
+        assert definitions(redis_client) == restored_definitions_all
 
         rows = new.api_ok("read-backup-repositories")
         paths = {(r["repository_id"], r["path"]) for r in rows}
