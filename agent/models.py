@@ -283,6 +283,63 @@ class NodeRunBackupRequest(RunBackupRequest):
     notify: StrictBool = True
 
 
+# --- disaster recovery (issue #19) ---------------------------------------------------------
+Passphrase = Annotated[str, StringConstraints(max_length=4096)]
+
+
+class DownloadClusterBackupRequest(Request):
+    """password sets (or changes) the cluster backup passphrase first (NS8)."""
+
+    password: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
+
+
+class RetrieveClusterBackupRequest(Request):
+    """The encrypted cluster backup as base64 (`file`) or from an http(s) `url` (NS8)."""
+
+    type: Literal["file", "url"]
+    password: Passphrase
+    file: Annotated[str, StringConstraints(max_length=64 * 1024 * 1024)] | None = None
+    url: Annotated[str, StringConstraints(max_length=4096, pattern=r"^https?://\S+$")] | None = None
+    tls_verify: bool | None = None
+
+    @model_validator(mode="after")
+    def _source(self) -> RetrieveClusterBackupRequest:
+        if self.type == "url" and (self.url is None or self.tls_verify is None):
+            raise ValueError("type url needs url and tls_verify")
+        if self.type == "file" and self.file is None:
+            raise ValueError("type file needs file")
+        return self
+
+
+class ImportBackupDestinationsRequest(Request):
+    backup_password: Passphrase
+    backup_data: Annotated[str, StringConstraints(max_length=64 * 1024 * 1024)]
+
+
+AbsolutePath = Annotated[str, StringConstraints(max_length=4096, pattern=r"^/[^\x00\n\r]*$")]
+ScratchToken = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
+
+
+class ExportModuleBackupRequest(SnapshotRequest):
+    """directory: where the archive goes on the leader (default <data dir>/exports)."""
+
+    directory: AbsolutePath | None = None
+
+
+class ImportModuleBackupRequest(Request):
+    node: int = Field(ge=1)
+    file: AbsolutePath
+
+
+class ScratchTokenRequest(Request):
+    token: ScratchToken
+
+
+class PrepareModuleArchiveRequest(ScratchTokenRequest):
+    file: AbsolutePath
+    password: Annotated[str, StringConstraints(min_length=32, max_length=128)]
+
+
 # Every action whose validate-input.json is generated from a model: path → model.
 SCHEMAS: dict[str, type[Request]] = {
     "actions/cluster/add-module/validate-input.json": AddModuleRequest,
@@ -310,4 +367,13 @@ SCHEMAS: dict[str, type[Request]] = {
     "actions/cluster/remove-notification-target/validate-input.json": NotificationNameRequest,
     "actions/cluster/test-notification-target/validate-input.json": NotificationNameRequest,
     "actions/cluster/list-backup-runs/validate-input.json": BackupRunsRequest,
+    "actions/cluster/download-cluster-backup/validate-input.json": DownloadClusterBackupRequest,
+    "actions/cluster/retrieve-cluster-backup/validate-input.json": RetrieveClusterBackupRequest,
+    "actions/cluster/import-backup-destinations/validate-input.json": (
+        ImportBackupDestinationsRequest
+    ),
+    "actions/cluster/export-module-backup/validate-input.json": ExportModuleBackupRequest,
+    "actions/cluster/import-module-backup/validate-input.json": ImportModuleBackupRequest,
+    "actions/node/prepare-module-archive/validate-input.json": PrepareModuleArchiveRequest,
+    "actions/node/discard-module-archive/validate-input.json": ScratchTokenRequest,
 }

@@ -11,6 +11,7 @@ from agent import notification_queue, run_report
 from agent.backup_status import Outcome, RunSummary
 from agent.errors import ActionFailed
 from agent.models import NodeRunBackupRequest, RunBackupRequest
+from agent.operations.cluster_backup import upload_everywhere
 from agent.operations.run_backup import (
     describe_failure,
     exit_code,
@@ -33,6 +34,7 @@ def node_run_backup(step: Step, request: NodeRunBackupRequest) -> Any:
     if request.notify:
         notification_queue.queue_ping(step.ctx.redis, request.id, "start", step.task_id)
     summary = run_node_backup(step.ctx, request.id, step.set_progress, cancelled)
+    upload_everywhere(step.ctx)  # the leader's copy of the cluster backup (issue #19)
     if summary is None:
         return {"id": request.id, "outcome": "skipped", "reason": "backup is not enabled"}
     if request.notify:
@@ -70,6 +72,7 @@ def command_run_backup(ctx: Context, backup_id: int) -> int:
     cancelled = _cancel_on_sigterm()
     notification_queue.queue_ping(ctx.redis, backup_id, "start")
     summary = run_node_backup(ctx, backup_id, cancelled=cancelled)
+    upload_everywhere(ctx)  # the leader's copy of the cluster backup (issue #19)
     if summary is None:
         print(f"backup {backup_id} is not enabled: nothing to do")
         return 0
