@@ -54,7 +54,7 @@ def sha256_of(path: Path) -> str:
 def export_module_backup(step: Step, request: ExportModuleBackupRequest) -> dict[str, Any]:
     ctx = step.ctx
     podman_env = ctx.settings.podman_env()
-    repository = open_repository(ctx.redis, request.repository, request.path)
+    repository = open_repository(ctx, request.repository, request.path)
     snapshot, environment = snapshot_environment(
         ctx.redis, repository, request.snapshot, podman_env, ctx.settings.node_id
     )
