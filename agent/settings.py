@@ -53,6 +53,9 @@ class Settings:
     backup_concurrency: int = 1  # modules of one backup backed up at once on this node
     # Extra `podman run` options for restic containers (resource limits, capabilities).
     restic_podman_args: tuple[str, ...] = ()
+    # A storage that keeps failing (restic retrying: read-only, full, unreachable) fails a
+    # backup or restore after this many seconds, not after restic's own 15 minutes.
+    storage_retry_seconds: float = 120.0
     # Python steps forked from a pre-imported helper (agent/warmsteps.py), not started cold.
     warm_steps: bool = True
     extra: dict[str, str] = field(default_factory=dict)
@@ -126,6 +129,7 @@ class Settings:
             "backup_concurrency": self.backup_concurrency,
             "restic_podman_args": list(self.restic_podman_args),
             "warm_steps": self.warm_steps,
+            "storage_retry_seconds": self.storage_retry_seconds,
         }
 
 
@@ -158,6 +162,7 @@ def load_settings(root: Path | None = None) -> Settings:
             backup_concurrency=int(data.get("backup_concurrency", 1)),
             restic_podman_args=tuple(str(a) for a in data.get("restic_podman_args", [])),
             warm_steps=bool(data.get("warm_steps", True)),
+            storage_retry_seconds=float(data.get("storage_retry_seconds", 120.0)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"malformed {path}: {exc}") from None
