@@ -32,16 +32,18 @@ EXIT_WRONG_PASSWORD = 12
 # Not restic's: the agent stopped the container (a deadline passed, or the storage kept
 # failing for longer than the node allows). The same number as timeout(1).
 EXIT_STOPPED = 124
-# Codes after which restic has certainly removed its own lock, or never made one.
+# Codes of a restic that ended on its own: it removed its lock, or never made one. On a
+# fatal error (1) restic still removes its lock; when the storage refuses even that,
+# restic retries it, and the retry watch stops it (EXIT_STOPPED).
 _CLEAN_ENDS = frozenset(
-    {EXIT_OK, EXIT_INCOMPLETE, EXIT_NO_REPOSITORY, EXIT_LOCKED, EXIT_WRONG_PASSWORD}
+    {EXIT_OK, EXIT_FATAL, EXIT_INCOMPLETE, EXIT_NO_REPOSITORY, EXIT_LOCKED, EXIT_WRONG_PASSWORD}
 )
 
 
 def may_leave_lock(code: int) -> bool:
     """True when a restic run that ended with code may have left its lock in the
     repository: killed (podman reports 128+signal, Python a negative code), stopped by
-    the agent, or a fatal error (restic's own unlock may have failed with the rest)."""
+    the agent, or not started as asked (podman's own 125-127)."""
     return code not in _CLEAN_ENDS
 
 
@@ -136,9 +138,10 @@ def remove_argv(names: Sequence[str]) -> list[str]:
     return ["podman", "rm", "--force", "--time=0", *names]
 
 
-def running_argv(prefix: str) -> list[str]:
-    """Names of the running containers whose name starts with prefix."""
-    return ["podman", "ps", "--filter", f"name=^{prefix}", "--format", "{{.Names}}"]
+def present_argv(prefix: str) -> list[str]:
+    """Names of the containers whose name starts with prefix, running or not: a restic
+    whose podman client died is removed by no one once it exits."""
+    return ["podman", "ps", "--all", "--filter", f"name=^{prefix}", "--format", "{{.Names}}"]
 
 
 def backup_args(
@@ -386,7 +389,7 @@ def _stop_container(name: str, env: Mapping[str, str], grace: float = 10.0) -> N
     proc.run(stop_argv(name, "TERM"), env=env, timeout=60)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        if name not in proc.run(running_argv(name), env=env, timeout=60).text.split():
+        if name not in proc.run(present_argv(name), env=env, timeout=60).text.split():
             return
         time.sleep(0.2)
     proc.run(remove_argv([name]), env=env, timeout=60)

@@ -271,6 +271,8 @@ class ModuleBackup:
     ) -> ModuleStatus:
         with self._counted_alongside(path, lease) as earlier:
             result = self._restic_backup(lease, args, mounts, sources)
+            if sources.failure is not None:
+                raise sources.failure
             if result.code == restic.EXIT_NO_REPOSITORY:
                 self._create_repository(lease, path)
                 result = self._restic_backup(lease, args, mounts, sources)
@@ -452,12 +454,20 @@ class _Sources:
         self.environment = ""
         self._text: str | None = None
 
+        self.failure: StepFailed | None = None
+
     def __call__(self) -> str:
-        if self._text is None:
-            self.dump.run()
+        """The paths; none when the dump hook failed (failure tells why): restic then
+        ends on its own, without opening the repository."""
+        if self._text is None and self.failure is None:
+            try:
+                self.dump.run()
+            except StepFailed as failed:
+                self.failure = failed
+                return ""
             self.environment = _read_text(self.environment_file)
             self._text = self.paths()
-        return self._text
+        return self._text or ""
 
 
 class _Count:

@@ -138,8 +138,8 @@ class RepositoryLease:
 
 
 def stop_leftovers(prefix: str, podman_env: Mapping[str, str]) -> list[str]:
-    """Kill the restic containers on this node whose names start with prefix."""
-    listed = proc.run(restic.running_argv(prefix), env=podman_env, timeout=60)
+    """Kill and remove the restic containers on this node whose names start with prefix."""
+    listed = proc.run(restic.present_argv(prefix), env=podman_env, timeout=60)
     names = [name for name in listed.text.split() if name.startswith(prefix)]
     if names:
         log.warning("stopping restic containers a crashed run left: %s", ", ".join(names))
