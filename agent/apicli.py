@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -61,9 +62,15 @@ def read_data(data: str) -> Any:
         raise AgentError(f"--data is not valid JSON: {exc}") from None
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_action(args: argparse.Namespace) -> None:
     from agent.apicli_view import ProgressBar
 
+    # SIGTERM (a service stopped, `timeout`, a supervisor) cancels the task as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     agent_id, action_name = tasks.split_action(args.action, args.agent)
     payload = read_data(args.data)
     redis = client_redis()

@@ -41,6 +41,13 @@ _RELEASE = """
 if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# Expire the lock but leave the holder's name: the next holder takes it at once and, as
+# after a crash, cleans up what this holder could not.
+_ABANDON = """
+if redis.call('HGET', KEYS[1], 'holder') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'expires', 0)
+return 1
+"""
 
 
 class LockBusy(Exception):
@@ -70,11 +77,13 @@ class HeldLock:
             except Exception:  # a missed beat is retried; the TTL covers two more
                 continue
 
-    def release(self) -> None:
+    def release(self, crashed: bool = False) -> None:
+        """Let the lock go; crashed=True leaves it as a crashed holder would (the next
+        holder sees previous_crashed and cleans up)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self.redis.eval(_RELEASE, 1, self.key, self.holder.encode())
+        self.redis.eval(_ABANDON if crashed else _RELEASE, 1, self.key, self.holder.encode())
 
     def __enter__(self) -> HeldLock:
         return self

@@ -157,6 +157,12 @@ def repository_lease(destination_id: str, repo_path: str) -> str:
     return f"cluster/repository_lease/{destination_id}/{repo_path}"
 
 
+def written_repositories(destination_id: str) -> str:
+    """Hash: repository path → restic config id ('' when not read) of each repository this
+    cluster has written on a destination; one that then reads as missing has vanished."""
+    return f"cluster/backup_repository_written/{destination_id}"
+
+
 # --- events --------------------------------------------------------------------------
 def cluster_event(name: str) -> str:
     return f"cluster/event/{name}"

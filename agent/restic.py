@@ -29,6 +29,22 @@ EXIT_INCOMPLETE = 3  # backup: snapshot made, some source files unreadable
 EXIT_NO_REPOSITORY = 10
 EXIT_LOCKED = 11
 EXIT_WRONG_PASSWORD = 12
+# Not restic's: the agent stopped the container (a deadline passed, or the storage kept
+# failing for longer than the node allows). The same number as timeout(1).
+EXIT_STOPPED = 124
+# Codes of a restic that ended on its own: it removed its lock, or never made one. On a
+# fatal error (1) restic still removes its lock; when the storage refuses even that,
+# restic retries it, and the retry watch stops it (EXIT_STOPPED).
+_CLEAN_ENDS = frozenset(
+    {EXIT_OK, EXIT_FATAL, EXIT_INCOMPLETE, EXIT_NO_REPOSITORY, EXIT_LOCKED, EXIT_WRONG_PASSWORD}
+)
+
+
+def may_leave_lock(code: int) -> bool:
+    """True when a restic run that ended with code may have left its lock in the
+    repository: killed (podman reports 128+signal, Python a negative code), stopped by
+    the agent, or not started as asked (podman's own 125-127)."""
+    return code not in _CLEAN_ENDS
 
 
 @dataclass(frozen=True)
@@ -84,7 +100,7 @@ def podman_run_argv(
         "--log-driver=none",
         "--network=host",
         "--security-opt=label=disable",  # read any file, whatever its SELinux label
-        f"--name={name or 'restic-' + uuid.uuid4().hex[:12]}",
+        f"--name={name or container_name()}",
         f"--workdir={workdir}",
         f"--volume={CACHE_VOLUME}:/var/cache/restic",
         "--env=RESTIC_CACHE_DIR=/var/cache/restic",
@@ -106,6 +122,26 @@ def podman_run_argv(
         argv += list(target.options)
     argv += list(args)
     return argv
+
+
+def container_name(prefix: str = "restic") -> str:
+    """A fresh name for a restic container: prefix plus a random suffix."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def stop_argv(name: str, signal_name: str) -> list[str]:
+    return ["podman", "kill", f"--signal={signal_name}", name]
+
+
+def remove_argv(names: Sequence[str]) -> list[str]:
+    """Kill at once and remove (restic containers hold nothing worth a grace period)."""
+    return ["podman", "rm", "--force", "--time=0", *names]
+
+
+def present_argv(prefix: str) -> list[str]:
+    """Names of the containers whose name starts with prefix, running or not: a restic
+    whose podman client died is removed by no one once it exits."""
+    return ["podman", "ps", "--all", "--filter", f"name=^{prefix}", "--format", "{{.Names}}"]
 
 
 def backup_args(
@@ -169,6 +205,14 @@ def parse_json_lines(text: str) -> Iterator[dict[str, Any]]:
                 yield value
 
 
+def parse_init_id(init_output: str) -> str:
+    """The new repository's config id from `init --json` ('' when it is not there)."""
+    for message in parse_json_lines(init_output):
+        if message.get("message_type") == "initialized":
+            return str(message.get("id", ""))
+    return ""
+
+
 _NANOSECONDS = re.compile(r"(\.\d{6})\d+")
 
 
@@ -179,6 +223,38 @@ def parse_time(text: str) -> float:
     if moment.tzinfo is None:
         raise ValueError(f"no time zone in {text!r}")
     return moment.timestamp()
+
+
+_RETRYING = re.compile(r"returned error, retrying after")
+_RETRY_DONE = re.compile(r"operation successful after \d+ retries")
+
+
+class RetryWatch:
+    """Tells when restic has kept retrying a failing storage for longer than limit seconds.
+
+    restic (0.17+) retries a failing backend operation for up to 15 minutes, whatever the
+    error (a read-only disk, a full one, a dead server); it reports each retry on stderr
+    and reports the success that ends a series."""
+
+    def __init__(self, limit: float | None) -> None:
+        self.limit = limit
+        self.since: float | None = None
+        self.last_error = ""
+
+    def see(self, line: str, now: float) -> None:
+        if _RETRYING.search(line):
+            if self.since is None:
+                self.since = now
+            self.last_error = line.strip()
+        elif _RETRY_DONE.search(line):
+            self.since = None
+
+    def expired(self, now: float) -> bool:
+        return self.limit is not None and self.since is not None and now - self.since > self.limit
+
+    def reason(self) -> str:
+        error = self.last_error.rpartition(": ")[2] or self.last_error
+        return f"the storage kept failing for over {self.limit:g}s, restic stopped: {error}"
 
 
 # restic's --json progress comes 60 times a second by default; each message wakes the
@@ -199,6 +275,8 @@ def stream(
     podman_args: Sequence[str] = (),
     workdir: str = "/srv",
     stdin_text: Callable[[], str] | None = None,
+    name: str | None = None,
+    retry_limit: float | None = None,
 ) -> tuple[int, str]:
     """Run restic with --json output, handing each message to on_message as it comes.
 
@@ -211,28 +289,39 @@ def stream(
     opens the repository, so the container's start overlaps stdin_text's work. When
     stdin_text raises, restic's input stays empty (`nothing to backup`: it ends without
     touching the repository) and the exception propagates.
+
+    With retry_limit, a storage that keeps failing (restic retrying the same kind of
+    operation) for longer than retry_limit seconds gets restic stopped: the code is then
+    EXIT_STOPPED and stderr's last line says why. A podman client that is killed or
+    interrupted never leaves the container (name) running behind it.
     """
+    name = name or container_name()
     argv = podman_run_argv(
         target,
         args,
         mounts=mounts,
+        name=name,
         hostname=hostname,
         podman_args=podman_args,
         workdir=workdir,
         progress_fps=PROGRESS_FPS,
     )
     env = proc.merged_env({**podman_env, **container_env(target, password)})
-    code, stderr = _stream_once(argv, env, on_message, stdin_text)
+    code, stderr = _stream_once(argv, name, env, on_message, stdin_text, RetryWatch(retry_limit))
     if lost_cache_volume_race(code, stderr):
-        code, stderr = _stream_once(argv, env, on_message, stdin_text)
+        code, stderr = _stream_once(
+            argv, name, env, on_message, stdin_text, RetryWatch(retry_limit)
+        )
     return code, stderr
 
 
 def _stream_once(
     argv: list[str],
+    name: str,
     env: dict[str, str],
     on_message: Callable[[dict[str, Any]], None],
     feed: Callable[[], str] | None,
+    watch: RetryWatch,
 ) -> tuple[int, str]:
     child = proc.spawn(
         argv, env=env, stdin=proc.DEVNULL if feed is None else proc.PIPE, new_session=False
@@ -251,6 +340,7 @@ def _stream_once(
             line = raw.decode(errors="replace")
             messages = list(parse_json_lines(line))
             if not messages:
+                watch.see(line, time.monotonic())
                 other.append(line)
             for message in messages:
                 on_message(message)
@@ -259,18 +349,50 @@ def _stream_once(
     for reader in readers:
         reader.start()
     started = time.monotonic()
+    stopped = False
     try:
         if feed is not None:
             _write_stdin(child, feed)
+        stopped = _wait_watching(child, name, env, watch)
     finally:
+        if child.poll() is None:  # unwinding (a signal, an error in feed): restic too
+            _stop_container(name, env)
         code = child.wait()
         for reader in readers:
             reader.join()
-    name = next((arg for arg in argv if arg.startswith("--name=")), "restic")
-    log.debug(
-        "%s: exit %d after %.3fs", name.removeprefix("--name="), code, time.monotonic() - started
-    )
+    log.debug("%s: exit %d after %.3fs", name, code, time.monotonic() - started)
+    if stopped:
+        return EXIT_STOPPED, "".join(other) + watch.reason() + "\n"
     return code, "".join(other)
+
+
+def _wait_watching(
+    child: subprocess.Popen[bytes], name: str, env: dict[str, str], watch: RetryWatch
+) -> bool:
+    """Wait for the child; True when it was stopped because the storage kept failing."""
+    while True:
+        try:
+            child.wait(timeout=0.5)
+            return False
+        except subprocess.TimeoutExpired:
+            pass
+        if watch.expired(time.monotonic()):
+            log.warning("%s: %s", name, watch.reason())
+            _stop_container(name, env)
+            child.wait()
+            return True
+
+
+def _stop_container(name: str, env: Mapping[str, str], grace: float = 10.0) -> None:
+    """SIGTERM to restic (it removes its lock when it can), SIGKILL after grace seconds;
+    the container (--rm) goes away with it."""
+    proc.run(stop_argv(name, "TERM"), env=env, timeout=60)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if name not in proc.run(present_argv(name), env=env, timeout=60).text.split():
+            return
+        time.sleep(0.2)
+    proc.run(remove_argv([name]), env=env, timeout=60)
 
 
 def _write_stdin(child: subprocess.Popen[bytes], feed: Callable[[], str]) -> None:
@@ -296,14 +418,36 @@ def run(
     input: bytes | None = None,
     entrypoint: str | None = None,
     hostname: str | None = None,
+    name: str | None = None,
 ) -> proc.Result:
-    """Run restic (or entrypoint) once in the container and wait for it."""
-    argv = podman_run_argv(target, args, mounts=mounts, entrypoint=entrypoint, hostname=hostname)
+    """Run restic (or entrypoint) once in the container and wait for it. Past timeout,
+    the container is stopped too and the result has code EXIT_STOPPED."""
+    name = name or container_name()
+    argv = podman_run_argv(
+        target, args, mounts=mounts, name=name, entrypoint=entrypoint, hostname=hostname
+    )
     env = {**podman_env, **container_env(target, password)}
-    result = proc.run(argv, env=env, timeout=timeout, input=input)
+    result = _run_once(argv, name, env, timeout, input)
     if lost_cache_volume_race(result.returncode, result.error_text):
-        result = proc.run(argv, env=env, timeout=timeout, input=input)
+        result = _run_once(argv, name, env, timeout, input)
     return result
+
+
+def _run_once(
+    argv: list[str],
+    name: str,
+    env: dict[str, str],
+    timeout: float | None,
+    input: bytes | None,
+) -> proc.Result:
+    try:
+        return proc.run(argv, env=env, timeout=timeout, input=input)
+    except proc.TimeoutExpired:
+        # Only the podman client was killed: the container would go on working.
+        _stop_container(name, env, grace=0)
+        return proc.Result(
+            tuple(argv), EXIT_STOPPED, b"", f"restic stopped after {timeout:g}s\n".encode()
+        )
 
 
 def lost_cache_volume_race(code: int, stderr: str) -> bool:

@@ -54,6 +54,9 @@ class Settings:
     backup_concurrency: int = 1  # modules of one backup backed up at once on this node
     # Extra `podman run` options for restic containers (resource limits, capabilities).
     restic_podman_args: tuple[str, ...] = ()
+    # A storage that keeps failing (restic retrying: read-only, full, unreachable) fails a
+    # backup or restore after this many seconds, not after restic's own 15 minutes.
+    storage_retry_seconds: float = 120.0
     # Python steps forked from a pre-imported helper (agent/warmsteps.py), not started cold.
     warm_steps: bool = True
     # A module is overdue this long after a scheduled time (plus the timers' random delay)
@@ -149,6 +152,7 @@ class Settings:
             "overdue_check_seconds": self.overdue_check_seconds,
             "restore_files_roots": list(self.restore_files_roots),
             "local_roots": list(self.local_roots),
+            "storage_retry_seconds": self.storage_retry_seconds,
         }
 
 
@@ -185,6 +189,7 @@ def load_settings(root: Path | None = None) -> Settings:
             overdue_check_seconds=max(1, int(data.get("overdue_check_seconds", 60))),
             restore_files_roots=_absolute_dirs(data.get("restore_files_roots", [])),
             local_roots=tuple(str(root) for root in data.get("local_roots", [])),
+            storage_retry_seconds=float(data.get("storage_retry_seconds", 120.0)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"malformed {path}: {exc}") from None

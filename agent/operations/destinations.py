@@ -136,7 +136,13 @@ def remove_backup_repository(step: Step, request: DestinationIdRequest) -> None:
                 pipe.delete(*using)
                 ids = sorted((k.rsplit("/", 1)[1] for k in using), key=int)
                 pipe.publish(SCHEDULE_CHANGED, json.dumps({"backup_ids": ids}))
-            pipe.delete(public_key, redis_keys.backup_repository_private(request.id))
+            # Its record of written repositories goes too: the same destination added
+            # again (same id) may rightly start with empty storage.
+            pipe.delete(
+                public_key,
+                redis_keys.backup_repository_private(request.id),
+                redis_keys.written_repositories(request.id),
+            )
             pipe.publish(DESTINATION_CHANGED, json.dumps({"destination_ids": [request.id]}))
             pipe.execute()
         except redis_lib.WatchError:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import shutil
@@ -20,6 +19,7 @@ from agent.agentenv import agent_environment
 from agent.backup_status import ModuleStatus, Outcome
 from agent.destinations import Destination, local_snapshot_names, restic_target
 from agent.errors import AgentError
+from agent.operations import repositories_known, repository_lease
 from agent.operations.modules import image_name
 from agent.reachability import unreachable_reason
 from agent.redis_store import REDIS_ERRORS, Context, connect_binary
@@ -187,7 +187,7 @@ class ModuleBackup:
                 return replace(latest, coalesced=True)
             try:
                 return self._locked_run()
-            except (StepFailed, AgentError, OSError) as exc:
+            except (StepFailed, AgentError, OSError, proc.TimeoutExpired) as exc:
                 # Whatever broke, the run ends recorded as failed with its reason.
                 return self.failed(str(exc))
 
@@ -234,16 +234,7 @@ class ModuleBackup:
         password = self.job.destination.password
         labels = dump_labels(self.ctx, self.module_id, state_dir)
         environment_file = state_dir / "environment"
-        environment = ""
-
-        @functools.cache  # once per backup, however many times restic is started
-        def sources() -> str:
-            """Run while restic's container starts: restic reads the paths to back up,
-            and so any file, only once the dump hook has written its files."""
-            nonlocal environment
-            dump.run()
-            environment = _read_text(environment_file)
-            return layout.sources(labels)
+        sources = _Sources(dump, environment_file, lambda: layout.sources(labels))
 
         args = restic.backup_args(
             exclude_file=layout.exclude_file,
@@ -256,35 +247,47 @@ class ModuleBackup:
         )
         lease_key = redis_keys.repository_lease(self.job.destination.id, path)
         try:
-            lease = locks.acquire(
-                self.ctx.redis, lease_key, wait_seconds=self.job.lock_wait_seconds
+            opened = repository_lease.open_lease(
+                self.ctx.redis,
+                lease_key,
+                target,
+                password,
+                podman_env,
+                wait_seconds=self.job.lock_wait_seconds,
+                retry_limit=settings.storage_retry_seconds,
             )
-        except locks.LockBusy as busy:
-            raise StepFailed(f"repository {path} is busy ({busy.holder})") from None
-        with lease, _removed_afterwards(state_dir, labels):
-            if lease.previous_crashed:
-                self._unlock_after_crash(target, password, podman_env)
-            with self._counted_alongside(path, target, password, podman_env) as earlier:
-                result = self._restic_backup(
-                    target, password, args, layout.mounts, podman_env, sources
-                )
-                if result.code == restic.EXIT_NO_REPOSITORY:
-                    init = restic.run(
-                        target, password, ["init"], podman_env=podman_env, timeout=600
-                    )
-                    if init.returncode != 0:
-                        raise StepFailed(f"cannot create the repository: {_tail(init.error_text)}")
-                    result = self._restic_backup(
-                        target, password, args, layout.mounts, podman_env, sources
-                    )
-                outcome = self._classify(result)
-            new_id = str(result.summary.get("snapshot_id", ""))
-            if new_id and ENVIRONMENT not in result.unreadable:
+            with opened as lease, _removed_afterwards(state_dir, labels):
+                return self._leased(lease, path, args, layout.mounts, sources)
+        except repository_lease.RepositoryBusy as busy:
+            raise StepFailed(f"repository {path} is busy ({busy})") from None
+        except repository_lease.StaleLocksKept as kept:
+            raise StepFailed(str(kept)) from None
+
+    def _leased(
+        self,
+        lease: repository_lease.RepositoryLease,
+        path: str,
+        args: list[str],
+        mounts: tuple[restic.Mount, ...],
+        sources: _Sources,
+    ) -> ModuleStatus:
+        with self._counted_alongside(path, lease) as earlier:
+            result = self._restic_backup(lease, args, mounts, sources)
+            if sources.failure is not None:
+                raise sources.failure
+            if result.code == restic.EXIT_NO_REPOSITORY:
+                self._create_repository(lease, path)
+                result = self._restic_backup(lease, args, mounts, sources)
+            outcome = self._classify(result)
+        new_id = str(result.summary.get("snapshot_id", ""))
+        if new_id:
+            repositories_known.remember(self.ctx.redis, self.job.destination.id, path, "")
+            if ENVIRONMENT not in result.unreadable:
                 snapshot_time = str(result.summary.get("backup_start", ""))
                 self._remember_environment(
-                    new_id, snapshot_time, path, environment, environment_file
+                    new_id, snapshot_time, path, sources.environment, sources.environment_file
                 )
-            kept = self._retention(target, password, podman_env, earlier.before(new_id))
+        kept = self._retention(lease, earlier.before(new_id))
         summary = result.summary
         return ModuleStatus(
             self.module_id,
@@ -325,26 +328,29 @@ class ModuleBackup:
         except REDIS_ERRORS as exc:  # the snapshot is made; a restore will read it instead
             log.warning("%s: snapshot %s not recorded: %s", self.module_id, snapshot_id, exc)
 
-    def _unlock_after_crash(
-        self, target: restic.ResticTarget, password: str, podman_env: dict[str, str]
-    ) -> None:
-        # Our lease proves nobody else works on this repository: any lock is the dead run's.
-        log.warning(
-            "%s: previous run on the repository crashed; removing its restic locks", self.module_id
+    def _create_repository(self, lease: repository_lease.RepositoryLease, path: str) -> None:
+        """`restic init`, unless this cluster wrote there before: a repository that
+        vanished (a disk not mounted, a bucket emptied) is never made anew where the
+        next backups would land unnoticed."""
+        destination_id = self.job.destination.id
+        if repositories_known.is_known(self.ctx.redis, destination_id, path):
+            raise StepFailed(
+                f"repository vanished (disk not mounted?): {path} on "
+                f"{self.job.destination.name or destination_id} was written before and "
+                "now reads as missing; it is not created again"
+            )
+        init = lease.run(["init", "--json"], timeout=600)
+        if init.returncode != 0:
+            raise StepFailed(f"cannot create the repository: {_tail(init.error_text)}")
+        repositories_known.remember(
+            self.ctx.redis, destination_id, path, restic.parse_init_id(init.text)
         )
-        done = restic.run(
-            target, password, ["unlock", "--remove-all"], podman_env=podman_env, timeout=300
-        )
-        if done.returncode not in (0, restic.EXIT_NO_REPOSITORY):
-            raise StepFailed(f"cannot remove stale locks: {_tail(done.error_text)}")
 
     def _restic_backup(
         self,
-        target: restic.ResticTarget,
-        password: str,
+        lease: repository_lease.RepositoryLease,
         args: list[str],
         mounts: tuple[restic.Mount, ...],
-        podman_env: dict[str, str],
         sources: Callable[[], str],
     ) -> _Result:
         result = _Result()
@@ -361,11 +367,8 @@ class ModuleBackup:
                     item.removeprefix("/srv/") or str(message.get("error", {}).get("message", ""))
                 )
 
-        result.code, result.stderr = restic.stream(
-            target,
-            password,
+        result.code, result.stderr = lease.stream(
             args,
-            podman_env=podman_env,
             on_message=on_message,
             mounts=mounts,
             podman_args=self.ctx.settings.restic_podman_args,
@@ -389,7 +392,7 @@ class ModuleBackup:
 
     @contextlib.contextmanager
     def _counted_alongside(
-        self, path: str, target: restic.ResticTarget, password: str, podman_env: dict[str, str]
+        self, path: str, lease: repository_lease.RepositoryLease
     ) -> Iterator[_Count]:
         """While the body runs, count this backup's snapshots in the repository, when no
         earlier run left a count to trust (first run, restored module): a `restic
@@ -406,7 +409,7 @@ class ModuleBackup:
         args = ["snapshots", "--no-lock", "--json", "--tag", f"backup={self.job.backup_id}"]
 
         def list_snapshots() -> None:
-            done = restic.run(target, password, args, podman_env=podman_env, timeout=600)
+            done = lease.run(args, timeout=600)
             count.record(done.returncode, done.text)
 
         thread = threading.Thread(target=list_snapshots, name="count-snapshots", daemon=True)
@@ -417,11 +420,7 @@ class ModuleBackup:
             thread.join()
 
     def _retention(
-        self,
-        target: restic.ResticTarget,
-        password: str,
-        podman_env: dict[str, str],
-        counted_before: int | None,
+        self, lease: repository_lease.RepositoryLease, counted_before: int | None
     ) -> int:
         policy = self.job.retention
         known = self._known_count if self._known_count is not None else counted_before
@@ -439,12 +438,38 @@ class ModuleBackup:
             keep_yearly=policy.keep_yearly,
             keep_within=policy.keep_within,
         )
-        done = restic.run(target, password, args, podman_env=podman_env, timeout=3600)
+        done = lease.run(args, timeout=3600)
         if done.returncode != 0:
             raise StepFailed(f"retention failed: {_tail(done.error_text)}")
         kept, removed = forget_result(done.text)
         snapshot_environments.forget(self.ctx.redis, self.ctx.settings.node_id, removed)
         return kept
+
+
+class _Sources:
+    """restic's standard input: the paths to back up, known once the dump hook ran (it
+    runs while restic's container starts, at most once however often restic starts);
+    environment is the module's state/environment as it was then."""
+
+    def __init__(self, dump: _DumpHook, environment_file: Path, paths: Callable[[], str]) -> None:
+        self.dump, self.environment_file, self.paths = dump, environment_file, paths
+        self.environment = ""
+        self._text: str | None = None
+
+        self.failure: StepFailed | None = None
+
+    def __call__(self) -> str:
+        """The paths; none when the dump hook failed (failure tells why): restic then
+        ends on its own, without opening the repository."""
+        if self._text is None and self.failure is None:
+            try:
+                self.dump.run()
+            except StepFailed as failed:
+                self.failure = failed
+                return ""
+            self.environment = _read_text(self.environment_file)
+            self._text = self.paths()
+        return self._text or ""
 
 
 class _Count:
@@ -518,4 +543,6 @@ def explain_restic_failure(code: int, stderr: str) -> str:
         return f"repository is locked by another process: {_tail(stderr)}"
     if code == restic.EXIT_NO_REPOSITORY:
         return "the repository does not exist and could not be created"
+    if code == restic.EXIT_STOPPED:
+        return _tail(stderr)
     return f"restic failed (exit {code}): {_tail(stderr)}"

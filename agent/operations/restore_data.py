@@ -86,12 +86,11 @@ def run_restore(
         if kind in ("status", "summary"):
             restored.last = message
 
-    with repository_lease(ctx.redis, repository, podman_env):
-        code, stderr = restic.stream(
-            repository.target,
-            repository.password,
+    with repository_lease(
+        ctx.redis, repository, podman_env, ctx.settings.storage_retry_seconds
+    ) as lease:
+        code, stderr = lease.stream(
             args,
-            podman_env=podman_env,
             on_message=on_message,
             mounts=mounts,
             podman_args=ctx.settings.restic_podman_args,

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from agent import locks, redis_keys, restic, snapshot_environments
+from agent import redis_keys, restic, snapshot_environments
 from agent.agentenv import parse_env_text
 from agent.destinations import (
     Destination,
@@ -21,6 +21,12 @@ from agent.errors import ActionFailed, DestinationNotFound, ValidationFailed, va
 from agent.models import INSTANCE_FILES
 from agent.operations.module_backup import explain_restic_failure
 from agent.operations.modules import image_name
+from agent.operations.repository_lease import (
+    RepositoryBusy,
+    RepositoryLease,
+    StaleLocksKept,
+    open_lease,
+)
 from agent.reachability import unreachable_reason
 from agent.redis_store import REDIS_ERRORS, Context, Redis
 from agent.volumes import ENVIRONMENT
@@ -222,21 +228,25 @@ def _refused(path: RepoPath, what: str, reason: str) -> ActionFailed:
 
 @contextmanager
 def repository_lease(
-    redis: Redis, repository: Repository, podman_env: Mapping[str, str]
-) -> Iterator[None]:
-    """Exclusive use of the repository; a crashed holder's restic locks are removed first."""
+    redis: Redis,
+    repository: Repository,
+    podman_env: Mapping[str, str],
+    retry_limit: float | None = None,
+) -> Iterator[RepositoryLease]:
+    """Exclusive use of the repository, with restic's locks judged by the lease (see
+    agent/operations/repository_lease.py)."""
     try:
-        lease = locks.acquire(redis, repository.lease_key, wait_seconds=LEASE_WAIT_SECONDS)
-    except locks.LockBusy as busy:
-        raise ActionFailed(f"repository {repository.path.path} is busy ({busy.holder})") from None
-    with lease:
-        if lease.previous_crashed:
-            log.warning("%s: a previous run crashed; removing its restic locks", repository.path)
-            restic.run(
-                repository.target,
-                repository.password,
-                ["unlock", "--remove-all"],
-                podman_env=podman_env,
-                timeout=300,
-            )
-        yield
+        with open_lease(
+            redis,
+            repository.lease_key,
+            repository.target,
+            repository.password,
+            podman_env,
+            wait_seconds=LEASE_WAIT_SECONDS,
+            retry_limit=retry_limit,
+        ) as lease:
+            yield lease
+    except RepositoryBusy as busy:
+        raise ActionFailed(f"repository {repository.path.path} is busy ({busy})") from None
+    except StaleLocksKept as kept:
+        raise ActionFailed(f"{repository.path.path}: {kept}") from None

@@ -193,13 +193,17 @@ def _write_metadata(ctx: Context, destination: Destination, status: ModuleStatus
     text = json.dumps(document)
     if destination.provider == "rest":
         return  # a restic REST server stores repositories only, no side files
+    if status.outcome is Outcome.FAILED:
+        # It may have found no repository (a disk not mounted, a bucket emptied): a file
+        # written there would make a mount point or a bucket look in use.
+        return
     if destination.provider == "local":
         # The directory is on this node: no container needed for a small file. A missing
         # directory (a disk not mounted) is never created: the next run would see it
         # there and put a new repository on whatever disk holds the mount point.
         root = Path(local_directory(destination))
-        if not root.is_dir():
-            log.warning("cannot write %s.json: %s is missing", path, root)
+        if not (root / path).is_dir():
+            log.warning("cannot write %s.json: %s is missing", path, root / path)
             return
         try:
             write_file_atomic(root / f"{path}.json", text)

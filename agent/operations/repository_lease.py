@@ -1,0 +1,189 @@
+"""Exclusive use of one repository by this cluster, and restic's locks judged by it.
+
+restic judges a lock stale by its PID on its host; inside a container that PID is 1,
+always alive, so a killed restic's lock looks live to the next restic forever (or 30
+minutes). The agent knows better: while it holds a repository's lease nobody else in
+the cluster works on that repository. So
+
+- the holder that follows a crashed holder removes every lock (after stopping any restic
+  container the crashed holder left running on this node);
+- a restic run under the lease that ended abnormally (killed, stopped, a fatal error)
+  has the locks removed before the lease is released;
+- when that removal fails too, the lease is released as if its holder had crashed, so
+  the next holder removes them.
+Backup, retention and restore all take the lease through open_lease.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import locks, proc, restic
+from agent.redis_store import Redis
+
+log = logging.getLogger("agent.repository")
+UNLOCK_TIMEOUT = 300.0
+
+
+class RepositoryBusy(Exception):
+    """Another live holder kept the repository for the whole wait."""
+
+
+class StaleLocksKept(Exception):
+    """The locks a crashed holder left could not be removed."""
+
+
+def container_prefix(lease_key: str) -> str:
+    """What the names of the restic containers working under a lease start with: a
+    holder that takes over after a crash finds its predecessor's by it."""
+    return "restic-" + hashlib.sha256(lease_key.encode()).hexdigest()[:10] + "-"
+
+
+@dataclass
+class RepositoryLease:
+    """The lease on one repository and the restic runs made under it (thread-safe)."""
+
+    target: restic.ResticTarget
+    password: str
+    podman_env: Mapping[str, str]
+    prefix: str
+    retry_limit: float | None
+    abnormal_end: str = ""  # why restic's locks must go before the lease does
+    _running: set[str] = field(default_factory=set)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def _started(self) -> str:
+        name = restic.container_name(self.prefix.removesuffix("-"))
+        with self._guard:
+            self._running.add(name)
+        return name
+
+    def _ended(self, name: str, code: int, what: str) -> None:
+        with self._guard:
+            self._running.discard(name)
+            if restic.may_leave_lock(code) and not self.abnormal_end:
+                self.abnormal_end = f"restic {what} ended with exit {code}"
+
+    def run(self, args: Sequence[str], *, timeout: float, **kwargs: Any) -> proc.Result:
+        """restic.run under the lease."""
+        name = self._started()
+        code = restic.EXIT_STOPPED  # unless it returns: an exception is an abnormal end
+        try:
+            done = restic.run(
+                self.target,
+                self.password,
+                args,
+                podman_env=self.podman_env,
+                timeout=timeout,
+                name=name,
+                **kwargs,
+            )
+            code = done.returncode
+            return done
+        finally:
+            self._ended(name, code, args[0])
+
+    def stream(
+        self,
+        args: Sequence[str],
+        *,
+        on_message: Callable[[dict[str, Any]], None],
+        **kwargs: Any,
+    ) -> tuple[int, str]:
+        """restic.stream under the lease, stopped when the storage keeps failing."""
+        name = self._started()
+        code = restic.EXIT_STOPPED
+        try:
+            code, stderr = restic.stream(
+                self.target,
+                self.password,
+                args,
+                podman_env=self.podman_env,
+                on_message=on_message,
+                name=name,
+                retry_limit=self.retry_limit,
+                **kwargs,
+            )
+            return code, stderr
+        finally:
+            self._ended(name, code, args[0])
+
+    def remove_locks(self, why: str) -> bool:
+        """`unlock --remove-all`; True when no lock is left (or no repository at all)."""
+        log.warning("%s: %s; removing its restic locks", self.target.repository, why)
+        timeout = UNLOCK_TIMEOUT if self.retry_limit is None else self.retry_limit + 60
+        done = restic.run(
+            self.target,
+            self.password,
+            ["unlock", "--remove-all"],
+            podman_env=self.podman_env,
+            timeout=timeout,
+            name=restic.container_name(self.prefix.removesuffix("-")),
+        )
+        if done.returncode in (restic.EXIT_OK, restic.EXIT_NO_REPOSITORY):
+            return True
+        log.warning(
+            "%s: restic locks not removed (exit %d): %s",
+            self.target.repository,
+            done.returncode,
+            done.error_text.strip()[-300:],
+        )
+        return False
+
+
+def stop_leftovers(prefix: str, podman_env: Mapping[str, str]) -> list[str]:
+    """Kill and remove the restic containers on this node whose names start with prefix."""
+    listed = proc.run(restic.present_argv(prefix), env=podman_env, timeout=60)
+    names = [name for name in listed.text.split() if name.startswith(prefix)]
+    if names:
+        log.warning("stopping restic containers a crashed run left: %s", ", ".join(names))
+        proc.run(restic.remove_argv(names), env=podman_env, timeout=120)
+    return names
+
+
+@contextmanager
+def open_lease(
+    redis: Redis,
+    lease_key: str,
+    target: restic.ResticTarget,
+    password: str,
+    podman_env: Mapping[str, str],
+    *,
+    wait_seconds: float,
+    retry_limit: float | None = None,
+) -> Iterator[RepositoryLease]:
+    """Hold the repository's lease for the body; raises RepositoryBusy, or StaleLocksKept
+    when a crashed holder's locks cannot be removed (the body would only meet them)."""
+    try:
+        held = locks.acquire(redis, lease_key, wait_seconds=wait_seconds)
+    except locks.LockBusy as busy:
+        raise RepositoryBusy(busy.holder) from None
+    prefix = container_prefix(lease_key)
+    lease = RepositoryLease(target, password, podman_env, prefix, retry_limit)
+    dirty = False
+    try:
+        if held.previous_crashed:
+            stop_leftovers(prefix, podman_env)
+            if not lease.remove_locks("a previous run on the repository crashed"):
+                dirty = True
+                raise StaleLocksKept(
+                    "cannot remove the restic locks a crashed run left on the repository"
+                )
+        try:
+            yield lease
+        finally:
+            with lease._guard:
+                unfinished = sorted(lease._running)
+            if unfinished:  # the body unwound while restic worked: it must not go on alone
+                proc.run(restic.remove_argv(unfinished), env=podman_env, timeout=120)
+                lease.abnormal_end = lease.abnormal_end or "interrupted while restic ran"
+            if lease.abnormal_end:
+                dirty = not lease.remove_locks(lease.abnormal_end)
+    finally:
+        held.release(crashed=dirty)
