@@ -59,6 +59,8 @@ class Settings:
     # with no good snapshot since; the leader looks every overdue_check_seconds.
     overdue_grace_seconds: int = 3600
     overdue_check_seconds: int = 60
+    # The web console's address on the leader ("host:port"; "" = not started by cluster up).
+    web_listen: str = "127.0.0.1:9311"
     extra: dict[str, str] = field(default_factory=dict)
 
     # --- layout ----------------------------------------------------------------------
@@ -132,6 +134,7 @@ class Settings:
             "warm_steps": self.warm_steps,
             "overdue_grace_seconds": self.overdue_grace_seconds,
             "overdue_check_seconds": self.overdue_check_seconds,
+            "web_listen": self.web_listen,
         }
 
 
@@ -166,6 +169,7 @@ def load_settings(root: Path | None = None) -> Settings:
             warm_steps=bool(data.get("warm_steps", True)),
             overdue_grace_seconds=int(data.get("overdue_grace_seconds", 3600)),
             overdue_check_seconds=max(1, int(data.get("overdue_check_seconds", 60))),
+            web_listen=str(data.get("web_listen", "127.0.0.1:9311")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"malformed {path}: {exc}") from None
