@@ -117,7 +117,8 @@ function renderBackups(data) {
         el("td", {}, instance ? el("a", { href: `/modules/${encodeURIComponent(instance.module_id)}` }, instance.module_id) : ""),
         el("td", { class: `outcome outcome-${status ? status.outcome : "none"}` },
           outcome, status && status.reason ? el("div", { class: "error-text" }, status.reason) : ""),
-        el("td", {}, when(instance && instance.last_snapshot)),
+        // The overdue monitor's figure, else (before its first look) this run's own end.
+        el("td", {}, when(instance && (instance.last_snapshot || (status && status.outcome !== "failed" && status.end)))),
         el("td", {}, status ? bytes(status.total_size) : "–"),
         el("td", {}, status ? String(status.snapshots_count ?? "–") : "–"),
         el("td", { class: overdue === "OVERDUE" ? "overdue" : "" }, overdue),
