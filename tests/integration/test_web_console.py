@@ -279,3 +279,42 @@ def _parents(path: str) -> list[str]:
     """volumes/pages/a/b/c.md → the folders below volumes/pages on the way to it."""
     parts = path.split("/")
     return ["/".join(parts[:index]) for index in range(3, len(parts))]
+
+
+def test_cluster_up_starts_the_console_on_the_leader_and_down_stops_it(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    agent = [sys.executable, "-m", "agent.cli"]
+    root = tmp_path / "node"
+    env = {**os.environ, "AGENT_ROOT": str(root)}
+    env.pop("REDIS_URL", None)
+    printed = subprocess.run(
+        [*agent, "cluster", "init"], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    password_file = root / "web" / "admin-password"
+    assert str(password_file) in printed
+    assert password_file.stat().st_mode & 0o777 == 0o600
+    config = json.loads((root / "agent.json").read_text())
+    assert config["web_listen"].startswith("127.0.0.1:")  # loopback unless told otherwise
+    port = free_port()
+    config["web_listen"] = f"127.0.0.1:{port}"
+    (root / "agent.json").write_text(json.dumps(config))
+    try:
+        up = subprocess.run(
+            [*agent, "cluster", "up"], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert up.returncode == 0, up.stderr
+        assert f"web console on http://127.0.0.1:{port}/" in up.stdout
+        client = HttpClient(port)
+        assert client.request("GET", "/login").status == 200
+        assert client.login(password_file.read_text().strip()).status == 303
+        assert client.request("GET", "/api/dashboard").json()["backups"] == []
+    finally:
+        down = subprocess.run(
+            [*agent, "cluster", "down"], env=env, capture_output=True, text=True, timeout=120
+        )
+    assert "web console" in down.stdout
+    with pytest.raises(OSError):
+        client.request("GET", "/login")
