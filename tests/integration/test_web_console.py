@@ -318,3 +318,62 @@ def test_cluster_up_starts_the_console_on_the_leader_and_down_stops_it(tmp_path:
     assert "web console" in down.stdout
     with pytest.raises(OSError):
         client.request("GET", "/login")
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_a_large_download_streams_with_flat_memory(
+    cluster: ClusterHarness, wiki: str, console: Any, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    import hashlib
+    import http.client
+
+    (tmp_path / "dest").mkdir()
+    destination = backups.add_destination(redis_client, "local", f"local:{tmp_path / 'dest'}")
+    backups.add_backup(redis_client, 1, destination, [wiki])
+    size = 48 * 1024 * 1024
+    big = cluster.volume_dir(1, wiki, "pages") / "big.bin"
+    with big.open("wb") as handle:
+        for _ in range(size // (1024 * 1024)):
+            handle.write(os.urandom(1024 * 1024))
+    expected = hashlib.sha256(big.read_bytes()).hexdigest()
+    cluster.api_ok("run-backup", {"id": 1})
+    client = HttpClient(console.port)
+    assert client.login(console.password).status == 303
+    path = f"minwiki/{redis_client.hget('cluster/module_uuid', wiki)}"
+    query = {"repository": destination, "path": path, "snapshot": ""}
+    listed = client.request(
+        "GET", "/api/snapshots/ls?" + urlencode({**query, "dir": "volumes/pages"})
+    )
+    assert listed.status == 200 and "volumes/pages/big.bin" in {
+        e["path"] for e in listed.json()["entries"]
+    }
+    before = peak_rss_kib(console.process.pid)
+
+    connection = http.client.HTTPConnection("127.0.0.1", console.port, timeout=300)
+    try:
+        item = {"item": "volumes/pages/big.bin", "format": "raw"}
+        connection.request(
+            "GET",
+            "/api/snapshots/download?" + urlencode({**query, **item}),
+            headers={"Cookie": client.cookie},
+        )
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.getheader("content-disposition", "").startswith(
+            'attachment; filename="big.bin"'
+        )
+        digest, received = hashlib.sha256(), 0
+        while chunk := response.read(256 * 1024):
+            digest.update(chunk)
+            received += len(chunk)
+    finally:
+        connection.close()
+    assert received == size and digest.hexdigest() == expected
+    # The whole file through the server moved its peak memory by far less than its size.
+    assert peak_rss_kib(console.process.pid) - before < 16 * 1024
