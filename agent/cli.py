@@ -30,6 +30,8 @@ agent_app = typer.Typer(
 )
 cluster_app = typer.Typer(no_args_is_help=True, help="The embedded default cluster.")
 agent_app.add_typer(cluster_app, name="cluster")
+web_app = typer.Typer(invoke_without_command=True, help="The web console (admin only).")
+agent_app.add_typer(web_app, name="web")
 
 
 @agent_app.command()
@@ -82,6 +84,10 @@ def cluster_init(
     settings = cluster_setup.init(root or default_root(), node, url, private_storage, roots)
     kind = "private Redis" if settings.embedded_redis else "shared Redis"
     print(f"node {settings.node_id} initialised in {settings.root} ({kind})")
+    if settings.web_listen:
+        from agent.web.auth import initial_password_file
+
+        print(f"web console password: {initial_password_file(settings.root)} (0600)")
 
 
 @cluster_app.command("up")
@@ -97,6 +103,8 @@ def cluster_up(root: RootOption = None) -> None:
         f"node {result.settings.node_id} daemon {state} (pid {result.daemon_pid}); "
         f"logs in {result.settings.log_dir}"
     )
+    if result.web_url:
+        print(f"web console on {result.web_url}")
 
 
 @cluster_app.command("down")
@@ -167,6 +175,48 @@ def verify_restore_command(
             *[arg for path in root or [] for arg in ("--root", str(path))],
         ]
     )
+
+
+@web_app.callback()
+def web(
+    ctx: typer.Context,
+    root: RootOption = None,
+    listen: Annotated[
+        str | None, typer.Option(help="host:port (default: web_listen in agent.json)")
+    ] = None,
+    certfile: Annotated[Path | None, typer.Option(help="TLS certificate (PEM)")] = None,
+    keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
+) -> None:
+    """Serve the web console in the foreground (a subcommand: manage it instead)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from agent.web.server import serve as serve_web
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    serve_web(load_settings(root), listen, certfile, keyfile)
+
+
+@web_app.command("passwd")
+def web_passwd(
+    root: RootOption = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the new password from stdin")
+    ] = False,
+) -> None:
+    """Change the console's admin password; sessions opened with the old one end."""
+    import getpass
+
+    from agent.web.auth import set_password
+
+    settings = load_settings(root)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("new console password: ")
+        if getpass.getpass("again: ") != password:
+            raise ConfigError("the two passwords differ; nothing changed")
+    set_password(settings.root, password)
+    print("console password changed")
 
 
 @agent_app.command("schema")

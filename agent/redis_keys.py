@@ -188,3 +188,16 @@ def notification_target(name: str) -> str:
 def notification_target_private(name: str) -> str:
     """Hash: url (apprise URLs carry tokens and passwords)."""
     return f"private/notification_target/{name}"
+
+
+# --- web console (issue #17) ---------------------------------------------------------
+WEB_SESSION_PATTERN = "private/web_session/*"
+# Channels the console streams to the browser: task progress and cluster/node events.
+PROGRESS_PATTERN = "progress/*"
+EVENT_PATTERNS = ("cluster/event/*", "node/*/event/*")
+TASK_PROCESSING_PATTERN = "*/tasks/processing"
+
+
+def web_session(token_digest: str) -> str:
+    """A console session, by the SHA-256 of its cookie (the cookie itself is never stored)."""
+    return f"private/web_session/{token_digest}"

@@ -67,6 +67,8 @@ class Settings:
     restore_files_roots: tuple[str, ...] = ()
     # Host directories under which `local:` destinations may be (none by default).
     local_roots: tuple[str, ...] = ()
+    # The web console's address on the leader ("host:port"; "" = not started by cluster up).
+    web_listen: str = "127.0.0.1:9311"
     extra: dict[str, str] = field(default_factory=dict)
 
     # --- layout ----------------------------------------------------------------------
@@ -153,6 +155,7 @@ class Settings:
             "restore_files_roots": list(self.restore_files_roots),
             "local_roots": list(self.local_roots),
             "storage_retry_seconds": self.storage_retry_seconds,
+            "web_listen": self.web_listen,
         }
 
 
@@ -190,6 +193,7 @@ def load_settings(root: Path | None = None) -> Settings:
             restore_files_roots=_absolute_dirs(data.get("restore_files_roots", [])),
             local_roots=tuple(str(root) for root in data.get("local_roots", [])),
             storage_retry_seconds=float(data.get("storage_retry_seconds", 120.0)),
+            web_listen=str(data.get("web_listen", "127.0.0.1:9311")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"malformed {path}: {exc}") from None

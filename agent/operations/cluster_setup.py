@@ -17,11 +17,14 @@ from agent import filemodes, lease, podman_store, proc, redis_keys
 from agent.errors import AgentError, ConfigError
 from agent.redis_store import REDIS_ERRORS, connect, connect_binary
 from agent.settings import Settings, load_settings, share_dir, write_settings
+from agent.web import auth as web_auth
 
 log = logging.getLogger("agent.cluster")
 
 DAEMON_PID = "agent.pid"
 REDIS_PID = "redis.pid"
+WEB_PID = "web.pid"
+WEB_PORT = 9311
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class UpResult:
     started_redis: bool
     started_daemon: bool
     daemon_pid: int
+    web_url: str = ""  # the console's address, when this node (the leader) serves it
 
 
 def free_port() -> int:
@@ -87,6 +91,7 @@ def init(
         storage_conf=str(store.storage_conf) if store else "",
         containers_conf=str(store.containers_conf) if store else "",
         local_roots=local_roots,
+        web_listen=f"127.0.0.1:{WEB_PORT if port_is_free(WEB_PORT) else free_port()}",
     )
     for path in (
         root,
@@ -101,7 +106,17 @@ def init(
         write_redis_conf(settings, password)
     write_settings(settings)
     filemodes.apply_private_modes(settings)  # mkdir's mode is cut by the umask
+    web_auth.create_first_password(root)
     return settings
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def join_url(first_root: Path) -> str:
@@ -198,7 +213,53 @@ def up(settings: Settings) -> UpResult:
         log.warning("made %d path(s) under %s readable by root only", len(fixed), settings.root)
     started_redis = start_redis(settings) if settings.embedded_redis else False
     started_daemon, pid = start_daemon(settings)
-    return UpResult(settings, started_redis, started_daemon, pid)
+    web_url = start_web(settings) if is_leader(settings) and settings.web_listen else ""
+    return UpResult(settings, started_redis, started_daemon, pid, web_url)
+
+
+def is_leader(settings: Settings) -> bool:
+    leader = connect(settings.redis_url).hget(redis_keys.CLUSTER_ENVIRONMENT, "NODE_ID")
+    return str(leader) == str(settings.node_id)
+
+
+def start_web(settings: Settings) -> str:
+    """Start `agent web` in the background unless it runs; wait until it answers."""
+    from agent.web.server import parse_listen
+
+    address = parse_listen(settings.web_listen)
+    host = "127.0.0.1" if address.host in ("0.0.0.0", "::") else address.host
+    url = (
+        f"http://{host}:{address.port}/" if ":" not in host else f"http://[{host}]:{address.port}/"
+    )
+    pid_file = settings.run_dir / WEB_PID
+    if read_pid(pid_file) is not None:
+        return url
+    log_path = settings.log_dir / "web.log"
+    env = dict(os.environ, AGENT_ROOT=str(settings.root))
+    with open(log_path, "ab") as log_file:
+        child = proc.spawn(
+            [sys.executable, "-m", "agent.cli", "web"],
+            env=env,
+            stdin=proc.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+        )
+    pid_file.write_text(f"{child.pid}\n")
+    deadline = time.monotonic() + 15
+    while not _answers(host, address.port):
+        if child.poll() is not None or time.monotonic() > deadline:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            raise AgentError("the web console did not start: " + " | ".join(tail))
+        time.sleep(0.1)
+    return url
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def stop_pid(path: Path, timeout: float) -> bool:
@@ -228,6 +289,8 @@ def _is_zombie(pid: int) -> bool:
 def down(settings: Settings, timeout: float = 90.0) -> list[str]:
     """Stop the daemon (it lets running tasks finish), then the private Redis."""
     stopped = []
+    if stop_pid(settings.run_dir / WEB_PID, 10):
+        stopped.append("web console")
     if stop_pid(settings.run_dir / DAEMON_PID, timeout):
         stopped.append("agent daemon")
     if settings.embedded_redis and read_pid(settings.run_dir / REDIS_PID) is not None:

@@ -1,0 +1,1 @@
+"""The web console (issue #17): pages, JSON API, live progress, snapshot browser."""
