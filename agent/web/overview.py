@@ -9,7 +9,6 @@ from agent.destinations import load_destination
 from agent.errors import ActionFailed, AgentError
 from agent.operations.run_backup import free_space
 from agent.redis_api import Redis
-from agent.settings import share_dir
 from agent.web import actions
 
 # The lead's run history action; until it exists, a module's page shows the last status.
@@ -68,18 +67,15 @@ def dashboard(redis: Redis) -> dict[str, Any]:
 
 
 def module_history(redis: Redis, module_id: str) -> dict[str, Any]:
-    """A module's runs: from list-backup-runs once that action exists; until then its last
-    status in every backup that names it, failure reason included."""
-    if (share_dir() / "actions" / "cluster" / HISTORY_ACTION).is_dir():
-        runs = action_output(redis, HISTORY_ACTION, {"module_id": module_id})
-        return {"module_id": module_id, "source": HISTORY_ACTION, "runs": runs}
+    """A module's page: each backup that names it (last status, overdue, where its
+    snapshots are) and its run history with each run's log lines (list-backup-runs)."""
     listed = action_output(redis, "list-backups")
-    runs = []
+    backups = []
     for backup in listed["backups"]:
         for instance in backup["instances"]:
             if instance["module_id"] != module_id:
                 continue
-            runs.append(
+            backups.append(
                 {
                     "backup_id": backup["id"],
                     "backup_name": backup["name"],
@@ -91,4 +87,5 @@ def module_history(redis: Redis, module_id: str) -> dict[str, Any]:
                     "last_snapshot": instance.get("last_snapshot"),
                 }
             )
-    return {"module_id": module_id, "source": "list-backups", "runs": runs}
+    runs = action_output(redis, HISTORY_ACTION, {"module_id": module_id, "limit": 50})
+    return {"module_id": module_id, "backups": backups, "runs": runs}

@@ -130,7 +130,7 @@ def test_login_sessions_csrf_and_path_checks(
         assert shown.status == 200 and b'name="csrf-token"' in shown.body, page
     assert repository.encode() in client.request("GET", "/destinations").body
     history = client.request("GET", "/api/modules/minwiki1/history").json()
-    assert history == {"module_id": "minwiki1", "source": "list-backups", "runs": []}
+    assert history == {"module_id": "minwiki1", "backups": [], "runs": []}
     events = client.request("GET", "/api/events")
     assert events.status == 200 and events.headers["content-type"].startswith("text/event-stream")
 
@@ -216,7 +216,9 @@ def test_operator_watches_a_backup_then_downloads_and_restores_a_file(
         wait_until(lambda: not browser.find_elements(By.CSS_SELECTOR, "#running tbody tr"))
         browser.save_screenshot(str(shots / "console-dashboard.png"))
         browser.get(f"{console.url}/modules/{wiki}")
+        assert browser.find_element(By.CSS_SELECTOR, "#backups td.outcome-ok").text == "ok"
         assert browser.find_element(By.CSS_SELECTOR, "#runs td.outcome-ok").text == "ok"
+        assert "log line(s)" in browser.find_element(By.CSS_SELECTOR, "#runs summary").text
 
         # The snapshot browser: the module's repository, its snapshot, down to one page.
         (live / PAGE).write_text("# changed after the backup\n")
