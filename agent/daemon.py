@@ -93,11 +93,10 @@ class Daemon:
         # daemon cleanly (releasing the lease), never kill it outright.
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
-        other = lease.acquire(self.redis, self.node_id, self.holder)
-        if other is not None:
-            raise AgentError(
-                f"node {self.node_id} is already served by pid {other.pid} on {other.host}"
-            )
+        if not lease.acquire(self.redis, self.node_id, self.holder):
+            other = lease.current_holder(self.redis, self.node_id)
+            who = f"pid {other.pid} on {other.host}" if other else "another daemon"
+            raise AgentError(f"node {self.node_id} is already served by {who}")
         try:
             self._register_node()
             for agent_id in self.served_agents():
