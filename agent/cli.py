@@ -80,11 +80,9 @@ def cluster_up(root: RootOption = None) -> None:
     from agent.operations import cluster_setup
 
     result = cluster_setup.up(load_settings(root))
-    state = "started" if result.started_daemon else "already running"
-    print(
-        f"node {result.settings.node_id} daemon {state} (pid {result.daemon_pid}); "
-        f"logs in {result.settings.log_dir}"
-    )
+    for line in result.report():
+        print(f"node {result.settings.node_id} {line}")
+    print(f"logs in {result.settings.log_dir}")
 
 
 @cluster_app.command("down")
