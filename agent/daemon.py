@@ -101,8 +101,13 @@ class Daemon:
             raise AgentError(f"node {self.node_id} is already served by {who}")
         try:
             self._register_node()
-            for agent_id in self.served_agents():
+            served = self.served_agents()
+            # The cluster's steps first: a restore's step waits on its sub-tasks, and must
+            # not see them end (and start its own clean-up) before it is stopped itself.
+            for agent_id in sorted(served, key=lambda a: (a != redis_keys.CLUSTER, a)):
                 self.recover(agent_id)
+            if redis_keys.CLUSTER in served:  # no cluster task runs yet: all are dead
+                recovery.queue_removal_of_pending(self.redis)
             if self.settings.warm_steps:
                 self.warm = WarmSteps(self.warm_registry)
             threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
@@ -344,6 +349,13 @@ class Daemon:
                 self._queue_environment_copy(pipe, agent_id)
             pipe.publish(redis_keys.task_progress_channel(agent_id, task_id), json.dumps(final))
             pipe.execute()
+        if agent_id == redis_keys.CLUSTER and outcome.exit_code != 0:
+            # A failed add or restore that could not undo its instance: undo it now (or,
+            # with Redis away, at the daemon's next start).
+            try:
+                recovery.queue_removal_of_pending(self.redis, agent_id, task_id)
+            except REDIS_ERRORS as exc:
+                log.warning("cannot check what task %s left half-made: %s", task_id, exc)
 
     def _queue_environment_copy(self, pipe: Any, agent_id: str) -> None:
         """Mirror the module's state/environment into module/<id>/environment."""
@@ -396,7 +408,11 @@ class Daemon:
                 task["id"],
                 killed,
             )
-            self._finish(agent_id, task, raw, TaskOutcome("", ABORTED_BY_CRASH, 1, "aborted"))
+            error = ABORTED_BY_CRASH
+            half_made = recovery.modules_of_task(self.redis, agent_id, task["id"])
+            if half_made:
+                error += f"the instances it was adding are removed: {', '.join(half_made)}\n"
+            self._finish(agent_id, task, raw, TaskOutcome("", error, 1, "aborted"))
 
 
 def _parse_task(raw: str) -> dict[str, Any] | None:
