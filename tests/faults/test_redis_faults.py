@@ -4,28 +4,19 @@ claimed still gets its exit code, `agent cluster up` restarts Redis and says so.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from agent import redis_keys
+from tests.support import backups
 from tests.support.cluster import NodeHarness
-from tests.support.embedded_node import EmbeddedNode, wait_until
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[EmbeddedNode]:
-    """A node as `agent cluster init --private-storage` + `agent cluster up` make it."""
-    embedded = EmbeddedNode(tmp_path / "node1")
-    try:
-        init = embedded.agent("cluster", "init", "--private-storage")
-        assert init.returncode == 0, init.stderr
-        up = embedded.agent("cluster", "up")
-        assert up.returncode == 0, up.stderr
-        yield embedded
-    finally:
-        embedded.down()
+from tests.support.embedded_node import (
+    EmbeddedNode,
+    containers,
+    pause_dump_hook,
+    settled,
+    wait_until,
+    wiki_with_backup,
+)
 
 
 def leftover_processing(node: EmbeddedNode) -> dict[str, list[str]]:
@@ -68,3 +59,33 @@ def test_a_task_that_ends_while_redis_is_down_gets_its_exit_code(
     [task_key] = node.redis().keys("task/cluster/*/exit_code")
     assert node.redis().get(task_key) == "0"
     assert node.redis().exists(redis_keys.node_daemon_lease(1))
+
+
+def test_redis_killed_and_restarted_mid_backup(
+    node: EmbeddedNode, minwiki_image: str, restic_image: str, tmp_path: Path
+) -> None:
+    wiki = wiki_with_backup(node, minwiki_image, tmp_path / "dest")
+    marker, release = tmp_path / "dump-started", tmp_path / "release"
+    pause_dump_hook(node, wiki.module_id, marker, release)
+    client = node.api_background("run-backup", {"id": 1})
+    wait_until("the dump hook starting", marker.exists)
+
+    node.kill_redis()
+    wait_until("the daemon noticing", lambda: "Redis error" in node.log_tail())
+    up = node.agent("cluster", "up")
+    assert up.returncode == 0, up.stderr
+    assert "private Redis had stopped: restarted it" in up.stdout, up.stdout
+    release.touch()
+
+    out, err = client.communicate(timeout=300)
+    assert client.returncode == 0, (out, err)
+    assert json.loads(out)["outcome"] == "ok"
+    status = wiki.status(node)
+    assert status["snapshot_id"] and not status["errors"]
+    [snapshot] = backups.snapshots(wiki.repository)
+    assert snapshot["id"].startswith(status["snapshot_id"][:8])
+    backups.restic(wiki.repository, "check")
+    assert "volumes/pages" in backups.listing(wiki.repository)
+    assert settled(node) == []
+    assert leftover_processing(node) == {}
+    assert containers(node) == []

@@ -129,3 +129,71 @@ def wait_until(what: str, condition: Any, timeout: float = 60.0, interval: float
             return value
         assert time.monotonic() < deadline, f"{what} never happened"
         time.sleep(interval)
+
+
+@dataclass(frozen=True)
+class WikiBackup:
+    """A sample module on an embedded node with backup 1 to a local destination."""
+
+    module_id: str
+    destination: str
+    repository: Path  # the restic repository directory of the module
+
+    def status(self, node: EmbeddedNode) -> dict[str, Any]:
+        text = node.redis().hget("node/1/backup_status/1", self.module_id)
+        assert text, f"no backup status for {self.module_id}"
+        return dict(json.loads(text))
+
+
+def wiki_with_backup(node: EmbeddedNode, image: str, target: Path) -> WikiBackup:
+    from tests.support import backups
+
+    module_id = node.api_ok("add-module", {"image": image, "node": 1})["module_id"]
+    target.mkdir()
+    client = node.redis()
+    destination = backups.add_destination(client, "local", f"local:{target}")
+    backups.add_backup(client, 1, destination, [module_id], retention=5)
+    module_uuid = client.hget("cluster/module_uuid", module_id)
+    name = image.rsplit("/", 1)[1].split(":")[0]
+    return WikiBackup(module_id, destination, target / name / str(module_uuid))
+
+
+def pause_dump_hook(node: EmbeddedNode, module_id: str, marker: Path, release: Path) -> None:
+    """The module's module-dump-state touches marker, then waits for release to exist
+    before doing its real work: a backup held at a known point."""
+    hook = node.settings.agent_home(f"module/{module_id}") / "bin" / "module-dump-state"
+    original = hook.with_name("module-dump-state.real")
+    hook.rename(original)
+    hook.write_text(
+        f"#!/bin/sh\ntouch {marker}\nwhile [ ! -e {release} ]; do sleep 0.1; done\n"
+        f'exec {original} "$@"\n'
+    )
+    hook.chmod(0o755)
+
+
+def containers(node: EmbeddedNode) -> list[str]:
+    """Every container in the node's own podman store, running or not."""
+    done = subprocess.run(
+        ["podman", "ps", "--all", "--format", "{{.Names}}"],
+        env=dict(os.environ, **node.settings.podman_env()),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.split()
+
+
+def settled(node: EmbeddedNode) -> list[str]:
+    """What is not settled in the node's Redis: claimed tasks, tasks without exit codes,
+    locks, leases and pending instances (empty when all is well)."""
+    client = node.redis()
+    problems = [f"{k} not empty" for k in client.scan_iter(match="*/tasks/processing")]
+    problems += [
+        f"{k} has no exit code"
+        for k in client.scan_iter(match="task/*/context")
+        if not client.exists(k.rsplit("/", 1)[0] + "/exit_code")
+    ]
+    problems += list(client.scan_iter(match="module/*/backup_lock"))
+    problems += list(client.scan_iter(match="cluster/repository_lease/*"))
+    problems += [f"pending {m}" for m in client.hkeys("cluster/module_pending")]
+    return problems
