@@ -6,6 +6,7 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent import redis_keys
 from agent.redis_api import Redis
@@ -60,7 +61,11 @@ class Holder:
             return True
         except PermissionError:
             return False
-        return False
+        # A killed daemon whose parent has not reaped it yet is a zombie: dead all the same.
+        try:
+            return Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except (OSError, IndexError):
+            return False
 
 
 def new_holder() -> Holder:
