@@ -60,8 +60,5 @@ def test_daemon_killed_mid_backup_then_cluster_up(
         if json.loads(client.get(k.replace("exit_code", "context")))["action"] == "run-backup"
     )
     # Three runs, each a cluster task and a node task: the second aborted on both.
-    assert runs == [("cluster", "0"), ("cluster", "0"), ("cluster", "1")] + [
-        ("node", "0"),
-        ("node", "0"),
-        ("node", "1"),
-    ]
+    expected = [("cluster", "0"), ("cluster", "0"), ("cluster", "1")]
+    assert runs == [*expected, ("node", "0"), ("node", "0"), ("node", "1")]
