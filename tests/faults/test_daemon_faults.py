@@ -37,7 +37,8 @@ def test_daemon_killed_mid_backup_then_cluster_up(
     assert client.returncode == 1, (out, err)
     assert "daemon stopped while it was running" in err
     assert not alive(killed)
-    assert containers(node) == [], "recovery stops the run's restic container"
+    # Recovery stops the run's restic container; podman removes it (--rm) as it exits.
+    wait_until("the aborted run's container gone", lambda: containers(node) == [], 60)
     # Stopped by recovery, the run recorded what it was: failed, no snapshot. The task
     # record and the status agree.
     aborted = wiki.status(node)
