@@ -98,13 +98,11 @@ def cluster_up(root: RootOption = None) -> None:
 
     os.umask(filemodes.PRIVATE_UMASK)  # pid files and the log it creates are root's alone
     result = cluster_setup.up(load_settings(root))
-    state = "started" if result.started_daemon else "already running"
-    print(
-        f"node {result.settings.node_id} daemon {state} (pid {result.daemon_pid}); "
-        f"logs in {result.settings.log_dir}"
-    )
+    for line in result.report():
+        print(f"node {result.settings.node_id} {line}")
     if result.web_url:
         print(f"web console on {result.web_url}")
+    print(f"logs in {result.settings.log_dir}")
 
 
 @cluster_app.command("down")

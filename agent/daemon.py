@@ -9,7 +9,8 @@ import signal
 import threading
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
 
@@ -32,6 +33,7 @@ ABORTED_BY_CRASH = (
     "it was not re-run because its steps may have done part of their work\n"
 )
 MODULE_EVENTS = ("module-added", "module-removed")
+T = TypeVar("T")
 
 
 class Worker(threading.Thread):
@@ -61,7 +63,7 @@ class Worker(threading.Thread):
             except REDIS_ERRORS as exc:
                 failures += 1
                 log.warning("%s: Redis error, retrying: %s", self.agent_id, exc)
-                time.sleep(min(30.0, 0.5 * 2**failures))
+                time.sleep(min(5.0, 0.5 * 2**failures))
                 continue
             if raw is not None:
                 self.take(processing, raw)
@@ -111,15 +113,19 @@ class Daemon:
         # daemon cleanly (releasing the lease), never kill it outright.
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
-        other = lease.acquire(self.redis, self.node_id, self.holder)
-        if other is not None:
-            raise AgentError(
-                f"node {self.node_id} is already served by pid {other.pid} on {other.host}"
-            )
+        if not lease.acquire(self.redis, self.node_id, self.holder):
+            other = lease.current_holder(self.redis, self.node_id)
+            who = f"pid {other.pid} on {other.host}" if other else "another daemon"
+            raise AgentError(f"node {self.node_id} is already served by {who}")
         try:
             self._register_node()
-            for agent_id in self.served_agents():
+            served = self.served_agents()
+            # The cluster's steps first: a restore's step waits on its sub-tasks, and must
+            # not see them end (and start its own clean-up) before it is stopped itself.
+            for agent_id in sorted(served, key=lambda a: (a != redis_keys.CLUSTER, a)):
                 self.recover(agent_id)
+            if redis_keys.CLUSTER in served:  # no cluster task runs yet: all are dead
+                recovery.queue_removal_of_pending(self.redis)
             if self.settings.warm_steps:
                 self.warm = WarmSteps(self.warm_registry)
             threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
@@ -137,8 +143,13 @@ class Daemon:
                 daemon=True,
             ).start()
             log.info("node %s serving %s", self.node_id, ", ".join(sorted(self.workers)))
+            missed = False  # events published while Redis was away are lost: look again
             while not self.stopping.is_set():
                 try:
+                    if missed:
+                        self.sync_workers()
+                        timers.sync(self.redis)
+                        missed = False
                     message = pubsub.get_message(timeout=1.0)
                     if message is not None:
                         if message["channel"] != redis_keys.cluster_event(SCHEDULE_EVENT):
@@ -147,6 +158,7 @@ class Daemon:
                         timers.sync(self.redis)
                 except REDIS_ERRORS as exc:
                     log.warning("event subscription lost, resubscribing: %s", exc)
+                    missed = True
                     time.sleep(1.0)
             pubsub.close()
             self._shutdown()
@@ -277,10 +289,13 @@ class Daemon:
                     self._requeue(agent_id, raw)
                     return
                 # The context marks the task as started: recovery never re-runs it then.
-                self.redis.set(
-                    redis_keys.task_field(agent_id, task_id, "context"),
-                    masked_context(task),
-                    ex=redis_keys.TASK_TTL_SECONDS,
+                self._persist(
+                    f"start of {agent_id}/{task_id}",
+                    lambda: self.redis.set(
+                        redis_keys.task_field(agent_id, task_id, "context"),
+                        masked_context(task),
+                        ex=redis_keys.TASK_TTL_SECONDS,
+                    ),
                 )
                 outcome = run.run()
             self._finish(agent_id, task, raw, outcome)
@@ -311,7 +326,35 @@ class Daemon:
         run.cancel()
         return TaskOutcome("", "", 0, "completed")
 
+    def _persist(self, what: str, write: Callable[[], T]) -> T:
+        """write() until Redis takes it: a claimed task's record must outlive a Redis
+        restart. Given up only when the daemon is stopping and Redis stays away longer
+        than the shutdown time (the next daemon's recovery then settles the task)."""
+        delay, give_up = 0.5, None
+        while True:
+            try:
+                return write()
+            except REDIS_ERRORS as exc:
+                if self.stopping.is_set():
+                    give_up = give_up or time.monotonic() + self.shutdown_timeout
+                    if time.monotonic() > give_up:
+                        raise
+                log.warning("%s: Redis error, retrying in %.1fs: %s", what, delay, exc)
+                time.sleep(delay)
+                delay = min(5.0, delay * 2)
+
     def _finish(self, agent_id: str, task: dict[str, Any], raw: str, outcome: TaskOutcome) -> None:
+        self._persist(
+            f"result of {agent_id}/{task['id']}",
+            lambda: self._write_result(agent_id, task, raw, outcome),
+        )
+        log.info("%s: task %s %s exit %s", agent_id, task["id"], outcome.status, outcome.exit_code)
+
+    def _write_result(
+        self, agent_id: str, task: dict[str, Any], raw: str, outcome: TaskOutcome
+    ) -> None:
+        """The task's record, its removal from the processing list and its end event, at
+        once (written again whole when a retry follows a lost reply)."""
         task_id = task["id"]
         ttl = redis_keys.TASK_TTL_SECONDS
         final = {"status": outcome.status, "progress": 100 if outcome.exit_code == 0 else 0}
@@ -329,7 +372,13 @@ class Daemon:
                 self._queue_environment_copy(pipe, agent_id)
             pipe.publish(redis_keys.task_progress_channel(agent_id, task_id), json.dumps(final))
             pipe.execute()
-        log.info("%s: task %s %s exit %s", agent_id, task_id, outcome.status, outcome.exit_code)
+        if agent_id == redis_keys.CLUSTER and outcome.exit_code != 0:
+            # A failed add or restore that could not undo its instance: undo it now (or,
+            # with Redis away, at the daemon's next start).
+            try:
+                recovery.queue_removal_of_pending(self.redis, agent_id, task_id)
+            except REDIS_ERRORS as exc:
+                log.warning("cannot check what task %s left half-made: %s", task_id, exc)
 
     def _queue_environment_copy(self, pipe: Any, agent_id: str) -> None:
         """Mirror the module's state/environment into module/<id>/environment."""
@@ -351,10 +400,15 @@ class Daemon:
         self._finish(agent_id, task, raw, TaskOutcome("", f"{rejected.reason}\n", 1, "aborted"))
 
     def _requeue(self, agent_id: str, raw: str) -> None:
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lrem(redis_keys.task_processing(agent_id), 1, raw)
-            pipe.rpush(redis_keys.task_queue(agent_id), raw)
-            pipe.execute()
+        def write() -> None:
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.lrem(redis_keys.task_processing(agent_id), 1, raw)
+                # A retry after a lost reply must not queue the task twice.
+                pipe.lrem(redis_keys.task_queue(agent_id), 0, raw)
+                pipe.rpush(redis_keys.task_queue(agent_id), raw)
+                pipe.execute()
+
+        self._persist(f"requeue on {agent_id}", write)
 
     def _publish(self, agent_id: str, task_id: str, status: str, percent: int) -> None:
         try:
@@ -396,7 +450,11 @@ class Daemon:
                 task["id"],
                 killed,
             )
-            self._finish(agent_id, task, raw, TaskOutcome("", ABORTED_BY_CRASH, 1, "aborted"))
+            error = ABORTED_BY_CRASH
+            half_made = recovery.modules_of_task(self.redis, agent_id, task["id"])
+            if half_made:
+                error += f"the instances it was adding are removed: {', '.join(half_made)}\n"
+            self._finish(agent_id, task, raw, TaskOutcome("", error, 1, "aborted"))
 
 
 def _is_utf8(raw: bytes) -> bool:

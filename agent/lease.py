@@ -6,6 +6,7 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent import redis_keys
 from agent.redis_api import Redis
@@ -13,10 +14,16 @@ from agent.redis_api import Redis
 LEASE_SECONDS = 15
 HEARTBEAT_SECONDS = 5
 
-# Extend only a lease we still hold (check-then-set must be atomic).
+# Extend only a lease we still hold (check-then-set must be atomic). One that lapsed with
+# nobody taking it (Redis was down or restarted longer than the lease) is ours again.
 _EXTEND = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then
   return redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+if not current then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
 end
 return 0
 """
@@ -54,34 +61,50 @@ class Holder:
             return True
         except PermissionError:
             return False
-        return False
+        # A killed daemon whose parent has not reaped it yet is a zombie: dead all the same.
+        try:
+            return Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except (OSError, IndexError):
+            return False
 
 
 def new_holder() -> Holder:
     return Holder(socket.gethostname(), os.getpid(), uuid.uuid4().hex)
 
 
-def acquire(redis: Redis, node_id: int, holder: Holder) -> Holder | None:
-    """Take the node's lease; returns the live holder that prevents it, or None on success."""
+def acquire(redis: Redis, node_id: int, holder: Holder, attempts: int = 5) -> bool:
+    """Take the node's lease; True only once holder's value is written. Redis errors
+    propagate: a daemon that cannot tell must not act as the node's daemon."""
+    from redis.exceptions import WatchError  # the daemon's client; api-cli never acquires
+
     key = redis_keys.node_daemon_lease(node_id)
-    if redis.set(key, holder.encode(), nx=True, ex=LEASE_SECONDS):
-        return None
-    current = redis.get(key)
-    other = Holder.decode(current) if current else None
-    if current is None or other is None or other.is_dead_local_process():
-        # WATCH makes the takeover lose against a daemon that took the lease meanwhile.
+    mine = holder.encode()
+    for _ in range(attempts):
+        if redis.set(key, mine, nx=True, ex=LEASE_SECONDS):
+            return True
         with redis.pipeline() as pipe:
             try:
+                # Read under WATCH: the takeover below is void if anyone writes meanwhile.
                 pipe.watch(key)
-                if pipe.get(key) != current:
-                    return other
+                current = pipe.get(key)
+                if current is None:
+                    continue  # it expired after our SET NX: try that again
+                other = Holder.decode(current)
+                if other is not None and not other.is_dead_local_process():
+                    return False
                 pipe.multi()
-                pipe.set(key, holder.encode(), ex=LEASE_SECONDS)
+                pipe.set(key, mine, ex=LEASE_SECONDS)
                 pipe.execute()
-                return None
-            except Exception:
-                return other
-    return other
+                return True
+            except WatchError:
+                continue  # another daemon wrote the lease first: look again
+    return False
+
+
+def current_holder(redis: Redis, node_id: int) -> Holder | None:
+    """Who holds the node's lease now (None: nobody, or a value that is not a holder)."""
+    value = redis.get(redis_keys.node_daemon_lease(node_id))
+    return Holder.decode(value) if value else None
 
 
 def extend(redis: Redis, node_id: int, holder: Holder) -> bool:

@@ -54,6 +54,9 @@ MODULE_NODE = "cluster/module_node"
 MODULE_UUID = "cluster/module_uuid"
 # <restored module uuid> → <uuid of the module whose backup it came from> (NS8 name).
 RESTORE_UUID = "private/nodes/restore_uuid"
+# <module id> → JSON {agent, task, restore_uuid}: an instance being added (or restored) by
+# that task, not yet complete. A daemon that finds its task dead removes the instance.
+MODULE_PENDING = "cluster/module_pending"
 
 
 def module_sequence(image_name: str) -> str:

@@ -97,6 +97,10 @@ def step_main(handler: Callable[[Step, M], Any], model: type[M]) -> NoReturn:
     )
     try:
         data = read_input()
+    except ValueError as exc:  # only malformed JSON on stdin is bad input
+        print(f"bad input: {exc}", file=sys.stderr)
+        sys.exit(10)
+    try:
         request = model.model_validate(data)
         step = current_step()
         result = handler(step, request)
@@ -115,9 +119,9 @@ def step_main(handler: Callable[[Step, M], Any], model: type[M]) -> NoReturn:
     except AgentError as exc:
         print(str(exc), file=sys.stderr)
         sys.exit(exc.exit_code)
-    except ValueError as exc:  # malformed JSON on stdin
-        print(f"bad input: {exc}", file=sys.stderr)
-        sys.exit(10)
+    except ValueError as exc:  # a bug or a surprise inside the step: a failure, not bad input
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _fail_validation(step: Step | None, exc: ValidationFailed) -> NoReturn:

@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import lease, redis_keys
-from agent.errors import AgentError, AgentNotRunning, UnknownAgent
+from agent.errors import AgentError, AgentNotRunning, RedisUnavailable, UnknownAgent
 from agent.redis_api import Redis, connection_errors
 
 TERMINAL = ("completed", "aborted", "validation-failed")
+# A watcher rides out a Redis restart (the daemon keeps the task's result for when Redis is
+# back); only an outage this long makes it give up.
+REDIS_OUTAGE_SECONDS = 300.0
 ProgressHandler = Callable[[str, int], None]
 
 
@@ -115,6 +118,7 @@ class TaskWatcher:
         self.task_id = task_id or ""
         self.raw = ""  # the queued JSON, when this watcher queued the task itself
         self.pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        self.outage_since: float | None = None
 
     def subscribe(self, task_id: str) -> None:
         self.task_id = task_id
@@ -136,10 +140,28 @@ class TaskWatcher:
 
     def _poll(self, on_progress: ProgressHandler | None) -> TaskResult | None:
         try:
-            message = self.pubsub.get_message(timeout=2.0)
-        except connection_errors():
-            time.sleep(1.0)
-            message = None
+            result = self._poll_once(on_progress)
+        except connection_errors() as exc:
+            self._outage(exc)
+            return None
+        self.outage_since = None
+        return result
+
+    def _outage(self, exc: Exception) -> None:
+        """Connection trouble: wait and try again (redis-py reconnects and subscribes
+        anew); raise once Redis has been unreachable for REDIS_OUTAGE_SECONDS."""
+        now = time.monotonic()
+        if self.outage_since is None:
+            self.outage_since = now
+        elif now - self.outage_since > REDIS_OUTAGE_SECONDS:
+            raise RedisUnavailable(
+                f"lost Redis for over {REDIS_OUTAGE_SECONDS:.0f}s while waiting for "
+                f"task {self.task_id} of {self.agent_id}: {exc}"
+            ) from None
+        time.sleep(1.0)
+
+    def _poll_once(self, on_progress: ProgressHandler | None) -> TaskResult | None:
+        message = self.pubsub.get_message(timeout=2.0)
         if message is not None:
             try:
                 payload = json.loads(message["data"])
@@ -218,7 +240,10 @@ def run_parallel(
             if on_progress is not None:
                 on_progress("running", overall)
 
-        results[index] = watchers[index].wait(progress)
+        try:
+            results[index] = watchers[index].wait(progress)
+        except Exception as exc:  # reported as that task's failure, never dropped
+            results[index] = lost_result(watchers[index], exc)
 
     threads = [
         threading.Thread(target=follow, args=(i,), daemon=True) for i in range(len(watchers))
@@ -233,4 +258,20 @@ def run_parallel(
                 cancel(redis, watcher.agent_id, watcher.task_id)
         for thread in threads:
             thread.join(timeout=0.2)
-    return [r for r in results if r is not None]
+    return [
+        result if result is not None else lost_result(watcher, None)
+        for watcher, result in zip(watchers, results, strict=True)
+    ]
+
+
+def lost_result(watcher: TaskWatcher, exc: Exception | None) -> TaskResult:
+    """What run_parallel reports for a task it could not follow to its end: a failure
+    saying so (the task itself may still be running, or have ended unseen)."""
+    reason = f"{type(exc).__name__}: {exc}" if exc is not None else "no result"
+    return TaskResult(
+        watcher.agent_id,
+        watcher.task_id,
+        "",
+        f"lost track of task {watcher.task_id} of {watcher.agent_id}: {reason}\n",
+        1,
+    )

@@ -33,7 +33,13 @@ class UpResult:
     started_redis: bool
     started_daemon: bool
     daemon_pid: int
+    redis_state: str = ""  # what up found and did about the private Redis, for the operator
+    daemon_state: str = ""
     web_url: str = ""  # the console's address, when this node (the leader) serves it
+
+    def report(self) -> list[str]:
+        lines = [f"redis: {self.redis_state}"] if self.redis_state else []
+        return [*lines, f"daemon: {self.daemon_state}"]
 
 
 def free_port() -> int:
@@ -146,34 +152,48 @@ def write_redis_conf(settings: Settings, password: str) -> None:
 
 
 def read_pid(path: Path) -> int | None:
+    """The pid in path while that process runs (a zombie has stopped)."""
     try:
         pid = int(path.read_text().strip())
         os.kill(pid, 0)
-        return pid
     except (OSError, ValueError):
         return None
+    return None if _is_zombie(pid) else pid
 
 
-def start_redis(settings: Settings) -> bool:
-    """Start the private redis-server if it is not up; True when it was started."""
-    if read_pid(settings.run_dir / REDIS_PID) is not None:
-        return False
+def start_redis(settings: Settings) -> tuple[bool, str]:
+    """Start the private redis-server unless it runs and answers: (started, what was done)."""
+    pid_file = settings.run_dir / REDIS_PID
+    pid = read_pid(pid_file)
+    if pid is not None:
+        _wait_for_redis(settings, f"redis-server (pid {pid}) runs but does not answer")
+        return False, f"private Redis running (pid {pid})"
+    # A pid file without its process: the server died (killed, crashed, out of memory).
+    died = pid_file.exists()
+    pid_file.unlink(missing_ok=True)
     proc.run(
         ["redis-server", str(settings.redis_dir / "redis.conf")],
         check=True,
         timeout=30,
         umask=filemodes.PRIVATE_UMASK,  # its AOF and RDB files hold every secret
     )
-    deadline = time.monotonic() + 10
+    _wait_for_redis(settings, "redis-server did not start")
+    started = read_pid(pid_file)
+    if died:
+        return True, f"private Redis had stopped: restarted it (pid {started})"
+    return True, f"private Redis started (pid {started})"
+
+
+def _wait_for_redis(settings: Settings, problem: str) -> None:
+    # Loading a large append-only file takes a while: Redis answers LOADING meanwhile.
+    deadline = time.monotonic() + 30
     while True:
         try:
             connect(settings.redis_url).ping()
-            return True
-        except AgentError:
+            return
+        except AgentError:  # connect() says so, LOADING (a ConnectionError) included
             if time.monotonic() > deadline:
-                raise AgentError(
-                    f"redis-server did not start: see {settings.log_dir}/redis.log"
-                ) from None
+                raise AgentError(f"{problem}: see {settings.log_dir}/redis.log") from None
             time.sleep(0.05)
 
 
@@ -182,7 +202,18 @@ def start_daemon(settings: Settings) -> tuple[bool, int]:
     pid_file = settings.run_dir / DAEMON_PID
     pid = read_pid(pid_file)
     redis = connect(settings.redis_url)
-    if pid is not None and lease.is_served(redis, settings.node_id):
+    if pid is not None:
+        # After a Redis restart the running daemon takes its lease back at its next
+        # heartbeat: starting a second one meanwhile would abort the first one's tasks.
+        deadline = time.monotonic() + lease.HEARTBEAT_SECONDS * 2 + 1
+        while not lease.is_served(redis, settings.node_id):
+            if time.monotonic() > deadline or read_pid(pid_file) is None:
+                raise AgentError(
+                    f"the agent daemon (pid {pid}) runs but does not hold node "
+                    f"{settings.node_id}'s lease: see {settings.log_dir}/agent.log; stop it "
+                    f"(kill {pid}) and run 'agent cluster up' again"
+                )
+            time.sleep(0.2)
         return False, pid
     log_path = settings.log_dir / "agent.log"
     env = dict(os.environ, AGENT_ROOT=str(settings.root))
@@ -211,10 +242,13 @@ def up(settings: Settings) -> UpResult:
     fixed = filemodes.apply_private_modes(settings)
     if fixed:
         log.warning("made %d path(s) under %s readable by root only", len(fixed), settings.root)
-    started_redis = start_redis(settings) if settings.embedded_redis else False
+    started_redis, redis_state = start_redis(settings) if settings.embedded_redis else (False, "")
     started_daemon, pid = start_daemon(settings)
+    daemon_state = f"{'started' if started_daemon else 'already running'} (pid {pid})"
     web_url = start_web(settings) if is_leader(settings) and settings.web_listen else ""
-    return UpResult(settings, started_redis, started_daemon, pid, web_url)
+    return UpResult(
+        settings, started_redis, started_daemon, pid, redis_state, daemon_state, web_url
+    )
 
 
 def is_leader(settings: Settings) -> bool:

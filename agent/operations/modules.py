@@ -47,7 +47,9 @@ def cluster_add_module(step: Step, request: AddModuleRequest) -> dict[str, Any]:
     module_uuid = request.module_uuid or str(uuid.uuid4())
     if module_uuid in redis.hvals(redis_keys.MODULE_UUID):
         raise validation_error("module_uuid", "module_uuid_in_use", module_uuid)
-    return install_module(step, request.image, request.node, module_uuid)
+    added = install_module(step, request.image, request.node, module_uuid)
+    settle_module(redis, added["module_id"])
+    return added
 
 
 def install_module(
@@ -57,8 +59,11 @@ def install_module(
     module_uuid: str,
     cancelled: threading.Event | None = None,
     progress: tuple[int, int] = (0, 100),
+    restore_uuid: bool = False,
 ) -> dict[str, Any]:
     """Add an instance (ids, node files, create-module); on any failure or cancel, none.
+    It stays pending (removed by a daemon that finds this task dead) until the caller
+    settles it; restore_uuid: its RESTORE_UUID entry goes with it if it is undone.
 
     No check that module_uuid is unused: a restore that replaces keeps the uuid.
     """
@@ -67,7 +72,13 @@ def install_module(
     module_id = f"{name}{redis.incr(redis_keys.module_sequence(name))}"
     environment = module_environment(module_id, module_uuid, image_url, node)
     low, high = progress
+    pending = {
+        "agent": step.agent_id,
+        "task": step.task_id,
+        "restore_uuid": module_uuid if restore_uuid else "",
+    }
     with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(redis_keys.MODULE_PENDING, module_id, json.dumps(pending))
         pipe.hset(redis_keys.MODULE_NODE, module_id, node)
         pipe.hset(redis_keys.MODULE_UUID, module_id, module_uuid)
         pipe.hset(redis_keys.module_environment(module_id), mapping=environment)
@@ -113,6 +124,23 @@ def install_module(
         "image_name": name,
         "image_url": image_url,
     }
+
+
+def settle_module(redis: Redis, module_id: str) -> None:
+    """The instance install_module added is complete: no recovery may undo it now."""
+    redis.hdel(redis_keys.MODULE_PENDING, module_id)
+
+
+def pending_modules(redis: Redis) -> dict[str, dict[str, str]]:
+    """Instances still being added, by module id: {agent, task, restore_uuid}."""
+    found = {}
+    for module_id, text in redis.hgetall(redis_keys.MODULE_PENDING).items():
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = None
+        found[module_id] = record if isinstance(record, dict) else {}
+    return found
 
 
 def run_subtask(
@@ -174,7 +202,11 @@ def forget_module(redis: Redis, module_id: str) -> None:
         if module_id in instances:
             changed_backups.append((backup_key, " ".join(i for i in instances if i != module_id)))
     status_keys = list(redis.scan_iter(match=redis_keys.BACKUP_STATUS_PATTERN, count=500))
+    undone_uuid = pending_modules(redis).get(module_id, {}).get("restore_uuid")
     with redis.pipeline(transaction=True) as pipe:
+        pipe.hdel(redis_keys.MODULE_PENDING, module_id)
+        if undone_uuid:  # a restore that never completed: its uuid mapping goes too
+            pipe.hdel(redis_keys.RESTORE_UUID, undone_uuid)
         pipe.hdel(redis_keys.MODULE_NODE, module_id)
         pipe.hdel(redis_keys.MODULE_UUID, module_id)
         pipe.delete(redis_keys.task_queue(agent_id), redis_keys.task_processing(agent_id))

@@ -13,7 +13,12 @@ from typing import Any
 from agent import redis_keys, tasks
 from agent.errors import ActionFailed, AgentError, validation_error
 from agent.models import RestoreModuleRequest, RestoreModulesRequest
-from agent.operations.modules import install_module, remove_module_everywhere, run_subtask
+from agent.operations.modules import (
+    install_module,
+    remove_module_everywhere,
+    run_subtask,
+    settle_module,
+)
 from agent.operations.restore_source import (
     open_repository,
     refuse_foreign_identity,
@@ -88,7 +93,13 @@ def restore_whole(
         redis.hset(redis_keys.RESTORE_UUID, module_uuid, source_uuid)
     try:
         added = install_module(
-            step, image_url, job.node, module_uuid, cancelled, progress=(at(2), at(15))
+            step,
+            image_url,
+            job.node,
+            module_uuid,
+            cancelled,
+            progress=(at(2), at(15)),
+            restore_uuid=not keep_uuid,
         )
         module_id = added["module_id"]
         try:
@@ -101,6 +112,7 @@ def restore_whole(
         if not keep_uuid:
             redis.hdel(redis_keys.RESTORE_UUID, module_uuid)
         raise
+    settle_module(redis, module_id)
     relink_backups(redis, module_id, module_uuid, replaced)
     failed = []
     for old in replaced:

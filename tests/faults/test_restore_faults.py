@@ -1,0 +1,185 @@
+"""A restore interrupted at any point: the daemon SIGKILLed, cancel-task, Ctrl-C. The
+source stays untouched, the half-made instance goes, every task record has its exit code."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import redis_keys, tasks
+from agent.redis_store import connect
+from tests.conftest import file_lock, host_podman_env
+from tests.integration.test_restore_cases import PAGE, assert_only_modules, setup_wiki
+from tests.support import backups
+from tests.support.cluster import ClusterHarness
+
+pytestmark = pytest.mark.podman
+STALL = """#!/bin/bash
+# Test step: while Redis key test/stall names this step, say so and wait (at most 2 min).
+me="$AGENT_TASK_ACTION/$AGENT_TASK_STEP"
+for _ in $(seq 1200); do
+    now=$(ME="$me" python3 -c 'import os, redis
+r = redis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True)
+if r.get("test/stall") == os.environ["ME"]:
+    r.set("test/stalled", os.environ["ME"])
+    print("stall")')
+    [ "$now" = stall ] || exit 0
+    sleep 0.1
+done
+"""
+API_CLI = str(Path(sys.executable).parent / "api-cli")
+# Where a restore can be stopped, by the step that holds it there.
+PHASES = {
+    "create-module": "create-module/05stall",  # the new instance is being created
+    "before-restic": "restore-module/05stall",  # created, restic restore about to start
+    "module-steps": "restore-module/15stall",  # restic done, the module's own steps run
+}
+
+
+@pytest.fixture(scope="session")
+def stallable_image(minwiki_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """minwiki with steps a test can hold: in create-module and around restic restore."""
+    tag = "localhost/minwiki-stall:latest"
+    context = tmp_path_factory.mktemp("stall")
+    (context / "stall").write_text(STALL)
+    (context / "stall").chmod(0o755)
+    copies = "".join(f"COPY stall /imageroot/actions/{step}\n" for step in PHASES.values())
+    (context / "Containerfile").write_text(f"FROM {minwiki_image}\n{copies}")
+    with file_lock("build-minwiki-stall"):
+        subprocess.run(
+            ["podman", "build", "--tag", tag, str(context)],
+            env=host_podman_env(),
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    return tag
+
+
+def wait_for(what: str, condition: Any, timeout: float = 120.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"{what} never happened"
+        time.sleep(0.1)
+    return value
+
+
+def assert_settled(cluster: ClusterHarness, client: Any, modules: set[str]) -> None:
+    """Redis and the node agree: only these modules, no claimed task without its exit code,
+    no pending instance, no lock, no container."""
+    wait_for(
+        "every pending instance removed",
+        lambda: (
+            not client.hkeys(redis_keys.MODULE_PENDING)
+            and set(client.hkeys(redis_keys.MODULE_NODE)) == modules
+        ),
+    )
+    wait_for(
+        "every claimed task finished",
+        lambda: not [k for k in client.scan_iter(match="*/tasks/processing") if client.llen(k)],
+    )
+    assert_only_modules(cluster, client, modules)
+    for key in client.scan_iter(match="task/*/context"):
+        assert client.exists(key.rsplit("/", 1)[0] + "/exit_code"), f"{key} has no exit code"
+    assert not list(client.scan_iter(match="*backup_lock*"))
+    assert not list(client.scan_iter(match="cluster/repository_lease/*"))
+    for node in cluster.nodes.values():
+        listed = subprocess.run(
+            ["podman", "ps", "--all", "--format", "{{.Names}}"],
+            env=node.settings.podman_env() | {"PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert listed == [], (node.node_id, listed)
+
+
+def test_daemon_killed_mid_restore_leaves_no_ghost_module(
+    cluster: ClusterHarness,
+    redis_client: Any,
+    hooked_image: str,
+    restic_image: str,
+    tmp_path: Path,
+) -> None:
+    wiki, destination, path = setup_wiki(cluster, redis_client, hooked_image, tmp_path / "dest")
+    cluster.api_ok("run-backup", {"id": 1})
+    page = (cluster.volume_dir(1, wiki, "pages") / PAGE).read_bytes()
+    redis_client.set("test/restore-hook", "slow")
+    client = connect(cluster.redis_url)
+    request = {"repository": destination, "path": path, "snapshot": "", "node": 1}
+    watcher = tasks.start(client, tasks.TaskRequest("cluster", "restore-module", request))
+    wait_for("the module's own restore step", lambda: redis_client.get("test/hook-started"))
+    [copy] = set(redis_client.hkeys(redis_keys.MODULE_NODE)) - {wiki}
+
+    cluster.nodes[1].stop(signal.SIGKILL)
+    redis_client.delete("test/restore-hook")
+    cluster.nodes[1].start()
+
+    result = watcher.wait(timeout=120)
+    assert result.exit_code == 1
+    assert "daemon stopped while it was running" in result.error
+    assert f"removed: {copy}" in result.error
+    assert_settled(cluster, redis_client, {wiki})
+    assert (cluster.volume_dir(1, wiki, "pages") / PAGE).read_bytes() == page
+    assert len(backups.snapshots(tmp_path / "dest" / path)) == 1
+    backups.restic(tmp_path / "dest" / path, "check")
+    # The instance can be restored again once the ghost is gone.
+    restored = cluster.api_ok("cluster/restore-module", request)["module_id"]
+    assert (cluster.volume_dir(1, restored, "pages") / PAGE).read_bytes() == page
+    assert json.loads(redis_client.get(f"task/cluster/{watcher.task_id}/exit_code")) == 1
+
+
+@pytest.mark.parametrize("how", ["cancel-task", "ctrl-c"])
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_restore_stopped_at_each_phase_leaves_the_source_and_nothing_else(
+    cluster: ClusterHarness,
+    redis_client: Any,
+    stallable_image: str,
+    restic_image: str,
+    tmp_path: Path,
+    phase: str,
+    how: str,
+) -> None:
+    wiki, destination, path = setup_wiki(cluster, redis_client, stallable_image, tmp_path / "dest")
+    cluster.api_ok("run-backup", {"id": 1})
+    live = cluster.volume_dir(1, wiki, "pages") / PAGE
+    page = live.read_bytes()
+    redis_client.set("test/stall", PHASES[phase])
+    request = {"repository": destination, "path": path, "snapshot": "", "node": 1}
+    client = subprocess.Popen(
+        [API_CLI, "run", "cluster/restore-module", "--data", json.dumps(request)],
+        env=cluster.nodes[1].env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(f"the restore held at {phase}", lambda: redis_client.get("test/stalled"), 60)
+        [task_id] = [
+            key.split("/")[2]
+            for key in redis_client.keys("task/cluster/*/context")
+            if json.loads(redis_client.get(key))["action"] == "restore-module"
+        ]
+        if how == "ctrl-c":
+            client.send_signal(signal.SIGINT)
+        else:
+            tasks.cancel(connect(cluster.redis_url), "cluster", task_id)
+        out, err = client.communicate(timeout=180)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+    assert client.returncode == 1, (out, err)
+    assert "cancelled" in err
+    assert redis_client.get(f"task/cluster/{task_id}/exit_code") == "1"
+    redis_client.delete("test/stall")
+    assert_settled(cluster, redis_client, {wiki})
+    assert live.read_bytes() == page, "the source is untouched"
+    assert len(backups.snapshots(tmp_path / "dest" / path)) == 1
