@@ -58,7 +58,7 @@ _LEAK_BASELINE = pytest.StashKey[dict[str, set[str]]]()
 
 
 def _machine_inventory() -> dict[str, set[str]]:
-    inventory = {"users": leaks.users()}
+    inventory = {"users": leaks.users(), "mounts": leaks.temp_mounts()}
     if shutil.which("podman") is not None:
         env = host_podman_env()
         inventory["containers"] = leaks.podman_names("ps", env)

@@ -70,6 +70,16 @@ def podman_names(kind: str, env: dict[str, str] | None = None) -> set[str]:
     return {line for line in result.stdout.split() if line}
 
 
+def temp_mounts() -> set[str]:
+    """Mount points under /tmp, where every test keeps its clusters and podman stores."""
+    points = set()
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 1 and fields[1].startswith("/tmp/"):
+            points.add(fields[1].encode().decode("unicode_escape"))
+    return points
+
+
 def users() -> set[str]:
     return {line.split(":", 1)[0] for line in Path("/etc/passwd").read_text().splitlines()}
 
