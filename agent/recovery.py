@@ -14,6 +14,7 @@ from pathlib import Path
 from agent import redis_keys, tasks, warmsteps
 from agent.operations.modules import pending_modules
 from agent.redis_api import Redis
+from agent.task_input import parse_task
 
 log = logging.getLogger("agent.recovery")
 
@@ -35,8 +36,13 @@ def processes_of_task(task_id: str, warm_registry: Path | None = None) -> list[i
     return pids
 
 
+# A step told to stop records what it was doing (the module's failed status) and cleans up
+# (a restic unlock: one more container, seconds on a busy node) before it exits.
+STOP_GRACE_SECONDS = 30.0
+
+
 def kill_task_processes(
-    task_id: str, warm_registry: Path | None = None, grace_seconds: float = 5.0
+    task_id: str, warm_registry: Path | None = None, grace_seconds: float = STOP_GRACE_SECONDS
 ) -> int:
     """SIGTERM, then SIGKILL after grace, every process left by task_id; returns how many."""
     pids = processes_of_task(task_id, warm_registry)
@@ -107,11 +113,10 @@ def queue_removal_of_pending(
 
 def _queued_removals(redis: Redis) -> dict[str, str]:
     found = {}
-    for raw in redis.lrange(redis_keys.task_queue(redis_keys.CLUSTER), 0, -1):
-        try:
-            task = json.loads(raw)
-            if task["action"] == "remove-module":
-                found[str(task["data"]["module_id"])] = str(task["id"])
-        except (ValueError, KeyError, TypeError):
-            continue
+    for raw in tasks.queue_entries(redis, redis_keys.task_queue(redis_keys.CLUSTER)):
+        task = parse_task(raw)  # never raises: any Redis client may have queued poison
+        if isinstance(task, dict) and task["action"] == "remove-module":
+            data = task.get("data")
+            if isinstance(data, dict) and isinstance(data.get("module_id"), str):
+                found[data["module_id"]] = str(task["id"])
     return found

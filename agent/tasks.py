@@ -89,6 +89,24 @@ def submit(redis: Redis, request: TaskRequest, check: bool = True) -> str:
     return str(task["id"])
 
 
+def queue_entries(redis: Redis, key: str, limit: int = -1) -> list[str]:
+    """The entries of a task list that decode as text, up to index limit. A poisoned entry
+    (not UTF-8: any Redis client can push one) must not stop whoever reads the list."""
+    try:
+        return list(redis.lrange(key, 0, limit))
+    except UnicodeDecodeError:
+        entries = []
+        last = redis.llen(key) - 1 if limit < 0 else limit
+        for index in range(last + 1):
+            try:
+                entry = redis.lindex(key, index)
+            except UnicodeDecodeError:
+                continue
+            if entry is not None:
+                entries.append(entry)
+        return entries
+
+
 def fetch_result(redis: Redis, agent_id: str, task_id: str) -> TaskResult | None:
     """The stored result, or None while the task has not finished."""
     with redis.pipeline(transaction=False) as pipe:
