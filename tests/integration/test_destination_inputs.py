@@ -22,6 +22,7 @@ from agent.redis_store import Context
 from agent.settings import Settings, share_dir
 from agent.steps import Step, pydantic_errors
 from agent.validation import load_schema, validate
+from tests.support import backups
 
 DESTINATION = "6891519e-512d-5088-9c90-e33707129832"
 HANDLERS: dict[str, Callable[[Step, Any], Any]] = {
@@ -58,17 +59,7 @@ def seed(client: redis.Redis) -> None:
     client.hset(
         redis_keys.module_environment("minwiki1"), mapping={"IMAGE_URL": "localhost/minwiki:latest"}
     )
-    client.hset(
-        redis_keys.backup(1),
-        mapping={
-            "name": "b",
-            "repository": DESTINATION,
-            "schedule": "daily",
-            "retention": "3",
-            "enabled": "1",
-            "instances": "minwiki1",
-        },
-    )
+    backups.add_backup(client, 1, DESTINATION, ["minwiki1"], name="b")
     client.set(redis_keys.BACKUP_SEQUENCE, "1")
     client.sadd(redis_keys.CLUSTER_NODES, "1")
 

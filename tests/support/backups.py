@@ -12,6 +12,7 @@ from typing import Any
 import redis
 
 from agent import redis_keys
+from agent.records.backups import BackupDefinition
 
 RESTIC_IMAGE = "localhost/backup-agent-restic:latest"
 PASSWORD = "repo-password-for-tests-0123456789"
@@ -41,18 +42,19 @@ def add_backup(
     enabled: bool = True,
     **extra: Any,
 ) -> None:
-    client.hset(
-        redis_keys.backup(backup_id),
-        mapping={
-            "name": f"Backup {backup_id}",
-            "repository": repository,
-            "schedule": "daily",
-            "retention": str(retention),
-            "enabled": "1" if enabled else "",
-            "instances": " ".join(instances),
-            **{k: str(v) for k, v in extra.items()},
-        },
+    """A definition stored as add-backup stores one (extra: schedule, keep_daily …)."""
+    fields: dict[str, Any] = {"name": f"Backup {backup_id}", "schedule": "daily", **extra}
+    definition = BackupDefinition(
+        id=backup_id,
+        repository=repository,
+        retention=retention,
+        enabled=enabled,
+        instances=tuple(instances),
+        **fields,
     )
+    with client.pipeline(transaction=True) as pipe:
+        definition.to_redis(pipe)
+        pipe.execute()
 
 
 def add_local_backup(

@@ -1,0 +1,88 @@
+"""The stored-state models: each round-trips its NS8 format and names the key of data
+that does not parse."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.errors import AgentError, StoredDataError
+from agent.records.backups import BackupDefinition, BackupSecrets
+
+NS8_DEFINITION = {
+    "name": "Nightly",
+    "repository": "48ce000a-79b7-5fe6-8558-177fd70c27b4",
+    "schedule": "*-*-* 03:15:00",
+    "schedule_hint": '{"interval": "daily", "time": "03:15"}',
+    "retention": "7",
+    "enabled": "1",
+    "instances": "wiki1 mail2",
+}
+
+
+def test_definition_round_trips_the_ns8_hash() -> None:
+    stored = NS8_DEFINITION | {"keep_daily": "7", "keep_within": "1y6m", "uinstances": "u-1 u-2"}
+    definition = BackupDefinition.from_fields(4, stored)
+    assert definition.instances == ("wiki1", "mail2") and definition.uinstances == ("u-1", "u-2")
+    assert definition.enabled is True and definition.retention == 7
+    assert definition.keep_daily == 7 and definition.keep_weekly is None
+    assert definition.schedule_hint == {"interval": "daily", "time": "03:15"}
+    assert definition.to_fields() == stored
+    assert BackupDefinition.from_fields(4, definition.to_fields()) == definition
+
+
+def test_definition_reads_optional_fields_left_blank_as_unset() -> None:
+    stored = NS8_DEFINITION | {"enabled": "", "schedule_hint": "", "keep_daily": "", "name": ""}
+    definition = BackupDefinition.from_fields(2, stored | {"keep_within": "", "uinstances": ""})
+    assert definition.enabled is False and definition.schedule_hint == {}
+    assert definition.keep_daily is None and definition.keep_within is None
+    assert definition.uinstances == () and definition.display_name == "Backup 2"
+    assert "keep_daily" not in definition.to_fields()
+    assert "uinstances" not in definition.to_fields()
+
+
+def test_definition_ignores_fields_it_does_not_know() -> None:
+    definition = BackupDefinition.from_fields(1, NS8_DEFINITION | {"future": "x"})
+    assert "future" not in definition.to_fields()
+
+
+def test_definition_stored_values_are_in_the_stored_format() -> None:
+    definition = BackupDefinition.from_fields(1, NS8_DEFINITION)
+    assert definition.stored_values("instances", "uinstances") == {
+        "instances": "wiki1 mail2",
+        "uinstances": "",
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"retention": "seven"}, "retention"),
+        ({"retention": ""}, "retention"),
+        ({"retention": "-1"}, "retention"),
+        ({"enabled": "yes"}, "enabled"),
+        ({"schedule_hint": "{not json"}, "schedule_hint"),
+        ({"schedule_hint": "[1, 2]"}, "schedule_hint"),
+        ({"keep_daily": "many"}, "keep_daily"),
+        ({"keep_weekly": "-3"}, "keep_weekly"),
+    ],
+)
+def test_malformed_definition_names_the_key_and_the_field(
+    change: dict[str, str], field: str
+) -> None:
+    with pytest.raises(StoredDataError) as raised:
+        BackupDefinition.from_fields(9, NS8_DEFINITION | change)
+    assert isinstance(raised.value, AgentError)
+    assert raised.value.key == "cluster/backup/9"
+    assert str(raised.value).startswith(f"malformed cluster/backup/9: {field}")
+
+
+@pytest.mark.parametrize("missing", ["repository", "retention", "enabled", "instances"])
+def test_definition_missing_a_field_ns8_always_writes_is_malformed(missing: str) -> None:
+    stored = {k: v for k, v in NS8_DEFINITION.items() if k != missing}
+    with pytest.raises(StoredDataError, match=f"cluster/backup/3: {missing}"):
+        BackupDefinition.from_fields(3, stored)
+
+
+def test_backup_secrets_hold_only_the_ping_url() -> None:
+    assert BackupSecrets.model_validate({"ping_url": "https://hc/abc"}).ping_url == "https://hc/abc"
+    assert BackupSecrets.model_validate({}).ping_url == ""
