@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic.dataclasses import dataclass
 
 from agent.destination_rules import LocalPolicy
 from agent.errors import ConfigError
+from agent.records import describe
 
 CONFIG_FILE = "agent.json"
 
@@ -34,7 +37,9 @@ def share_dir() -> Path:
     raise ConfigError(f"cannot find the agent's data files near {package}")
 
 
-@dataclass(frozen=True)
+# Keys of agent.json this version does not know are ignored: an older agent reads a newer
+# file. Every default is written here once; load_settings and write_settings go through it.
+@dataclass(frozen=True, config=ConfigDict(extra="ignore"))
 class Settings:
     """One node's settings, from <root>/agent.json with REDIS_URL overriding."""
 
@@ -62,14 +67,26 @@ class Settings:
     # A module is overdue this long after a scheduled time (plus the timers' random delay)
     # with no good snapshot since; the leader looks every overdue_check_seconds.
     overdue_grace_seconds: int = 3600
-    overdue_check_seconds: int = 60
+    overdue_check_seconds: int = Field(default=60)
     # Where node restore-files may write (absolute directories); empty = the defaults.
     restore_files_roots: tuple[str, ...] = ()
     # Host directories under which `local:` destinations may be (none by default).
     local_roots: tuple[str, ...] = ()
     # The web console's address on the leader ("host:port"; "" = not started by cluster up).
     web_listen: str = "127.0.0.1:9311"
-    extra: dict[str, str] = field(default_factory=dict)
+
+    @field_validator("overdue_check_seconds")
+    @classmethod
+    def _at_least_a_second(cls, value: int) -> int:
+        return max(1, value)
+
+    @field_validator("restore_files_roots")
+    @classmethod
+    def _absolute_dirs(cls, roots: tuple[str, ...]) -> tuple[str, ...]:
+        for root in roots:
+            if not os.path.isabs(root) or os.path.normpath(root) in ("/", "//"):
+                raise ValueError(f"{root!r} is not an absolute directory")
+        return roots
 
     # --- layout ----------------------------------------------------------------------
     @property
@@ -135,28 +152,12 @@ class Settings:
 
     # --- persistence -----------------------------------------------------------------
     def to_json(self) -> dict[str, object]:
-        return {
-            "node_id": self.node_id,
-            "redis_url": self.redis_url,
-            "embedded_redis": self.embedded_redis,
-            "redis_port": self.redis_port,
-            "storage_conf": self.storage_conf,
-            "containers_conf": self.containers_conf,
-            "concurrency": self.concurrency,
-            "timers": self.timers,
-            "unit_dir": self.unit_dir,
-            "systemctl": self.systemctl,
-            "timer_random_delay": self.timer_random_delay,
-            "backup_concurrency": self.backup_concurrency,
-            "restic_podman_args": list(self.restic_podman_args),
-            "warm_steps": self.warm_steps,
-            "overdue_grace_seconds": self.overdue_grace_seconds,
-            "overdue_check_seconds": self.overdue_check_seconds,
-            "restore_files_roots": list(self.restore_files_roots),
-            "local_roots": list(self.local_roots),
-            "storage_retry_seconds": self.storage_retry_seconds,
-            "web_listen": self.web_listen,
-        }
+        """agent.json's content: every setting but the root (where the file is)."""
+        data: dict[str, object] = SETTINGS_FILE.dump_python(self, mode="json", exclude={"root"})
+        return data
+
+
+SETTINGS_FILE: TypeAdapter[Settings] = TypeAdapter(Settings)
 
 
 def load_settings(root: Path | None = None) -> Settings:
@@ -171,40 +172,14 @@ def load_settings(root: Path | None = None) -> Settings:
         ) from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
+    if isinstance(data, dict):
+        data = data | {"root": root}
+        if os.environ.get("REDIS_URL"):
+            data["redis_url"] = os.environ["REDIS_URL"]
     try:
-        return Settings(
-            root=root,
-            node_id=int(data["node_id"]),
-            redis_url=os.environ.get("REDIS_URL") or str(data["redis_url"]),
-            embedded_redis=bool(data.get("embedded_redis", False)),
-            redis_port=int(data.get("redis_port", 0)),
-            storage_conf=str(data.get("storage_conf", "")),
-            containers_conf=str(data.get("containers_conf", "")),
-            concurrency=int(data.get("concurrency", 8)),
-            timers=str(data.get("timers", "auto")),
-            unit_dir=str(data.get("unit_dir", "/etc/systemd/system")),
-            systemctl=str(data.get("systemctl", "systemctl")),
-            timer_random_delay=int(data.get("timer_random_delay", 600)),
-            backup_concurrency=int(data.get("backup_concurrency", 1)),
-            restic_podman_args=tuple(str(a) for a in data.get("restic_podman_args", [])),
-            warm_steps=bool(data.get("warm_steps", True)),
-            overdue_grace_seconds=int(data.get("overdue_grace_seconds", 3600)),
-            overdue_check_seconds=max(1, int(data.get("overdue_check_seconds", 60))),
-            restore_files_roots=_absolute_dirs(data.get("restore_files_roots", [])),
-            local_roots=tuple(str(root) for root in data.get("local_roots", [])),
-            storage_retry_seconds=float(data.get("storage_retry_seconds", 120.0)),
-            web_listen=str(data.get("web_listen", "127.0.0.1:9311")),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"malformed {path}: {exc}") from None
-
-
-def _absolute_dirs(values: list[object]) -> tuple[str, ...]:
-    roots = tuple(str(value) for value in values)
-    for root in roots:
-        if not os.path.isabs(root) or os.path.normpath(root) in ("/", "//"):
-            raise ValueError(f"restore_files_roots: {root!r} is not an absolute directory")
-    return roots
+        return SETTINGS_FILE.validate_python(data)
+    except ValidationError as exc:
+        raise ConfigError(f"malformed {path}: {describe(exc)}") from None
 
 
 def write_settings(settings: Settings) -> None:
