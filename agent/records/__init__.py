@@ -3,13 +3,14 @@ stored data that does not parse is a StoredDataError naming its key."""
 
 from __future__ import annotations
 
-from typing import TypeVar
+import json
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from agent.errors import StoredDataError
 
-__all__ = ["StoredDataError", "StoredRecord", "parse_stored"]
+__all__ = ["StoredDataError", "StoredRecord", "parse_stored", "parse_stored_json"]
 
 
 class StoredRecord(BaseModel):
@@ -20,7 +21,7 @@ class StoredRecord(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
-Record = TypeVar("Record", bound=BaseModel)
+Record = TypeVar("Record")
 
 
 def describe(exc: ValidationError) -> str:
@@ -32,9 +33,29 @@ def describe(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}{more}"
 
 
+_ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
+
+
+def _adapter(model: Any) -> TypeAdapter[Any]:
+    if model not in _ADAPTERS:  # building one compiles a validator: once per model
+        _ADAPTERS[model] = TypeAdapter(model)
+    return _ADAPTERS[model]
+
+
 def parse_stored(model: type[Record], key: str, data: object) -> Record:
-    """data (as read from key) as a model; StoredDataError naming key when it is not one."""
+    """data (as read from key) as a model (or pydantic dataclass); StoredDataError naming
+    key when it is not one."""
     try:
-        return model.model_validate(data)
+        parsed: Record = _adapter(model).validate_python(data)
+        return parsed
     except ValidationError as exc:
         raise StoredDataError(key, describe(exc)) from None
+
+
+def parse_stored_json(model: type[Record], key: str, text: str) -> Record:
+    """JSON text (as read from key) as a model; StoredDataError naming key if it is not."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise StoredDataError(key, f"not JSON: {exc}") from None
+    return parse_stored(model, key, data)

@@ -13,6 +13,7 @@ import redis
 
 from agent import redis_keys
 from agent.records.backups import BackupDefinition
+from agent.records.destinations import Destination
 
 RESTIC_IMAGE = "localhost/backup-agent-restic:latest"
 PASSWORD = "repo-password-for-tests-0123456789"
@@ -21,16 +22,18 @@ PASSWORD = "repo-password-for-tests-0123456789"
 def add_destination(
     client: redis.Redis, provider: str, url: str, password: str = PASSWORD, **parameters: str
 ) -> str:
-    destination_id = str(uuid.uuid4())
-    client.hset(
-        redis_keys.backup_repository(destination_id),
-        mapping={"name": f"{provider} test", "provider": provider, "url": url},
+    destination = Destination(
+        id=str(uuid.uuid4()),
+        name=f"{provider} test",
+        provider=provider,
+        url=url,
+        password=password,
+        parameters=parameters,
     )
-    client.hset(
-        redis_keys.backup_repository_private(destination_id),
-        mapping={"password": password, **parameters},
-    )
-    return destination_id
+    with client.pipeline(transaction=True) as pipe:
+        destination.to_redis(pipe)
+        pipe.execute()
+    return destination.id
 
 
 def add_backup(

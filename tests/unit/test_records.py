@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 from agent.errors import AgentError, StoredDataError
+from agent.records import parse_stored_json
 from agent.records.backups import BackupDefinition, BackupSecrets
+from agent.records.destinations import Destination
 
 NS8_DEFINITION = {
     "name": "Nightly",
@@ -86,3 +88,56 @@ def test_definition_missing_a_field_ns8_always_writes_is_malformed(missing: str)
 def test_backup_secrets_hold_only_the_ping_url() -> None:
     assert BackupSecrets.model_validate({"ping_url": "https://hc/abc"}).ping_url == "https://hc/abc"
     assert BackupSecrets.model_validate({}).ping_url == ""
+
+
+PUBLIC = {"name": "Disk", "provider": "local", "url": "local:/mnt/backups", "basepath": ""}
+PRIVATE = {"password": "p" * 64, "aws_access_key_id": "key", "aws_secret_access_key": "s"}
+DESTINATION_ID = "7f2b2d0e-5a1c-5b6e-9d8f-0a1b2c3d4e5f"
+
+
+def test_destination_round_trips_both_halves() -> None:
+    destination = Destination.from_fields(DESTINATION_ID, PUBLIC, PRIVATE)
+    assert destination.password == "p" * 64
+    assert dict(destination.parameters) == {
+        "aws_access_key_id": "key",
+        "aws_secret_access_key": "s",
+    }
+    assert destination.public_fields() == PUBLIC
+    assert destination.private_fields() == PRIVATE
+    again = Destination.from_fields(
+        DESTINATION_ID, destination.public_fields(), destination.private_fields()
+    )
+    assert again == destination
+
+
+def test_destination_without_basepath_reads_as_none() -> None:
+    public = {k: v for k, v in PUBLIC.items() if k != "basepath"}
+    assert Destination.from_fields(DESTINATION_ID, public, PRIVATE).basepath == ""
+
+
+@pytest.mark.parametrize(
+    ("public", "private", "key", "field"),
+    [
+        ({"name": "x", "url": "local:/x"}, PRIVATE, "cluster", "provider"),
+        (PUBLIC | {"provider": ""}, PRIVATE, "cluster", "provider"),
+        ({"name": "x", "provider": "local"}, PRIVATE, "cluster", "url"),
+        (PUBLIC, {"aws_access_key_id": "key"}, "private", "password"),
+        (PUBLIC, {"password": ""}, "private", "password"),
+    ],
+)
+def test_malformed_destination_names_the_half_that_is_wrong(
+    public: dict[str, str], private: dict[str, str], key: str, field: str
+) -> None:
+    with pytest.raises(StoredDataError) as raised:
+        Destination.from_fields(DESTINATION_ID, public, private)
+    assert raised.value.key == f"{key}/backup_repository/{DESTINATION_ID}"
+    assert f": {field}:" in str(raised.value)
+
+
+def test_a_destination_candidate_that_is_not_json_is_a_stored_data_error() -> None:
+    with pytest.raises(StoredDataError, match="malformed private/x: not JSON"):
+        parse_stored_json(Destination, "private/x", "{not json")
+    with pytest.raises(StoredDataError, match="malformed private/x: provider"):
+        parse_stored_json(
+            Destination, "private/x", '{"id": "a", "name": "", "url": "", "password": "p"}'
+        )
