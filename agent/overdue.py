@@ -23,6 +23,7 @@ from agent import notification_queue, proc, redis_keys, systemd
 from agent.backup_status import write_atomic
 from agent.errors import StoredDataError
 from agent.records.backups import BackupDefinition, backup_ids, read_backups
+from agent.records.statuses import StatusRecord
 from agent.redis_api import Redis
 from agent.settings import Settings
 
@@ -115,11 +116,13 @@ def newest_success(redis: Redis, backup_id: int, nodes: list[int]) -> dict[str, 
             pipe.hgetall(redis_keys.backup_status(node, backup_id))
         per_node = pipe.execute()
     newest: dict[str, int] = {}
-    for statuses in per_node:
+    for node, statuses in zip(nodes, per_node, strict=True):
         for module_id, text in statuses.items():
+            key = redis_keys.backup_status(node, backup_id)
             try:
-                value = int(json.loads(text).get("last_success") or 0)
-            except (ValueError, TypeError, AttributeError):
+                value = StatusRecord.from_json(f"{key} [{module_id}]", text).last_success
+            except StoredDataError as exc:  # one bad record must not hide the others
+                log.warning("overdue check: %s", exc)
                 continue
             newest[module_id] = max(newest.get(module_id, 0), value)
     return newest

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import redis as redis_lib
 
 from agent import proc, redis_keys, run_history
-from agent.errors import AgentError, ValidationFailed
+from agent.errors import AgentError, StoredDataError, ValidationFailed
 from agent.models import (
     AddBackupRequest,
     AlterBackupRequest,
@@ -20,11 +21,12 @@ from agent.models import (
 from agent.operations.modules import image_name
 from agent.overdue import Watch
 from agent.records.backups import KEEP_FIELDS, BackupDefinition, BackupSecrets, backup_ids
+from agent.records.statuses import StatusRecord
 from agent.redis_store import Redis
 from agent.steps import Step
 
+log = logging.getLogger("agent.definitions")
 SCHEDULE_CHANGED = redis_keys.cluster_event("backup-schedule-changed")
-STATUS_FIELDS = ("start", "end", "total_size", "total_file_count", "snapshots_count")
 
 
 def error_row(field: str, error: str, value: Any) -> dict[str, Any]:
@@ -177,23 +179,27 @@ def freshness(raw: str | None) -> dict[str, Any]:
     }
 
 
-def instance_status(raw: str | None) -> dict[str, Any] | None:
-    """The engine's status JSON in NS8's shape (success = no errors) plus our outcome."""
-    if not raw:
+def instance_status(module_id: str, key: str, text: str) -> dict[str, Any] | None:
+    """The module's last run in NS8's shape (success = no errors) plus our outcome; None
+    when it never ran, or when its record is malformed (logged with its key)."""
+    if not text:
         return None
     try:
-        data = json.loads(raw)
-    except ValueError:
+        record = StatusRecord.from_json(f"{key} [{module_id}]", text)
+    except StoredDataError as exc:
+        log.warning("%s", exc)
         return None
-    if not isinstance(data, dict):
-        return None
-    status = {name: data.get(name) for name in STATUS_FIELDS}
-    errors = data.get("errors") or 0
-    status["success"] = errors == 0
-    status["outcome"] = data.get("outcome") or ("ok" if errors == 0 else "failed")
-    status["partial"] = data.get("partial")
-    status["reason"] = data.get("reason")
-    return status
+    return {
+        "start": record.start,
+        "end": record.end,
+        "total_size": record.total_size,
+        "total_file_count": record.total_file_count,
+        "snapshots_count": record.snapshots_count,
+        "success": record.errors == 0,
+        "outcome": record.resolved_outcome.value,
+        "partial": record.partial,
+        "reason": record.reason,
+    }
 
 
 def _module_facts(redis: Redis, modules: list[str]) -> dict[str, tuple[str, str, bool]]:
@@ -238,9 +244,11 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
         if not fields:
             continue  # removed since the scan
         definition = BackupDefinition.from_fields(backup_id, fields)
-        statuses: dict[str, str] = {}
-        for status in fetched[index * per_backup + 1 : (index + 1) * per_backup]:
-            statuses |= status
+        statuses: dict[str, tuple[str, str]] = {}  # module id → (key, its JSON there)
+        per_node = fetched[index * per_backup + 1 : (index + 1) * per_backup]
+        for node, status in zip(nodes, per_node, strict=True):
+            key = redis_keys.backup_status(node, backup_id)
+            statuses |= {module_id: (key, text) for module_id, text in status.items()}
         instances = []
         for module_id in definition.instances:
             configured.add(module_id)
@@ -256,7 +264,7 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
                     "module_id": module_id,
                     "ui_name": ui_name,
                     "repository_path": f"{image}/{uuids[module_id]}",
-                    "status": instance_status(statuses.get(module_id)),
+                    "status": instance_status(module_id, *statuses.get(module_id, ("", ""))),
                     **freshness(watches[backup_id].get(module_id)),
                 }
             )

@@ -14,6 +14,7 @@ import redis
 from agent import redis_keys
 from agent.records.backups import BackupDefinition
 from agent.records.destinations import Destination
+from agent.records.statuses import StatusRecord
 
 RESTIC_IMAGE = "localhost/backup-agent-restic:latest"
 PASSWORD = "repo-password-for-tests-0123456789"
@@ -117,9 +118,10 @@ def listing(repo: Path | str, snapshot: str = "latest") -> list[str]:
 
 
 def status(client: redis.Redis, node: int, backup_id: int, module_id: str) -> dict[str, Any]:
-    text = client.hget(redis_keys.backup_status(node, backup_id), module_id)
+    key = redis_keys.backup_status(node, backup_id)
+    text = client.hget(key, module_id)
     assert text, f"no status for {module_id}"
-    return dict(json.loads(text))
+    return dict(json.loads(StatusRecord.from_json(key, text).to_json()))
 
 
 def set_node_option(settings_path: Path, **options: Any) -> None:

@@ -3,8 +3,11 @@ that does not parse."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from agent.backup_status import ModuleStatus, Outcome
 from agent.errors import AgentError, StoredDataError
 from agent.records import parse_stored_json
 from agent.records.backups import BackupDefinition, BackupSecrets
@@ -141,3 +144,49 @@ def test_a_destination_candidate_that_is_not_json_is_a_stored_data_error() -> No
         parse_stored_json(
             Destination, "private/x", '{"id": "a", "name": "", "url": "", "password": "p"}'
         )
+
+
+def test_module_status_record_keeps_its_stored_format() -> None:
+    status = ModuleStatus(
+        "wiki1", Outcome.PARTIAL, 100, 160, reason="1 unreadable", snapshot_id="ab12",
+        total_size=2048, total_file_count=3, snapshots_count=2, bytes_added=512, errors=1,
+        unreadable=("state/x",), last_success=160, finished=160.5,
+    )  # fmt: skip
+    assert json.loads(status.to_record()) == {
+        "bytes_added": 512, "coalesced": False, "end": 160, "errors": 1, "finished": 160.5,
+        "last_success": 160, "outcome": "partial", "partial": True, "reason": "1 unreadable",
+        "snapshot_id": "ab12", "snapshots_count": 2, "start": 100, "total_file_count": 3,
+        "total_size": 2048, "unreadable": ["state/x"],
+    }  # fmt: skip
+    assert status.to_record() == json.dumps(json.loads(status.to_record()), sort_keys=True)
+    assert (
+        ModuleStatus.parse_record("node/1/backup_status/1", "wiki1", status.to_record()) == status
+    )
+
+
+def test_module_status_reads_ns8_records_without_an_outcome() -> None:
+    ns8 = '{"start": 1, "end": 9, "total_size": 5, "total_file_count": 1, "snapshots_count": 1}'
+    read = ModuleStatus.parse_record("node/1/backup_status/1", "wiki1", ns8)
+    assert read.outcome is Outcome.OK and read.finished == 9.0 and read.last_success == 0
+    failed = ModuleStatus.parse_record("k", "wiki1", '{"end": 9, "errors": 2}')
+    assert failed.outcome is Outcome.FAILED
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("{not json", "not JSON"),
+        ("[1, 2]", "Input should be"),
+        ('{"outcome": "great"}', "outcome"),
+        ('{"start": "yesterday"}', "start"),
+        ('{"total_size": -1}', "total_size"),
+        ('{"unreadable": "state/x"}', "unreadable"),
+    ],
+)
+def test_malformed_module_status_names_key_and_module(text: str, problem: str) -> None:
+    with pytest.raises(StoredDataError) as raised:
+        ModuleStatus.parse_record("node/2/backup_status/5", "wiki1", text)
+    assert str(raised.value).startswith("malformed node/2/backup_status/5 [wiki1]: ")
+    assert problem in str(raised.value)
+    # The backup path reads a malformed previous status as none: the run starts afresh.
+    assert ModuleStatus.from_record("wiki1", text) is None
