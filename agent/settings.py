@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator
-from pydantic.dataclasses import dataclass
 
 from agent.destination_rules import LocalPolicy
 from agent.errors import ConfigError
-from agent.records import describe
 
 CONFIG_FILE = "agent.json"
 
@@ -37,9 +36,10 @@ def share_dir() -> Path:
     raise ConfigError(f"cannot find the agent's data files near {package}")
 
 
-# Keys of agent.json this version does not know are ignored: an older agent reads a newer
-# file. Every default is written here once; load_settings and write_settings go through it.
-@dataclass(frozen=True, config=ConfigDict(extra="ignore"))
+# Every default is written here once; agent.json is read and written through these fields
+# (settings_from_json, to_json). A plain dataclass, not pydantic: api-cli loads the
+# settings and is started once per call (see agent/records/__init__.py).
+@dataclass(frozen=True)
 class Settings:
     """One node's settings, from <root>/agent.json with REDIS_URL overriding."""
 
@@ -67,7 +67,7 @@ class Settings:
     # A module is overdue this long after a scheduled time (plus the timers' random delay)
     # with no good snapshot since; the leader looks every overdue_check_seconds.
     overdue_grace_seconds: int = 3600
-    overdue_check_seconds: int = Field(default=60)
+    overdue_check_seconds: int = 60
     # Where node restore-files may write (absolute directories); empty = the defaults.
     restore_files_roots: tuple[str, ...] = ()
     # Host directories under which `local:` destinations may be (none by default).
@@ -75,18 +75,12 @@ class Settings:
     # The web console's address on the leader ("host:port"; "" = not started by cluster up).
     web_listen: str = "127.0.0.1:9311"
 
-    @field_validator("overdue_check_seconds")
-    @classmethod
-    def _at_least_a_second(cls, value: int) -> int:
-        return max(1, value)
-
-    @field_validator("restore_files_roots")
-    @classmethod
-    def _absolute_dirs(cls, roots: tuple[str, ...]) -> tuple[str, ...]:
-        for root in roots:
+    def __post_init__(self) -> None:
+        """The checks of every Settings, loaded or made (dataclasses.replace included)."""
+        object.__setattr__(self, "overdue_check_seconds", max(1, self.overdue_check_seconds))
+        for root in self.restore_files_roots:
             if not os.path.isabs(root) or os.path.normpath(root) in ("/", "//"):
-                raise ValueError(f"{root!r} is not an absolute directory")
-        return roots
+                raise ValueError(f"restore_files_roots: {root!r} is not an absolute directory")
 
     # --- layout ----------------------------------------------------------------------
     @property
@@ -153,11 +147,52 @@ class Settings:
     # --- persistence -----------------------------------------------------------------
     def to_json(self) -> dict[str, object]:
         """agent.json's content: every setting but the root (where the file is)."""
-        data: dict[str, object] = SETTINGS_FILE.dump_python(self, mode="json", exclude={"root"})
-        return data
+        return {
+            name: list(value) if isinstance(value, tuple) else value
+            for name, value in dataclasses.asdict(self).items()
+            if name != "root"
+        }
 
 
-SETTINGS_FILE: TypeAdapter[Settings] = TypeAdapter(Settings)
+def _setting(name: str, kind: object, value: object) -> object:
+    """value of agent.json's key name as the field's type, or ValueError."""
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: {value!r} is not true or false")
+        return value
+    if kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"{name}: {value!r} is not a number")
+        try:
+            return int(value) if kind is int else float(value)
+        except ValueError:
+            raise ValueError(f"{name}: {value!r} is not a number") from None
+    if kind is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{name}: {value!r} is not a string")
+        return value
+    if kind == tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ValueError(f"{name}: {value!r} is not a list of strings")
+        return tuple(value)
+    raise ValueError(f"{name}: cannot be set in agent.json")
+
+
+def settings_from_json(root: Path, data: object) -> Settings:
+    """Settings of root from agent.json's content: absent keys take the defaults, keys
+    this version does not know are ignored (an older agent reads a newer file)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON {type(data).__name__}, not an object")
+    kinds = typing.get_type_hints(Settings)
+    values = {
+        field.name: _setting(field.name, kinds[field.name], data[field.name])
+        for field in dataclasses.fields(Settings)
+        if field.name != "root" and field.name in data
+    }
+    for required in ("node_id", "redis_url"):
+        if required not in values:
+            raise ValueError(f"{required}: missing")
+    return Settings(root=root, **values)  # type: ignore[arg-type]
 
 
 def load_settings(root: Path | None = None) -> Settings:
@@ -172,14 +207,12 @@ def load_settings(root: Path | None = None) -> Settings:
         ) from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
-    if isinstance(data, dict):
-        data = data | {"root": root}
-        if os.environ.get("REDIS_URL"):
-            data["redis_url"] = os.environ["REDIS_URL"]
+    if isinstance(data, dict) and os.environ.get("REDIS_URL"):
+        data["redis_url"] = os.environ["REDIS_URL"]
     try:
-        return SETTINGS_FILE.validate_python(data)
-    except ValidationError as exc:
-        raise ConfigError(f"malformed {path}: {describe(exc)}") from None
+        return settings_from_json(root, data)
+    except ValueError as exc:
+        raise ConfigError(f"malformed {path}: {exc}") from None
 
 
 def write_settings(settings: Settings) -> None:

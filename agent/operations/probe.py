@@ -23,7 +23,7 @@ from agent.destinations import (
 )
 from agent.errors import validation_error
 from agent.models import ValidateDestinationRequest
-from agent.records import parse_stored_json
+from agent.records.stored import parse_stored_json
 from agent.redis_store import Redis
 from agent.settings import Settings
 from agent.steps import Step

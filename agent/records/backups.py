@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, StrictBool
 
 from agent import redis_keys
-from agent.records import StoredRecord, parse_stored
+from agent.records.stored import StoredRecord, parse_stored
 from agent.redis_api import Redis
 
 KEEP_FIELDS = ("keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within")

@@ -10,7 +10,7 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from agent import redis_keys
-from agent.records import StoredRecord, parse_stored
+from agent.records.stored import StoredRecord, parse_stored
 from agent.redis_api import Redis
 
 

@@ -10,7 +10,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from agent.records import StoredRecord, parse_stored_json
+from agent.records.stored import StoredRecord, parse_stored_json
 
 
 class Outcome(StrEnum):

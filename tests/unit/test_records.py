@@ -4,14 +4,17 @@ that does not parse."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from agent.backup_status import ModuleStatus, Outcome
 from agent.errors import AgentError, StoredDataError
-from agent.records import parse_stored_json
 from agent.records.backups import BackupDefinition, BackupSecrets
 from agent.records.destinations import Destination
+from agent.records.stored import parse_stored_json
+from agent.records.tasks import QueuedTask, TaskRecord
 
 NS8_DEFINITION = {
     "name": "Nightly",
@@ -190,3 +193,31 @@ def test_malformed_module_status_names_key_and_module(text: str, problem: str) -
     assert problem in str(raised.value)
     # The backup path reads a malformed previous status as none: the run starts afresh.
     assert ModuleStatus.from_record("wiki1", text) is None
+
+
+def test_queued_task_round_trips_and_says_what_is_wrong() -> None:
+    task = QueuedTask.new("run-backup", {"id": 1}, "parent-1")
+    decoded = json.loads(task.to_json())
+    assert list(decoded) == ["id", "action", "data", "parent", "extra"]
+    assert QueuedTask.problem(decoded) is None and QueuedTask(**decoded) == task
+    assert QueuedTask.problem({"id": "a/b", "action": "x"}) == "task has no usable id"
+    assert QueuedTask.problem({"id": "t1", "action": ""}) == "task has no action name"
+    assert QueuedTask.problem({"id": "t1"}) == "task has no action name"
+
+
+def test_task_record_reads_a_result_and_names_a_malformed_exit_code() -> None:
+    assert TaskRecord.from_values("cluster", "t1", ['{"a": 1}', None, None]) is None
+    record = TaskRecord.from_values("cluster", "t1", ['{"a": 1}', "", "0"])
+    assert record == TaskRecord('{"a": 1}', "", 0)
+    assert TaskRecord.from_values("node/1", "t2", [None, None, "3"]) == TaskRecord("", "", 3)
+    with pytest.raises(StoredDataError, match="malformed task/cluster/t1/exit_code: exit code"):
+        TaskRecord.from_values("cluster", "t1", ["", "", "done"])
+
+
+def test_api_cli_reads_settings_and_task_records_without_pydantic() -> None:
+    """api-cli is started once per call: importing pydantic would cost it about a second."""
+    probe = "import sys, agent.apicli; print('pydantic' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "False"

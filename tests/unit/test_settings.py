@@ -1,4 +1,4 @@
-"""agent.json through the one Settings model: defaults once, round trip, clear errors."""
+"""agent.json through the one Settings dataclass: defaults once, round trip, clear errors."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_unknown_keys_are_ignored_and_the_check_interval_is_at_least_a_second(
         ({"node_id": 1, "redis_url": "r", "restore_files_roots": ["relative"]}, "restore_files"),
         ({"node_id": 1, "redis_url": "r", "restore_files_roots": ["/"]}, "restore_files_roots"),
         ({"node_id": 1, "redis_url": "r", "local_roots": "/srv"}, "local_roots"),
-        ([1, 2], "value"),
+        ([1, 2], "a JSON list"),
     ],
 )
 def test_a_malformed_file_is_a_config_error_naming_it(
@@ -95,3 +95,16 @@ def test_a_missing_or_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
 def test_changing_a_setting_validates_again(tmp_path: Path) -> None:
     settings = Settings(root=tmp_path, node_id=1, redis_url="r")
     assert dataclasses.replace(settings, overdue_check_seconds=-4).overdue_check_seconds == 1
+
+
+def test_types_are_checked_not_coerced_into_something_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    # bool("false") was True; tuple("/srv") was ('/', 's', 'r', 'v').
+    _write(tmp_path, {"node_id": 1, "redis_url": "r", "embedded_redis": "false"})
+    with pytest.raises(ConfigError, match="embedded_redis: 'false' is not true or false"):
+        load_settings(tmp_path)
+    _write(tmp_path, {"node_id": "4", "redis_url": "r", "storage_retry_seconds": 30})
+    loaded = load_settings(tmp_path)
+    assert loaded.node_id == 4 and loaded.storage_retry_seconds == 30.0
