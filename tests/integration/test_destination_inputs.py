@@ -18,6 +18,7 @@ from agent import redis_keys
 from agent.errors import AgentError, ValidationFailed
 from agent.models import SCHEMAS
 from agent.operations import definitions, destinations, probe
+from agent.records.destinations import Destination
 from agent.redis_store import Context
 from agent.settings import Settings, share_dir
 from agent.steps import Step, pydantic_errors
@@ -45,16 +46,12 @@ ANY = st.recursive(
 
 
 def seed(client: redis.Redis) -> None:
-    client.hset(
-        redis_keys.backup_repository(DESTINATION),
-        mapping={
-            "name": "n",
-            "provider": "local",
-            "url": "local:/nonexistent/backup-agent-test",
-            "basepath": "",
-        },
+    destination = Destination(
+        DESTINATION, "n", "local", "local:/nonexistent/backup-agent-test", "p" * 64
     )
-    client.hset(redis_keys.backup_repository_private(DESTINATION), mapping={"password": "p" * 64})
+    with client.pipeline(transaction=True) as pipe:
+        destination.to_redis(pipe)
+        pipe.execute()
     client.hset(redis_keys.MODULE_NODE, "minwiki1", "1")
     client.hset(
         redis_keys.module_environment("minwiki1"), mapping={"IMAGE_URL": "localhost/minwiki:latest"}
