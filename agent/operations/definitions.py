@@ -229,12 +229,15 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
             for node in nodes:
                 pipe.hgetall(redis_keys.backup_status(node, backup_id))
         for backup_id in ids:
-            pipe.hget(redis_keys.backup_private(backup_id), "ping_url")
+            pipe.hgetall(redis_keys.backup_private(backup_id))
         for backup_id in ids:
             pipe.hgetall(redis_keys.backup_watch(backup_id))
         fetched = pipe.execute()
     tail = fetched[len(fetched) - 2 * len(ids) :]
-    ping_urls = dict(zip(ids, tail[: len(ids)], strict=True))
+    private = zip(ids, tail[: len(ids)], strict=True)
+    secrets = {
+        backup_id: BackupSecrets.from_fields(backup_id, fields) for backup_id, fields in private
+    }
     watches = dict(zip(ids, tail[len(ids) :], strict=True))
     facts = _module_facts(redis, sorted(set(uuids) | set(placed)))
     backups, configured = [], set()
@@ -277,7 +280,7 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
             "retention": definition.retention,
             "enabled": definition.enabled,
             "instances": instances,
-            "ping_url": masked_url(ping_urls[backup_id] or ""),
+            "ping_url": masked_url(secrets[backup_id].ping_url),
         }
         for name in KEEP_FIELDS:
             if getattr(definition, name) is not None:

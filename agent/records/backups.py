@@ -145,10 +145,13 @@ class BackupSecrets(StoredRecord):
     ping_url: str = ""
 
     @classmethod
+    def from_fields(cls, backup_id: int, fields: Mapping[str, str]) -> BackupSecrets:
+        return parse_stored(cls, redis_keys.backup_private(backup_id), fields)
+
+    @classmethod
     def from_redis(cls, redis: Redis, backup_id: int) -> BackupSecrets:
-        key = redis_keys.backup_private(backup_id)
-        fields: dict[str, str] = redis.hgetall(key)
-        return parse_stored(cls, key, fields)
+        """The backup's secrets (none stored reads as none)."""
+        return cls.from_fields(backup_id, redis.hgetall(redis_keys.backup_private(backup_id)))
 
     def to_redis(self, pipe: Redis, backup_id: int) -> None:
         """Queue the writes: the hash holds ping_url, or is gone when there is none."""

@@ -85,9 +85,11 @@ def test_a_malformed_status_shows_as_none_and_is_logged_with_its_key(
     redis_client.hset(
         redis_keys.backup_status(1, 1), mapping={"wiki1": "{not json", "wiki2": good.to_record()}
     )
+    redis_client.hset(redis_keys.backup_private(1), "ping_url", "https://hc.example/secret")
     with caplog.at_level(logging.WARNING):
-        listed = definitions.list_backups(step, NoInput())["backups"][0]["instances"]
-    statuses = {item["module_id"]: item["status"] for item in listed}
+        (listed,) = definitions.list_backups(step, NoInput())["backups"]
+    assert listed["ping_url"] == "https://hc.example/…"
+    statuses = {item["module_id"]: item["status"] for item in listed["instances"]}
     assert statuses["wiki1"] is None
     assert statuses["wiki2"] is not None and statuses["wiki2"]["outcome"] == "ok"
     assert statuses["wiki2"]["total_size"] == 5 and statuses["wiki2"]["success"] is True
