@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from agent.errors import StoredDataError
+from agent.records.statuses import Outcome as Outcome  # re-exported: its old home
+from agent.records.statuses import StatusRecord
 
-class Outcome(StrEnum):
-    OK = "ok"
-    PARTIAL = "partial"  # snapshot made, some files could not be read (restic exit 3)
-    FAILED = "failed"
+log = logging.getLogger("agent.backup_status")
 
 
 @dataclass(frozen=True)
@@ -45,33 +45,40 @@ class ModuleStatus:
 
     def to_record(self) -> str:
         record = asdict(self)
-        record["outcome"] = self.outcome.value
-        record["partial"] = self.partial
-        record["unreadable"] = list(self.unreadable)
         del record["module_id"]
-        return json.dumps(record, sort_keys=True)
+        return StatusRecord(**record).to_json()
 
     @classmethod
-    def from_record(cls, module_id: str, text: str) -> ModuleStatus | None:
+    def parse_record(cls, key: str, module_id: str, text: str) -> ModuleStatus:
+        """The status stored at key for module_id; StoredDataError naming key if malformed."""
+        record = StatusRecord.from_json(f"{key} [{module_id}]", text)
+        return cls(
+            module_id=module_id,
+            outcome=record.resolved_outcome,
+            start=record.start,
+            end=record.end,
+            reason=record.reason,
+            snapshot_id=record.snapshot_id,
+            total_size=record.total_size,
+            total_file_count=record.total_file_count,
+            snapshots_count=record.snapshots_count,
+            bytes_added=record.bytes_added,
+            errors=record.errors,
+            unreadable=record.unreadable,
+            last_success=record.last_success,
+            finished=record.finished if record.finished is not None else float(record.end),
+        )
+
+    @classmethod
+    def from_record(
+        cls, module_id: str, text: str, key: str = "backup status"
+    ) -> ModuleStatus | None:
+        """parse_record for the backup path: a malformed previous status is logged and the
+        run starts afresh, as if there were none; it must not stop the backup."""
         try:
-            data = json.loads(text)
-            return cls(
-                module_id=module_id,
-                outcome=Outcome(data.get("outcome", "ok" if not data.get("errors") else "failed")),
-                start=int(data.get("start", 0)),
-                end=int(data.get("end", 0)),
-                reason=str(data.get("reason", "")),
-                snapshot_id=str(data.get("snapshot_id", "")),
-                total_size=int(data.get("total_size", 0)),
-                total_file_count=int(data.get("total_file_count", 0)),
-                snapshots_count=int(data.get("snapshots_count", 0)),
-                bytes_added=int(data.get("bytes_added", 0)),
-                errors=int(data.get("errors", 0)),
-                unreadable=tuple(data.get("unreadable", ())),
-                last_success=int(data.get("last_success", 0)),
-                finished=float(data.get("finished", data.get("end", 0))),
-            )
-        except (ValueError, TypeError, AttributeError):
+            return cls.parse_record(key, module_id, text)
+        except StoredDataError as exc:
+            log.warning("%s", exc)
             return None
 
 

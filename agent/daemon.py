@@ -20,6 +20,7 @@ from agent.agentenv import agent_environment, read_env_file
 from agent.errors import AgentError
 from agent.masking import mask_secrets
 from agent.operations.schedule import SCHEDULE_EVENT, TimerKeeper
+from agent.records.tasks import TaskRecord
 from agent.redis_store import REDIS_ERRORS, Redis, connect, connect_binary
 from agent.runner import TaskOutcome, TaskRun, masked_context
 from agent.settings import Settings
@@ -356,17 +357,10 @@ class Daemon:
         """The task's record, its removal from the processing list and its end event, at
         once (written again whole when a retry follows a lost reply)."""
         task_id = task["id"]
-        ttl = redis_keys.TASK_TTL_SECONDS
+        record = TaskRecord(outcome.output, outcome.error, outcome.exit_code)
         final = {"status": outcome.status, "progress": 100 if outcome.exit_code == 0 else 0}
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(
-                redis_keys.task_field(agent_id, task_id, "context"), masked_context(task), ex=ttl
-            )
-            pipe.set(redis_keys.task_field(agent_id, task_id, "output"), outcome.output, ex=ttl)
-            pipe.set(redis_keys.task_field(agent_id, task_id, "error"), outcome.error, ex=ttl)
-            pipe.set(
-                redis_keys.task_field(agent_id, task_id, "exit_code"), outcome.exit_code, ex=ttl
-            )
+            record.to_redis(pipe, agent_id, task_id, masked_context(task))
             pipe.lrem(redis_keys.task_processing(agent_id), 1, raw)
             if agent_id.startswith("module/"):
                 self._queue_environment_copy(pipe, agent_id)

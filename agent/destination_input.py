@@ -98,8 +98,14 @@ class Prepared:
     """A destination ready to be probed and saved."""
 
     destination: Destination
-    public: dict[str, str]
-    private: dict[str, str]
+
+    @property
+    def public(self) -> dict[str, str]:
+        return self.destination.public_fields()
+
+    @property
+    def private(self) -> dict[str, str]:
+        return self.destination.private_fields()
 
 
 def stable_uuid(request: dict[str, Any]) -> str:
@@ -212,12 +218,8 @@ def prepare(
         field = "url" if provider == "local" else "parameters"
         shown = url if provider == "local" else str(exc)
         raise validation_error(field, exc.code, shown) from None
-    public = {"name": name, "provider": provider, "url": url, "basepath": basepath}
-    return Prepared(destination, public, {**private, "password": destination.password})
+    return Prepared(destination)
 
 
 def with_password(prepared: Prepared, password: str) -> Prepared:
-    destination = replace(prepared.destination, password=password)
-    return replace(
-        prepared, destination=destination, private={**prepared.private, "password": password}
-    )
+    return Prepared(replace(prepared.destination, password=password))

@@ -7,12 +7,10 @@ target, which reaches the container by variable name only (see agent.restic).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from agent import rclone, redis_keys
+from agent import rclone
 from agent.destination_rules import (
     DestinationNotAllowed,
     LocalPolicy,
@@ -21,6 +19,7 @@ from agent.destination_rules import (
     check_rclone_options,
 )
 from agent.errors import AgentError, DestinationNotFound
+from agent.records.destinations import Destination as Destination  # re-exported: its old home
 from agent.redis_store import Redis
 from agent.restic import ResticTarget
 
@@ -41,32 +40,11 @@ _S3_VENDORS: tuple[tuple[str, dict[str, str], int | None], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Destination:
-    id: str
-    name: str
-    provider: str
-    url: str
-    password: str  # the restic password
-    parameters: Mapping[str, str] = field(default_factory=dict)  # incl. secrets
-    basepath: str = ""
-
-
 def load_destination(redis: Redis, destination_id: str) -> Destination:
-    public = redis.hgetall(redis_keys.backup_repository(destination_id))
-    private = redis.hgetall(redis_keys.backup_repository_private(destination_id))
-    if not public or not private:
+    destination = Destination.from_redis(redis, destination_id)
+    if destination is None:
         raise DestinationNotFound(f"no backup destination {destination_id}")
-    parameters = {k: v for k, v in private.items() if k != "password"}
-    return Destination(
-        id=destination_id,
-        name=public.get("name", ""),
-        provider=public.get("provider", ""),
-        url=public.get("url", ""),
-        password=private.get("password", ""),
-        parameters=parameters,
-        basepath=public.get("basepath", ""),
-    )
+    return destination
 
 
 def check_destination(destination: Destination, policy: LocalPolicy) -> None:

@@ -83,3 +83,11 @@ def validation_error(
         ],
         exit_code=exit_code,
     )
+
+
+class StoredDataError(AgentError):
+    """A Redis key holds data that does not parse: the message names the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"malformed {key}: {problem}")
+        self.key = key

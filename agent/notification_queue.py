@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from agent import healthchecks, redis_keys, tasks
+from agent.records.backups import BackupSecrets
 from agent.redis_api import Redis
 from agent.run_report import RunReport, as_task_data, ping_task_data
 
@@ -23,7 +24,7 @@ def _has_targets(redis: Redis) -> bool:
 def queue_ping(redis: Redis, backup_id: int, ping: healthchecks.Ping, parent: str = "") -> None:
     """Queue one ping of the backup's ping_url, if it has one; never raises, never waits."""
     try:
-        if not redis.hexists(redis_keys.backup_private(backup_id), "ping_url"):
+        if not BackupSecrets.from_redis(redis, backup_id).ping_url:
             return
         data = ping_task_data(backup_id, ping)
         request = tasks.TaskRequest(redis_keys.CLUSTER, SEND_ACTION, data, parent)

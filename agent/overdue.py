@@ -21,6 +21,9 @@ from pathlib import Path
 
 from agent import notification_queue, proc, redis_keys, systemd
 from agent.backup_status import write_atomic
+from agent.errors import StoredDataError
+from agent.records.backups import BackupDefinition, backup_ids, read_backups
+from agent.records.statuses import StatusRecord
 from agent.redis_api import Redis
 from agent.settings import Settings
 
@@ -113,11 +116,13 @@ def newest_success(redis: Redis, backup_id: int, nodes: list[int]) -> dict[str, 
             pipe.hgetall(redis_keys.backup_status(node, backup_id))
         per_node = pipe.execute()
     newest: dict[str, int] = {}
-    for statuses in per_node:
+    for node, statuses in zip(nodes, per_node, strict=True):
         for module_id, text in statuses.items():
+            key = redis_keys.backup_status(node, backup_id)
             try:
-                value = int(json.loads(text).get("last_success") or 0)
-            except (ValueError, TypeError, AttributeError):
+                value = StatusRecord.from_json(f"{key} [{module_id}]", text).last_success
+            except StoredDataError as exc:  # one bad record must not hide the others
+                log.warning("overdue check: %s", exc)
                 continue
             newest[module_id] = max(newest.get(module_id, 0), value)
     return newest
@@ -137,25 +142,24 @@ def check(
     now = time.time() if now is None else now
     late_after = settings.overdue_grace_seconds + settings.timer_random_delay
     nodes = sorted(int(n) for n in redis.smembers(redis_keys.CLUSTER_NODES))
-    prefix = redis_keys.BACKUP_PATTERN.rstrip("*")
-    ids = sorted(
-        int(k[len(prefix) :])
-        for k in redis.scan_iter(match=redis_keys.BACKUP_PATTERN, count=1000)
-        if k[len(prefix) :].isdigit()
-    )
+    ids = backup_ids(redis)
     verdicts: dict[int, dict[str, Watch]] = {}
     for backup_id in ids:
-        definition = redis.hgetall(redis_keys.backup(backup_id))
+        try:
+            definition = BackupDefinition.from_redis(redis, backup_id)
+        except StoredDataError as exc:  # one malformed definition must not blind the others
+            log.warning("overdue check: %s", exc)
+            continue
         watch_key = redis_keys.backup_watch(backup_id)
         stored = redis.hgetall(watch_key)
-        if definition.get("enabled") != "1" or not definition.get("schedule"):
+        if definition is None or not definition.enabled or not definition.schedule:
             redis.delete(watch_key)  # disabled: nothing is late, and a re-enable starts afresh
             continue
         successes = newest_success(redis, backup_id, nodes)
-        modules = list(dict.fromkeys(definition.get("instances", "").split()))
+        modules = list(dict.fromkeys(definition.instances))
         current = {
             m: assess(
-                definition["schedule"],
+                definition.schedule,
                 Watch.from_json(stored.get(m)),
                 successes.get(m, 0),
                 now,
@@ -164,7 +168,7 @@ def check(
             )
             for m in modules
         }
-        name = definition.get("name") or f"Backup {backup_id}"
+        name = definition.display_name
         for module_id, watch in current.items():
             before = Watch.from_json(stored.get(module_id))
             if watch.overdue != (before.overdue if before is not None else False):
@@ -241,7 +245,7 @@ def monitor(
             if not is_leader():
                 continue
             verdicts = check(redis, settings, calendar)
-            names = {i: redis.hget(redis_keys.backup(i), "name") or f"Backup {i}" for i in verdicts}
+            names = {d.id: d.display_name for d in read_backups(redis, list(verdicts))}
             write_atomic(prometheus_path(settings), render_prometheus(verdicts, names))
         except Exception as exc:  # Redis away, a malformed record: look again next time
             log.warning("overdue check failed: %s", exc)

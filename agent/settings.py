@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent.destination_rules import LocalPolicy
@@ -34,6 +36,9 @@ def share_dir() -> Path:
     raise ConfigError(f"cannot find the agent's data files near {package}")
 
 
+# Every default is written here once; agent.json is read and written through these fields
+# (settings_from_json, to_json). A plain dataclass, not pydantic: api-cli loads the
+# settings and is started once per call (see agent/records/__init__.py).
 @dataclass(frozen=True)
 class Settings:
     """One node's settings, from <root>/agent.json with REDIS_URL overriding."""
@@ -69,7 +74,13 @@ class Settings:
     local_roots: tuple[str, ...] = ()
     # The web console's address on the leader ("host:port"; "" = not started by cluster up).
     web_listen: str = "127.0.0.1:9311"
-    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """The checks of every Settings, loaded or made (dataclasses.replace included)."""
+        object.__setattr__(self, "overdue_check_seconds", max(1, self.overdue_check_seconds))
+        for root in self.restore_files_roots:
+            if not os.path.isabs(root) or os.path.normpath(root) in ("/", "//"):
+                raise ValueError(f"restore_files_roots: {root!r} is not an absolute directory")
 
     # --- layout ----------------------------------------------------------------------
     @property
@@ -140,28 +151,53 @@ class Settings:
 
     # --- persistence -----------------------------------------------------------------
     def to_json(self) -> dict[str, object]:
+        """agent.json's content: every setting but the root (where the file is)."""
         return {
-            "node_id": self.node_id,
-            "redis_url": self.redis_url,
-            "embedded_redis": self.embedded_redis,
-            "redis_port": self.redis_port,
-            "storage_conf": self.storage_conf,
-            "containers_conf": self.containers_conf,
-            "concurrency": self.concurrency,
-            "timers": self.timers,
-            "unit_dir": self.unit_dir,
-            "systemctl": self.systemctl,
-            "timer_random_delay": self.timer_random_delay,
-            "backup_concurrency": self.backup_concurrency,
-            "restic_podman_args": list(self.restic_podman_args),
-            "warm_steps": self.warm_steps,
-            "overdue_grace_seconds": self.overdue_grace_seconds,
-            "overdue_check_seconds": self.overdue_check_seconds,
-            "restore_files_roots": list(self.restore_files_roots),
-            "local_roots": list(self.local_roots),
-            "storage_retry_seconds": self.storage_retry_seconds,
-            "web_listen": self.web_listen,
+            name: list(value) if isinstance(value, tuple) else value
+            for name, value in dataclasses.asdict(self).items()
+            if name != "root"
         }
+
+
+def _setting(name: str, kind: object, value: object) -> object:
+    """value of agent.json's key name as the field's type, or ValueError."""
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: {value!r} is not true or false")
+        return value
+    if kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"{name}: {value!r} is not a number")
+        try:
+            return int(value) if kind is int else float(value)
+        except ValueError:
+            raise ValueError(f"{name}: {value!r} is not a number") from None
+    if kind is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{name}: {value!r} is not a string")
+        return value
+    if kind == tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ValueError(f"{name}: {value!r} is not a list of strings")
+        return tuple(value)
+    raise ValueError(f"{name}: cannot be set in agent.json")
+
+
+def settings_from_json(root: Path, data: object) -> Settings:
+    """Settings of root from agent.json's content: absent keys take the defaults, keys
+    this version does not know are ignored (an older agent reads a newer file)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON {type(data).__name__}, not an object")
+    kinds = typing.get_type_hints(Settings)
+    values = {
+        field.name: _setting(field.name, kinds[field.name], data[field.name])
+        for field in dataclasses.fields(Settings)
+        if field.name != "root" and field.name in data
+    }
+    for required in ("node_id", "redis_url"):
+        if required not in values:
+            raise ValueError(f"{required}: missing")
+    return Settings(root=root, **values)  # type: ignore[arg-type]
 
 
 def load_settings(root: Path | None = None) -> Settings:
@@ -176,40 +212,12 @@ def load_settings(root: Path | None = None) -> Settings:
         ) from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
+    if isinstance(data, dict) and os.environ.get("REDIS_URL"):
+        data["redis_url"] = os.environ["REDIS_URL"]
     try:
-        return Settings(
-            root=root,
-            node_id=int(data["node_id"]),
-            redis_url=os.environ.get("REDIS_URL") or str(data["redis_url"]),
-            embedded_redis=bool(data.get("embedded_redis", False)),
-            redis_port=int(data.get("redis_port", 0)),
-            storage_conf=str(data.get("storage_conf", "")),
-            containers_conf=str(data.get("containers_conf", "")),
-            concurrency=int(data.get("concurrency", 8)),
-            timers=str(data.get("timers", "auto")),
-            unit_dir=str(data.get("unit_dir", "/etc/systemd/system")),
-            systemctl=str(data.get("systemctl", "systemctl")),
-            timer_random_delay=int(data.get("timer_random_delay", 600)),
-            backup_concurrency=int(data.get("backup_concurrency", 1)),
-            restic_podman_args=tuple(str(a) for a in data.get("restic_podman_args", [])),
-            warm_steps=bool(data.get("warm_steps", True)),
-            overdue_grace_seconds=int(data.get("overdue_grace_seconds", 3600)),
-            overdue_check_seconds=max(1, int(data.get("overdue_check_seconds", 60))),
-            restore_files_roots=_absolute_dirs(data.get("restore_files_roots", [])),
-            local_roots=tuple(str(root) for root in data.get("local_roots", [])),
-            storage_retry_seconds=float(data.get("storage_retry_seconds", 120.0)),
-            web_listen=str(data.get("web_listen", "127.0.0.1:9311")),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
+        return settings_from_json(root, data)
+    except ValueError as exc:
         raise ConfigError(f"malformed {path}: {exc}") from None
-
-
-def _absolute_dirs(values: list[object]) -> tuple[str, ...]:
-    roots = tuple(str(value) for value in values)
-    for root in roots:
-        if not os.path.isabs(root) or os.path.normpath(root) in ("/", "//"):
-            raise ValueError(f"restore_files_roots: {root!r} is not an absolute directory")
-    return roots
 
 
 def write_settings(settings: Settings) -> None:

@@ -7,12 +7,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from agent.records.tasks import QueuedTask, is_task_id
+
 # Far above any real request (1000 restore paths of 4 KiB fit), far below what would
 # strain the daemon: the JSON is parsed, logged, fed to steps and stored again.
 MAX_TASK_CHARS = 8 << 20
 # Real requests are a few levels deep; json, masking and schema checks recurse per level.
 MAX_DATA_DEPTH = 64
-MAX_TASK_ID = 128
 # The id as api-cli queues it: the first member. Read only to record why a task failed.
 _LEADING_ID = re.compile(r'\s*\{\s*"id"\s*:\s*"([A-Za-z0-9._-]{1,128})"')
 
@@ -39,26 +40,14 @@ def parse_task(raw: str) -> dict[str, Any] | Rejected:
         return Rejected(_leading_id(raw), f"task is not valid JSON: {str(exc)[:200]}")
     if not isinstance(task, dict):
         return Rejected(None, f"task is a JSON {type(task).__name__}, not an object")
-    task_id = task.get("id")
-    if not is_task_id(task_id):
-        return Rejected(None, "task has no usable id")
+    problem = QueuedTask.problem(task)
+    task_id = task.get("id") if is_task_id(task.get("id")) else None
+    if problem is not None:
+        return Rejected(task_id, problem)
     assert isinstance(task_id, str)
-    action = task.get("action")
-    if not isinstance(action, str) or not action:
-        return Rejected(task_id, "task has no action name")
     if nested_deeper_than(task.get("data"), MAX_DATA_DEPTH):
         return Rejected(task_id, f"task data nested deeper than {MAX_DATA_DEPTH} levels")
     return task
-
-
-def is_task_id(value: object) -> bool:
-    """A task id that is safe inside a Redis key: 1–128 printable characters, no '/'."""
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= MAX_TASK_ID
-        and value.isprintable()
-        and "/" not in value
-    )
 
 
 def nested_deeper_than(value: object, limit: int) -> bool:

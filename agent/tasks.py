@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent import lease, redis_keys
 from agent.errors import AgentError, AgentNotRunning, RedisUnavailable, UnknownAgent
+from agent.records.tasks import QueuedTask, TaskRecord
 from agent.redis_api import Redis, connection_errors
 
 TERMINAL = ("completed", "aborted", "validation-failed")
@@ -77,16 +77,17 @@ def ensure_served(redis: Redis, agent_id: str) -> None:
 
 
 def make_task(action: str, data: Any, parent: str = "") -> dict[str, Any]:
-    return {"id": str(uuid.uuid4()), "action": action, "data": data, "parent": parent, "extra": {}}
+    """A new task as queued (QueuedTask's fields, as a dict)."""
+    return QueuedTask.new(action, data, parent).to_dict()
 
 
 def submit(redis: Redis, request: TaskRequest, check: bool = True) -> str:
     """Queue the task (after checking a daemon serves its agent); returns the task id."""
     if check:
         ensure_served(redis, request.agent_id)
-    task = make_task(request.action, request.data, request.parent)
-    redis.lpush(redis_keys.task_queue(request.agent_id), json.dumps(task))
-    return str(task["id"])
+    task = QueuedTask.new(request.action, request.data, request.parent)
+    redis.lpush(redis_keys.task_queue(request.agent_id), task.to_json())
+    return task.id
 
 
 def queue_entries(redis: Redis, key: str, limit: int = -1) -> list[str]:
@@ -109,14 +110,12 @@ def queue_entries(redis: Redis, key: str, limit: int = -1) -> list[str]:
 
 def fetch_result(redis: Redis, agent_id: str, task_id: str) -> TaskResult | None:
     """The stored result, or None while the task has not finished."""
-    with redis.pipeline(transaction=False) as pipe:
-        for name in ("output", "error", "exit_code"):
-            pipe.get(redis_keys.task_field(agent_id, task_id, name))
-        output, error, exit_code = pipe.execute()
-    if exit_code is None:
+    record = TaskRecord.from_redis(redis, agent_id, task_id)
+    if record is None:
         return None
+    output = record.output
     return TaskResult(
-        agent_id, task_id, parse_output(output or ""), error or "", int(exit_code), output or ""
+        agent_id, task_id, parse_output(output), record.error, record.exit_code, output
     )
 
 
@@ -216,10 +215,10 @@ def start(redis: Redis, request: TaskRequest, check: bool = True) -> TaskWatcher
     """Subscribe, then queue: the returned watcher sees every progress event."""
     if check:
         ensure_served(redis, request.agent_id)
-    task = make_task(request.action, request.data, request.parent)
+    task = QueuedTask.new(request.action, request.data, request.parent)
     watcher = TaskWatcher(redis, request.agent_id)
-    watcher.subscribe(str(task["id"]))
-    watcher.raw = json.dumps(task)
+    watcher.subscribe(task.id)
+    watcher.raw = task.to_json()
     redis.lpush(redis_keys.task_queue(request.agent_id), watcher.raw)
     return watcher
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import redis as redis_lib
 
 from agent import proc, redis_keys, run_history
-from agent.errors import AgentError, ValidationFailed
+from agent.errors import AgentError, StoredDataError, ValidationFailed
 from agent.models import (
     AddBackupRequest,
     AlterBackupRequest,
@@ -19,12 +20,13 @@ from agent.models import (
 )
 from agent.operations.modules import image_name
 from agent.overdue import Watch
+from agent.records.backups import KEEP_FIELDS, BackupDefinition, BackupSecrets, backup_ids
+from agent.records.statuses import StatusRecord
 from agent.redis_store import Redis
 from agent.steps import Step
 
+log = logging.getLogger("agent.definitions")
 SCHEDULE_CHANGED = redis_keys.cluster_event("backup-schedule-changed")
-KEEP_FIELDS = ("keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within")
-STATUS_FIELDS = ("start", "end", "total_size", "total_file_count", "snapshots_count")
 
 
 def error_row(field: str, error: str, value: Any) -> dict[str, Any]:
@@ -49,20 +51,26 @@ def missing_modules(redis: Redis, instances: list[str]) -> list[str]:
     ]
 
 
-def backup_fields(request: BackupRequest, backup_id: int) -> dict[str, str]:
-    fields = {
-        "name": request.name or f"Backup {backup_id}",
-        "schedule": request.schedule,
-        "schedule_hint": json.dumps(request.schedule_hint),
-        "retention": str(request.retention),
-        "enabled": "1" if request.enabled else "",
-        "instances": " ".join(dict.fromkeys(request.instances)),
-    }
-    for name in KEEP_FIELDS:
-        value = getattr(request, name)
-        if value is not None:
-            fields[name] = str(value)
-    return fields
+def make_definition(
+    request: BackupRequest, backup_id: int, repository: str, uinstances: str = ""
+) -> BackupDefinition:
+    """The definition a request asks for (repository and uinstances are not its to set)."""
+    return BackupDefinition(
+        id=backup_id,
+        name=request.name or f"Backup {backup_id}",
+        repository=repository,
+        schedule=request.schedule,
+        schedule_hint=request.schedule_hint,
+        retention=request.retention,
+        enabled=request.enabled,
+        instances=tuple(dict.fromkeys(request.instances)),
+        uinstances=tuple(uinstances.split()),
+        keep_daily=request.keep_daily,
+        keep_weekly=request.keep_weekly,
+        keep_monthly=request.keep_monthly,
+        keep_yearly=request.keep_yearly,
+        keep_within=request.keep_within,
+    )
 
 
 def schedule_and_instance_errors(
@@ -95,10 +103,9 @@ def add_backup(step: Step, request: AddBackupRequest) -> int:
                 backup_id = int(pipe.get(redis_keys.BACKUP_SEQUENCE) or 0) + 1
                 pipe.multi()
                 pipe.set(redis_keys.BACKUP_SEQUENCE, backup_id)
-                fields = backup_fields(request, backup_id) | {"repository": request.repository}
-                pipe.hset(redis_keys.backup(backup_id), mapping=fields)
+                make_definition(request, backup_id, request.repository).to_redis(pipe)
                 if request.ping_url:
-                    pipe.hset(redis_keys.backup_private(backup_id), "ping_url", request.ping_url)
+                    BackupSecrets(ping_url=request.ping_url).to_redis(pipe, backup_id)
                 pipe.publish(SCHEDULE_CHANGED, json.dumps({"backup_ids": [str(backup_id)]}))
                 pipe.execute()
                 return backup_id
@@ -120,16 +127,13 @@ def alter_backup(step: Step, request: AlterBackupRequest) -> None:
             pipe.watch(key)
             if not pipe.exists(key):
                 raise ValidationFailed([error_row("id", "backup_object_not_found", request.id)], 2)
-            fields = backup_fields(request, request.id)
+            # Only what the request does not set is read: an alter mends a malformed one.
+            repository, uinstances = pipe.hmget(key, "repository", "uinstances")
+            definition = make_definition(request, request.id, repository or "", uinstances or "")
             pipe.multi()
-            pipe.hset(key, mapping=fields)
-            absent = [name for name in KEEP_FIELDS if name not in fields]
-            if absent:
-                pipe.hdel(key, *absent)
-            if request.ping_url:
-                pipe.hset(redis_keys.backup_private(request.id), "ping_url", request.ping_url)
-            elif request.ping_url == "":
-                pipe.delete(redis_keys.backup_private(request.id))
+            definition.to_redis(pipe)
+            if request.ping_url is not None:  # absent keeps it, "" removes it
+                BackupSecrets(ping_url=request.ping_url).to_redis(pipe, request.id)
             pipe.publish(SCHEDULE_CHANGED, json.dumps({"backup_ids": [str(request.id)]}))
             pipe.execute()
         except redis_lib.WatchError:
@@ -175,23 +179,27 @@ def freshness(raw: str | None) -> dict[str, Any]:
     }
 
 
-def instance_status(raw: str | None) -> dict[str, Any] | None:
-    """The engine's status JSON in NS8's shape (success = no errors) plus our outcome."""
-    if not raw:
+def instance_status(module_id: str, key: str, text: str) -> dict[str, Any] | None:
+    """The module's last run in NS8's shape (success = no errors) plus our outcome; None
+    when it never ran, or when its record is malformed (logged with its key)."""
+    if not text:
         return None
     try:
-        data = json.loads(raw)
-    except ValueError:
+        record = StatusRecord.from_json(f"{key} [{module_id}]", text)
+    except StoredDataError as exc:
+        log.warning("%s", exc)
         return None
-    if not isinstance(data, dict):
-        return None
-    status = {name: data.get(name) for name in STATUS_FIELDS}
-    errors = data.get("errors") or 0
-    status["success"] = errors == 0
-    status["outcome"] = data.get("outcome") or ("ok" if errors == 0 else "failed")
-    status["partial"] = data.get("partial")
-    status["reason"] = data.get("reason")
-    return status
+    return {
+        "start": record.start,
+        "end": record.end,
+        "total_size": record.total_size,
+        "total_file_count": record.total_file_count,
+        "snapshots_count": record.snapshots_count,
+        "success": record.errors == 0,
+        "outcome": record.resolved_outcome.value,
+        "partial": record.partial,
+        "reason": record.reason,
+    }
 
 
 def _module_facts(redis: Redis, modules: list[str]) -> dict[str, tuple[str, str, bool]]:
@@ -213,8 +221,7 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
     uuids = redis.hgetall(redis_keys.MODULE_UUID)
     placed = redis.hgetall(redis_keys.MODULE_NODE)
     nodes = node_ids(redis)
-    keys = redis.scan_iter(match=redis_keys.BACKUP_PATTERN, count=500)
-    ids = sorted(int(k.rsplit("/", 1)[1]) for k in keys)
+    ids = backup_ids(redis)
     # Two round trips whatever the number of backups and modules (was one per item).
     with redis.pipeline(transaction=False) as pipe:
         for backup_id in ids:
@@ -222,23 +229,31 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
             for node in nodes:
                 pipe.hgetall(redis_keys.backup_status(node, backup_id))
         for backup_id in ids:
-            pipe.hget(redis_keys.backup_private(backup_id), "ping_url")
+            pipe.hgetall(redis_keys.backup_private(backup_id))
         for backup_id in ids:
             pipe.hgetall(redis_keys.backup_watch(backup_id))
         fetched = pipe.execute()
     tail = fetched[len(fetched) - 2 * len(ids) :]
-    ping_urls = dict(zip(ids, tail[: len(ids)], strict=True))
+    private = zip(ids, tail[: len(ids)], strict=True)
+    secrets = {
+        backup_id: BackupSecrets.from_fields(backup_id, fields) for backup_id, fields in private
+    }
     watches = dict(zip(ids, tail[len(ids) :], strict=True))
     facts = _module_facts(redis, sorted(set(uuids) | set(placed)))
     backups, configured = [], set()
     per_backup = 1 + len(nodes)
     for index, backup_id in enumerate(ids):
         fields = fetched[index * per_backup]
-        statuses: dict[str, str] = {}
-        for status in fetched[index * per_backup + 1 : (index + 1) * per_backup]:
-            statuses |= status
+        if not fields:
+            continue  # removed since the scan
+        definition = BackupDefinition.from_fields(backup_id, fields)
+        statuses: dict[str, tuple[str, str]] = {}  # module id → (key, its JSON there)
+        per_node = fetched[index * per_backup + 1 : (index + 1) * per_backup]
+        for node, status in zip(nodes, per_node, strict=True):
+            key = redis_keys.backup_status(node, backup_id)
+            statuses |= {module_id: (key, text) for module_id, text in status.items()}
         instances = []
-        for module_id in fields.get("instances", "").split():
+        for module_id in definition.instances:
             configured.add(module_id)
             if module_id not in uuids:
                 continue
@@ -252,24 +267,24 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
                     "module_id": module_id,
                     "ui_name": ui_name,
                     "repository_path": f"{image}/{uuids[module_id]}",
-                    "status": instance_status(statuses.get(module_id)),
+                    "status": instance_status(module_id, *statuses.get(module_id, ("", ""))),
                     **freshness(watches[backup_id].get(module_id)),
                 }
             )
         item: dict[str, Any] = {
             "id": backup_id,
-            "name": fields.get("name", ""),
-            "repository": fields.get("repository", ""),
-            "schedule": fields.get("schedule", ""),
-            "schedule_hint": json.loads(fields.get("schedule_hint") or "{}"),
-            "retention": int(fields.get("retention") or 0),
-            "enabled": fields.get("enabled") == "1",
+            "name": definition.name,
+            "repository": definition.repository,
+            "schedule": definition.schedule,
+            "schedule_hint": definition.schedule_hint,
+            "retention": definition.retention,
+            "enabled": definition.enabled,
             "instances": instances,
-            "ping_url": masked_url(ping_urls[backup_id] or ""),
+            "ping_url": masked_url(secrets[backup_id].ping_url),
         }
         for name in KEEP_FIELDS:
-            if fields.get(name):
-                item[name] = fields[name] if name == "keep_within" else int(fields[name])
+            if getattr(definition, name) is not None:
+                item[name] = getattr(definition, name)
         backups.append(item)
     unconfigured = [
         {"id": m, "ui_name": facts[m][1]}

@@ -19,6 +19,8 @@ from agent.models import (
     NoInput,
 )
 from agent.operations.probe import write_candidate
+from agent.records.backups import backup_ids, read_backups
+from agent.records.destinations import Destination
 from agent.redis_store import Redis
 from agent.steps import Step
 
@@ -82,9 +84,7 @@ def save(redis: Redis, prepared: Prepared, *, adding: bool) -> None:
                     raise validation_error("", "backup_repository_exists", destination_id)
                 raise validation_error("id", "backup_repository_not_found", destination_id)
             pipe.multi()
-            pipe.delete(public_key, private_key)
-            pipe.hset(public_key, mapping=prepared.public)
-            pipe.hset(private_key, mapping=prepared.private)
+            prepared.destination.to_redis(pipe)
             pipe.publish(DESTINATION_CHANGED, json.dumps({"destination_ids": [destination_id]}))
             pipe.execute()
         except redis_lib.WatchError:
@@ -126,16 +126,16 @@ def remove_backup_repository(step: Step, request: DestinationIdRequest) -> None:
     public_key = redis_keys.backup_repository(request.id)
     with redis.pipeline(transaction=True) as pipe:
         try:
-            backup_keys = list(redis.scan_iter(match=redis_keys.BACKUP_PATTERN, count=500))
-            pipe.watch(public_key, *backup_keys)
+            ids = backup_ids(redis)
+            pipe.watch(public_key, *(redis_keys.backup(backup_id) for backup_id in ids))
             if not pipe.exists(public_key):
                 raise validation_error("id", "backup_repository_not_found", request.id)
-            using = [k for k in backup_keys if pipe.hget(k, "repository") == request.id]
+            using = [b for b in read_backups(redis, ids) if b.repository == request.id]
             pipe.multi()
             if using:
-                pipe.delete(*using)
-                ids = sorted((k.rsplit("/", 1)[1] for k in using), key=int)
-                pipe.publish(SCHEDULE_CHANGED, json.dumps({"backup_ids": ids}))
+                pipe.delete(*(backup.key for backup in using))
+                used = [str(backup.id) for backup in using]
+                pipe.publish(SCHEDULE_CHANGED, json.dumps({"backup_ids": used}))
             # Its record of written repositories goes too: the same destination added
             # again (same id) may rightly start with empty storage.
             pipe.delete(
@@ -169,9 +169,8 @@ def list_backup_repositories(step: Step, _request: NoInput) -> dict[str, Any]:
     redis = step.ctx.redis
     repositories = []
     for key in sorted(redis.scan_iter(match=redis_keys.BACKUP_REPOSITORY_PATTERN, count=500)):
-        try:
-            destination = load_destination(redis, key.rsplit("/", 1)[1])
-        except DestinationNotFound:
+        destination = Destination.from_redis(redis, key.rsplit("/", 1)[1])
+        if destination is None:
             continue
         repositories.append(
             {

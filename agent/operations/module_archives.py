@@ -251,16 +251,15 @@ def import_module_backup(step: Step, request: ImportModuleBackupRequest) -> dict
                 output,
             )
         prepared = dict(result.output)
+        scratch = Destination(
+            id=destination_id,
+            name="module archive import",
+            provider="local",
+            url=str(prepared["url"]),
+            password=password,
+        )
         with redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                redis_keys.backup_repository(destination_id),
-                mapping={
-                    "name": "module archive import",
-                    "provider": "local",
-                    "url": prepared["url"],
-                },
-            )
-            pipe.hset(redis_keys.backup_repository_private(destination_id), "password", password)
+            scratch.to_redis(pipe)
             pipe.execute()
         job = WholeRestore(destination_id, prepared["path"], "", request.node)
         added = restore_whole(step, job, cancelled, span=(30, 100))

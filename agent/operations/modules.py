@@ -13,6 +13,7 @@ from agent import filemodes, podman, redis_keys, tasks
 from agent.agentenv import format_env_file
 from agent.errors import AgentError, validation_error
 from agent.models import AddModuleRequest, NodeAddModuleRequest, RemoveModuleRequest
+from agent.records.backups import backup_ids, read_backups
 from agent.redis_store import Redis
 from agent.steps import Step
 
@@ -196,11 +197,13 @@ def forget_module(redis: Redis, module_id: str) -> None:
         *redis.scan_iter(match=redis_keys.module_key_pattern(module_id), count=500),
         *redis.scan_iter(match=redis_keys.module_task_pattern(module_id), count=500),
     ]
-    changed_backups = []
-    for backup_key in redis.scan_iter(match=redis_keys.BACKUP_PATTERN, count=500):
-        instances = (redis.hget(backup_key, "instances") or "").split()
-        if module_id in instances:
-            changed_backups.append((backup_key, " ".join(i for i in instances if i != module_id)))
+    changed_backups = [
+        backup.model_copy(
+            update={"instances": tuple(i for i in backup.instances if i != module_id)}
+        )
+        for backup in read_backups(redis, backup_ids(redis))
+        if module_id in backup.instances
+    ]
     status_keys = list(redis.scan_iter(match=redis_keys.BACKUP_STATUS_PATTERN, count=500))
     undone_uuid = pending_modules(redis).get(module_id, {}).get("restore_uuid")
     with redis.pipeline(transaction=True) as pipe:
@@ -212,12 +215,12 @@ def forget_module(redis: Redis, module_id: str) -> None:
         pipe.delete(redis_keys.task_queue(agent_id), redis_keys.task_processing(agent_id))
         if keys:
             pipe.delete(*keys)
-        for backup_key, instances in changed_backups:
-            pipe.hset(backup_key, "instances", instances)
+        for backup in changed_backups:
+            pipe.hset(backup.key, mapping=backup.stored_values("instances"))
         for status_key in status_keys:
             pipe.hdel(status_key, module_id)
         if changed_backups:
-            ids = [key.rsplit("/", 1)[1] for key, _ in changed_backups]
+            ids = [str(backup.id) for backup in changed_backups]
             pipe.publish(
                 redis_keys.cluster_event("backup-schedule-changed"), json.dumps({"backup_ids": ids})
             )

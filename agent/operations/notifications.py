@@ -14,6 +14,7 @@ from agent.models import (
     NotificationTargetRequest,
 )
 from agent.notification_targets import Target
+from agent.records.backups import BackupSecrets
 from agent.redis_api import Redis
 from agent.run_report import SendNotificationRequest, render
 from agent.steps import Step
@@ -119,7 +120,7 @@ def send_notification(step: Step, request: SendNotificationRequest) -> Any:
 
 
 def send_ping(redis: Redis, backup_id: int, ping: healthchecks.Ping) -> Any:
-    url = redis.hget(redis_keys.backup_private(backup_id), "ping_url")
+    url = BackupSecrets.from_redis(redis, backup_id).ping_url
     if not url:
         return {"ping": ping, "sent": False, "reason": "the backup has no ping_url"}
     result = healthchecks.send_ping(url, ping)

@@ -23,6 +23,7 @@ from agent.destinations import (
 )
 from agent.errors import validation_error
 from agent.models import ValidateDestinationRequest
+from agent.records.stored import parse_stored_json
 from agent.redis_store import Redis
 from agent.settings import Settings
 from agent.steps import Step
@@ -38,8 +39,9 @@ def write_candidate(redis: Redis, token: str, destination: Destination) -> None:
 
 
 def read_candidate(redis: Redis, token: str) -> Destination | None:
-    text = redis.get(redis_keys.backup_repository_candidate(token))
-    return Destination(**json.loads(text)) if text else None
+    key = redis_keys.backup_repository_candidate(token)
+    text = redis.get(key)
+    return parse_stored_json(Destination, key, text) if text else None
 
 
 def node_validate_destination(step: Step, request: ValidateDestinationRequest) -> dict[str, Any]:

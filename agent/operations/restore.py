@@ -24,6 +24,7 @@ from agent.operations.restore_source import (
     refuse_foreign_identity,
     snapshot_environment,
 )
+from agent.records.backups import backup_ids, read_backups
 from agent.redis_store import Redis
 from agent.steps import Step
 
@@ -159,25 +160,22 @@ def _run_module_restore(
 
 def relink_backups(redis: Redis, module_id: str, module_uuid: str, replaced: list[str]) -> None:
     """Backups naming the restored uuid (NS8 `uinstances`) or a replaced module get module_id."""
-    changes: dict[str, dict[str, str]] = {}
-    for key in redis.scan_iter(match=redis_keys.BACKUP_PATTERN, count=500):
-        instances = (redis.hget(key, "instances") or "").split()
-        uinstances = (redis.hget(key, "uinstances") or "").split()
-        wanted = module_uuid in uinstances or any(old in instances for old in replaced)
+    changes = []
+    for backup in read_backups(redis, backup_ids(redis)):
+        wanted = module_uuid in backup.uinstances or any(o in backup.instances for o in replaced)
         if not wanted:
             continue
+        instances = backup.instances
         if module_id not in instances:
-            instances.append(module_id)
-        changes[key] = {
-            "instances": " ".join(instances),
-            "uinstances": " ".join(u for u in uinstances if u != module_uuid),
-        }
+            instances = (*instances, module_id)
+        uinstances = tuple(u for u in backup.uinstances if u != module_uuid)
+        changes.append(backup.model_copy(update={"instances": instances, "uinstances": uinstances}))
     if not changes:
         return
     with redis.pipeline(transaction=True) as pipe:
-        for key, fields in changes.items():
-            pipe.hset(key, mapping=fields)
-        ids = [key.rsplit("/", 1)[1] for key in changes]
+        for backup in changes:
+            pipe.hset(backup.key, mapping=backup.stored_values("instances", "uinstances"))
+        ids = [str(backup.id) for backup in changes]
         pipe.publish(
             redis_keys.cluster_event("backup-schedule-changed"), json.dumps({"backup_ids": ids})
         )

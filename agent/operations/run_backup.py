@@ -26,36 +26,34 @@ from agent.destinations import (
 )
 from agent.errors import ActionFailed, AgentError, validation_error
 from agent.operations.module_backup import BackupJob, ModuleBackup, Retention, repo_path
+from agent.records.backups import BackupDefinition
 from agent.redis_store import Context
 
 log = logging.getLogger("agent.backup")
 EXIT_PARTIAL = 3
 
 
-def read_definition(ctx: Context, backup_id: int) -> dict[str, str]:
-    definition: dict[str, str] = ctx.redis.hgetall(redis_keys.backup(backup_id))
-    if not definition:
+def read_definition(ctx: Context, backup_id: int) -> BackupDefinition:
+    definition = BackupDefinition.from_redis(ctx.redis, backup_id)
+    if definition is None:
         raise validation_error("id", "backup_not_found", backup_id)
     return definition
 
 
-def _optional_int(definition: dict[str, str], name: str) -> int | None:
-    value = definition.get(name, "")
-    return int(value) if value.strip().isdigit() and int(value) > 0 else None
+def _positive(value: int | None) -> int | None:
+    return value if value else None  # 0 keeps nothing extra, as unset
 
 
-def make_job(backup_id: int, definition: dict[str, str], destination: Destination) -> BackupJob:
+def make_job(definition: BackupDefinition, destination: Destination) -> BackupJob:
     retention = Retention(
-        keep_last=max(1, int(definition.get("retention") or 1)),
-        keep_daily=_optional_int(definition, "keep_daily"),
-        keep_weekly=_optional_int(definition, "keep_weekly"),
-        keep_monthly=_optional_int(definition, "keep_monthly"),
-        keep_yearly=_optional_int(definition, "keep_yearly"),
-        keep_within=definition.get("keep_within") or None,
+        keep_last=max(1, definition.retention),
+        keep_daily=_positive(definition.keep_daily),
+        keep_weekly=_positive(definition.keep_weekly),
+        keep_monthly=_positive(definition.keep_monthly),
+        keep_yearly=_positive(definition.keep_yearly),
+        keep_within=definition.keep_within,
     )
-    return BackupJob(
-        backup_id, definition.get("name") or f"Backup {backup_id}", destination, retention
-    )
+    return BackupJob(definition.id, definition.display_name, destination, retention)
 
 
 def local_modules(ctx: Context, instances: list[str]) -> list[str]:
@@ -72,17 +70,15 @@ def run_node_backup(
 ) -> RunSummary | None:
     """Back up this node's modules of backup_id; None when the backup is disabled."""
     definition = read_definition(ctx, backup_id)
-    if definition.get("enabled") != "1":
+    if not definition.enabled:
         return None
     cancelled = cancelled or threading.Event()
-    modules = local_modules(ctx, definition.get("instances", "").split())
-    summary = RunSummary(
-        backup_id, definition.get("name") or f"Backup {backup_id}", ctx.settings.node_id
-    )
+    modules = local_modules(ctx, list(definition.instances))
+    summary = RunSummary(backup_id, definition.display_name, ctx.settings.node_id)
     if not modules:
         return summary
     try:
-        destination = load_destination(ctx.redis, definition.get("repository", ""))
+        destination = load_destination(ctx.redis, definition.repository)
         check_destination(destination, ctx.settings.local_policy())
     except AgentError as exc:
         failures = [
@@ -91,7 +87,7 @@ def run_node_backup(
         summary.modules.extend(failures)
         _record(ctx, summary, failures)
         return summary
-    job = make_job(backup_id, definition, destination)
+    job = make_job(definition, destination)
     if lock_wait_seconds is not None:
         job = BackupJob(job.backup_id, job.name, job.destination, job.retention, lock_wait_seconds)
     percents = dict.fromkeys(modules, 0)
@@ -234,7 +230,7 @@ def cluster_report(
     ctx: Context, backup_id: int, nodes: list[int], results: list[tasks.TaskResult]
 ) -> run_report.RunReport:
     """The nodes' outputs as one report; a node that said nothing of its modules failed."""
-    definition = ctx.redis.hgetall(redis_keys.backup(backup_id))
+    definition = BackupDefinition.from_redis(ctx.redis, backup_id)
     parts: list[run_report.RunReport | run_report.NodeFailure] = []
     for node, result in zip(nodes, results, strict=True):
         output = result.output if isinstance(result.output, dict) else {}
@@ -246,7 +242,7 @@ def cluster_report(
             error = (result.error or "").strip().splitlines()
             reason = error[-1] if error else f"exit code {result.exit_code}"
             parts.append(run_report.NodeFailure(node=node, error=reason[:2000]))
-    name = definition.get("name") or f"Backup {backup_id}"
+    name = definition.display_name if definition else f"Backup {backup_id}"
     return run_report.merge(backup_id, name, parts)
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent import redis_keys, systemd
+from agent.errors import StoredDataError
+from agent.records.backups import BackupDefinition, backup_ids
 from agent.redis_store import Redis
 from agent.settings import Settings
 
@@ -55,28 +57,21 @@ def node_units(settings: Settings) -> systemd.NodeUnits:
     )
 
 
-def _backup_id(key: str) -> int | None:
-    tail = key.rsplit("/", 1)[-1]
-    return int(tail) if tail.isdigit() else None
-
-
 def node_schedules(redis: Redis, node_id: int) -> list[systemd.BackupSchedule]:
     """Enabled backups with at least one instance on node_id, by id."""
     module_node: dict[str, str] = redis.hgetall(redis_keys.MODULE_NODE)
     found = []
-    for key in redis.scan_iter(match=redis_keys.BACKUP_PATTERN, count=1000):
-        backup_id = _backup_id(str(key))
-        if backup_id is None:
+    for backup_id in backup_ids(redis):
+        try:
+            backup = BackupDefinition.from_redis(redis, backup_id)
+        except StoredDataError as exc:  # one bad definition must not stop the others' timers
+            log.error("%s", exc)
             continue
-        backup: dict[str, str] = redis.hgetall(redis_keys.backup(backup_id))
-        if backup.get("enabled") != "1" or not backup.get("schedule"):
+        if backup is None or not backup.enabled or not backup.schedule:
             continue
-        instances = backup.get("instances", "").split()
-        if any(module_node.get(module) == str(node_id) for module in instances):
-            found.append(
-                systemd.BackupSchedule(backup_id, backup.get("name", ""), backup["schedule"])
-            )
-    return sorted(found, key=lambda b: b.backup_id)
+        if any(module_node.get(module) == str(node_id) for module in backup.instances):
+            found.append(systemd.BackupSchedule(backup_id, backup.name, backup.schedule))
+    return found
 
 
 def render_node_units(

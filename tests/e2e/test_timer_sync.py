@@ -18,6 +18,7 @@ from agent.operations import schedule
 from agent.operations.cluster_setup import init
 from agent.settings import Settings
 from tests.e2e.conftest import SystemdNode
+from tests.support import backups
 
 pytestmark = pytest.mark.podman
 
@@ -41,16 +42,14 @@ def node_settings(
 
 
 def _backup(client: redis.Redis, backup_id: int, schedule_: str, instances: str, on: bool) -> None:
-    client.hset(
-        f"cluster/backup/{backup_id}",
-        mapping={
-            "name": f"b{backup_id}",
-            "repository": "48ce000a-79b7-5fe6-8558-177fd70c27b4",
-            "schedule": schedule_,
-            "retention": "3",
-            "enabled": "1" if on else "",
-            "instances": instances,
-        },
+    backups.add_backup(
+        client,
+        backup_id,
+        "48ce000a-79b7-5fe6-8558-177fd70c27b4",
+        instances.split(),
+        enabled=on,
+        name=f"b{backup_id}",
+        schedule=schedule_,
     )
 
 

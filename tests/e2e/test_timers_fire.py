@@ -70,17 +70,14 @@ def _at(seconds: float) -> str:
 
 def _define(client: redis.Redis, backup_id: int, schedule: str, **fields: str) -> None:
     client.hset("cluster/module_node", "wiki1", "1")
-    client.hset(
-        f"cluster/backup/{backup_id}",
-        mapping={
-            "name": f"b{backup_id}",
-            "repository": fields.pop("repository", str(uuid.uuid4())),
-            "schedule": schedule,
-            "retention": "3",
-            "enabled": "1",
-            "instances": fields.pop("instances", "wiki1"),
-            **fields,
-        },
+    backups.add_backup(
+        client,
+        backup_id,
+        fields.pop("repository", str(uuid.uuid4())),
+        fields.pop("instances", "wiki1").split(),
+        name=f"b{backup_id}",
+        schedule=schedule,
+        **fields,
     )
     client.publish(EVENT, json.dumps({"backup_ids": [backup_id]}))
 

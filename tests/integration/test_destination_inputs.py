@@ -18,10 +18,12 @@ from agent import redis_keys
 from agent.errors import AgentError, ValidationFailed
 from agent.models import SCHEMAS
 from agent.operations import definitions, destinations, probe
+from agent.records.destinations import Destination
 from agent.redis_store import Context
 from agent.settings import Settings, share_dir
 from agent.steps import Step, pydantic_errors
 from agent.validation import load_schema, validate
+from tests.support import backups
 
 DESTINATION = "6891519e-512d-5088-9c90-e33707129832"
 HANDLERS: dict[str, Callable[[Step, Any], Any]] = {
@@ -44,31 +46,17 @@ ANY = st.recursive(
 
 
 def seed(client: redis.Redis) -> None:
-    client.hset(
-        redis_keys.backup_repository(DESTINATION),
-        mapping={
-            "name": "n",
-            "provider": "local",
-            "url": "local:/nonexistent/backup-agent-test",
-            "basepath": "",
-        },
+    destination = Destination(
+        DESTINATION, "n", "local", "local:/nonexistent/backup-agent-test", "p" * 64
     )
-    client.hset(redis_keys.backup_repository_private(DESTINATION), mapping={"password": "p" * 64})
+    with client.pipeline(transaction=True) as pipe:
+        destination.to_redis(pipe)
+        pipe.execute()
     client.hset(redis_keys.MODULE_NODE, "minwiki1", "1")
     client.hset(
         redis_keys.module_environment("minwiki1"), mapping={"IMAGE_URL": "localhost/minwiki:latest"}
     )
-    client.hset(
-        redis_keys.backup(1),
-        mapping={
-            "name": "b",
-            "repository": DESTINATION,
-            "schedule": "daily",
-            "retention": "3",
-            "enabled": "1",
-            "instances": "minwiki1",
-        },
-    )
+    backups.add_backup(client, 1, DESTINATION, ["minwiki1"], name="b")
     client.set(redis_keys.BACKUP_SEQUENCE, "1")
     client.sadd(redis_keys.CLUSTER_NODES, "1")
 

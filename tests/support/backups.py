@@ -12,6 +12,9 @@ from typing import Any
 import redis
 
 from agent import redis_keys
+from agent.records.backups import BackupDefinition
+from agent.records.destinations import Destination
+from agent.records.statuses import StatusRecord
 
 RESTIC_IMAGE = "localhost/backup-agent-restic:latest"
 PASSWORD = "repo-password-for-tests-0123456789"
@@ -20,16 +23,18 @@ PASSWORD = "repo-password-for-tests-0123456789"
 def add_destination(
     client: redis.Redis, provider: str, url: str, password: str = PASSWORD, **parameters: str
 ) -> str:
-    destination_id = str(uuid.uuid4())
-    client.hset(
-        redis_keys.backup_repository(destination_id),
-        mapping={"name": f"{provider} test", "provider": provider, "url": url},
+    destination = Destination(
+        id=str(uuid.uuid4()),
+        name=f"{provider} test",
+        provider=provider,
+        url=url,
+        password=password,
+        parameters=parameters,
     )
-    client.hset(
-        redis_keys.backup_repository_private(destination_id),
-        mapping={"password": password, **parameters},
-    )
-    return destination_id
+    with client.pipeline(transaction=True) as pipe:
+        destination.to_redis(pipe)
+        pipe.execute()
+    return destination.id
 
 
 def add_backup(
@@ -41,18 +46,19 @@ def add_backup(
     enabled: bool = True,
     **extra: Any,
 ) -> None:
-    client.hset(
-        redis_keys.backup(backup_id),
-        mapping={
-            "name": f"Backup {backup_id}",
-            "repository": repository,
-            "schedule": "daily",
-            "retention": str(retention),
-            "enabled": "1" if enabled else "",
-            "instances": " ".join(instances),
-            **{k: str(v) for k, v in extra.items()},
-        },
+    """A definition stored as add-backup stores one (extra: schedule, keep_daily …)."""
+    fields: dict[str, Any] = {"name": f"Backup {backup_id}", "schedule": "daily", **extra}
+    definition = BackupDefinition(
+        id=backup_id,
+        repository=repository,
+        retention=retention,
+        enabled=enabled,
+        instances=tuple(instances),
+        **fields,
     )
+    with client.pipeline(transaction=True) as pipe:
+        definition.to_redis(pipe)
+        pipe.execute()
 
 
 def add_local_backup(
@@ -112,9 +118,10 @@ def listing(repo: Path | str, snapshot: str = "latest") -> list[str]:
 
 
 def status(client: redis.Redis, node: int, backup_id: int, module_id: str) -> dict[str, Any]:
-    text = client.hget(redis_keys.backup_status(node, backup_id), module_id)
+    key = redis_keys.backup_status(node, backup_id)
+    text = client.hget(key, module_id)
     assert text, f"no status for {module_id}"
-    return dict(json.loads(text))
+    return dict(json.loads(StatusRecord.from_json(key, text).to_json()))
 
 
 def set_node_option(settings_path: Path, **options: Any) -> None:

@@ -140,9 +140,9 @@ class WikiBackup:
     repository: Path  # the restic repository directory of the module
 
     def status(self, node: EmbeddedNode) -> dict[str, Any]:
-        text = node.redis().hget("node/1/backup_status/1", self.module_id)
-        assert text, f"no backup status for {self.module_id}"
-        return dict(json.loads(text))
+        from tests.support import backups
+
+        return backups.status(node.redis(), 1, 1, self.module_id)
 
 
 def wiki_with_backup(node: EmbeddedNode, image: str, target: Path) -> WikiBackup:
