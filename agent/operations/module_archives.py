@@ -251,7 +251,7 @@ def import_module_backup(step: Step, request: ImportModuleBackupRequest) -> dict
                 output,
             )
         prepared = dict(result.output)
-        scratch = Destination(
+        import_destination = Destination(
             id=destination_id,
             name="module archive import",
             provider="local",
@@ -259,7 +259,7 @@ def import_module_backup(step: Step, request: ImportModuleBackupRequest) -> dict
             password=password,
         )
         with redis.pipeline(transaction=True) as pipe:
-            scratch.to_redis(pipe)
+            import_destination.to_redis(pipe)
             pipe.execute()
         job = WholeRestore(destination_id, prepared["path"], "", request.node)
         added = restore_whole(step, job, cancelled, span=(30, 100))
