@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from enum import IntEnum
 
+from agent.proc import last_line
+
 
 class Exit(IntEnum):
     """restic's documented exit codes (restic ≥ 0.17), and the two the agent adds."""
@@ -62,15 +64,9 @@ def may_leave_lock(code: int) -> bool:
     return not meaning(code).ended_cleanly
 
 
-def tail(text: str) -> str:
-    """The last non-blank line of an error output."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no error output"
-
-
 def explain_restic_failure(code: int, stderr: str) -> str:
     """A failed run in one line: the table's reason for its code."""
-    return meaning(code).reason.format(code=code, tail=tail(stderr))
+    return meaning(code).reason.format(code=code, tail=last_line(stderr))
 
 
 # restic has no exit code of its own for a snapshot id that matches nothing (it ends

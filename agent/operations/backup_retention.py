@@ -9,12 +9,12 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from agent import restic_args, restic_messages, snapshot_environments
+from agent import proc, restic_args, restic_messages, snapshot_environments
 from agent.destinations import Destination, local_snapshot_names
 from agent.errors import AgentError
 from agent.operations.repository_lease import RepositoryLease
 from agent.redis_store import Redis
-from agent.restic_errors import Exit, tail
+from agent.restic_errors import Exit
 
 LIST_TIMEOUT = 600
 FORGET_TIMEOUT = 3600
@@ -124,7 +124,7 @@ def apply_retention(
     )
     done = lease.run(args, timeout=FORGET_TIMEOUT)
     if done.returncode != 0:
-        raise RetentionFailed(f"retention failed: {tail(done.error_text)}")
+        raise RetentionFailed(f"retention failed: {proc.last_line(done.error_text)}")
     kept, removed = restic_messages.parse_forget(done.text)
     snapshot_environments.forget(redis, node_id, removed)
     return kept

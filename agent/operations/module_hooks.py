@@ -31,11 +31,6 @@ def run_hook(ctx: Context, module_id: str, hook: str, backup_id: int) -> proc.Re
     )
 
 
-def _tail(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no error output"
-
-
 class DumpHook:
     """The module's module-dump-state; ran tells whether its cleanup is due."""
 
@@ -48,7 +43,8 @@ class DumpHook:
         self.ran = dumped is not None
         if dumped is not None and dumped.returncode != 0:
             raise HookFailed(
-                f"module-dump-state failed (exit {dumped.returncode}): {_tail(dumped.error_text)}"
+                f"module-dump-state failed (exit {dumped.returncode}): "
+                f"{proc.last_line(dumped.error_text)}"
             )
 
     def cleanup(self) -> str | None:
@@ -57,7 +53,7 @@ class DumpHook:
         if cleaned is not None and cleaned.returncode != 0:
             return (
                 f"module-cleanup-state failed (exit {cleaned.returncode}): "
-                f"{_tail(cleaned.error_text)}"
+                f"{proc.last_line(cleaned.error_text)}"
             )
         return None
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from agent import restic, restic_args, restic_messages
+from agent import proc, restic, restic_args, restic_messages
 from agent.destinations import Destination
 from agent.errors import AgentError
 from agent.operations import repositories_known
 from agent.operations.repository_lease import RepositoryLease
 from agent.redis_store import Redis
-from agent.restic_errors import tail
 from agent.restic_messages import ItemError, Message, Status, Summary
 
 INIT_TIMEOUT = 600
@@ -76,7 +75,9 @@ def create_repository(
         )
     init = lease.run(restic_args.init_args(), timeout=INIT_TIMEOUT)
     if init.returncode != 0:
-        raise RepositoryNotCreated(f"cannot create the repository: {tail(init.error_text)}")
+        raise RepositoryNotCreated(
+            f"cannot create the repository: {proc.last_line(init.error_text)}"
+        )
     repositories_known.remember(
         redis, destination.id, path, restic_messages.parse_init_id(init.text)
     )

@@ -66,9 +66,10 @@ def run_restore(
     repository: Repository,
     snapshot: str,
     paths: Sequence[str],
-    whole: bool,
     mounts: Sequence[restic.Mount],
     on_progress: Callable[[int], None],
+    *,
+    whole: bool,
 ) -> dict[str, Any]:
     """Run `restic restore` (see restore_args) under the repository lease; the summary
     message, or raise."""
@@ -151,7 +152,7 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
     ]
     with _state_tree(ctx.settings, agent_id) as state_fd:
         summary = run_restore(
-            ctx, repository, request.snapshot, paths, not paths, mounts, step.set_progress
+            ctx, repository, request.snapshot, paths, mounts, step.set_progress, whole=not paths
         )
         # setuid/setgid files are kept only in the module's volumes, never in its state.
         restored_files.strip_setid(state_fd)
@@ -277,7 +278,7 @@ def node_restore_files(step: Step, request: RestoreFilesRequest) -> dict[str, An
             refuse_missing_paths(step.ctx, repository, request.snapshot, paths, request.paths)
         mount = restic.Mount(str(root.joinpath(*parts)), RESTORE_ROOT)
         summary = run_restore(
-            step.ctx, repository, request.snapshot, paths, False, [mount], step.set_progress
+            step.ctx, repository, request.snapshot, paths, [mount], step.set_progress, whole=False
         )
         restored_files.strip_setid(target.fd)
         if paths and not _restored_any(summary):
