@@ -201,9 +201,7 @@ class ModuleBackup:
         if new_id:
             repositories_known.remember(self.ctx.redis, destination.id, path, "")
             if ENVIRONMENT not in result.unreadable:
-                self._remember_environment(
-                    new_id, summary.text("backup_start"), path, sources.environment, sources
-                )
+                self._remember_environment(new_id, summary.text("backup_start"), path, sources)
         kept = apply_retention(
             lease,
             self.ctx.redis,
@@ -232,10 +230,11 @@ class ModuleBackup:
         )
 
     def _remember_environment(
-        self, snapshot_id: str, snapshot_time: str, path: str, before: str, sources: BackupSources
+        self, snapshot_id: str, snapshot_time: str, path: str, sources: BackupSources
     ) -> None:
         """Record the environment the new snapshot holds: the bytes read before the backup,
         when the file still has them after it (a change in between leaves no record)."""
+        before = sources.environment
         if not before or read_text(sources.environment_file) != before:
             return
         try:
