@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from agent import restic
+from agent import rclone, restic
 from agent.destinations import Destination, destination_volumes, local_directory, rclone_target
 from agent.errors import AgentError
 
@@ -60,9 +60,9 @@ def write_file(
     done = restic.run(
         target,
         "",
-        ["rcat", spec],
+        rclone.rcat_args(spec),
         podman_env=podman_env,
-        entrypoint="/usr/bin/rclone",
+        entrypoint=rclone.ENTRYPOINT,
         input=data,
         timeout=120,
     )

@@ -1,4 +1,5 @@
-"""rclone in the restic image: obscured passwords, config sections as env, probe argv."""
+"""rclone in the restic image: obscured passwords, config sections as env, and the
+argument lists the agent gives rclone (after `--entrypoint=/usr/bin/rclone`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 ENTRYPOINT = "/usr/bin/rclone"
 REMOTE = "dest"  # the remote name every destination gets inside the container
+EXIT_DIRECTORY_NOT_FOUND = 3  # rclone's own exit code
 
 # rclone's fixed obscure key (fs/config/obscure/obscure.go): obscuring hides a password
 # from a casual glance, it is not encryption. rclone wants some values (smb and webdav
@@ -82,6 +84,16 @@ def parse_config_section(text: str) -> dict[str, str]:
 def probe_argv(command: str, remote_path: str) -> list[str]:
     """rclone args (no secrets: the remote is defined in the environment) for one probe step."""
     return [command, *PROBE_FLAGS, remote_path]
+
+
+def copy_args(source: str, destination: str, filters: Sequence[str] = ()) -> list[str]:
+    """`copy` of what filters select, with the probe's bounded time (for small listings)."""
+    return ["copy", *PROBE_FLAGS, *filters, source, destination]
+
+
+def rcat_args(remote_path: str) -> list[str]:
+    """`rcat`: standard input into one file on the remote."""
+    return ["rcat", remote_path]
 
 
 def join(remote: str, *parts: str) -> str:

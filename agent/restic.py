@@ -1,50 +1,27 @@
-"""restic in the project's container image: pure argv builders plus one runner."""
+"""restic in the project's container image: the podman command lines and one runner.
+
+restic's own arguments come from agent/restic_args.py, its JSON is read by
+agent/restic_messages.py and its exit codes by agent/restic_errors.py."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
 from agent import proc
+from agent.restic_errors import Exit
+from agent.restic_messages import Message, parse_json_lines, parse_message
 
 log = logging.getLogger("agent.restic")
 IMAGE = "localhost/backup-agent-restic:latest"
 CACHE_VOLUME = "restic-cache"
-PODMAN_FAILED = 125  # podman's own error, before any restic runs
-
-# restic's documented exit codes (restic ≥ 0.17).
-EXIT_OK = 0
-EXIT_FATAL = 1
-EXIT_INCOMPLETE = 3  # backup: snapshot made, some source files unreadable
-EXIT_NO_REPOSITORY = 10
-EXIT_LOCKED = 11
-EXIT_WRONG_PASSWORD = 12
-# Not restic's: the agent stopped the container (a deadline passed, or the storage kept
-# failing for longer than the node allows). The same number as timeout(1).
-EXIT_STOPPED = 124
-# Codes of a restic that ended on its own: it removed its lock, or never made one. On a
-# fatal error (1) restic still removes its lock; when the storage refuses even that,
-# restic retries it, and the retry watch stops it (EXIT_STOPPED).
-_CLEAN_ENDS = frozenset(
-    {EXIT_OK, EXIT_FATAL, EXIT_INCOMPLETE, EXIT_NO_REPOSITORY, EXIT_LOCKED, EXIT_WRONG_PASSWORD}
-)
-
-
-def may_leave_lock(code: int) -> bool:
-    """True when a restic run that ended with code may have left its lock in the
-    repository: killed (podman reports 128+signal, Python a negative code), stopped by
-    the agent, or not started as asked (podman's own 125-127)."""
-    return code not in _CLEAN_ENDS
 
 
 @dataclass(frozen=True)
@@ -144,87 +121,6 @@ def present_argv(prefix: str) -> list[str]:
     return ["podman", "ps", "--all", "--filter", f"name=^{prefix}", "--format", "{{.Names}}"]
 
 
-def backup_args(
-    *, tags: Sequence[str] = (), host: str | None = None, exclude_file: str | None = None
-) -> list[str]:
-    """`restic backup` with JSON output; the paths and patterns come on standard input."""
-    args = ["backup", "--json"]
-    for tag in tags:
-        args += ["--tag", tag]
-    if host:
-        args += ["--host", host]
-    args += ["--files-from", "-"]
-    if exclude_file:
-        args += ["--exclude-file", exclude_file]
-    return args
-
-
-def forget_args(
-    keep_last: int,
-    *,
-    tags: Sequence[str] = (),
-    keep_daily: int | None = None,
-    keep_weekly: int | None = None,
-    keep_monthly: int | None = None,
-    keep_yearly: int | None = None,
-    keep_within: str | None = None,
-    group_by: str = "",
-    prune: bool = True,
-) -> list[str]:
-    """`forget` of the snapshots carrying tags, in one group: grouping by paths (restic's
-    default) would strand old snapshots out of retention's reach when an include list
-    changes, and grouping by host when a module is restored under a new id."""
-    args = ["forget", "--json", f"--group-by={group_by}", f"--keep-last={keep_last}"]
-    for flag, value in (
-        ("--keep-daily", keep_daily),
-        ("--keep-weekly", keep_weekly),
-        ("--keep-monthly", keep_monthly),
-        ("--keep-yearly", keep_yearly),
-    ):
-        if value:
-            args.append(f"{flag}={value}")
-    if keep_within:
-        args.append(f"--keep-within={keep_within}")
-    for tag in tags:
-        args += ["--tag", tag]
-    if prune:
-        args.append("--prune")
-    return args
-
-
-def parse_json_lines(text: str) -> Iterator[dict[str, Any]]:
-    """restic --json prints one object a line; other lines (warnings) are skipped."""
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                yield value
-
-
-def parse_init_id(init_output: str) -> str:
-    """The new repository's config id from `init --json` ('' when it is not there)."""
-    for message in parse_json_lines(init_output):
-        if message.get("message_type") == "initialized":
-            return str(message.get("id", ""))
-    return ""
-
-
-_NANOSECONDS = re.compile(r"(\.\d{6})\d+")
-
-
-def parse_time(text: str) -> float:
-    """restic's RFC 3339 time (nanoseconds, Z or an offset) → seconds since the epoch;
-    ValueError for anything else."""
-    moment = datetime.fromisoformat(_NANOSECONDS.sub(r"\1", text.strip()).replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        raise ValueError(f"no time zone in {text!r}")
-    return moment.timestamp()
-
-
 _RETRYING = re.compile(r"returned error, retrying after")
 _RETRY_DONE = re.compile(r"operation successful after \d+ retries")
 
@@ -269,7 +165,7 @@ def stream(
     args: Sequence[str],
     *,
     podman_env: Mapping[str, str],
-    on_message: Callable[[dict[str, Any]], None],
+    on_message: Callable[[Message], None],
     mounts: Sequence[Mount] = (),
     hostname: str | None = None,
     podman_args: Sequence[str] = (),
@@ -292,7 +188,7 @@ def stream(
 
     With retry_limit, a storage that keeps failing (restic retrying the same kind of
     operation) for longer than retry_limit seconds gets restic stopped: the code is then
-    EXIT_STOPPED and stderr's last line says why. A podman client that is killed or
+    Exit.STOPPED and stderr's last line says why. A podman client that is killed or
     interrupted never leaves the container (name) running behind it.
     """
     name = name or container_name()
@@ -319,7 +215,7 @@ def _stream_once(
     argv: list[str],
     name: str,
     env: dict[str, str],
-    on_message: Callable[[dict[str, Any]], None],
+    on_message: Callable[[Message], None],
     feed: Callable[[], str] | None,
     watch: RetryWatch,
 ) -> tuple[int, str]:
@@ -332,8 +228,8 @@ def _stream_once(
 
     def read_stdout() -> None:
         for raw in stdout:
-            for message in parse_json_lines(raw.decode(errors="replace")):
-                on_message(message)
+            for fields in parse_json_lines(raw.decode(errors="replace")):
+                on_message(parse_message(fields))
 
     def read_stderr() -> None:
         for raw in stderr:
@@ -342,8 +238,8 @@ def _stream_once(
             if not messages:
                 watch.see(line, time.monotonic())
                 other.append(line)
-            for message in messages:
-                on_message(message)
+            for fields in messages:
+                on_message(parse_message(fields))
 
     readers = [threading.Thread(target=read, daemon=True) for read in (read_stdout, read_stderr)]
     for reader in readers:
@@ -362,7 +258,7 @@ def _stream_once(
             reader.join()
     log.debug("%s: exit %d after %.3fs", name, code, time.monotonic() - started)
     if stopped:
-        return EXIT_STOPPED, "".join(other) + watch.reason() + "\n"
+        return Exit.STOPPED, "".join(other) + watch.reason() + "\n"
     return code, "".join(other)
 
 
@@ -421,7 +317,7 @@ def run(
     name: str | None = None,
 ) -> proc.Result:
     """Run restic (or entrypoint) once in the container and wait for it. Past timeout,
-    the container is stopped too and the result has code EXIT_STOPPED."""
+    the container is stopped too and the result has code Exit.STOPPED."""
     name = name or container_name()
     argv = podman_run_argv(
         target, args, mounts=mounts, name=name, entrypoint=entrypoint, hostname=hostname
@@ -446,7 +342,7 @@ def _run_once(
         # Only the podman client was killed: the container would go on working.
         _stop_container(name, env, grace=0)
         return proc.Result(
-            tuple(argv), EXIT_STOPPED, b"", f"restic stopped after {timeout:g}s\n".encode()
+            tuple(argv), Exit.STOPPED, b"", f"restic stopped after {timeout:g}s\n".encode()
         )
 
 
@@ -456,7 +352,7 @@ def lost_cache_volume_race(code: int, stderr: str) -> bool:
     restic containers starting together on a store without it (a backup and its snapshot
     count, or two modules) both try; starting the loser again finds the volume there."""
     return (
-        code == PODMAN_FAILED
+        code == Exit.PODMAN_FAILED
         and f'named volume "{CACHE_VOLUME}"' in stderr
         and "already exists" in stderr
     )

@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import Collection, Iterable
 
-from agent import redis_keys, restic
+from agent import redis_keys, restic_messages
 from agent.redis_api import Redis
 
 log = logging.getLogger("agent.snapshots")
@@ -112,7 +112,7 @@ def newest(
             if entry.get("repository") != repository or entry.get("path") != path:
                 continue
             try:
-                when = restic.parse_time(str(entry.get("snapshot_time", "")))
+                when = restic_messages.parse_time(str(entry.get("snapshot_time", "")))
             except ValueError:
                 continue
             found[snapshot_id] = (when, str(entry.get("environment", "")))

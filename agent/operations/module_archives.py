@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from agent import module_archive, proc, redis_keys, restic, tasks
+from agent import module_archive, proc, redis_keys, restic, restic_args, tasks
 from agent.destinations import Destination, restic_target
 from agent.errors import ActionFailed, validation_error
 from agent.models import (
@@ -30,8 +30,10 @@ from agent.models import (
     ScratchRequest,
 )
 from agent.operations.restore import WholeRestore, cancel_on_sigterm, restore_whole
-from agent.operations.restore_source import open_repository, snapshot_arg, snapshot_environment
+from agent.operations.restore_source import open_repository, snapshot_environment
 from agent.redis_store import Context
+from agent.restic_args import snapshot_arg
+from agent.restic_messages import Message, Other
 from agent.steps import Step
 
 
@@ -61,19 +63,21 @@ def export_module_backup(step: Step, request: ExportModuleBackupRequest) -> dict
     facts: dict[str, module_archive.NodeFacts] = {}
     head: dict[str, Any] = {}
 
-    def on_listing(message: dict[str, Any]) -> None:
-        if message.get("struct_type") == "snapshot":
-            head.update(message)
-        parsed = module_archive.parse_ls_node(message)
+    def on_listing(message: Message) -> None:
+        if not isinstance(message, Other):
+            return
+        fields = dict(message.fields)
+        if fields.get("struct_type") == "snapshot":
+            head.update(fields)
+        parsed = module_archive.parse_ls_node(fields)
         if parsed:
             facts[parsed[0]] = parsed[1]
-            head["bytes"] = head.get("bytes", 0) + int(message.get("size") or 0)
+            head["bytes"] = head.get("bytes", 0) + int(fields.get("size") or 0)
 
-    listing = ["ls", "--json", "--no-lock", snapshot_arg(snapshot)]
     code, stderr = restic.stream(
         repository.target,
         repository.password,
-        listing,
+        restic_args.ls_args(snapshot),
         podman_env=podman_env,
         on_message=on_listing,
     )
@@ -103,7 +107,7 @@ def export_module_backup(step: Step, request: ExportModuleBackupRequest) -> dict
         step.set_progress(5 + 94 * min(done[0], total) // total)
 
     argv = restic.podman_run_argv(
-        repository.target, ["dump", "--no-lock", "--archive", "tar", head["id"], "/"]
+        repository.target, restic_args.dump_args(head["id"], "/", archive="tar")
     )
     env = proc.merged_env(
         {**podman_env, **restic.container_env(repository.target, repository.password)}
@@ -194,7 +198,9 @@ def prepare_module_archive(step: Step, request: PrepareModuleArchiveRequest) -> 
     (directory / "repo").mkdir()
     target = restic_target(destination, repo_path)
     podman_env = step.ctx.settings.podman_env()
-    done_init = restic.run(target, request.password, ["init"], podman_env=podman_env, timeout=600)
+    done_init = restic.run(
+        target, request.password, restic_args.init_args(), podman_env=podman_env, timeout=600
+    )
     if done_init.returncode != 0:
         raise ActionFailed(f"scratch repository: {done_init.error_text.strip()[-300:]}")
     # Mounted as a backup mounts them, so the snapshot's paths are the original's.
@@ -203,7 +209,7 @@ def prepare_module_archive(step: Step, request: PrepareModuleArchiveRequest) -> 
     code, stderr = restic.stream(
         target,
         request.password,
-        restic.backup_args(tags=[f"uuid={manifest['module_uuid']}"]),
+        restic_args.backup_args(tags=[f"uuid={manifest['module_uuid']}"]),
         podman_env=podman_env,
         on_message=lambda _m: None,
         mounts=[restic.Mount(str(tree / name), f"/srv/{name}", read_only=True) for name in present],

@@ -87,7 +87,11 @@ def probe(destination: Destination, settings: Settings, name: str) -> str:
             return "backup_repository_not_accessible"
         if result.returncode == 0:
             continue
-        if step == "read" and result.returncode == 3 and destination.provider != "local":
+        if (
+            step == "read"
+            and result.returncode == rclone.EXIT_DIRECTORY_NOT_FOUND
+            and destination.provider != "local"
+        ):
             continue  # a remote directory not found yet: the write step creates it
         if step == "read" and rclone.is_unreachable(result.error_text):
             return "backup_repository_not_accessible"

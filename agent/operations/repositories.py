@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent import lease, rclone, redis_keys, restic
+from agent import lease, rclone, redis_keys, restic, restic_args, restic_messages
 from agent.destinations import (
     Destination,
     check_destination,
@@ -43,7 +43,7 @@ LIST_FILTERS = ("--include=/*/*/config", "--include=/*/*.json", "--max-depth=3")
 
 def epoch(timestamp: str) -> int:
     """restic's RFC 3339 time → whole seconds since the epoch."""
-    return int(restic.parse_time(timestamp))
+    return int(restic_messages.parse_time(timestamp))
 
 
 # --- read-backup-repositories ------------------------------------------------------------
@@ -144,11 +144,10 @@ def _list_storage(ctx: Context, destination: Destination) -> Found:
     with tempfile.TemporaryDirectory(prefix="listing-", dir=ctx.settings.run_dir) as scratch:
         volumes = (*destination_volumes(destination), (scratch, LIST_MOUNT))
         target = restic.ResticTarget(repository="", env=env, volumes=volumes)
-        args = ["copy", *rclone.PROBE_FLAGS, *LIST_FILTERS, spec, LIST_MOUNT]
         done = restic.run(
             target,
             "",
-            args,
+            rclone.copy_args(spec, LIST_MOUNT, LIST_FILTERS),
             podman_env=ctx.settings.podman_env(),
             entrypoint=rclone.ENTRYPOINT,
             timeout=300,
@@ -210,7 +209,7 @@ def read_backup_snapshots(step: Step, request: RepositoryPathRequest) -> list[di
     done = restic.run(
         repository.target,
         repository.password,
-        ["snapshots", "--json", "--no-lock"],
+        restic_args.snapshots_args(),
         podman_env=step.ctx.settings.podman_env(),
         timeout=600,
     )

@@ -24,8 +24,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import locks, proc, restic
+from agent import locks, proc, restic, restic_args
 from agent.redis_store import Redis
+from agent.restic_errors import Exit, may_leave_lock
+from agent.restic_messages import Message
 
 log = logging.getLogger("agent.repository")
 UNLOCK_TIMEOUT = 300.0
@@ -67,13 +69,13 @@ class RepositoryLease:
     def _ended(self, name: str, code: int, what: str) -> None:
         with self._guard:
             self._running.discard(name)
-            if restic.may_leave_lock(code) and not self.abnormal_end:
+            if may_leave_lock(code) and not self.abnormal_end:
                 self.abnormal_end = f"restic {what} ended with exit {code}"
 
     def run(self, args: Sequence[str], *, timeout: float, **kwargs: Any) -> proc.Result:
         """restic.run under the lease."""
         name = self._started()
-        code = restic.EXIT_STOPPED  # unless it returns: an exception is an abnormal end
+        code: int = Exit.STOPPED  # unless it returns: an exception is an abnormal end
         try:
             done = restic.run(
                 self.target,
@@ -93,12 +95,12 @@ class RepositoryLease:
         self,
         args: Sequence[str],
         *,
-        on_message: Callable[[dict[str, Any]], None],
+        on_message: Callable[[Message], None],
         **kwargs: Any,
     ) -> tuple[int, str]:
         """restic.stream under the lease, stopped when the storage keeps failing."""
         name = self._started()
-        code = restic.EXIT_STOPPED
+        code: int = Exit.STOPPED
         try:
             code, stderr = restic.stream(
                 self.target,
@@ -121,12 +123,12 @@ class RepositoryLease:
         done = restic.run(
             self.target,
             self.password,
-            ["unlock", "--remove-all"],
+            restic_args.unlock_args(),
             podman_env=self.podman_env,
             timeout=timeout,
             name=restic.container_name(self.prefix.removesuffix("-")),
         )
-        if done.returncode in (restic.EXIT_OK, restic.EXIT_NO_REPOSITORY):
+        if done.returncode in (Exit.OK, Exit.NO_REPOSITORY):
             return True
         log.warning(
             "%s: restic locks not removed (exit %d): %s",

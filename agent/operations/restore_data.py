@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
-from agent import proc, redis_keys, restic, restored_files
+from agent import proc, redis_keys, restic, restic_args, restic_messages, restored_files
 from agent.agentenv import agent_environment
 from agent.errors import ActionFailed, ValidationFailed, validation_error
 from agent.models import ModuleRestoreRequest, RestoreFilesRequest
@@ -24,10 +24,10 @@ from agent.operations.restore_source import (
     explain_read_failure,
     open_repository,
     repository_lease,
-    snapshot_arg,
     snapshot_paths,
 )
 from agent.redis_store import Context
+from agent.restic_messages import ExitError, ItemError, Message, Status, Summary, VerboseStatus
 from agent.settings import Settings
 from agent.steps import Step
 from agent.volumes import included_volumes
@@ -41,20 +41,18 @@ DUMP_LIMIT = 1 << 20  # ui_name.dump, ui_note.dump: DUMPs of short strings
 RESTORE_ROOT = "/restore"
 
 
-def restore_args(snapshot: str, target: str, paths: Sequence[str], whole: bool) -> list[str]:
-    """`restic restore` argv. A whole restore also deletes what the snapshot lacks (files
-    create-module made in the fresh instance); the new instance's identity and credentials
-    (INSTANCE_PATHS) are never touched; security.* xattrs belong to the host, not the data."""
-    args = ["restore", "--json", snapshot_arg(snapshot), "--target", target]
-    args += ["--exclude-xattr", "security.*"]
+def restore_args(
+    snapshot: str, paths: Sequence[str], *, whole: bool, dry_run: bool = False
+) -> list[str]:
+    """`restic restore` of paths (all with none) under RESTORE_ROOT. A whole restore also
+    deletes what the snapshot lacks (files create-module made in the fresh instance); the
+    new instance's identity and credentials (INSTANCE_PATHS) are never touched."""
     if whole:
-        for path in INSTANCE_PATHS:
-            args += ["--exclude", path]
-        return [*args, "--delete"]
+        return restic_args.restore_args(
+            snapshot, RESTORE_ROOT, excludes=INSTANCE_PATHS, delete=True, dry_run=dry_run
+        )
     # restic takes includes or excludes, not both: callers keep environment out of paths.
-    for path in paths:
-        args += ["--include", path]
-    return args
+    return restic_args.restore_args(snapshot, RESTORE_ROOT, includes=paths, dry_run=dry_run)
 
 
 @dataclass
@@ -66,38 +64,40 @@ class _Restored:
 def run_restore(
     ctx: Context,
     repository: Repository,
-    args: list[str],
+    snapshot: str,
+    paths: Sequence[str],
     mounts: Sequence[restic.Mount],
     on_progress: Callable[[int], None],
+    *,
+    whole: bool,
 ) -> dict[str, Any]:
-    """Run `restic restore` under the repository lease; the summary message, or raise."""
+    """Run `restic restore` (see restore_args) under the repository lease; the summary
+    message, or raise."""
     podman_env = ctx.settings.podman_env()
     check_reachable(repository)
     restored = _Restored()
 
-    def on_message(message: dict[str, Any]) -> None:
-        kind = message.get("message_type")
-        if kind == "status":
-            on_progress(int(float(message.get("percent_done", 0)) * 100))
-        elif kind == "error":
-            restored.errors.append(str(message.get("error", {}).get("message", message)))
-        elif kind == "exit_error":
-            restored.errors.append(str(message.get("message", "")))
-        if kind in ("status", "summary"):
-            restored.last = message
+    def on_message(message: Message) -> None:
+        if isinstance(message, Status):
+            on_progress(message.percent)
+        elif isinstance(message, ItemError):
+            restored.errors.append(message.message or f"cannot restore {message.item}")
+        elif isinstance(message, ExitError):
+            restored.errors.append(message.message)
+        if isinstance(message, Status | Summary):
+            restored.last = dict(message.fields)
 
     with repository_lease(
         ctx.redis, repository, podman_env, ctx.settings.storage_retry_seconds
     ) as lease:
         code, stderr = lease.stream(
-            args,
+            restore_args(snapshot, paths, whole=whole),
             on_message=on_message,
             mounts=mounts,
             podman_args=ctx.settings.restic_podman_args,
         )
     if code != 0 or restored.errors:
         detail = "; ".join(restored.errors[:3]) or stderr
-        snapshot = args[2]
         raise ActionFailed(
             "restic restore failed: "
             + explain_read_failure(code or 1, detail, repository, snapshot)
@@ -150,9 +150,10 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
     mounts += [
         restic.Mount(f"{module_id}-{name}", f"{RESTORE_ROOT}/volumes/{name}") for name in volumes
     ]
-    args = restore_args(request.snapshot, RESTORE_ROOT, paths, whole=not paths)
     with _state_tree(ctx.settings, agent_id) as state_fd:
-        summary = run_restore(ctx, repository, args, mounts, step.set_progress)
+        summary = run_restore(
+            ctx, repository, request.snapshot, paths, mounts, step.set_progress, whole=not paths
+        )
         # setuid/setgid files are kept only in the module's volumes, never in its state.
         restored_files.strip_setid(state_fd)
         try:
@@ -206,8 +207,7 @@ def refuse_missing_paths(
     the request's given ones) of which the snapshot holds nothing: restic would restore the
     others and pass over it in silence. A dry run lists what the restore would write."""
     check_reachable(repository)
-    args = restore_args(snapshot, RESTORE_ROOT, paths, whole=False)
-    args[1:1] = ["--no-lock", "--dry-run", "-vv"]
+    args = restore_args(snapshot, paths, whole=False, dry_run=True)
     done = restic.run(
         repository.target,
         repository.password,
@@ -221,10 +221,10 @@ def refuse_missing_paths(
             + explain_read_failure(done.returncode, done.error_text, repository, snapshot)
         )
     found = [False] * len(paths)
-    for line in done.text.splitlines():
-        if not line.startswith('{"message_type":"verbose_status"'):
+    for message in restic_messages.parse_messages(done.text):
+        if not isinstance(message, VerboseStatus):
             continue
-        item = str(json.loads(line).get("item", ""))
+        item = message.item
         for index, path in enumerate(paths):
             found[index] = found[index] or item == path or item.startswith(path + "/")
     missing = [given[index] for index, present in enumerate(found) if not present]
@@ -276,9 +276,10 @@ def node_restore_files(step: Step, request: RestoreFilesRequest) -> dict[str, An
             raise validation_error("target", "target_not_empty", request.target)
         if len(paths) > 1:  # one missing path alone restores nothing
             refuse_missing_paths(step.ctx, repository, request.snapshot, paths, request.paths)
-        args = restore_args(request.snapshot, RESTORE_ROOT, paths, whole=False)
         mount = restic.Mount(str(root.joinpath(*parts)), RESTORE_ROOT)
-        summary = run_restore(step.ctx, repository, args, [mount], step.set_progress)
+        summary = run_restore(
+            step.ctx, repository, request.snapshot, paths, [mount], step.set_progress, whole=False
+        )
         restored_files.strip_setid(target.fd)
         if paths and not _restored_any(summary):
             raise ActionFailed("none of the paths is in the snapshot: " + ", ".join(request.paths))

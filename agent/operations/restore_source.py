@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from agent import redis_keys, restic, snapshot_environments
+from agent import redis_keys, restic, restic_args, snapshot_environments
 from agent.agentenv import parse_env_text
 from agent.destinations import (
     Destination,
@@ -19,7 +19,6 @@ from agent.destinations import (
 )
 from agent.errors import ActionFailed, DestinationNotFound, ValidationFailed, validation_error
 from agent.models import INSTANCE_FILES
-from agent.operations.module_backup import explain_restic_failure
 from agent.operations.modules import image_name
 from agent.operations.repository_lease import (
     RepositoryBusy,
@@ -29,6 +28,8 @@ from agent.operations.repository_lease import (
 )
 from agent.reachability import unreachable_reason
 from agent.redis_store import REDIS_ERRORS, Context, Redis
+from agent.restic_args import snapshot_arg
+from agent.restic_errors import Exit, explain_restic_failure, is_snapshot_missing
 from agent.volumes import ENVIRONMENT
 
 log = logging.getLogger("agent.restore")
@@ -54,11 +55,6 @@ def parse_repo_path(path: str) -> RepoPath:
     if not image or not module_uuid or "/" in rest:
         raise validation_error("path", "path_invalid", path)
     return RepoPath(image, module_uuid, module_id, f"{image}/{rest}")
-
-
-def snapshot_arg(snapshot: str) -> str:
-    """NS8: an empty snapshot means the latest one."""
-    return snapshot or "latest"
 
 
 def snapshot_paths(paths: list[str]) -> list[str]:
@@ -108,11 +104,10 @@ def check_reachable(repository: Repository) -> None:
 
 
 def explain_read_failure(code: int, stderr: str, repository: Repository, snapshot: str) -> str:
-    text = stderr.lower()
     where = f"{repository.path.path} on {repository.destination.name or repository.destination.id}"
-    if "no matching id" in text or "no snapshot found" in text or "snapshot not found" in text:
+    if is_snapshot_missing(stderr):
         return f"snapshot {snapshot_arg(snapshot)} not found in {where}"
-    if code == restic.EXIT_NO_REPOSITORY:
+    if code == Exit.NO_REPOSITORY:
         return f"no restic repository at {where}"
     return f"{where}: {explain_restic_failure(code, stderr)}"
 
@@ -126,7 +121,7 @@ def read_environment_text(
     done = restic.run(
         repository.target,
         repository.password,
-        ["dump", "--no-lock", snapshot_arg(snapshot), ENVIRONMENT_PATH],
+        restic_args.dump_args(snapshot, ENVIRONMENT_PATH),
         podman_env=podman_env,
         timeout=600,
     )

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from agent import notification_queue, redis_keys, restic, run_history, run_report, tasks
+from agent import notification_queue, rclone, redis_keys, restic, run_history, run_report, tasks
 from agent.backup_status import ModuleStatus, Outcome, RunSummary, metadata, render_prometheus
 from agent.backup_status import write_atomic as write_file_atomic
 from agent.destinations import (
@@ -25,7 +25,8 @@ from agent.destinations import (
     restic_target,
 )
 from agent.errors import ActionFailed, AgentError, validation_error
-from agent.operations.module_backup import BackupJob, ModuleBackup, Retention, repo_path
+from agent.operations.backup_retention import Retention
+from agent.operations.module_backup import BackupJob, ModuleBackup, repo_path
 from agent.records.backups import BackupDefinition
 from agent.redis_store import Context
 
@@ -216,9 +217,9 @@ def _write_metadata(ctx: Context, destination: Destination, status: ModuleStatus
     done = restic.run(
         target,
         "",
-        ["rcat", spec],
+        rclone.rcat_args(spec),
         podman_env=ctx.settings.podman_env(),
-        entrypoint="/usr/bin/rclone",
+        entrypoint=rclone.ENTRYPOINT,
         input=text.encode(),
         timeout=120,
     )

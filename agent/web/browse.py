@@ -12,14 +12,13 @@ from typing import IO, Annotated, Any, Literal
 
 from pydantic import StringConstraints
 
-from agent import proc, restic
+from agent import proc, restic, restic_args, restic_messages
 from agent.errors import ActionFailed
 from agent.models import SnapshotRequest
 from agent.operations.restore_source import (
     Repository,
     check_reachable,
     explain_read_failure,
-    snapshot_arg,
     snapshot_paths,
 )
 
@@ -47,17 +46,6 @@ def snapshot_dir(path: str) -> str:
     return "/" if not path.strip("/") else snapshot_paths([path])[0]
 
 
-def ls_args(snapshot: str, directory: str) -> list[str]:
-    return ["ls", "--json", "--no-lock", snapshot_arg(snapshot), directory]
-
-
-def dump_args(snapshot: str, item: str, archive: str) -> list[str]:
-    args = ["dump", "--no-lock"]
-    if archive != "raw":
-        args += ["--archive", archive]
-    return [*args, snapshot_arg(snapshot), item]
-
-
 @dataclass(frozen=True)
 class Entry:
     name: str
@@ -81,7 +69,7 @@ def parse_listing(text: str, directory: str) -> tuple[list[Entry], bool]:
     the directory itself); (entries sorted folders first, whether the list was cut)."""
     entries: list[Entry] = []
     cut = False
-    for message in restic.parse_json_lines(text):
+    for message in restic_messages.parse_json_lines(text):
         if message.get("struct_type") != "node":
             continue
         path = message.get("path")
@@ -111,7 +99,7 @@ def list_directory(
     done = restic.run(
         repository.target,
         repository.password,
-        ls_args(snapshot, directory),
+        restic_args.ls_args(snapshot, directory),
         podman_env=podman_env,
         timeout=600,
     )
@@ -180,7 +168,9 @@ def start_dump(
     offer). A dump that fails before any byte raises ActionFailed with restic's reason."""
     item = snapshot_paths([request.item])[0]
     check_reachable(repository)
-    dump = Dump(repository, dump_args(request.snapshot, item, request.format), podman_env)
+    dump = Dump(
+        repository, restic_args.dump_args(request.snapshot, item, request.format), podman_env
+    )
     first = dump.read()
     if not first:
         reason = dump.failure()

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from agent import locks, restic
+from agent.restic_errors import Exit
 from tests.support import backups
 
 pytestmark = pytest.mark.podman
@@ -34,7 +35,7 @@ def test_a_restic_run_past_its_timeout_is_stopped_with_its_container(
             timeout=3,
             name=name,
         )
-        assert done.returncode == restic.EXIT_STOPPED
+        assert done.returncode == Exit.STOPPED
         listed = subprocess.run(
             ["podman", "ps", "--all", "--format", "{{.Names}}"],
             capture_output=True,

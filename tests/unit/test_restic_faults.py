@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from agent import restic
 from agent.operations.repository_lease import container_prefix
+from agent.restic_errors import Exit, may_leave_lock
+from agent.restic_messages import parse_init_id
 
 RETRY = (
     "Save(<lock/b4e191c465>) returned error, retrying after 43.96s: open /repo/locks/"
@@ -40,15 +42,15 @@ def test_retry_watch_without_limit_never_expires() -> None:
 
 def test_runs_that_may_leave_a_lock() -> None:
     for clean in (0, 1, 3, 10, 11, 12):
-        assert not restic.may_leave_lock(clean)
-    for abnormal in (130, 137, 143, -9, restic.EXIT_STOPPED, 125):
-        assert restic.may_leave_lock(abnormal)
+        assert not may_leave_lock(clean)
+    for abnormal in (130, 137, 143, -9, Exit.STOPPED, 125):
+        assert may_leave_lock(abnormal)
 
 
 def test_init_id_is_read_from_init_json() -> None:
     text = '{"message_type":"initialized","id":"1f5a79","repository":"/repo"}\n'
-    assert restic.parse_init_id(text) == "1f5a79"
-    assert restic.parse_init_id("created restic repository 1f5a79 at /repo\n") == ""
+    assert parse_init_id(text) == "1f5a79"
+    assert parse_init_id("created restic repository 1f5a79 at /repo\n") == ""
 
 
 def test_container_names_under_a_lease_share_its_prefix() -> None:

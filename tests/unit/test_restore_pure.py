@@ -38,14 +38,18 @@ def test_snapshot_paths_are_absolute_and_never_climb() -> None:
 
 
 def test_restore_argv_whole_and_partial() -> None:
-    assert restore_args("", "/restore", [], whole=True) == [
+    assert restore_args("", [], whole=True) == [
         *("restore", "--json", "latest", "--target", "/restore"),
         *("--exclude-xattr", "security.*", "--exclude", "/state/environment"),
         *("--exclude", "/state/agent.env", "--exclude", "/state/apitoken.cache", "--delete"),
     ]
-    partial = restore_args("abc123", "/restore", ["/volumes/pages/a.md"], whole=False)
-    assert "--delete" not in partial and "--exclude" not in partial
-    assert partial[-2:] == ["--include", "/volumes/pages/a.md"] and partial[2] == "abc123"
+    partial = restore_args("abc123", ["/volumes/pages/a.md"], whole=False)
+    assert partial == [
+        *("restore", "--json", "abc123", "--target", "/restore"),
+        *("--exclude-xattr", "security.*", "--include", "/volumes/pages/a.md"),
+    ]
+    dry_run = restore_args("abc123", ["/volumes/pages/a.md"], whole=False, dry_run=True)
+    assert dry_run == [*partial[:2], "--no-lock", "--dry-run", "-vv", *partial[2:]]
 
 
 def test_restore_request_whole_or_partial() -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from agent.errors import ConfigError, UnknownAgent, ValidationFailed
 from agent.models import RestoreModuleRequest
+from agent.restic_args import dump_args, ls_args
 from agent.web import actions, auth, browse, events
 from agent.web.app import content_disposition
 from agent.web.server import Address, parse_listen
@@ -91,14 +92,14 @@ def test_browser_paths_are_checked_like_restore_paths(bad: str) -> None:
 def test_restic_arguments() -> None:
     assert browse.snapshot_dir("") == "/" == browse.snapshot_dir("/")
     assert browse.snapshot_dir("volumes/pages/") == "/volumes/pages"
-    assert browse.ls_args("", "/volumes") == ["ls", "--json", "--no-lock", "latest", "/volumes"]
-    assert browse.dump_args("abcd1234", "/state/x", "raw") == [
+    assert ls_args("", "/volumes") == ["ls", "--json", "--no-lock", "latest", "/volumes"]
+    assert dump_args("abcd1234", "/state/x", "raw") == [
         "dump",
         "--no-lock",
         "abcd1234",
         "/state/x",
     ]
-    assert browse.dump_args("", "/volumes", "zip") == [
+    assert dump_args("", "/volumes", "zip") == [
         "dump",
         "--no-lock",
         "--archive",
