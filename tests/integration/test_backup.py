@@ -57,7 +57,7 @@ def test_backup_holds_state_dumps_and_included_volumes_only(
     assert f'node_backup_files{{id="1",name="Backup 1",module="{wiki}"}}' in text
 
 
-def test_container_starts_per_module_are_as_few_as_the_flow_allows(
+def test_perf_contract_container_starts_per_module_are_as_few_as_the_flow_allows(
     cluster: ClusterHarness, redis_client: redis.Redis, wiki: str, tmp_path: Path
 ) -> None:
     """NS8 starts four per module (snapshots, backup, stats, forget). Here: the backup,

@@ -87,7 +87,7 @@ def _tree(root: Path) -> dict[str, tuple[int, bytes]]:
     }
 
 
-def test_a_second_instance_copies_the_imageroot_kept_for_the_image_id(
+def test_perf_contract_a_second_instance_copies_the_imageroot_kept_for_the_image_id(
     audited: tuple[ClusterHarness, Path], minwiki_image: str
 ) -> None:
     """An image id names fixed content: its /imageroot is extracted once (by id, so a tag
