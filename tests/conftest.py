@@ -14,6 +14,7 @@ import http.client
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -43,6 +44,13 @@ RedisBackend = Literal["env", "container", "subprocess"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A run started in the background by a shell without job control (nohup, CI runners,
+    # `cmd &` in a script) inherits SIGINT ignored, and every process a test starts would
+    # too: tests that press Ctrl-C on api-cli would then wait for nothing. Give this
+    # process Python's own handler back, so what it starts gets the default, as from a
+    # terminal.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # Every podman this session starts (ours, the agent's, the build scripts') must use the
     # project's engine settings: runc, cgroupfs, no default ulimits.
     os.environ["CONTAINERS_CONF"] = str(CONTAINERS_CONF)
