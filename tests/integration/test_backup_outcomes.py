@@ -275,10 +275,11 @@ def test_backup_killed_mid_upload_reruns_at_once(
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert second.returncode == 0, second.stderr
-    assert time.monotonic() - started < 120, "no waiting for restic's 30-minute stale rule"
+    # Far below the 30 minutes, yet room for 384 MiB on a machine busy with other work.
+    assert time.monotonic() - started < 600, "no waiting for restic's 30-minute stale rule"
     assert not list((local_backup / "locks").iterdir())
     assert backups.status(redis_client, 1, 1, wiki)["outcome"] == "ok"
     assert backups.restic(local_backup, "check").returncode == 0
