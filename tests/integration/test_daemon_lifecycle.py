@@ -42,7 +42,7 @@ def test_task_of_a_killed_daemon_is_aborted_visibly_and_not_rerun(
     node.start()
     watcher = tasks.TaskWatcher(redis_client, "cluster")
     watcher.subscribe(slow_id)
-    result = watcher.wait(timeout=30)
+    result = watcher.wait(timeout=120)
     assert result.exit_code == 1
     assert "aborted" in result.error and "daemon" in result.error
     assert gone(sleep_pid)
@@ -50,7 +50,7 @@ def test_task_of_a_killed_daemon_is_aborted_visibly_and_not_rerun(
 
     quick = tasks.TaskWatcher(redis_client, "cluster")
     quick.subscribe(quick_task["id"])
-    assert quick.wait(timeout=30).output == "done"
+    assert quick.wait(timeout=120).output == "done"
     assert redis_client.llen(redis_keys.task_processing("cluster")) == 0
 
 

@@ -83,7 +83,7 @@ def test_a_forked_step_is_cancelled_and_recovered_like_a_cold_one(
     watcher = tasks.start(redis_client, tasks.TaskRequest("cluster", "slow", None))
     pid = wait_for_pid(state / "slow.pid")
     tasks.cancel(redis_client, "cluster", watcher.task_id)
-    result = watcher.wait(timeout=30)
+    result = watcher.wait(timeout=120)
     assert result.exit_code != 0 and "cancelled" in result.error
     assert gone(pid)
 
@@ -95,7 +95,7 @@ def test_a_forked_step_is_cancelled_and_recovered_like_a_cold_one(
     node.start()
     watcher = tasks.TaskWatcher(redis_client, "cluster")
     watcher.subscribe(slow_id)
-    result = watcher.wait(timeout=30)
+    result = watcher.wait(timeout=120)
     assert result.exit_code == 1 and "daemon" in result.error
     assert gone(pid)
     assert redis_client.llen(redis_keys.task_processing("cluster")) == 0
