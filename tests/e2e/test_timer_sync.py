@@ -71,7 +71,10 @@ def test_each_change_touches_exactly_its_files_and_reloads_once(
     redis_client: redis.Redis,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    subtests: pytest.Subtests,
 ) -> None:
+    """Each change's checks report on their own (subtests); every change first reads the
+    audit log, so a failed check does not shift what the next one sees."""
     audit = tmp_path / "argv.log"
     monkeypatch.setenv("AGENT_ARGV_LOG", str(audit))
     redis_client.hset("cluster/module_node", mapping={"wiki1": "1", "wiki2": "2", "dok1": "1"})
@@ -83,64 +86,78 @@ def test_each_change_touches_exactly_its_files_and_reloads_once(
         return schedule.sync_timers(redis_client, node_settings)
 
     result = sync()
-    assert result.written == ("backup1.service", "backup1.timer")
-    assert sorted(_files(systemd_node)) == ["backup1.service", "backup1.timer"]
     calls = _systemctl_calls(audit)
-    assert calls == [["daemon-reload"], ["enable", "--no-reload", "--now", "backup1.timer"]]
-    assert systemd_node.show("backup1.timer", "ActiveState")["ActiveState"] == "active"
+    with subtests.test("the first sync writes and starts backup 1's timer"):
+        assert result.written == ("backup1.service", "backup1.timer")
+        assert sorted(_files(systemd_node)) == ["backup1.service", "backup1.timer"]
+        assert calls == [["daemon-reload"], ["enable", "--no-reload", "--now", "backup1.timer"]]
+        assert systemd_node.show("backup1.timer", "ActiveState")["ActiveState"] == "active"
 
     # Nothing changed: no file written, systemd left alone.
     before = {p.name: p.stat().st_mtime_ns for p in systemd_node.unit_dir.iterdir()}
-    assert sync() == schedule.SyncResult()
-    assert _systemctl_calls(audit) == []
-    assert {p.name: p.stat().st_mtime_ns for p in systemd_node.unit_dir.iterdir()} == before
+    result = sync()
+    calls = _systemctl_calls(audit)
+    with subtests.test("nothing changed: nothing written, systemd left alone"):
+        assert result == schedule.SyncResult()
+        assert calls == []
+        assert {p.name: p.stat().st_mtime_ns for p in systemd_node.unit_dir.iterdir()} == before
 
     # A schedule change rewrites the timer only; systemd re-arms it on the one reload.
     redis_client.hset("cluster/backup/1", "schedule", "*-*-* 05:07:00")
     result = sync()
-    assert (result.written, result.removed) == (("backup1.timer",), ())
-    assert _systemctl_calls(audit) == [["daemon-reload"]]
+    calls = _systemctl_calls(audit)
     next_run = schedule.timer_rows(redis_client, node_settings)[0]["next"]
-    assert next_run is not None and next_run.endswith("T05:07:00+00:00")
     _systemctl_calls(audit)  # (the list-timers just made)
+    with subtests.test("a schedule change rewrites the timer, one reload"):
+        assert (result.written, result.removed) == (("backup1.timer",), ())
+        assert calls == [["daemon-reload"]]
+        assert next_run is not None and next_run.endswith("T05:07:00+00:00")
 
     # Enabling backup 3 adds its two files and starts its timer.
     redis_client.hset("cluster/backup/3", "enabled", "1")
     result = sync()
-    assert (result.written, result.removed) == (("backup3.service", "backup3.timer"), ())
-    assert _systemctl_calls(audit) == [
-        ["daemon-reload"],
-        ["enable", "--no-reload", "--now", "backup3.timer"],
-    ]
+    calls = _systemctl_calls(audit)
+    with subtests.test("enabling backup 3 adds its files and starts its timer"):
+        assert (result.written, result.removed) == (("backup3.service", "backup3.timer"), ())
+        assert calls == [
+            ["daemon-reload"],
+            ["enable", "--no-reload", "--now", "backup3.timer"],
+        ]
 
     # Disabling backup 1 stops its timer and removes its files, nothing else.
     redis_client.hset("cluster/backup/1", "enabled", "")
     result = sync()
-    assert (result.written, result.removed) == ((), ("backup1.service", "backup1.timer"))
-    assert sorted(_files(systemd_node)) == ["backup3.service", "backup3.timer"]
-    assert _systemctl_calls(audit) == [
-        ["disable", "--no-reload", "--now", "backup1.timer"],
-        ["daemon-reload"],
-    ]
-    assert systemd_node.show("backup1.timer", "LoadState")["LoadState"] == "not-found"
+    calls = _systemctl_calls(audit)
+    with subtests.test("disabling backup 1 stops its timer and removes its files"):
+        assert (result.written, result.removed) == ((), ("backup1.service", "backup1.timer"))
+        assert sorted(_files(systemd_node)) == ["backup3.service", "backup3.timer"]
+        assert calls == [
+            ["disable", "--no-reload", "--now", "backup1.timer"],
+            ["daemon-reload"],
+        ]
+        assert systemd_node.show("backup1.timer", "LoadState")["LoadState"] == "not-found"
 
     # Deleting backup 3 does the same for it.
     redis_client.delete("cluster/backup/3")
     result = sync()
-    assert (result.written, result.removed) == ((), ("backup3.service", "backup3.timer"))
-    assert _files(systemd_node) == {}
-    assert [c[0] for c in _systemctl_calls(audit)] == ["disable", "daemon-reload"]
+    calls = _systemctl_calls(audit)
+    with subtests.test("deleting backup 3 removes its timer"):
+        assert (result.written, result.removed) == ((), ("backup3.service", "backup3.timer"))
+        assert _files(systemd_node) == {}
+        assert [c[0] for c in calls] == ["disable", "daemon-reload"]
 
     # A module moving to this node brings the timers of its backups.
     redis_client.hset("cluster/module_node", "wiki2", "1")
     result = sync()
-    assert result.written == ("backup2.service", "backup2.timer")
-    assert [c[0] for c in _systemctl_calls(audit)] == ["daemon-reload", "enable"]
-    rows = schedule.timer_rows(redis_client, node_settings)
-    assert [(r["id"], r["active"], r["last"]) for r in rows] == [(2, True, None)]
-    assert rows[0]["next"] is not None
-    listed = systemd_node.exec("systemctl", "list-timers", "backup*", "--no-legend").stdout
-    assert [line.split()[-2] for line in listed.splitlines()] == ["backup2.timer"]
+    calls = _systemctl_calls(audit)
+    with subtests.test("a module moving here brings its backups' timers"):
+        assert result.written == ("backup2.service", "backup2.timer")
+        assert [c[0] for c in calls] == ["daemon-reload", "enable"]
+        rows = schedule.timer_rows(redis_client, node_settings)
+        assert [(r["id"], r["active"], r["last"]) for r in rows] == [(2, True, None)]
+        assert rows[0]["next"] is not None
+        listed = systemd_node.exec("systemctl", "list-timers", "backup*", "--no-legend").stdout
+        assert [line.split()[-2] for line in listed.splitlines()] == ["backup2.timer"]
 
 
 def test_operator_units_are_never_touched(

@@ -21,8 +21,13 @@ def repo_of(client: redis.Redis, base: Path, module_id: str) -> Path:
 
 
 def test_backup_holds_state_dumps_and_included_volumes_only(
-    cluster: ClusterHarness, redis_client: redis.Redis, wiki: str, tmp_path: Path
+    cluster: ClusterHarness,
+    redis_client: redis.Redis,
+    wiki: str,
+    tmp_path: Path,
+    subtests: pytest.Subtests,
 ) -> None:
+    """Each part of the outcome reports on its own (subtests)."""
     target = tmp_path / "backups"
     target.mkdir()
     destination = backups.add_destination(redis_client, "local", f"local:{target}")
@@ -33,31 +38,36 @@ def test_backup_holds_state_dumps_and_included_volumes_only(
     assert output["outcome"] == "ok"
 
     repo = repo_of(redis_client, target, wiki)
-    paths = backups.listing(repo)
-    assert "srv/state/environment" in paths or "state/environment" in paths
-    joined = "\n".join(paths)
-    assert "state/wiki-dump.sqlite" in joined and "state/wiki_settings.dump" in joined
-    assert "volumes/pages/" in joined and "volumes/db/wiki.db" in joined
-    assert "volumes/cache" not in joined, "cache is not in state-include.conf"
-    assert ".tmp" not in joined, "excluded by state-exclude.conf"
-    assert backups.restic(repo, "check").returncode == 0
+    with subtests.test("the snapshot holds the dumps and included volumes only"):
+        paths = backups.listing(repo)
+        assert "srv/state/environment" in paths or "state/environment" in paths
+        joined = "\n".join(paths)
+        assert "state/wiki-dump.sqlite" in joined and "state/wiki_settings.dump" in joined
+        assert "volumes/pages/" in joined and "volumes/db/wiki.db" in joined
+        assert "volumes/cache" not in joined, "cache is not in state-include.conf"
+        assert ".tmp" not in joined, "excluded by state-exclude.conf"
+        assert backups.restic(repo, "check").returncode == 0
 
-    status = backups.status(redis_client, 1, 1, wiki)
-    assert status["outcome"] == "ok" and status["errors"] == 0
-    assert status["total_file_count"] > 200 and status["total_size"] > 2_000_000
-    assert status["snapshots_count"] == 1 and status["snapshot_id"]
-    state = cluster.nodes[1].settings.state_dir(f"module/{wiki}")
-    assert (state / "cleanup-ran").read_text().strip() == "1"
-    assert not (state / "wiki-dump.sqlite").exists(), "cleanup removed the dump"
-    meta = json.loads((repo.parent / f"{repo.name}.json").read_text())
-    assert meta["module_id"] == wiki and meta["outcome"] == "ok" and meta["success"] is True
-    prom = cluster.nodes[1].settings.state_dir("node/1") / "node_exporter" / "backup1.prom"
-    text = prom.read_text()
-    assert 'node_backup_status{id="1",name="Backup 1"} 1' in text
-    assert f'node_backup_files{{id="1",name="Backup 1",module="{wiki}"}}' in text
+    with subtests.test("the backup status"):
+        status = backups.status(redis_client, 1, 1, wiki)
+        assert status["outcome"] == "ok" and status["errors"] == 0
+        assert status["total_file_count"] > 200 and status["total_size"] > 2_000_000
+        assert status["snapshots_count"] == 1 and status["snapshot_id"]
+    with subtests.test("the module's cleanup ran"):
+        state = cluster.nodes[1].settings.state_dir(f"module/{wiki}")
+        assert (state / "cleanup-ran").read_text().strip() == "1"
+        assert not (state / "wiki-dump.sqlite").exists(), "cleanup removed the dump"
+    with subtests.test("the repository's metadata file"):
+        meta = json.loads((repo.parent / f"{repo.name}.json").read_text())
+        assert meta["module_id"] == wiki and meta["outcome"] == "ok" and meta["success"] is True
+    with subtests.test("the node_exporter metrics"):
+        prom = cluster.nodes[1].settings.state_dir("node/1") / "node_exporter" / "backup1.prom"
+        text = prom.read_text()
+        assert 'node_backup_status{id="1",name="Backup 1"} 1' in text
+        assert f'node_backup_files{{id="1",name="Backup 1",module="{wiki}"}}' in text
 
 
-def test_container_starts_per_module_are_as_few_as_the_flow_allows(
+def test_perf_contract_container_starts_per_module_are_as_few_as_the_flow_allows(
     cluster: ClusterHarness, redis_client: redis.Redis, wiki: str, tmp_path: Path
 ) -> None:
     """NS8 starts four per module (snapshots, backup, stats, forget). Here: the backup,

@@ -278,7 +278,9 @@ def test_backup_killed_mid_upload_reruns_at_once(
         timeout=600,
     )
     assert second.returncode == 0, second.stderr
-    assert time.monotonic() - started < 120, "no waiting for restic's 30-minute stale rule"
+    # Far below the 30 minutes, yet room for 384 MiB on a machine busy with other work (the
+    # whole test took 54 s with two workers beside two CPU hogs; pytest's timeout is 300).
+    assert time.monotonic() - started < 180, "no waiting for restic's 30-minute stale rule"
     assert not list((local_backup / "locks").iterdir())
     assert backups.status(redis_client, 1, 1, wiki)["outcome"] == "ok"
     assert backups.restic(local_backup, "check").returncode == 0

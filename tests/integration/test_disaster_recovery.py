@@ -72,8 +72,14 @@ def definitions(client: redis.Redis) -> dict[str, dict[str, str]]:
 
 
 def test_a_destroyed_cluster_comes_back_from_its_destinations(
-    tmp_path: Path, redis_client: redis.Redis, redis_url: str, minwiki_image: str, restic_image: str
+    tmp_path: Path,
+    redis_client: redis.Redis,
+    redis_url: str,
+    minwiki_image: str,
+    restic_image: str,
+    subtests: pytest.Subtests,
 ) -> None:
+    """Each stage's checks report on their own (subtests)."""
     # Both clusters reach the destinations beside them (a disk moved to the new one).
     roots = (str(tmp_path),)
     old = ClusterHarness(tmp_path / "old", redis_url, local_roots=roots)
@@ -114,53 +120,68 @@ def test_a_destroyed_cluster_comes_back_from_its_destinations(
         new.add_node(1)
         sealed = (stores[0] / name).read_bytes()
         request = {"type": "file", "file": base64.b64encode(sealed).decode()}
-        code, output, _ = new.api_json("retrieve-cluster-backup", {**request, "password": "guess"})
-        assert code == 2 and output[0]["error"] == "invalid_passphrase", output
-        damaged = bytearray(sealed)
-        damaged[len(damaged) // 2] ^= 0xFF
-        code, output, _ = new.api_json(
-            "retrieve-cluster-backup",
-            {**request, "file": base64.b64encode(bytes(damaged)).decode(), "password": PASSPHRASE},
-        )
-        assert code == 2 and output[0]["error"] == "backup_file_damaged", output
-        assert not redis_client.keys("cluster/backup*"), "a refused file changes nothing"
+        with subtests.test("a wrong passphrase or a damaged file is refused"):
+            code, output, _ = new.api_json(
+                "retrieve-cluster-backup", {**request, "password": "guess"}
+            )
+            assert code == 2 and output[0]["error"] == "invalid_passphrase", output
+            damaged = bytearray(sealed)
+            damaged[len(damaged) // 2] ^= 0xFF
+            code, output, _ = new.api_json(
+                "retrieve-cluster-backup",
+                {
+                    **request,
+                    "file": base64.b64encode(bytes(damaged)).decode(),
+                    "password": PASSPHRASE,
+                },
+            )
+            assert code == 2 and output[0]["error"] == "backup_file_damaged", output
+            assert not redis_client.keys("cluster/backup*"), "a refused file changes nothing"
 
         found = new.api_ok("retrieve-cluster-backup", {**request, "password": PASSPHRASE})
-        assert found["backup_repositories"] == 2 and found["backups"] == 2
-        assert {m["module_id"] for m in found["modules"]} == set(wikis)
+        with subtests.test("retrieve-cluster-backup lists what it holds"):
+            assert found["backup_repositories"] == 2 and found["backups"] == 2
+            assert {m["module_id"] for m in found["modules"]} == set(wikis)
         new.api_ok("restore-cluster")
-        assert redis_client.get("cluster/uuid") == cluster_uuid
+        with subtests.test("the cluster's uuid comes back"):
+            assert redis_client.get("cluster/uuid") == cluster_uuid
         restored_definitions = definitions(redis_client)
         restored_definitions_all = definitions(redis_client)
-        for backup_id, module_id in ((1, wikis[0]), (2, wikis[1])):
-            key = f"cluster/backup/{backup_id}"
-            assert restored_definitions[key].pop("uinstances") == module_uuids[module_id]
-            assert restored_definitions[key].pop("instances") == ""
-            assert expected[key].pop("instances") == module_id
-        assert restored_definitions == expected
-        code, output, _ = new.api_json("restore-cluster")
-        assert code != 0, "a second restore-cluster is refused"
+        with subtests.test("the definitions come back, instances by uuid"):
+            for backup_id, module_id in ((1, wikis[0]), (2, wikis[1])):
+                key = f"cluster/backup/{backup_id}"
+                assert restored_definitions[key].pop("uinstances") == module_uuids[module_id]
+                assert restored_definitions[key].pop("instances") == ""
+                assert expected[key].pop("instances") == module_id
+            assert restored_definitions == expected
+        with subtests.test("a second restore-cluster is refused"):
+            code, output, _ = new.api_json("restore-cluster")
+            assert code != 0, "a second restore-cluster is refused"
         encoded = base64.b64encode(sealed).decode()
-        code, output, _ = new.api_json(
-            "import-backup-destinations", {"backup_password": "guess", "backup_data": encoded}
-        )
-        assert code == 3 and output[0]["error"] == "invalid_passphrase", output
-        imported = new.api_ok(
-            "import-backup-destinations", {"backup_password": PASSPHRASE, "backup_data": encoded}
-        )
-        assert imported == {"imported_destinations": 0, "skipped_destinations": 2}
-        redis_client.delete(f"cluster/backup_repository/{destinations[0]}")
-        imported = new.api_ok(
-            "import-backup-destinations", {"backup_password": PASSPHRASE, "backup_data": encoded}
-        )
-        assert imported == {"imported_destinations": 1, "skipped_destinations": 1}
-        assert definitions(redis_client) == restored_definitions_all
+        with subtests.test("import-backup-destinations adds only what is missing"):
+            code, output, _ = new.api_json(
+                "import-backup-destinations", {"backup_password": "guess", "backup_data": encoded}
+            )
+            assert code == 3 and output[0]["error"] == "invalid_passphrase", output
+            imported = new.api_ok(
+                "import-backup-destinations",
+                {"backup_password": PASSPHRASE, "backup_data": encoded},
+            )
+            assert imported == {"imported_destinations": 0, "skipped_destinations": 2}
+            redis_client.delete(f"cluster/backup_repository/{destinations[0]}")
+            imported = new.api_ok(
+                "import-backup-destinations",
+                {"backup_password": PASSPHRASE, "backup_data": encoded},
+            )
+            assert imported == {"imported_destinations": 1, "skipped_destinations": 1}
+            assert definitions(redis_client) == restored_definitions_all
 
-        rows = new.api_ok("read-backup-repositories")
-        paths = {(r["repository_id"], r["path"]) for r in rows}
-        assert paths == {
-            (destinations[i], f"minwiki/{module_uuids[m]}") for i, m in enumerate(wikis)
-        }
+        with subtests.test("read-backup-repositories finds every module's repository"):
+            rows = new.api_ok("read-backup-repositories")
+            paths = {(r["repository_id"], r["path"]) for r in rows}
+            assert paths == {
+                (destinations[i], f"minwiki/{module_uuids[m]}") for i, m in enumerate(wikis)
+            }
         restored = []
         for index, module_id in enumerate(wikis):
             added = new.api_ok(
@@ -172,13 +193,16 @@ def test_a_destroyed_cluster_comes_back_from_its_destinations(
                     "snapshot": "",
                 },
             )
-            assert added["module_uuid"] == module_uuids[module_id]
-            assert (
-                redis_client.hget(f"cluster/backup/{index + 1}", "instances") == added["module_id"]
-            )
-            compare(new, added["module_id"], before[module_id], tmp_path)
             restored.append(added["module_id"])
-        assert redis_client.get(f"module/{restored[1]}/ui_name") == "Second wiki"
+            with subtests.test("restore-module brings back the module", module=module_id):
+                assert added["module_uuid"] == module_uuids[module_id]
+                assert (
+                    redis_client.hget(f"cluster/backup/{index + 1}", "instances")
+                    == added["module_id"]
+                )
+                compare(new, added["module_id"], before[module_id], tmp_path)
+        with subtests.test("the UI label comes back"):
+            assert redis_client.get(f"module/{restored[1]}/ui_name") == "Second wiki"
         # The new cluster backs up again, with the same passphrase, to the same place.
         new.api_ok("run-backup", {"id": 2})
         assert (stores[1] / name).read_bytes() != sealed

@@ -38,8 +38,14 @@ def make_awkward(pages: Path) -> None:
 
 
 def test_an_archive_moves_a_module_to_an_unrelated_cluster(
-    tmp_path: Path, redis_client: redis.Redis, redis_url: str, minwiki_image: str, restic_image: str
+    tmp_path: Path,
+    redis_client: redis.Redis,
+    redis_url: str,
+    minwiki_image: str,
+    restic_image: str,
+    subtests: pytest.Subtests,
 ) -> None:
+    """Each stage's checks report on their own (subtests)."""
     # Both clusters reach the destinations beside them (a disk moved to the new one).
     roots = (str(tmp_path),)
     old = ClusterHarness(tmp_path / "old", redis_url, local_roots=roots)
@@ -64,24 +70,26 @@ def test_an_archive_moves_a_module_to_an_unrelated_cluster(
             },
         )
         archive = Path(exported["path"])
-        assert archive.name == f"{wiki}-{exported['snapshot'][:8]}.agentbackup"
-        assert hashlib.sha256(archive.read_bytes()).hexdigest() == exported["sha256"]
-        listed = subprocess.run(
-            ["tar", "--zstd", "-tf", str(archive)], capture_output=True, text=True, check=True
-        ).stdout.splitlines()
-        assert listed[-1] == "manifest.json" and "volumes/pages/awkward/sparse.img" in listed
-        manifest = json.loads(
-            subprocess.run(
-                ["tar", "--zstd", "-xOf", str(archive), "manifest.json"],
-                capture_output=True,
-                check=True,
-            ).stdout
-        )
-        assert manifest["module_uuid"] == module_uuid and manifest["image_url"] == minwiki_image
-        assert manifest["format_version"] == 1 and manifest["files"] == exported["files"]
-        kinds = {m["name"]: m for m in manifest["members"]}
-        assert kinds["volumes/pages/awkward/second name.txt"]["type"] == "1"  # a hard link
-        assert manifest["snapshot"]["id"] == exported["snapshot"]
+        with subtests.test("the archive's name and checksum"):
+            assert archive.name == f"{wiki}-{exported['snapshot'][:8]}.agentbackup"
+            assert hashlib.sha256(archive.read_bytes()).hexdigest() == exported["sha256"]
+        with subtests.test("the archive's members and manifest"):
+            listed = subprocess.run(
+                ["tar", "--zstd", "-tf", str(archive)], capture_output=True, text=True, check=True
+            ).stdout.splitlines()
+            assert listed[-1] == "manifest.json" and "volumes/pages/awkward/sparse.img" in listed
+            manifest = json.loads(
+                subprocess.run(
+                    ["tar", "--zstd", "-xOf", str(archive), "manifest.json"],
+                    capture_output=True,
+                    check=True,
+                ).stdout
+            )
+            assert manifest["module_uuid"] == module_uuid and manifest["image_url"] == minwiki_image
+            assert manifest["format_version"] == 1 and manifest["files"] == exported["files"]
+            kinds = {m["name"]: m for m in manifest["members"]}
+            assert kinds["volumes/pages/awkward/second name.txt"]["type"] == "1"  # a hard link
+            assert manifest["snapshot"]["id"] == exported["snapshot"]
         before = snapshot_of(old, wiki)
 
         # A cluster that shares nothing with the first: the archive alone travels.
@@ -100,27 +108,31 @@ def test_an_archive_moves_a_module_to_an_unrelated_cluster(
         changed = bytearray(data)
         changed[len(changed) // 2] ^= 0x55
         flipped.write_bytes(bytes(changed))
-        for bad in (truncated, flipped):
-            code, output, stderr = new.api_json(
-                "import-module-backup", {"node": 1, "file": str(bad)}
-            )
-            assert code == 2, (bad, output, stderr)
-            assert not redis_client.hgetall("cluster/module_node"), "nothing installed"
-            assert not redis_client.keys("cluster/backup_repository/*")
         scratch = tmp_path / "new" / "node1" / "imports"
-        assert not scratch.exists() or not list(scratch.iterdir())
+        for bad in (truncated, flipped):
+            with subtests.test("a damaged archive is refused and changes nothing", file=bad.name):
+                code, output, stderr = new.api_json(
+                    "import-module-backup", {"node": 1, "file": str(bad)}
+                )
+                assert code == 2, (bad, output, stderr)
+                assert not redis_client.hgetall("cluster/module_node"), "nothing installed"
+                assert not redis_client.keys("cluster/backup_repository/*")
+                assert not scratch.exists() or not list(scratch.iterdir())
 
         added = new.api_ok("import-module-backup", {"node": 1, "file": str(carried)})
-        assert added["module_uuid"] == module_uuid
-        compare(new, added["module_id"], before, tmp_path)
-        restored = new.volume_dir(1, added["module_id"], "pages") / "awkward"
-        assert (restored / "original.txt").stat().st_ino == (
-            restored / "second name.txt"
-        ).stat().st_ino
-        assert os.getxattr(restored / "original.txt", "user.note") == b"kept"
-        assert (restored / "ünïcødé ✓").stat().st_mtime_ns == 1_600_000_000_987_654_321
-        assert not redis_client.keys("cluster/backup_repository/*"), "the scratch one is gone"
-        assert not list(scratch.iterdir()), "the scratch tree and repository are removed"
+        with subtests.test("the imported module is the exported one"):
+            assert added["module_uuid"] == module_uuid
+            compare(new, added["module_id"], before, tmp_path)
+        with subtests.test("hard links, xattrs and mtimes survive"):
+            restored = new.volume_dir(1, added["module_id"], "pages") / "awkward"
+            assert (restored / "original.txt").stat().st_ino == (
+                restored / "second name.txt"
+            ).stat().st_ino
+            assert os.getxattr(restored / "original.txt", "user.note") == b"kept"
+            assert (restored / "ünïcødé ✓").stat().st_mtime_ns == 1_600_000_000_987_654_321
+        with subtests.test("the import leaves no scratch behind"):
+            assert not redis_client.keys("cluster/backup_repository/*"), "the scratch one is gone"
+            assert not list(scratch.iterdir()), "the scratch tree and repository are removed"
     finally:
         old.stop()
         new.stop()

@@ -164,33 +164,43 @@ def test_a_timer_run_notifies_and_an_unreachable_target_never_fails_the_backup(
 
 
 def test_targets_are_validated_masked_and_tested(
-    cluster: ClusterHarness, redis_client: redis.Redis, receiver: Receiver
+    cluster: ClusterHarness,
+    redis_client: redis.Redis,
+    receiver: Receiver,
+    subtests: pytest.Subtests,
 ) -> None:
+    """Each action's checks report on their own (subtests)."""
     secret_url = receiver.url("s3cr3t-token-path")
     code, output, stderr = add_target(cluster, "ops", secret_url, ["failure", "overdue"])
     assert code == 0, stderr
-    assert output["url"] == "json://…"
-    assert redis_client.hget(redis_keys.notification_target_private("ops"), "url") == secret_url
-    assert "s3cr3t" not in json.dumps(redis_client.hgetall(redis_keys.notification_target("ops")))
-    contexts = [
-        redis_client.get(k) or ""
-        for k in redis_client.scan_iter(match="task/cluster/*/context", count=1000)
-    ]
-    assert contexts and not any("s3cr3t" in c for c in contexts)
+    with subtests.test("the url is masked everywhere public"):
+        assert output["url"] == "json://…"
+        assert redis_client.hget(redis_keys.notification_target_private("ops"), "url") == secret_url
+        assert "s3cr3t" not in json.dumps(
+            redis_client.hgetall(redis_keys.notification_target("ops"))
+        )
+        contexts = [
+            redis_client.get(k) or ""
+            for k in redis_client.scan_iter(match="task/cluster/*/context", count=1000)
+        ]
+        assert contexts and not any("s3cr3t" in c for c in contexts)
 
-    assert add_target(cluster, "ops", secret_url, ["failure"])[0] == 2  # name taken
-    assert add_target(cluster, "bad", "nosuchservice://x", ["failure"])[0] == 10
-    assert add_target(cluster, "bad", secret_url, ["sometimes"])[0] == 10
-    assert not redis_client.exists(redis_keys.notification_target("bad"))
+    with subtests.test("bad targets are refused"):
+        assert add_target(cluster, "ops", secret_url, ["failure"])[0] == 2  # name taken
+        assert add_target(cluster, "bad", "nosuchservice://x", ["failure"])[0] == 10
+        assert add_target(cluster, "bad", secret_url, ["sometimes"])[0] == 10
+        assert not redis_client.exists(redis_keys.notification_target("bad"))
 
-    code, output, _ = cluster.api_json("test-notification-target", {"name": "ops"})
-    assert code == 0 and output == {"sent": True}
-    assert receiver.next()["path"] == "/s3cr3t-token-path"
+    with subtests.test("test-notification-target sends"):
+        code, output, _ = cluster.api_json("test-notification-target", {"name": "ops"})
+        assert code == 0 and output == {"sent": True}
+        assert receiver.next()["path"] == "/s3cr3t-token-path"
 
     altered = {"name": "ops", "url": "", "events": ["report"], "backups": [1]}
-    code, output, _ = cluster.api_json("alter-notification-target", altered)
-    assert code == 0 and output["events"] == ["report"] and output["backups"] == [1]
-    assert redis_client.hget(redis_keys.notification_target_private("ops"), "url") == secret_url
+    with subtests.test("alter keeps the url when none is given"):
+        code, output, _ = cluster.api_json("alter-notification-target", altered)
+        assert code == 0 and output["events"] == ["report"] and output["backups"] == [1]
+        assert redis_client.hget(redis_keys.notification_target_private("ops"), "url") == secret_url
 
     assert cluster.api_json("remove-notification-target", {"name": "ops"})[0] == 0
     assert cluster.api_json("remove-notification-target", {"name": "ops"})[0] == 2

@@ -47,7 +47,9 @@ def test_restore_on_another_node_brings_back_everything(
     minwiki_image: str,
     restic_image: str,
     tmp_path: Path,
+    subtests: pytest.Subtests,
 ) -> None:
+    """Each stage's checks report on their own (subtests)."""
     cluster.add_node(2)
     wiki, repository, backup_id = backed_up_wiki(cluster, minwiki_image, tmp_path / "dest")
     source_pages = cluster.volume_dir(1, wiki, "pages")
@@ -55,57 +57,71 @@ def test_restore_on_another_node_brings_back_everything(
     redis_client.set(f"module/{wiki}/ui_name", "Team wiki ✓")  # the UI label travels too
     run_backup(cluster, backup_id)
     state = cluster.nodes[1].settings.state_dir(f"module/{wiki}")
-    assert not (state / "ui_name.dump").exists(), "the label dump is removed after the backup"
+    with subtests.test("the label dump is removed after the backup"):
+        assert not (state / "ui_name.dump").exists(), "the label dump is removed after the backup"
     module_uuid = redis_client.hget("cluster/module_uuid", wiki)
     path = f"minwiki/{module_uuid}"
 
     found = cluster.api_ok("read-backup-repositories")
-    [row] = [r for r in found if r["path"] == path]
-    assert row["repository_id"] == repository and row["module_id"] == wiki
-    assert row["installed_instance"] == wiki and row["is_generated_locally"] is True
-    assert row["node_fqdn"] and row["timestamp"] > 0 and row["repository_provider"] == "local"
-    [snapshot] = cluster.api_ok("read-backup-snapshots", {"repository": repository, "path": path})
-    assert snapshot["total_bytes"] > 2_000_000 and len(snapshot["id"]) == 64
-    eligibility = cluster.api_ok(
-        "determine-restore-eligibility",
-        {"repository": repository, "path": path, "snapshot": ""},
-    )
-    assert eligibility["image_url"] == minwiki_image
-    assert [
-        (d["node_id"], d["instances"], d["eligible"]) for d in eligibility["install_destinations"]
-    ] == [
-        (1, 1, True),
-        (2, 0, True),
-    ]
+    with subtests.test("read-backup-repositories"):
+        [row] = [r for r in found if r["path"] == path]
+        assert row["repository_id"] == repository and row["module_id"] == wiki
+        assert row["installed_instance"] == wiki and row["is_generated_locally"] is True
+        assert row["node_fqdn"] and row["timestamp"] > 0 and row["repository_provider"] == "local"
+    with subtests.test("read-backup-snapshots"):
+        [snapshot] = cluster.api_ok(
+            "read-backup-snapshots", {"repository": repository, "path": path}
+        )
+        assert snapshot["total_bytes"] > 2_000_000 and len(snapshot["id"]) == 64
+    with subtests.test("determine-restore-eligibility"):
+        eligibility = cluster.api_ok(
+            "determine-restore-eligibility",
+            {"repository": repository, "path": path, "snapshot": ""},
+        )
+        assert eligibility["image_url"] == minwiki_image
+        assert [
+            (d["node_id"], d["instances"], d["eligible"])
+            for d in eligibility["install_destinations"]
+        ] == [
+            (1, 1, True),
+            (2, 0, True),
+        ]
 
     restored = cluster.api_ok(
         "cluster/restore-module",
         {"node": 2, "repository": repository, "path": path, "snapshot": ""},
     )
     new = restored["module_id"]
-    assert restored["image_url"] == minwiki_image and restored["image_name"] == "minwiki"
-    assert redis_client.hget("cluster/module_node", new) == "2"
-    # The source is still installed: the copy gets its own uuid, mapped to the source's.
-    assert restored["module_uuid"] != module_uuid
-    assert redis_client.hget("private/nodes/restore_uuid", restored["module_uuid"]) == module_uuid
+    with subtests.test("the copy is on node 2 under its own uuid"):
+        assert restored["image_url"] == minwiki_image and restored["image_name"] == "minwiki"
+        assert redis_client.hget("cluster/module_node", new) == "2"
+        # The source is still installed: the copy gets its own uuid, mapped to the source's.
+        assert restored["module_uuid"] != module_uuid
+        assert (
+            redis_client.hget("private/nodes/restore_uuid", restored["module_uuid"]) == module_uuid
+        )
 
-    result = report(cluster, wiki, new)
-    assert result["ok"], result["differences"]
-    compared = result["compared"]
-    assert compared["files"] > 200 and compared["symlinks"] == 1
-    assert compared["hardlink_groups"] == 1 and compared["xattrs"] >= 1
-    assert "wiki_settings" in compared["redis_keys"]
-    assert redis_client.get(f"module/{new}/ui_name") == "Team wiki ✓"
-    restored_pages = cluster.volume_dir(2, new, "pages")
-    assert os.getxattr(restored_pages / "private-notes.md", "user.reviewed") == b"by admin"
-    assert (restored_pages / "drafts" / "empty").is_dir()
-    assert not list(restored_pages.rglob("*.tmp")), "excluded at backup, absent after restore"
-    assert redis_client.hgetall(f"module/{new}/wiki_settings") == redis_client.hgetall(
-        f"module/{wiki}/wiki_settings"
-    )
-    status = cluster.api_ok(f"module/{new}/get-status")
-    assert status == cluster.api_ok(f"module/{wiki}/get-status")
-    db_path = cluster.volume_dir(2, new, "db") / "wiki.db"
-    with sqlite3.connect(db_path) as db:
-        assert db.execute("SELECT count(*) FROM pages").fetchone()[0] == status["pages"]
-    backups.restic(tmp_path / "dest" / path, "check")
+    with subtests.test("the copy is the source, file for file"):
+        result = report(cluster, wiki, new)
+        assert result["ok"], result["differences"]
+        compared = result["compared"]
+        assert compared["files"] > 200 and compared["symlinks"] == 1
+        assert compared["hardlink_groups"] == 1 and compared["xattrs"] >= 1
+        assert "wiki_settings" in compared["redis_keys"]
+    with subtests.test("label, xattrs, empty dirs, excludes"):
+        assert redis_client.get(f"module/{new}/ui_name") == "Team wiki ✓"
+        restored_pages = cluster.volume_dir(2, new, "pages")
+        assert os.getxattr(restored_pages / "private-notes.md", "user.reviewed") == b"by admin"
+        assert (restored_pages / "drafts" / "empty").is_dir()
+        assert not list(restored_pages.rglob("*.tmp")), "excluded at backup, absent after restore"
+    with subtests.test("the module's own state and database"):
+        assert redis_client.hgetall(f"module/{new}/wiki_settings") == redis_client.hgetall(
+            f"module/{wiki}/wiki_settings"
+        )
+        status = cluster.api_ok(f"module/{new}/get-status")
+        assert status == cluster.api_ok(f"module/{wiki}/get-status")
+        db_path = cluster.volume_dir(2, new, "db") / "wiki.db"
+        with sqlite3.connect(db_path) as db:
+            assert db.execute("SELECT count(*) FROM pages").fetchone()[0] == status["pages"]
+    with subtests.test("the repository checks clean"):
+        backups.restic(tmp_path / "dest" / path, "check")

@@ -100,7 +100,9 @@ def test_older_snapshot_partial_restore_and_restore_files(
     minwiki_image: str,
     restic_image: str,
     tmp_path: Path,
+    subtests: pytest.Subtests,
 ) -> None:
+    """Each case's checks report on their own (subtests)."""
     wiki, destination, path = setup_wiki(cluster, redis_client, minwiki_image, tmp_path / "dest")
     live = cluster.volume_dir(1, wiki, "pages")
     first_page, first_other = (live / PAGE).read_bytes(), (live / OTHER).read_bytes()
@@ -117,45 +119,54 @@ def test_older_snapshot_partial_restore_and_restore_files(
     source = {"repository": destination, "path": path, "snapshot": older}
 
     copy = cluster.api_ok("cluster/restore-module", {**source, "node": 1})["module_id"]
-    assert (cluster.volume_dir(1, copy, "pages") / PAGE).read_bytes() == first_page
-    assert redis_client.hget(f"module/{copy}/wiki_settings", "title") == first_title
+    with subtests.test("the older snapshot restores as a new instance"):
+        assert (cluster.volume_dir(1, copy, "pages") / PAGE).read_bytes() == first_page
+        assert redis_client.hget(f"module/{copy}/wiki_settings", "title") == first_title
 
     # One file back into the running instance; everything else stays as it is now.
     done = cluster.api_ok(
         "cluster/restore-module",
         {**source, "module_id": wiki, "paths": [f"volumes/pages/{PAGE}"]},
     )
-    assert done["module_id"] == wiki and done["files_restored"] >= 1
-    assert (live / PAGE).read_bytes() == first_page
-    assert (live / OTHER).read_text() == "# also edited\n" != first_other.decode()
-    assert redis_client.hget(f"module/{wiki}/wiki_settings", "title") == "Renamed wiki"
-    code, _, error = api(
-        cluster,
-        "cluster/restore-module",
-        {**source, "module_id": wiki, "paths": ["volumes/pages/no-such-file"]},
-    )
-    assert code == 1 and "none of the paths" in error
+    with subtests.test("one file back into the running instance, nothing else"):
+        assert done["module_id"] == wiki and done["files_restored"] >= 1
+        assert (live / PAGE).read_bytes() == first_page
+        assert (live / OTHER).read_text() == "# also edited\n" != first_other.decode()
+        assert redis_client.hget(f"module/{wiki}/wiki_settings", "title") == "Renamed wiki"
+    with subtests.test("a path in no snapshot fails"):
+        code, _, error = api(
+            cluster,
+            "cluster/restore-module",
+            {**source, "module_id": wiki, "paths": ["volumes/pages/no-such-file"]},
+        )
+        assert code == 1 and "none of the paths" in error
     # Two paths, one of them a typo: refused before anything changes, naming the typo.
     (live / PAGE).write_text("# edited again\n")
     typo = "volumes/pages/no-such-file"
-    code, output, error = api(
-        cluster,
-        "cluster/restore-module",
-        {**source, "module_id": wiki, "paths": [f"volumes/pages/{PAGE}", typo]},
-    )
-    assert code == 2, error
-    assert output == [
-        {"field": "paths", "parameter": "paths", "value": typo, "error": "path_not_in_snapshot"}
-    ]
-    assert (live / PAGE).read_text() == "# edited again\n"
+    with subtests.test("a typo among paths is refused before anything changes"):
+        code, output, error = api(
+            cluster,
+            "cluster/restore-module",
+            {**source, "module_id": wiki, "paths": [f"volumes/pages/{PAGE}", typo]},
+        )
+        assert code == 2, error
+        assert output == [
+            {"field": "paths", "parameter": "paths", "value": typo, "error": "path_not_in_snapshot"}
+        ]
+        assert (live / PAGE).read_text() == "# edited again\n"
     restored = cluster.nodes[1].root / "restored"  # a restore-files root by default
-    code, output, _ = api(
-        cluster,
-        "node/1/restore-files",
-        {**source, "target": str(restored / "nothing"), "paths": [f"/volumes/pages/{PAGE}", typo]},
-    )
-    assert code == 2 and output[0]["value"] == typo
-    assert not (restored / "nothing").exists()
+    with subtests.test("restore-files refuses a typo too"):
+        code, output, _ = api(
+            cluster,
+            "node/1/restore-files",
+            {
+                **source,
+                "target": str(restored / "nothing"),
+                "paths": [f"/volumes/pages/{PAGE}", typo],
+            },
+        )
+        assert code == 2 and output[0]["value"] == typo
+        assert not (restored / "nothing").exists()
 
     # A side restore for an operator: files in a directory, no module touched.
     picked = restored / "picked"
@@ -163,10 +174,11 @@ def test_older_snapshot_partial_restore_and_restore_files(
         "node/1/restore-files",
         {**source, "target": str(picked), "paths": [f"/volumes/pages/{PAGE}", "state/wiki.env"]},
     )
-    assert (picked / "volumes" / "pages" / PAGE).read_bytes() == first_page
-    assert (picked / "state" / "wiki.env").is_file()
-    assert not (picked / "state" / "environment").exists()
-    assert set(redis_client.hkeys("cluster/module_node")) == {wiki, copy}
+    with subtests.test("a side restore touches no module"):
+        assert (picked / "volumes" / "pages" / PAGE).read_bytes() == first_page
+        assert (picked / "state" / "wiki.env").is_file()
+        assert not (picked / "state" / "environment").exists()
+        assert set(redis_client.hkeys("cluster/module_node")) == {wiki, copy}
     backups.restic(tmp_path / "dest" / path, "check")
 
 

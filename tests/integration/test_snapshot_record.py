@@ -82,7 +82,7 @@ def test_the_record_keeps_the_newest(
 
 
 @pytest.mark.podman
-def test_a_restore_of_a_snapshot_this_cluster_took_reads_no_environment_back(
+def test_perf_contract_a_restore_of_a_snapshot_this_cluster_took_reads_no_environment_back(
     audited: tuple[ClusterHarness, Path],
     redis_client: redis.Redis,
     minwiki_image: str,

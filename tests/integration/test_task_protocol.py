@@ -11,6 +11,7 @@ import redis
 
 from agent import redis_keys, tasks
 from tests.support.cluster import ClusterHarness
+from tests.support.processes import gone
 
 THREE_STEPS = {
     "10first": "#!/bin/sh\ntouch first.ran\necho '{\"first\": 1}'\n",
@@ -76,7 +77,7 @@ def test_weighted_progress_reaches_a_subscriber(
     assert seen[-1] == ("completed", 100)
 
 
-def _wait_for(path: Path, timeout: float = 20) -> None:
+def _wait_for(path: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists() or not path.read_text().strip():
         assert time.monotonic() < deadline, f"{path} never appeared"
@@ -108,10 +109,10 @@ def test_cancel_task_stops_the_whole_step_group(cluster: ClusterHarness) -> None
     client = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
     watcher = tasks.TaskWatcher(client, "cluster")
     watcher.subscribe(task_id)
-    result = watcher.wait(timeout=30)
+    result = watcher.wait(timeout=120)
     assert result.exit_code != 0
     assert "cancelled" in result.error
-    assert not _alive(sleep_pid)
+    assert gone(sleep_pid)
     unknown = cluster.api("run", "cancel-task", "--data", json.dumps({"task": "nope"}))
     assert unknown.returncode == 2
 
@@ -137,11 +138,11 @@ def test_ctrl_c_in_api_cli_cancels_the_task(cluster: ClusterHarness) -> None:
     _wait_for(pid_file)
     sleep_pid = int(pid_file.read_text())
     api.send_signal(signal.SIGINT)
-    _, stderr = api.communicate(timeout=30)
+    _, stderr = api.communicate(timeout=120)
     assert api.returncode != 0
     assert "cancelling task" in stderr
     assert "Traceback" not in stderr
-    assert not _alive(sleep_pid)
+    assert gone(sleep_pid)
 
 
 def test_own_action_file_overrides_the_base_step(cluster: ClusterHarness) -> None:
@@ -192,7 +193,7 @@ def test_secrets_are_masked_in_the_stored_context_and_log(
     task_id = cluster.api("run", "secretive", "--nowait", "--data", json.dumps(data)).stdout.strip()
     watcher = tasks.TaskWatcher(redis_client, "cluster")
     watcher.subscribe(task_id)
-    assert watcher.wait(timeout=30).exit_code == 0
+    assert watcher.wait(timeout=120).exit_code == 0
     context = redis_client.get(redis_keys.task_field("cluster", task_id, "context"))
     assert context is not None
     assert "hunter2-secret" not in context and "k3y-val" not in context
@@ -213,7 +214,7 @@ def test_secrets_given_to_a_task_never_come_back_in_its_output_error_or_log(
     task_id = cluster.api("run", "leaky", "--nowait", "--data", json.dumps(data)).stdout.strip()
     watcher = tasks.TaskWatcher(redis_client, "cluster")
     watcher.subscribe(task_id)
-    result = watcher.wait(timeout=30)
+    result = watcher.wait(timeout=120)
     assert result.exit_code == 3
     assert "bob" in result.raw_output and "bob" in result.error
     assert "s3cret-rest-pass" not in result.raw_output + result.error

@@ -74,12 +74,14 @@ def test_every_route_refuses_requests_without_a_session(
 
 
 def test_login_sessions_csrf_and_path_checks(
-    cluster: ClusterHarness, console: Any, redis_client: redis.Redis
+    cluster: ClusterHarness, console: Any, redis_client: redis.Redis, subtests: pytest.Subtests
 ) -> None:
+    """Each group of checks reports on its own (subtests)."""
     client = HttpClient(console.port)
     started = time.monotonic()
     assert client.login("not the password").status == 401
-    assert time.monotonic() - started >= 0.9  # a wrong guess costs a second
+    with subtests.test("a wrong password is refused, slowly"):
+        assert time.monotonic() - started >= 0.9  # a wrong guess costs a second
     assert client.login(console.password).status == 303
     cookie = client.cookie
     reply = client.request("GET", "/")
@@ -92,47 +94,54 @@ def test_login_sessions_csrf_and_path_checks(
         {"Origin": login.origin},
     )
     set_cookie = raw.headers["set-cookie"].lower()
-    assert "httponly" in set_cookie and "samesite=strict" in set_cookie
-    assert "secure" not in set_cookie  # plain HTTP here; over TLS the flag is set
+    with subtests.test("the session cookie's flags"):
+        assert "httponly" in set_cookie and "samesite=strict" in set_cookie
+        assert "secure" not in set_cookie  # plain HTTP here; over TLS the flag is set
 
     # State-changing requests: the session's token and this console's origin, both.
-    assert client.post_json("/api/actions/cluster/list-backups", {}).status == 200
-    assert client.post_json("/api/actions/cluster/list-backups", {}, csrf=False).status == 403
-    assert client.post_json("/api/actions/cluster/list-backups", {}, origin=False).status == 403
-    cross = client.request(
-        "POST",
-        "/api/actions/cluster/list-backups",
-        b"{}",
-        {"Origin": "http://evil.example", "X-CSRF-Token": client.csrf},
-    )
-    assert cross.status == 403
+    with subtests.test("csrf token and origin"):
+        assert client.post_json("/api/actions/cluster/list-backups", {}).status == 200
+        assert client.post_json("/api/actions/cluster/list-backups", {}, csrf=False).status == 403
+        assert client.post_json("/api/actions/cluster/list-backups", {}, origin=False).status == 403
+        cross = client.request(
+            "POST",
+            "/api/actions/cluster/list-backups",
+            b"{}",
+            {"Origin": "http://evil.example", "X-CSRF-Token": client.csrf},
+        )
+        assert cross.status == 403
 
     # The same validation as the action: refused before anything is queued.
-    bad = client.post_json("/api/actions/cluster/add-backup", {"name": "x"})
-    assert bad.status == 422
-    assert {row["parameter"] for row in bad.json()["errors"]} >= {"repository", "schedule"}
-    assert not redis_client.llen("cluster/tasks")
+    with subtests.test("invalid input is refused before anything is queued"):
+        bad = client.post_json("/api/actions/cluster/add-backup", {"name": "x"})
+        assert bad.status == 422
+        assert {row["parameter"] for row in bad.json()["errors"]} >= {"repository", "schedule"}
+        assert not redis_client.llen("cluster/tasks")
 
     # Paths from the browser are checked as restore paths are.
     repository = backups.add_destination(redis_client, "local", "local:/nonexistent")
     query = {"repository": repository, "path": "minwiki/" + "0" * 8, "snapshot": ""}
-    for directory in ("../etc", "volumes/../../etc", "volumes/./x"):
-        listed = client.request(
-            "GET", "/api/snapshots/ls?" + urlencode({**query, "dir": directory})
+    with subtests.test("browser paths are checked as restore paths"):
+        for directory in ("../etc", "volumes/../../etc", "volumes/./x"):
+            listed = client.request(
+                "GET", "/api/snapshots/ls?" + urlencode({**query, "dir": directory})
+            )
+            assert listed.status == 422, directory
+        dumped = client.request(
+            "GET", "/api/snapshots/download?" + urlencode({**query, "item": "../../etc/passwd"})
         )
-        assert listed.status == 422, directory
-    dumped = client.request(
-        "GET", "/api/snapshots/download?" + urlencode({**query, "item": "../../etc/passwd"})
-    )
-    assert dumped.status == 422
-    for page in ("/", "/destinations", "/browse", "/modules/minwiki1"):
-        shown = client.request("GET", page)
-        assert shown.status == 200 and b'name="csrf-token"' in shown.body, page
-    assert repository.encode() in client.request("GET", "/destinations").body
-    history = client.request("GET", "/api/modules/minwiki1/history").json()
-    assert history == {"module_id": "minwiki1", "backups": [], "runs": []}
-    events = client.request("GET", "/api/events")
-    assert events.status == 200 and events.headers["content-type"].startswith("text/event-stream")
+        assert dumped.status == 422
+    with subtests.test("every page and api answers"):
+        for page in ("/", "/destinations", "/browse", "/modules/minwiki1"):
+            shown = client.request("GET", page)
+            assert shown.status == 200 and b'name="csrf-token"' in shown.body, page
+        assert repository.encode() in client.request("GET", "/destinations").body
+        history = client.request("GET", "/api/modules/minwiki1/history").json()
+        assert history == {"module_id": "minwiki1", "backups": [], "runs": []}
+        events = client.request("GET", "/api/events")
+        assert events.status == 200 and events.headers["content-type"].startswith(
+            "text/event-stream"
+        )
 
     # A new password ends every session opened with the old one.
     import subprocess

@@ -43,7 +43,7 @@ class NodeHarness:
             **self.extra_env,
         )
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 60.0) -> None:
         client = redis.Redis.from_url(self.settings.redis_url)
         log = open(self.root / "log" / "agent.log", "ab")  # noqa: SIM115 - closed by the child's exit
         self.process = subprocess.Popen(

@@ -1,4 +1,4 @@
-"""What a test session leaves behind: processes, containers, volumes and users.
+"""What a test session leaves behind: processes, containers, volumes, images and users.
 
 The controller marks its environment with a session id before any worker starts; every
 process a test starts inherits it (workers, daemons, redis-server, rclone, podman and its
@@ -57,17 +57,56 @@ def wait_for_marked_processes(session: str, exclude: set[int], grace: float) -> 
         time.sleep(0.2)
 
 
+# Images the tests build or tag in the machine's store and keep there on purpose: cached
+# build artefacts that every later session (and every private store, which reads its
+# images from the machine's) reuses instead of building again. A build whose sources did
+# not change gives the same image id, so a session leaves nothing new; a tag outside this
+# list is a leak. Repositories, any tag (the agent's own images carry a version tag too).
+CACHED_IMAGES = frozenset(
+    {
+        "localhost/backup-agent-node",  # containers/node/build: e2e systemd node
+        "localhost/backup-agent-redis",  # containers/redis/build: the test Redis
+        "localhost/backup-agent-restic",  # containers/restic/build: restic + rclone
+        "localhost/minwiki",  # examples/minwiki/build: the sample module (:latest, :1.0)
+        "localhost/minwiki-hooked",  # test_restore_cases: a restore step tests steer
+        "localhost/minwiki-stall",  # faults/test_restore_faults: steps a test can hold
+        "localhost/hostile-snapshots/minwiki",  # test_hostile_snapshots: this checkout's
+        "localhost/otherwiki",  # test_hostile_snapshots: a second name for the same image
+    }
+)
+
+_PODMAN_LISTS = {
+    # What names one thing in a store: a container or volume re-created under an old name
+    # during the session is a new one (id, creation time), not the one seen before.
+    "ps": ["podman", "ps", "--all", "--format", "{{.Names}} ({{.ID}})"],
+    "volume": ["podman", "volume", "ls", "--format", "{{.Name}} ({{.CreatedAt}})"],
+    "image": ["podman", "images", "--format", "{{.Repository}}:{{.Tag}} ({{.ID}})"],
+}
+
+
 def podman_names(kind: str, env: dict[str, str] | None = None) -> set[str]:
-    """Container ('ps') or volume ('volume') names in the store that env points at."""
-    argv = (
-        ["podman", "ps", "--all", "--format", "{{.Names}}"]
-        if kind == "ps"
-        else ["podman", "volume", "ls", "--format", "{{.Name}}"]
-    )
+    """Containers ('ps'), volumes ('volume') or images ('image') in the store that env
+    points at, each as its name with what tells it from an earlier one of that name."""
+    argv = _PODMAN_LISTS[kind]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
     if result.returncode != 0:
         return set()
-    return {line for line in result.stdout.split() if line}
+    return {line.strip() for line in result.stdout.splitlines() if line.strip()}
+
+
+def uncached_images(images: set[str]) -> set[str]:
+    """The tagged images among podman_names('image') outside CACHED_IMAGES."""
+    return {
+        image
+        for image in images
+        if not image.startswith("<none>:")
+        and image.split(" (", 1)[0].rsplit(":", 1)[0] not in CACHED_IMAGES
+    }
+
+
+def untagged_images(images: set[str]) -> set[str]:
+    """Images without a tag: what a rebuild from other sources left of the one it replaced."""
+    return {image for image in images if image.startswith("<none>:")}
 
 
 def temp_mounts() -> set[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 
-def wait_for_pid(path: Path, timeout: float = 20.0) -> int:
+def wait_for_pid(path: Path, timeout: float = 60.0) -> int:
     """The pid a step writes to path, once it has."""
     deadline = time.monotonic() + timeout
     while not (path.exists() and path.read_text().strip()):
@@ -23,6 +23,17 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+def gone(pid: int, timeout: float = 30.0) -> bool:
+    """Whether pid is gone (or a zombie) within timeout: a signalled process ends when the
+    scheduler next runs it, which on a loaded machine can be after its parent reported."""
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def terminate(process: subprocess.Popen[Any], timeout: float) -> None:
