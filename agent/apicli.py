@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from agent import redis_keys, resp, tasks
 from agent.errors import AgentError, RedisUnavailable
-from agent.redis_api import Redis, describe_url
+from agent.redis_api import TaskClient, describe_url
 from agent.settings import load_settings
 
 
@@ -40,7 +40,7 @@ def guarded(prog: str, main: Callable[[], Any]) -> None:
         fail(prog, "interrupted", 130)
 
 
-def client_redis() -> Redis:
+def client_redis() -> TaskClient:
     """api-cli's own small client (agent/resp.py): redis-py would double a round trip."""
     url = os.environ.get("REDIS_URL")
     if not url:

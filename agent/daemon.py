@@ -12,15 +12,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import redis
-
 from agent import lease, overdue, recovery, redis_keys
 from agent.actiondirs import action_dirs, list_actions, merge_actions
 from agent.agentenv import agent_environment, read_env_file
 from agent.errors import AgentError
 from agent.masking import mask_secrets
 from agent.operations.schedule import SCHEDULE_EVENT, TimerKeeper
-from agent.redis_store import REDIS_ERRORS, Redis, connect, connect_binary
+from agent.redis_api import Pipeline
+from agent.redis_store import REDIS_ERRORS, connect, connect_binary
 from agent.runner import TaskOutcome, TaskRun, masked_context
 from agent.settings import Settings
 from agent.task_input import Rejected, parse_task
@@ -46,9 +45,7 @@ class Worker(threading.Thread):
         self.stop_requested = threading.Event()
         self.slots = threading.Semaphore(daemon.settings.concurrency)
         # Bytes as queued: an entry that is not UTF-8 must still be claimed and dropped.
-        self.conn: Redis = redis.Redis.from_url(
-            daemon.settings.redis_url, decode_responses=False, single_connection_client=True
-        )
+        self.conn = connect_binary(daemon.settings.redis_url, single_connection=True)
         self.client_id: int | None = None
 
     def run(self) -> None:
@@ -380,7 +377,7 @@ class Daemon:
             except REDIS_ERRORS as exc:
                 log.warning("cannot check what task %s left half-made: %s", task_id, exc)
 
-    def _queue_environment_copy(self, pipe: Any, agent_id: str) -> None:
+    def _queue_environment_copy(self, pipe: Pipeline, agent_id: str) -> None:
         """Mirror the module's state/environment into module/<id>/environment."""
         module_id = agent_id.split("/", 1)[1]
         environment = read_env_file(self.settings.state_dir(agent_id) / "environment")

@@ -12,7 +12,7 @@ from typing import Any
 
 from agent import lease, redis_keys
 from agent.errors import AgentError, AgentNotRunning, RedisUnavailable, UnknownAgent
-from agent.redis_api import Redis, connection_errors
+from agent.redis_api import TaskClient, connection_errors
 
 TERMINAL = ("completed", "aborted", "validation-failed")
 # A watcher rides out a Redis restart (the daemon keeps the task's result for when Redis is
@@ -47,7 +47,7 @@ def split_action(name: str, default_agent: str = redis_keys.CLUSTER) -> tuple[st
     return default_agent, name
 
 
-def node_of_agent(redis: Redis, agent_id: str) -> int:
+def node_of_agent(redis: TaskClient, agent_id: str) -> int:
     """The node whose daemon serves agent_id."""
     if agent_id == redis_keys.CLUSTER:
         leader = redis.hget(redis_keys.CLUSTER_ENVIRONMENT, "NODE_ID")
@@ -67,7 +67,7 @@ def node_of_agent(redis: Redis, agent_id: str) -> int:
     raise UnknownAgent(f"not an agent id: {agent_id!r} (use cluster, node/N or module/ID)")
 
 
-def ensure_served(redis: Redis, agent_id: str) -> None:
+def ensure_served(redis: TaskClient, agent_id: str) -> None:
     node = node_of_agent(redis, agent_id)
     if not lease.is_served(redis, node):
         raise AgentNotRunning(
@@ -80,7 +80,7 @@ def make_task(action: str, data: Any, parent: str = "") -> dict[str, Any]:
     return {"id": str(uuid.uuid4()), "action": action, "data": data, "parent": parent, "extra": {}}
 
 
-def submit(redis: Redis, request: TaskRequest, check: bool = True) -> str:
+def submit(redis: TaskClient, request: TaskRequest, check: bool = True) -> str:
     """Queue the task (after checking a daemon serves its agent); returns the task id."""
     if check:
         ensure_served(redis, request.agent_id)
@@ -89,7 +89,7 @@ def submit(redis: Redis, request: TaskRequest, check: bool = True) -> str:
     return str(task["id"])
 
 
-def fetch_result(redis: Redis, agent_id: str, task_id: str) -> TaskResult | None:
+def fetch_result(redis: TaskClient, agent_id: str, task_id: str) -> TaskResult | None:
     """The stored result, or None while the task has not finished."""
     with redis.pipeline(transaction=False) as pipe:
         for name in ("output", "error", "exit_code"):
@@ -112,7 +112,7 @@ def parse_output(text: str) -> Any:
 class TaskWatcher:
     """Subscribed to a task's progress channel before the task is queued (no lost events)."""
 
-    def __init__(self, redis: Redis, agent_id: str, task_id: str | None = None) -> None:
+    def __init__(self, redis: TaskClient, agent_id: str, task_id: str | None = None) -> None:
         self.redis = redis
         self.agent_id = agent_id
         self.task_id = task_id or ""
@@ -194,7 +194,7 @@ class TaskWatcher:
             )
 
 
-def start(redis: Redis, request: TaskRequest, check: bool = True) -> TaskWatcher:
+def start(redis: TaskClient, request: TaskRequest, check: bool = True) -> TaskWatcher:
     """Subscribe, then queue: the returned watcher sees every progress event."""
     if check:
         ensure_served(redis, request.agent_id)
@@ -207,7 +207,7 @@ def start(redis: Redis, request: TaskRequest, check: bool = True) -> TaskWatcher
 
 
 def run(
-    redis: Redis,
+    redis: TaskClient,
     request: TaskRequest,
     on_progress: ProgressHandler | None = None,
     timeout: float | None = None,
@@ -215,13 +215,13 @@ def run(
     return start(redis, request).wait(on_progress, timeout)
 
 
-def cancel(redis: Redis, agent_id: str, task_id: str) -> None:
+def cancel(redis: TaskClient, agent_id: str, task_id: str) -> None:
     """Ask the agent to SIGTERM the task's running step (fire and forget)."""
     submit(redis, TaskRequest(agent_id, "cancel-task", {"task": task_id}), check=False)
 
 
 def run_parallel(
-    redis: Redis,
+    redis: TaskClient,
     requests: list[TaskRequest],
     on_progress: ProgressHandler | None = None,
     cancel_event: threading.Event | None = None,

@@ -22,7 +22,7 @@ from agent.destination_files import write_private
 from agent.errors import AgentError, validation_error
 from agent.models import ImportBackupDestinationsRequest, NoInput, RetrieveClusterBackupRequest
 from agent.operations.cluster_backup import backup_dir, write_passphrase
-from agent.redis_api import Redis
+from agent.redis_api import Pipeline, Redis, watching
 from agent.steps import Step
 
 MAX_DOWNLOAD = 64 * 1024 * 1024
@@ -108,7 +108,7 @@ def cluster_is_empty(redis: Redis) -> bool:
     return not redis.hlen(redis_keys.MODULE_NODE) and has_backup is None
 
 
-def _stored(pipe: Any, public_key: str, private_key: str, record: cluster_dump.Stored) -> None:
+def _stored(pipe: Pipeline, public_key: str, private_key: str, record: cluster_dump.Stored) -> None:
     pipe.delete(public_key, private_key)
     if record.public:
         pipe.hset(public_key, mapping=dict(record.public))
@@ -129,10 +129,13 @@ def restore_cluster(step: Step, _request: NoInput) -> dict[str, Any]:
     with redis.pipeline(transaction=True) as pipe:
         try:
             pipe.watch(redis_keys.MODULE_NODE, redis_keys.BACKUP_SEQUENCE)
-            if not cluster_is_empty(pipe):
+            watched = watching(pipe)
+            if not cluster_is_empty(watched):
                 raise validation_error("cluster", "cluster_not_empty", exit_code=2)
-            present = {d for d in dump.destinations if pipe.exists(redis_keys.backup_repository(d))}
-            sequence = int(pipe.get(redis_keys.BACKUP_SEQUENCE) or 0)
+            present = {
+                d for d in dump.destinations if watched.exists(redis_keys.backup_repository(d))
+            }
+            sequence = int(watched.get(redis_keys.BACKUP_SEQUENCE) or 0)
             pipe.multi()
             pipe.set(redis_keys.CLUSTER_UUID, dump.cluster.uuid)
             for destination_id, record in dump.destinations.items():

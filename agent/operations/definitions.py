@@ -19,6 +19,7 @@ from agent.models import (
 )
 from agent.operations.modules import image_name
 from agent.overdue import Watch
+from agent.redis_api import watching
 from agent.redis_store import Redis
 from agent.steps import Step
 
@@ -90,9 +91,12 @@ def add_backup(step: Step, request: AddBackupRequest) -> int:
         with redis.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(repository_key, redis_keys.BACKUP_SEQUENCE, redis_keys.MODULE_NODE)
-                if not pipe.exists(repository_key) or missing_modules(pipe, request.instances):
+                watched = watching(pipe)
+                if not watched.exists(repository_key) or missing_modules(
+                    watched, request.instances
+                ):
                     raise AgentError("the destination or a module went away meanwhile: retry")
-                backup_id = int(pipe.get(redis_keys.BACKUP_SEQUENCE) or 0) + 1
+                backup_id = int(watched.get(redis_keys.BACKUP_SEQUENCE) or 0) + 1
                 pipe.multi()
                 pipe.set(redis_keys.BACKUP_SEQUENCE, backup_id)
                 fields = backup_fields(request, backup_id) | {"repository": request.repository}

@@ -212,8 +212,8 @@ def forget_module(redis: Redis, module_id: str) -> None:
         pipe.delete(redis_keys.task_queue(agent_id), redis_keys.task_processing(agent_id))
         if keys:
             pipe.delete(*keys)
-        for backup_key, instances in changed_backups:
-            pipe.hset(backup_key, "instances", instances)
+        for backup_key, remaining in changed_backups:
+            pipe.hset(backup_key, "instances", remaining)
         for status_key in status_keys:
             pipe.hdel(status_key, module_id)
         if changed_backups:

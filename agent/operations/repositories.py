@@ -251,12 +251,12 @@ def determine_restore_eligibility(step: Step, request: SnapshotRequest) -> dict[
         if url and image_name(url) == name:
             counts[node] = counts.get(node, 0) + 1
     destinations = []
-    for node in sorted(int(n) for n in redis.smembers(redis_keys.CLUSTER_NODES)):
-        served = lease.is_served(redis, node)
+    for node_id in sorted(int(n) for n in redis.smembers(redis_keys.CLUSTER_NODES)):
+        served = lease.is_served(redis, node_id)
         destinations.append(
             {
-                "node_id": node,
-                "instances": counts.get(str(node), 0),
+                "node_id": node_id,
+                "instances": counts.get(str(node_id), 0),
                 "eligible": served,
                 "reject_reason": None
                 if served

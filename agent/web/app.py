@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from agent.errors import AgentError, ValidationFailed
 from agent.operations.restore_source import open_repository
 from agent.redis_api import Redis
+from agent.redis_store import Context
 from agent.settings import Settings
 from agent.steps import pydantic_errors
 from agent.web import actions, auth, browse, events, overview
@@ -46,6 +47,9 @@ class Console:
 
     def generation(self) -> str:
         return auth.password_generation(auth.read_hash(self.settings.root))
+
+    def context(self) -> Context:
+        return Context(settings=self.settings, redis=self.redis)
 
 
 # --- the gate ----------------------------------------------------------------------------
@@ -230,7 +234,7 @@ def make_app(console: Console) -> Starlette:
     async def api_ls(request: Request) -> Response:
         try:
             query = browse.ListRequest.model_validate(dict(request.query_params))
-            repository = open_repository(console.redis, query.repository, query.path)
+            repository = open_repository(console.context(), query.repository, query.path)
             directory = browse.snapshot_dir(query.dir)
             entries, cut = await run_in_threadpool(
                 browse.list_directory,
@@ -248,7 +252,7 @@ def make_app(console: Console) -> Starlette:
     async def api_download(request: Request) -> Response:
         try:
             query = browse.DumpRequest.model_validate(dict(request.query_params))
-            repository = open_repository(console.redis, query.repository, query.path)
+            repository = open_repository(console.context(), query.repository, query.path)
             dump, first, name = await run_in_threadpool(
                 browse.start_dump, repository, query, console.settings.podman_env()
             )

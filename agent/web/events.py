@@ -10,7 +10,6 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from agent import redis_keys
-from agent.redis_api import Redis
 
 HEARTBEAT_SECONDS = 15.0
 
@@ -47,7 +46,7 @@ def sse(kind: str, payload: dict[str, Any]) -> str:
 async def stream(redis_url: str) -> AsyncIterator[str]:
     """Every progress message and event while the browser listens; a comment line every
     HEARTBEAT_SECONDS so a closed tab is noticed and the subscription released."""
-    client: Redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     try:
         await pubsub.psubscribe(redis_keys.PROGRESS_PATTERN, *redis_keys.EVENT_PATTERNS)
