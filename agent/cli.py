@@ -144,13 +144,13 @@ def timers(
     sync: Annotated[bool, typer.Option(help="re-render the timer units first")] = False,
 ) -> None:
     """Show the next and last run of this node's backup timers, from systemd."""
-    from agent.operations import schedule
     from agent.redis_store import Context
+    from agent.timers import format_timer_table, sync_timers, timer_rows
 
     ctx = Context.open(load_settings(root))
     if sync:
-        schedule.sync_timers(ctx.redis, ctx.settings, start_all=True)
-    print(schedule.format_timer_table(schedule.timer_rows(ctx.redis, ctx.settings)))
+        sync_timers(ctx.redis, ctx.settings, start_all=True)
+    print(format_timer_table(timer_rows(ctx.redis, ctx.settings)))
 
 
 @agent_app.command("verify-restore")

@@ -456,7 +456,7 @@ def _component_times(
 def schedules(bench: Bench, count: int = 1000) -> None:
     """Item 6: render and apply the units of `count` backups (systemctl stood in by `true`)."""
     from agent import redis_keys
-    from agent.operations import schedule
+    from agent import timers as schedule
     from agent.redis_store import connect
     from agent.settings import load_settings
 

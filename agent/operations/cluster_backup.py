@@ -80,7 +80,7 @@ def upload_everywhere(ctx: Context) -> list[str]:
         write_private(backup_dir(ctx.settings) / name, data)
         written = []
         for key in sorted(ctx.redis.scan_iter(match=redis_keys.BACKUP_REPOSITORY_PATTERN)):
-            destination = load_destination(ctx.redis, key.rsplit("/", 1)[1])
+            destination = load_destination(ctx.redis, redis_keys.id_in_key(key))
             if write_file(destination, name, data, ctx.settings.podman_env()):
                 written.append(destination.id)
         log.info("cluster backup %s written to %d destination(s)", name, len(written))

@@ -27,8 +27,8 @@ from agent.steps import Step
 
 MAX_DOWNLOAD = 64 * 1024 * 1024
 PLAIN_NAME = "dump.json"
-DESTINATION_CHANGED = redis_keys.cluster_event("backup-destination-changed")
-SCHEDULE_CHANGED = redis_keys.cluster_event("backup-schedule-changed")
+DESTINATION_CHANGED = redis_keys.cluster_event(redis_keys.Event.BACKUP_DESTINATION_CHANGED)
+SCHEDULE_CHANGED = redis_keys.cluster_event(redis_keys.Event.BACKUP_SCHEDULE_CHANGED)
 
 
 def fetch(url: str, tls_verify: bool) -> bytes:

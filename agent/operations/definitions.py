@@ -23,7 +23,7 @@ from agent.redis_api import watching
 from agent.redis_store import Redis
 from agent.steps import Step
 
-SCHEDULE_CHANGED = redis_keys.cluster_event("backup-schedule-changed")
+SCHEDULE_CHANGED = redis_keys.cluster_event(redis_keys.Event.BACKUP_SCHEDULE_CHANGED)
 KEEP_FIELDS = ("keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within")
 STATUS_FIELDS = ("start", "end", "total_size", "total_file_count", "snapshots_count")
 
@@ -218,7 +218,7 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
     placed = redis.hgetall(redis_keys.MODULE_NODE)
     nodes = node_ids(redis)
     keys = redis.scan_iter(match=redis_keys.BACKUP_PATTERN, count=500)
-    ids = sorted(int(k.rsplit("/", 1)[1]) for k in keys)
+    ids = sorted(int(redis_keys.id_in_key(k)) for k in keys)
     # Two round trips whatever the number of backups and modules (was one per item).
     with redis.pipeline(transaction=False) as pipe:
         for backup_id in ids:

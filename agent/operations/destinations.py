@@ -24,8 +24,8 @@ from agent.steps import Step
 
 # When every node fails, the reason shown is the first of these any node gave (NS8's order).
 REASONS = ("no_write_permission", "no_delete_permission", "no_read_permission")
-DESTINATION_CHANGED = redis_keys.cluster_event("backup-destination-changed")
-SCHEDULE_CHANGED = redis_keys.cluster_event("backup-schedule-changed")
+DESTINATION_CHANGED = redis_keys.cluster_event(redis_keys.Event.BACKUP_DESTINATION_CHANGED)
+SCHEDULE_CHANGED = redis_keys.cluster_event(redis_keys.Event.BACKUP_SCHEDULE_CHANGED)
 
 
 def probe_nodes(redis: Redis) -> list[int]:
@@ -134,7 +134,7 @@ def remove_backup_repository(step: Step, request: DestinationIdRequest) -> None:
             pipe.multi()
             if using:
                 pipe.delete(*using)
-                ids = sorted((k.rsplit("/", 1)[1] for k in using), key=int)
+                ids = sorted((redis_keys.id_in_key(k) for k in using), key=int)
                 pipe.publish(SCHEDULE_CHANGED, json.dumps({"backup_ids": ids}))
             # Its record of written repositories goes too: the same destination added
             # again (same id) may rightly start with empty storage.
@@ -170,7 +170,7 @@ def list_backup_repositories(step: Step, _request: NoInput) -> dict[str, Any]:
     repositories = []
     for key in sorted(redis.scan_iter(match=redis_keys.BACKUP_REPOSITORY_PATTERN, count=500)):
         try:
-            destination = load_destination(redis, key.rsplit("/", 1)[1])
+            destination = load_destination(redis, redis_keys.id_in_key(key))
         except DestinationNotFound:
             continue
         repositories.append(

@@ -13,6 +13,7 @@ from agent import filemodes, podman, redis_keys, tasks
 from agent.agentenv import format_env_file
 from agent.errors import AgentError, validation_error
 from agent.models import AddModuleRequest, NodeAddModuleRequest, RemoveModuleRequest
+from agent.module_pending import pending_modules
 from agent.redis_store import Redis
 from agent.steps import Step
 
@@ -101,7 +102,7 @@ def install_module(
                 f"{node_result.error.strip() or node_result.output}"
             )
         redis.publish(
-            redis_keys.cluster_event("module-added"),
+            redis_keys.cluster_event(redis_keys.Event.MODULE_ADDED),
             json.dumps({"module_id": module_id, "node": node}),
         )
         created = run_subtask(
@@ -129,18 +130,6 @@ def install_module(
 def settle_module(redis: Redis, module_id: str) -> None:
     """The instance install_module added is complete: no recovery may undo it now."""
     redis.hdel(redis_keys.MODULE_PENDING, module_id)
-
-
-def pending_modules(redis: Redis) -> dict[str, dict[str, str]]:
-    """Instances still being added, by module id: {agent, task, restore_uuid}."""
-    found = {}
-    for module_id, text in redis.hgetall(redis_keys.MODULE_PENDING).items():
-        try:
-            record = json.loads(text)
-        except ValueError:
-            record = None
-        found[module_id] = record if isinstance(record, dict) else {}
-    return found
 
 
 def run_subtask(
@@ -185,7 +174,7 @@ def remove_module_everywhere(step: Step, module_id: str, preserve_data: bool) ->
     forget_module(redis, module_id)
     if node is not None:
         redis.publish(
-            redis_keys.cluster_event("module-removed"),
+            redis_keys.cluster_event(redis_keys.Event.MODULE_REMOVED),
             json.dumps({"module_id": module_id, "node": int(node)}),
         )
 
@@ -217,9 +206,10 @@ def forget_module(redis: Redis, module_id: str) -> None:
         for status_key in status_keys:
             pipe.hdel(status_key, module_id)
         if changed_backups:
-            ids = [key.rsplit("/", 1)[1] for key, _ in changed_backups]
+            ids = [redis_keys.id_in_key(key) for key, _ in changed_backups]
             pipe.publish(
-                redis_keys.cluster_event("backup-schedule-changed"), json.dumps({"backup_ids": ids})
+                redis_keys.cluster_event(redis_keys.Event.BACKUP_SCHEDULE_CHANGED),
+                json.dumps({"backup_ids": ids}),
             )
         pipe.execute()
 

@@ -50,7 +50,7 @@ def epoch(timestamp: str) -> int:
 def read_backup_repositories(step: Step, _request: NoInput) -> list[dict[str, Any]]:
     ctx = step.ctx
     ids = sorted(
-        key.rsplit("/", 1)[1]
+        redis_keys.id_in_key(key)
         for key in ctx.redis.scan_iter(match=redis_keys.BACKUP_REPOSITORY_PATTERN, count=500)
     )
     destinations = []

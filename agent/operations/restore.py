@@ -177,9 +177,10 @@ def relink_backups(redis: Redis, module_id: str, module_uuid: str, replaced: lis
     with redis.pipeline(transaction=True) as pipe:
         for key, fields in changes.items():
             pipe.hset(key, mapping=fields)
-        ids = [key.rsplit("/", 1)[1] for key in changes]
+        ids = [redis_keys.id_in_key(key) for key in changes]
         pipe.publish(
-            redis_keys.cluster_event("backup-schedule-changed"), json.dumps({"backup_ids": ids})
+            redis_keys.cluster_event(redis_keys.Event.BACKUP_SCHEDULE_CHANGED),
+            json.dumps({"backup_ids": ids}),
         )
         pipe.execute()
 
