@@ -75,7 +75,7 @@ def run_action(args: argparse.Namespace) -> None:
 
     # SIGTERM (a service stopped, `timeout`, a supervisor) cancels the task as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
-    agent_id, action_name = tasks.split_action(args.action, args.agent)
+    agent_id, action_name = redis_keys.split_action(args.action, args.agent)
     payload = read_data(args.data)
     redis = client_redis(args.connect)
     request = tasks.TaskRequest(agent_id, action_name, payload)

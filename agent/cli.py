@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -247,8 +248,8 @@ def resolve_agent(name: str, node_id: int) -> str:
         return redis_keys.CLUSTER
     if name == "node":
         return redis_keys.node_agent(node_id)
-    if name.startswith(("node/", "module/")):
-        return name
+    with contextlib.suppress(redis_keys.NotAnAgentId):
+        return str(redis_keys.AgentId.parse(name))
     return redis_keys.module_agent(name)
 
 
@@ -266,7 +267,7 @@ def runagent(argv: list[str]) -> None:
     settings = load_settings(Path(root) if root else None)
     agent_id = resolve_agent(agent_name, settings.node_id)
     home = settings.agent_home(agent_id)
-    if agent_id.startswith("module/") and not home.is_dir():
+    if redis_keys.AgentId.parse(agent_id).kind == "module" and not home.is_dir():
         raise ConfigError(f"no module {agent_name!r} on node {settings.node_id}")
     state = settings.state_dir(agent_id)
     state.mkdir(parents=True, exist_ok=True)

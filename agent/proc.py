@@ -40,6 +40,13 @@ class Result:
         return self.stderr.decode(errors="replace")
 
 
+def last_line(text: str) -> str:
+    """The last non-blank line of a process's (or a task's) error output, for a one-line
+    message."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no error output"
+
+
 def audit(argv: Sequence[str]) -> None:
     """Append argv to $AGENT_ARGV_LOG when set: tests prove no secret reaches a command line."""
     path = os.environ.get("AGENT_ARGV_LOG")

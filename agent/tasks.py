@@ -39,32 +39,25 @@ class TaskRequest:
     parent: str = ""
 
 
-def split_action(name: str, default_agent: str = redis_keys.CLUSTER) -> tuple[str, str]:
-    """'node/1/run-backup' → ('node/1', 'run-backup'); a bare name goes to default_agent."""
-    if "/" in name:
-        agent_id, action = name.rsplit("/", 1)
-        return agent_id, action
-    return default_agent, name
-
-
 def node_of_agent(redis: TaskClient, agent_id: str) -> int:
     """The node whose daemon serves agent_id."""
-    if agent_id == redis_keys.CLUSTER:
+    try:
+        agent = redis_keys.AgentId.parse(agent_id)
+    except redis_keys.NotAnAgentId as exc:
+        raise UnknownAgent(str(exc)) from None
+    if agent.kind == "cluster":
         leader = redis.hget(redis_keys.CLUSTER_ENVIRONMENT, "NODE_ID")
         if leader is None:
             raise AgentNotRunning("the cluster has no leader yet: start it with 'agent cluster up'")
         return int(leader)
-    kind, _, name = agent_id.partition("/")
-    if kind == "node" and name.isdigit():
-        if not redis.sismember(redis_keys.CLUSTER_NODES, name):
-            raise UnknownAgent(f"no node {name} in this cluster")
-        return int(name)
-    if kind == "module" and name and "/" not in name:
-        node = redis.hget(redis_keys.MODULE_NODE, name)
-        if node is None:
-            raise UnknownAgent(f"no module {name!r} in this cluster")
-        return int(node)
-    raise UnknownAgent(f"not an agent id: {agent_id!r} (use cluster, node/N or module/ID)")
+    if agent.kind == "node":
+        if not redis.sismember(redis_keys.CLUSTER_NODES, agent.node_id):
+            raise UnknownAgent(f"no node {agent.node_id} in this cluster")
+        return agent.node_id
+    node = redis.hget(redis_keys.MODULE_NODE, agent.module_id)
+    if node is None:
+        raise UnknownAgent(f"no module {agent.module_id!r} in this cluster")
+    return int(node)
 
 
 def ensure_served(redis: TaskClient, agent_id: str) -> None:

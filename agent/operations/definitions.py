@@ -9,6 +9,7 @@ import redis as redis_lib
 
 from agent import proc, redis_keys, run_history
 from agent.errors import AgentError, ValidationFailed
+from agent.image_names import image_name
 from agent.models import (
     AddBackupRequest,
     AlterBackupRequest,
@@ -17,7 +18,6 @@ from agent.models import (
     BackupRunsRequest,
     NoInput,
 )
-from agent.operations.modules import image_name
 from agent.overdue import Watch
 from agent.redis_api import watching
 from agent.redis_store import Redis

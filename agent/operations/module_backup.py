@@ -19,8 +19,8 @@ from agent.agentenv import agent_environment
 from agent.backup_status import ModuleStatus, Outcome
 from agent.destinations import Destination, local_snapshot_names, restic_target
 from agent.errors import AgentError
+from agent.image_names import image_name
 from agent.operations import repositories_known, repository_lease
-from agent.operations.modules import image_name
 from agent.reachability import unreachable_reason
 from agent.redis_store import REDIS_ERRORS, Context, connect_binary
 from agent.volumes import ENVIRONMENT, backup_layout
@@ -85,13 +85,9 @@ class _DumpHook:
         self.ran = dumped is not None
         if dumped is not None and dumped.returncode != 0:
             raise StepFailed(
-                f"module-dump-state failed (exit {dumped.returncode}): {_tail(dumped.error_text)}"
+                f"module-dump-state failed (exit {dumped.returncode}): "
+                f"{proc.last_line(dumped.error_text)}"
             )
-
-
-def _tail(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no error output"
 
 
 LABEL_KEYS = (("ui_name", redis_keys.module_ui_name), ("ui_note", redis_keys.module_ui_note))
@@ -213,7 +209,7 @@ class ModuleBackup:
         if cleaned is not None and cleaned.returncode != 0:
             return (
                 f"module-cleanup-state failed (exit {cleaned.returncode}): "
-                f"{_tail(cleaned.error_text)}"
+                f"{proc.last_line(cleaned.error_text)}"
             )
         return None
 
@@ -341,7 +337,7 @@ class ModuleBackup:
             )
         init = lease.run(["init", "--json"], timeout=600)
         if init.returncode != 0:
-            raise StepFailed(f"cannot create the repository: {_tail(init.error_text)}")
+            raise StepFailed(f"cannot create the repository: {proc.last_line(init.error_text)}")
         repositories_known.remember(
             self.ctx.redis, destination_id, path, restic.parse_init_id(init.text)
         )
@@ -440,7 +436,7 @@ class ModuleBackup:
         )
         done = lease.run(args, timeout=3600)
         if done.returncode != 0:
-            raise StepFailed(f"retention failed: {_tail(done.error_text)}")
+            raise StepFailed(f"retention failed: {proc.last_line(done.error_text)}")
         kept, removed = forget_result(done.text)
         snapshot_environments.forget(self.ctx.redis, self.ctx.settings.node_id, removed)
         return kept
@@ -540,9 +536,9 @@ def explain_restic_failure(code: int, stderr: str) -> str:
     if code == restic.EXIT_WRONG_PASSWORD:
         return "wrong repository password (restic exit 12)"
     if code == restic.EXIT_LOCKED:
-        return f"repository is locked by another process: {_tail(stderr)}"
+        return f"repository is locked by another process: {proc.last_line(stderr)}"
     if code == restic.EXIT_NO_REPOSITORY:
         return "the repository does not exist and could not be created"
     if code == restic.EXIT_STOPPED:
-        return _tail(stderr)
-    return f"restic failed (exit {code}): {_tail(stderr)}"
+        return proc.last_line(stderr)
+    return f"restic failed (exit {code}): {proc.last_line(stderr)}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import threading
 import uuid
@@ -12,20 +11,11 @@ from typing import Any
 from agent import filemodes, podman, redis_keys, tasks
 from agent.agentenv import format_env_file
 from agent.errors import AgentError, validation_error
+from agent.image_names import image_name
 from agent.models import AddModuleRequest, NodeAddModuleRequest, RemoveModuleRequest
 from agent.module_pending import pending_modules
 from agent.redis_store import Redis
 from agent.steps import Step
-
-
-def image_name(image_url: str) -> str:
-    """'ghcr.io/x/samba:1.2' → 'samba'; digests and tags dropped."""
-    last = image_url.rsplit("/", 1)[-1]
-    last = last.split("@", 1)[0].split(":", 1)[0]
-    name = re.sub(r"[^a-z0-9_-]", "", last.lower())
-    if not name or not name[0].isalpha():
-        raise validation_error("image", "image_name_invalid", image_url)
-    return name
 
 
 def module_environment(

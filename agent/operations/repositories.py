@@ -23,8 +23,8 @@ from agent.destinations import (
     url_body,
 )
 from agent.errors import ActionFailed, AgentError
+from agent.image_names import image_name
 from agent.models import NoInput, RepositoryPathRequest, SnapshotRequest
-from agent.operations.modules import image_name
 from agent.operations.restore_source import (
     check_reachable,
     explain_read_failure,

@@ -18,9 +18,9 @@ from agent.destinations import (
     restic_target,
 )
 from agent.errors import ActionFailed, DestinationNotFound, ValidationFailed, validation_error
+from agent.image_names import image_name
 from agent.models import INSTANCE_FILES
 from agent.operations.module_backup import explain_restic_failure
-from agent.operations.modules import image_name
 from agent.operations.repository_lease import (
     RepositoryBusy,
     RepositoryLease,
