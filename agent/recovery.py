@@ -13,7 +13,6 @@ from pathlib import Path
 
 from agent import redis_keys, warmsteps
 from agent.module_pending import modules_of_task
-from agent.redis_store import connect_binary
 from agent.runner import TaskOutcome
 from agent.task_input import Rejected, parse_task
 from agent.task_records import TaskRecords
@@ -29,11 +28,9 @@ ABORTED_BY_CRASH = (
 def recover(records: TaskRecords, agent_id: str, warm_registry: Path) -> None:
     """Settle tasks a previous daemon of this node claimed and never finished."""
     processing = redis_keys.task_processing(agent_id)
-    binary = connect_binary(records.settings.redis_url)
-    with contextlib.closing(binary):
-        entries = binary.lrange(processing, 0, -1)
-        for bad in [entry for entry in entries if not _is_utf8(entry)]:
-            binary.lrem(processing, 1, bad)
+    entries = records.binary.lrange(processing, 0, -1)
+    for bad in [entry for entry in entries if not _is_utf8(entry)]:
+        records.binary.lrem(processing, 1, bad)
     for raw_bytes in entries:
         if not _is_utf8(raw_bytes):
             continue

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from agent import module_pending, redis_keys
 from agent.agentenv import read_env_file
 from agent.redis_api import Pipeline, Redis
-from agent.redis_store import REDIS_ERRORS
+from agent.redis_store import REDIS_ERRORS, connect_binary
 from agent.runner import TaskOutcome, masked_context
 from agent.settings import Settings
 from agent.task_input import Rejected
@@ -31,6 +31,8 @@ class TaskRecords:
         self, redis: Redis, settings: Settings, stopping: threading.Event, shutdown_timeout: float
     ) -> None:
         self.redis = redis
+        # Reads what may not be UTF-8 (queued entries), as sent.
+        self.binary = connect_binary(settings.redis_url)
         self.settings = settings
         self.stopping = stopping
         self.shutdown_timeout = shutdown_timeout
@@ -73,7 +75,9 @@ class TaskRecords:
             # A failed add or restore that could not undo its instance: undo it now (or,
             # with Redis away, at the daemon's next start).
             try:
-                module_pending.queue_removal_of_pending(self.redis, agent_id, task["id"])
+                module_pending.queue_removal_of_pending(
+                    self.redis, self.binary, agent_id, task["id"]
+                )
             except REDIS_ERRORS as exc:
                 log.warning("cannot check what task %s left half-made: %s", task["id"], exc)
 
