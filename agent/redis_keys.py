@@ -88,6 +88,11 @@ def task_processing(agent_id: str) -> str:
     return f"{agent_id}/tasks/processing"
 
 
+def agent_of_processing(key: str) -> str:
+    """<agent>/tasks/processing (as TASK_PROCESSING_PATTERN finds) → the agent id text."""
+    return key.removesuffix("/tasks/processing")
+
+
 def task_field(agent_id: str, task_id: str, field: str) -> str:
     if field not in ("context", "output", "error", "exit_code"):
         raise ValueError(f"unknown task field {field!r}")

@@ -184,6 +184,6 @@ def list_backup_repositories(step: Step, _request: NoInput) -> dict[str, Any]:
                 "parameters": hidden_parameters(destination.provider, dict(destination.parameters)),
             }
         )
-    passphrase = step.ctx.settings.state_dir("cluster") / "backup" / "passphrase"
+    passphrase = step.ctx.settings.state_dir(redis_keys.CLUSTER) / "backup" / "passphrase"
     exists = passphrase.is_file() and passphrase.stat().st_size > 0
     return {"repositories": repositories, "password_exists": exists}

@@ -73,7 +73,7 @@ def running_tasks(redis: Redis) -> list[dict[str, Any]]:
     """Tasks a daemon has claimed and not finished, secrets masked, queues in name order."""
     rows = []
     for key in sorted(redis.scan_iter(match=redis_keys.TASK_PROCESSING_PATTERN, count=500)):
-        agent_id = key.removesuffix("/tasks/processing")
+        agent_id = redis_keys.agent_of_processing(key)
         for raw in redis.lrange(key, 0, 200):
             try:
                 task = json.loads(raw)

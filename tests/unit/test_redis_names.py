@@ -72,6 +72,7 @@ def test_ids_come_back_out_of_their_keys() -> None:
     assert redis_keys.backup_id_of("cluster/backup/x") is None
     assert redis_keys.id_in_key(redis_keys.backup_repository("d-1")) == "d-1"
     assert redis_keys.id_in_key(redis_keys.notification_target("ops")) == "ops"
+    assert redis_keys.agent_of_processing(redis_keys.task_processing("node/1")) == "node/1"
 
 
 @pytest.mark.parametrize(
