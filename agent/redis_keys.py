@@ -21,7 +21,8 @@ def module_agent(module_id: str) -> str:
 
 
 # --- agent ids -----------------------------------------------------------------------
-_NODE_NUMBER = re.compile(r"[0-9]{1,9}")
+# Canonical only: node/01 would name a queue that node 1 does not serve.
+_NODE_NUMBER = re.compile(r"[1-9][0-9]{0,8}")
 _MODULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 AgentKind = Literal["cluster", "node", "module"]
 
@@ -43,7 +44,7 @@ class AgentId:
             return cls("cluster")
         kind, _, name = text.partition("/")
         if kind == "node" and _NODE_NUMBER.fullmatch(name):
-            return cls("node", str(int(name)))
+            return cls("node", name)
         if kind == "module" and _MODULE_ID.fullmatch(name):
             return cls("module", name)
         raise NotAnAgentId(f"not an agent id: {text!r} (use cluster, node/N or module/ID)")

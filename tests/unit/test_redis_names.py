@@ -13,7 +13,7 @@ from agent.redis_keys import AgentId, Event, NotAnAgentId
     [
         ("cluster", "cluster", ""),
         ("node/1", "node", "1"),
-        ("node/007", "node", "7"),
+        ("node/12", "node", "12"),
         ("module/minwiki1", "module", "minwiki1"),
         ("module/dokuwiki-2", "module", "dokuwiki-2"),
     ],
@@ -31,6 +31,8 @@ def test_agent_ids_parse_and_print_back(text: str, kind: str, name: str) -> None
         "node",
         "node/",
         "node/x",
+        "node/01",
+        "node/0",
         "node/1/tasks",
         "module/",
         "module/a/b",
