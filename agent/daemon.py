@@ -120,7 +120,7 @@ class Daemon:
             for agent_id in sorted(served, key=lambda a: (a != redis_keys.CLUSTER, a)):
                 recovery.recover(self.records, agent_id, self.warm_registry)
             if redis_keys.CLUSTER in served:  # no cluster task runs yet: all are dead
-                module_pending.queue_removal_of_pending(self.redis, self.records.binary)
+                module_pending.queue_removal_of_pending(self.redis)
             if self.settings.warm_steps:
                 self.warm = WarmSteps(self.warm_registry)
             threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()

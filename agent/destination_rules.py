@@ -291,6 +291,9 @@ class LocalPolicy:
 
     roots: tuple[str, ...]
     data_dir: str
+    # The one place inside the data directory a destination may be: the scratch
+    # repositories import-module-backup makes there itself (<data dir>/imports).
+    scratch: str = ""
 
 
 def _inside(path: str, parent: str) -> bool:
@@ -302,6 +305,8 @@ def local_directory_allowed(directory: str, policy: LocalPolicy) -> bool:
     if not directory.startswith("/") or any(p in (".", "..") for p in directory.split("/")):
         return False
     real = os.path.realpath(directory)
+    if policy.scratch and _inside(real, os.path.realpath(policy.scratch)):
+        return real != os.path.realpath(policy.scratch)
     data_dir = os.path.realpath(policy.data_dir)
     if _inside(real, data_dir) or _inside(data_dir, real):
         return False

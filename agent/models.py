@@ -331,11 +331,13 @@ class ImportModuleBackupRequest(Request):
     file: AbsolutePath
 
 
-class ScratchTokenRequest(Request):
-    token: ScratchToken
+class ScratchRequest(Request):
+    # The scratch directory's name: not a secret, and named so that output masking (which
+    # blanks the values of …token keys) leaves the paths built from it alone.
+    scratch: ScratchToken
 
 
-class PrepareModuleArchiveRequest(ScratchTokenRequest):
+class PrepareModuleArchiveRequest(ScratchRequest):
     file: AbsolutePath
     password: Annotated[str, StringConstraints(min_length=32, max_length=128)]
 
@@ -375,5 +377,5 @@ SCHEMAS: dict[str, type[Request]] = {
     "actions/cluster/export-module-backup/validate-input.json": ExportModuleBackupRequest,
     "actions/cluster/import-module-backup/validate-input.json": ImportModuleBackupRequest,
     "actions/node/prepare-module-archive/validate-input.json": PrepareModuleArchiveRequest,
-    "actions/node/discard-module-archive/validate-input.json": ScratchTokenRequest,
+    "actions/node/discard-module-archive/validate-input.json": ScratchRequest,
 }

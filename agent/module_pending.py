@@ -7,7 +7,8 @@ import json
 import logging
 
 from agent import redis_keys, tasks
-from agent.redis_api import BinaryRedis, Redis
+from agent.redis_api import Redis
+from agent.task_input import parse_task
 
 log = logging.getLogger("agent.recovery")
 
@@ -34,18 +35,17 @@ def modules_of_task(redis: Redis, agent_id: str, task_id: str) -> list[str]:
 
 
 def queue_removal_of_pending(
-    redis: Redis, binary: BinaryRedis, agent_id: str | None = None, task_id: str | None = None
+    redis: Redis, agent_id: str | None = None, task_id: str | None = None
 ) -> dict[str, str]:
     """Queue a cluster remove-module for each pending instance (of agent_id/task_id when
     given) whose owner is no longer running; returns module id → removal task id. One
-    already queued is not queued again. (binary reads the queue: an entry there may be
-    anything, even not UTF-8, and must not stop this.)"""
+    already queued is not queued again."""
     pending = sorted(
         (module_id, record)
         for module_id, record in pending_modules(redis).items()
         if task_id is None or (record.get("agent"), record.get("task")) == (agent_id, task_id)
     )
-    queued = _queued_removals(binary) if pending else {}
+    queued = _queued_removals(redis) if pending else {}
     removals = {}
     for module_id, record in pending:
         if module_id in queued:
@@ -69,13 +69,12 @@ def queue_removal_of_pending(
     return removals
 
 
-def _queued_removals(binary: BinaryRedis) -> dict[str, str]:
+def _queued_removals(redis: Redis) -> dict[str, str]:
     found = {}
-    for raw in binary.lrange(redis_keys.task_queue(redis_keys.CLUSTER), 0, -1):
-        try:
-            task = json.loads(raw)  # not UTF-8: a ValueError (UnicodeDecodeError)
-            if task["action"] == "remove-module":
-                found[str(task["data"]["module_id"])] = str(task["id"])
-        except (ValueError, KeyError, TypeError):
-            continue
+    for raw in tasks.queue_entries(redis, redis_keys.task_queue(redis_keys.CLUSTER)):
+        task = parse_task(raw)  # never raises: any Redis client may have queued poison
+        if isinstance(task, dict) and task["action"] == "remove-module":
+            data = task.get("data")
+            if isinstance(data, dict) and isinstance(data.get("module_id"), str):
+                found[data["module_id"]] = str(task["id"])
     return found

@@ -84,8 +84,13 @@ def processes_of_task(task_id: str, warm_registry: Path | None = None) -> list[i
     return pids
 
 
+# A step told to stop records what it was doing (the module's failed status) and cleans up
+# (a restic unlock: one more container, seconds on a busy node) before it exits.
+STOP_GRACE_SECONDS = 30.0
+
+
 def kill_task_processes(
-    task_id: str, warm_registry: Path | None = None, grace_seconds: float = 5.0
+    task_id: str, warm_registry: Path | None = None, grace_seconds: float = STOP_GRACE_SECONDS
 ) -> int:
     """SIGTERM, then SIGKILL after grace, every process left by task_id; returns how many."""
     pids = processes_of_task(task_id, warm_registry)

@@ -94,6 +94,11 @@ class Settings:
         return self.root / "redis"
 
     @property
+    def imports_dir(self) -> Path:
+        """Scratch repositories of module archive imports (each in its own subdirectory)."""
+        return self.root / "imports"
+
+    @property
     def imageroot_cache(self) -> Path:
         """Module images' /imageroot as extracted once, by image id."""
         return self.root / "cache" / "imageroot"
@@ -124,7 +129,7 @@ class Settings:
         return Path(sys.executable).parent
 
     def local_policy(self) -> LocalPolicy:
-        return LocalPolicy(self.local_roots, str(self.root))
+        return LocalPolicy(self.local_roots, str(self.root), str(self.imports_dir))
 
     def podman_env(self) -> dict[str, str]:
         """Environment for every podman call on this node."""

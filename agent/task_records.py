@@ -75,9 +75,7 @@ class TaskRecords:
             # A failed add or restore that could not undo its instance: undo it now (or,
             # with Redis away, at the daemon's next start).
             try:
-                module_pending.queue_removal_of_pending(
-                    self.redis, self.binary, agent_id, task["id"]
-                )
+                module_pending.queue_removal_of_pending(self.redis, agent_id, task["id"])
             except REDIS_ERRORS as exc:
                 log.warning("cannot check what task %s left half-made: %s", task["id"], exc)
 

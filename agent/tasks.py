@@ -12,7 +12,7 @@ from typing import Any
 
 from agent import lease, redis_keys
 from agent.errors import AgentError, AgentNotRunning, RedisUnavailable, UnknownAgent
-from agent.redis_api import TaskClient, connection_errors
+from agent.redis_api import Redis, TaskClient, connection_errors
 
 TERMINAL = ("completed", "aborted", "validation-failed")
 # A watcher rides out a Redis restart (the daemon keeps the task's result for when Redis is
@@ -80,6 +80,24 @@ def submit(redis: TaskClient, request: TaskRequest, check: bool = True) -> str:
     task = make_task(request.action, request.data, request.parent)
     redis.lpush(redis_keys.task_queue(request.agent_id), json.dumps(task))
     return str(task["id"])
+
+
+def queue_entries(redis: Redis, key: str, limit: int = -1) -> list[str]:
+    """The entries of a task list that decode as text, up to index limit. A poisoned entry
+    (not UTF-8: any Redis client can push one) must not stop whoever reads the list."""
+    try:
+        return list(redis.lrange(key, 0, limit))
+    except UnicodeDecodeError:
+        entries = []
+        last = redis.llen(key) - 1 if limit < 0 else limit
+        for index in range(last + 1):
+            try:
+                entry = redis.lindex(key, index)
+            except UnicodeDecodeError:
+                continue
+            if entry is not None:
+                entries.append(entry)
+        return entries
 
 
 def fetch_result(redis: TaskClient, agent_id: str, task_id: str) -> TaskResult | None:

@@ -28,7 +28,7 @@ from agent.models import (
     ExportModuleBackupRequest,
     ImportModuleBackupRequest,
     PrepareModuleArchiveRequest,
-    ScratchTokenRequest,
+    ScratchRequest,
 )
 from agent.operations.restore import WholeRestore, restore_whole
 from agent.operations.restore_source import open_repository, snapshot_arg, snapshot_environment
@@ -143,8 +143,8 @@ def export_module_backup(step: Step, request: ExportModuleBackupRequest) -> dict
 
 
 # --- import: the node part -----------------------------------------------------------------
-def scratch_dir(ctx: Context, token: str) -> Path:
-    return ctx.settings.root / "imports" / token
+def scratch_dir(ctx: Context, scratch: str) -> Path:
+    return ctx.settings.imports_dir / scratch
 
 
 def scratch_destination(directory: Path, password: str) -> Destination:
@@ -186,7 +186,7 @@ def prepare_module_archive(step: Step, request: PrepareModuleArchiveRequest) -> 
     step.set_progress(40)
     image = image_name(str(manifest["image_url"]))
     repo_path = f"{image}/{manifest['module_uuid']}"
-    directory = scratch_dir(step.ctx, request.token)
+    directory = scratch_dir(step.ctx, request.scratch)
     tree = directory / "tree"
     tree.mkdir(parents=True)
     proc.run(unpack_argv(archive, tree), timeout=24 * 3600, check=True)
@@ -223,8 +223,8 @@ def prepare_module_archive(step: Step, request: PrepareModuleArchiveRequest) -> 
     }
 
 
-def discard_module_archive(step: Step, request: ScratchTokenRequest) -> None:
-    shutil.rmtree(scratch_dir(step.ctx, request.token), ignore_errors=True)
+def discard_module_archive(step: Step, request: ScratchRequest) -> None:
+    shutil.rmtree(scratch_dir(step.ctx, request.scratch), ignore_errors=True)
 
 
 # --- import: the cluster part --------------------------------------------------------------
@@ -234,11 +234,11 @@ def import_module_backup(step: Step, request: ImportModuleBackupRequest) -> dict
         raise validation_error("node", "node_not_found", request.node)
     cancelled = cancel_on_sigterm()
     node_agent = redis_keys.node_agent(request.node)
-    token, password = secrets.token_hex(8), secrets.token_hex(32)
+    scratch, password = secrets.token_hex(8), secrets.token_hex(32)
     prepare = tasks.TaskRequest(
         node_agent,
         "prepare-module-archive",
-        {"file": request.file, "token": token, "password": password},
+        {"file": request.file, "scratch": scratch, "password": password},
         step.task_id,
     )
     destination_id = str(uuid.uuid4())
@@ -272,6 +272,6 @@ def import_module_backup(step: Step, request: ImportModuleBackupRequest) -> dict
             redis_keys.backup_repository_private(destination_id),
         )
         discard = tasks.TaskRequest(
-            node_agent, "discard-module-archive", {"token": token}, step.task_id
+            node_agent, "discard-module-archive", {"scratch": scratch}, step.task_id
         )
         tasks.run_parallel(redis, [discard], lambda _s, _p: None, None)

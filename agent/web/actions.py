@@ -74,7 +74,7 @@ def running_tasks(redis: Redis) -> list[dict[str, Any]]:
     rows = []
     for key in sorted(redis.scan_iter(match=redis_keys.TASK_PROCESSING_PATTERN, count=500)):
         agent_id = redis_keys.agent_of_processing(key)
-        for raw in redis.lrange(key, 0, 200):
+        for raw in tasks.queue_entries(redis, key, 200):
             try:
                 task = json.loads(raw)
                 rows.append(

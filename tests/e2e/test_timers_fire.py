@@ -34,7 +34,12 @@ def node_agent(
     systemd_node: SystemdNode, redis_client: redis.Redis, redis_url: str
 ) -> Iterator[Settings]:
     """Node 1's daemon running as agent.service inside the systemd node."""
-    settings = init(systemd_node.base / f"node-{uuid.uuid4().hex[:8]}", 1, redis_url)
+    settings = init(
+        systemd_node.base / f"node-{uuid.uuid4().hex[:8]}",
+        1,
+        redis_url,
+        local_roots=(str(systemd_node.base),),  # the test keeps its repositories there
+    )
     settings = replace(settings, timer_random_delay=0)  # fire on the second in tests
     write_settings(settings)
     unit = systemd.render_agent_service(

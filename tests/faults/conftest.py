@@ -15,7 +15,7 @@ def node(tmp_path: Path) -> Iterator[EmbeddedNode]:
     """A node as `agent cluster init --private-storage` and `agent cluster up` make it."""
     embedded = EmbeddedNode(tmp_path / "node1")
     try:
-        init = embedded.agent("cluster", "init", "--private-storage")
+        init = embedded.agent("cluster", "init", "--private-storage", "--local-root", str(tmp_path))
         assert init.returncode == 0, init.stderr
         up = embedded.agent("cluster", "up")
         assert up.returncode == 0, up.stderr

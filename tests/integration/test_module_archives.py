@@ -40,8 +40,10 @@ def make_awkward(pages: Path) -> None:
 def test_an_archive_moves_a_module_to_an_unrelated_cluster(
     tmp_path: Path, redis_client: redis.Redis, redis_url: str, minwiki_image: str, restic_image: str
 ) -> None:
-    old = ClusterHarness(tmp_path / "old", redis_url)
-    new = ClusterHarness(tmp_path / "new", redis_url)
+    # Both clusters reach the destinations beside them (a disk moved to the new one).
+    roots = (str(tmp_path),)
+    old = ClusterHarness(tmp_path / "old", redis_url, local_roots=roots)
+    new = ClusterHarness(tmp_path / "new", redis_url, local_roots=roots)
     try:
         old.add_node(1)
         wiki = old.api_ok("add-module", {"image": minwiki_image, "node": 1})["module_id"]

@@ -153,9 +153,16 @@ def test_login_sessions_csrf_and_path_checks(
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 180, what: str = "") -> Any:
+    """condition's first true value; an element the live page re-rendered meanwhile (stale)
+    counts as not yet."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while True:
-        value = condition()
+        try:
+            value = condition()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:

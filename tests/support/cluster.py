@@ -99,15 +99,16 @@ class ClusterHarness:
     base: Path
     redis_url: str
     nodes: dict[int, NodeHarness] = field(default_factory=dict)
+    # Where local destinations may be; by default the test's directory, beside the nodes.
+    local_roots: tuple[str, ...] = ()
 
     def add_node(self, node_id: int, start: bool = True) -> NodeHarness:
-        # Tests keep their local destinations in the test's directory, beside the nodes.
         settings = cluster_setup.init(
             self.base / f"node{node_id}",
             node_id,
             self.redis_url,
             private_storage=True,
-            local_roots=(str(self.base),),
+            local_roots=self.local_roots or (str(self.base),),
         )
         node = NodeHarness(settings)
         self.nodes[node_id] = node

@@ -10,7 +10,7 @@ import pytest
 
 from agent import rclone
 from agent.destination_input import default_name, prepare, stable_uuid
-from agent.destination_rules import LocalPolicy
+from agent.destination_rules import LocalPolicy, local_directory_allowed
 from agent.destinations import Destination, rclone_target, restic_target, s3_options
 from agent.models import AddBackupRepositoryRequest
 
@@ -163,3 +163,11 @@ def test_local_snapshot_names_lists_every_snapshot_file_or_says_it_cannot(
     assert local_snapshot_names(local, "minwiki/u1") == ["a", "b"]
     remote = destination("generic-s3", "s3:host/bucket")
     assert local_snapshot_names(remote, "minwiki/u1") is None
+
+
+def test_only_the_import_scratch_dir_inside_the_data_dir_is_reachable() -> None:
+    policy = LocalPolicy((), "/var/lib/backup-agent", "/var/lib/backup-agent/imports")
+    assert local_directory_allowed("/var/lib/backup-agent/imports/t0k3n/repo", policy)
+    assert not local_directory_allowed("/var/lib/backup-agent/imports", policy)
+    assert not local_directory_allowed("/var/lib/backup-agent/redis", policy)
+    assert not local_directory_allowed("/var/lib/backup-agent", policy)
