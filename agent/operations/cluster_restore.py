@@ -160,7 +160,9 @@ def restore_cluster(step: Step, _request: NoInput) -> dict[str, Any]:
                     redis_keys.notification_target_private(name),
                     record,
                 )
-            pipe.publish(DESTINATION_CHANGED, json.dumps({"ids": sorted(dump.destinations)}))
+            pipe.publish(
+                DESTINATION_CHANGED, json.dumps({"destination_ids": sorted(dump.destinations)})
+            )
             pipe.publish(SCHEDULE_CHANGED, json.dumps({"backup_ids": sorted(dump.backups)}))
             pipe.execute()
         except redis_lib.WatchError:
@@ -177,7 +179,8 @@ def import_backup_destinations(
     data = decode_base64(request.backup_data, "backup_data")
     dump = open_dump(data, request.backup_password, "backup_password", "backup_data", 3)
     local_uuid = redis.get(redis_keys.CLUSTER_UUID) or ""
-    imported = skipped = 0
+    imported: list[str] = []
+    skipped = 0
     with redis.pipeline(transaction=True) as pipe:
         for destination_id, record in sorted(dump.destinations.items()):
             foreign_node_storage = (
@@ -192,8 +195,8 @@ def import_backup_destinations(
                 redis_keys.backup_repository_private(destination_id),
                 record,
             )
-            imported += 1
+            imported.append(destination_id)
         if imported:
-            pipe.publish(DESTINATION_CHANGED, json.dumps({"imported": imported}))
+            pipe.publish(DESTINATION_CHANGED, json.dumps({"destination_ids": imported}))
             pipe.execute()
-    return {"imported_destinations": imported, "skipped_destinations": skipped}
+    return {"imported_destinations": len(imported), "skipped_destinations": skipped}

@@ -4,7 +4,9 @@ its destinations and the cluster backup passphrase alone."""
 from __future__ import annotations
 
 import base64
+import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -150,10 +152,19 @@ def test_a_destroyed_cluster_comes_back_from_its_destinations(
         )
         assert imported == {"imported_destinations": 0, "skipped_destinations": 2}
         redis_client.delete(f"cluster/backup_repository/{destinations[0]}")
+        events = redis_client.pubsub(ignore_subscribe_messages=True)
+        events.subscribe("cluster/event/backup-destination-changed")
         imported = new.api_ok(
             "import-backup-destinations", {"backup_password": PASSPHRASE, "backup_data": encoded}
         )
         assert imported == {"imported_destinations": 1, "skipped_destinations": 1}
+        # The event says which destinations changed, as every other writer of it does.
+        deadline, message = time.monotonic() + 30, None
+        while message is None and time.monotonic() < deadline:
+            message = events.get_message(timeout=1.0)
+        events.close()
+        assert message is not None
+        assert json.loads(message["data"]) == {"destination_ids": [destinations[0]]}
         assert definitions(redis_client) == restored_definitions_all
 
         rows = new.api_ok("read-backup-repositories")
