@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import redis_keys
 from agent.settings import Settings
 
 BUILTIN_ACTIONS = ("list-actions", "cancel-task")
@@ -36,11 +37,10 @@ def action_dirs(settings: Settings, agent_id: str) -> list[Path]:
     """Base directory first, the agent's own last."""
     share = settings.share
     home = settings.agent_home(agent_id)
-    if agent_id == "cluster":
-        return [share / "actions" / "cluster", home / "actions"]
-    if agent_id.startswith("node/"):
-        return [share / "actions" / "node", home / "actions"]
-    return [share / "imageroot" / "actions", home / "actions"]
+    kind = redis_keys.AgentId.parse(agent_id).kind
+    if kind == "module":
+        return [share / "imageroot" / "actions", home / "actions"]
+    return [share / "actions" / kind, home / "actions"]
 
 
 def merge_actions(dirs: list[Path]) -> dict[str, Action]:

@@ -9,6 +9,7 @@ import re
 import stat
 from pathlib import Path
 
+from agent import redis_keys
 from agent.settings import Settings
 
 log = logging.getLogger("agent.env")
@@ -88,10 +89,11 @@ def agent_path(settings: Settings, agent_id: str) -> str:
     """PATH with the agent's own bin/ first, then the base module bin/, then ours."""
     home = settings.agent_home(agent_id)
     entries = [str(home / "bin")]
-    if agent_id.startswith("module/"):
+    kind = redis_keys.AgentId.parse(agent_id).kind
+    if kind == "module":
         entries.append(str(settings.share / "imageroot" / "bin"))
     else:
-        entries.append(str(settings.share / "bin" / agent_id.split("/", 1)[0]))
+        entries.append(str(settings.share / "bin" / kind))
     entries.append(str(settings.bin_dir))
     entries.append(os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"))
     return ":".join(entries)

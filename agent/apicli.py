@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from agent import redis_keys, resp, tasks
 from agent.errors import AgentError, RedisUnavailable
-from agent.redis_api import Redis, describe_url
+from agent.redis_api import TaskClient, describe_url
 from agent.settings import load_settings
 
 
@@ -40,14 +40,18 @@ def guarded(prog: str, main: Callable[[], Any]) -> None:
         fail(prog, "interrupted", 130)
 
 
-def client_redis() -> Redis:
-    """api-cli's own small client (agent/resp.py): redis-py would double a round trip."""
+Connect = Callable[[str], TaskClient]
+
+
+def client_redis(connect: Connect = resp.client) -> TaskClient:
+    """api-cli's own small client (agent/resp.py) unless told otherwise: redis-py's import
+    alone costs more than the rest of a small round trip (bench/README.md, item 4)."""
     url = os.environ.get("REDIS_URL")
     if not url:
         root = os.environ.get("AGENT_ROOT")
         url = load_settings(Path(root) if root else None).redis_url
     try:
-        return resp.client(url)
+        return connect(url)
     except resp.RespConnectionError as exc:
         raise RedisUnavailable(f"cannot reach Redis at {describe_url(url)}: {exc}") from None
     except resp.RespError as exc:  # NOAUTH, WRONGPASS: the URL's credentials
@@ -71,9 +75,9 @@ def run_action(args: argparse.Namespace) -> None:
 
     # SIGTERM (a service stopped, `timeout`, a supervisor) cancels the task as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
-    agent_id, action_name = tasks.split_action(args.action, args.agent)
+    agent_id, action_name = redis_keys.split_action(args.action, args.agent)
     payload = read_data(args.data)
-    redis = client_redis()
+    redis = client_redis(args.connect)
     request = tasks.TaskRequest(agent_id, action_name, payload)
     if args.nowait:
         print(tasks.submit(redis, request))
@@ -104,7 +108,9 @@ def run_action(args: argparse.Namespace) -> None:
 
 def list_actions(args: argparse.Namespace) -> None:
     result = tasks.run(
-        client_redis(), tasks.TaskRequest(args.agent, "list-actions", None), timeout=60
+        client_redis(args.connect),
+        tasks.TaskRequest(args.agent, "list-actions", None),
+        timeout=60,
     )
     for name in result.output if isinstance(result.output, list) else []:
         print(name)
@@ -134,6 +140,8 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def main() -> None:
+def main(connect: Connect = resp.client) -> None:
+    """connect: how to reach Redis (the bench passes redis-py's to compare the two)."""
     args = parser().parse_args()
+    args.connect = connect
     guarded("api-cli", lambda: args.handler(args))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -144,13 +145,13 @@ def timers(
     sync: Annotated[bool, typer.Option(help="re-render the timer units first")] = False,
 ) -> None:
     """Show the next and last run of this node's backup timers, from systemd."""
-    from agent.operations import schedule
     from agent.redis_store import Context
+    from agent.timers import format_timer_table, sync_timers, timer_rows
 
     ctx = Context.open(load_settings(root))
     if sync:
-        schedule.sync_timers(ctx.redis, ctx.settings, start_all=True)
-    print(schedule.format_timer_table(schedule.timer_rows(ctx.redis, ctx.settings)))
+        sync_timers(ctx.redis, ctx.settings, start_all=True)
+    print(format_timer_table(timer_rows(ctx.redis, ctx.settings)))
 
 
 @agent_app.command("verify-restore")
@@ -247,8 +248,8 @@ def resolve_agent(name: str, node_id: int) -> str:
         return redis_keys.CLUSTER
     if name == "node":
         return redis_keys.node_agent(node_id)
-    if name.startswith(("node/", "module/")):
-        return name
+    with contextlib.suppress(redis_keys.NotAnAgentId):
+        return str(redis_keys.AgentId.parse(name))
     return redis_keys.module_agent(name)
 
 
@@ -266,7 +267,7 @@ def runagent(argv: list[str]) -> None:
     settings = load_settings(Path(root) if root else None)
     agent_id = resolve_agent(agent_name, settings.node_id)
     home = settings.agent_home(agent_id)
-    if agent_id.startswith("module/") and not home.is_dir():
+    if redis_keys.AgentId.parse(agent_id).kind == "module" and not home.is_dir():
         raise ConfigError(f"no module {agent_name!r} on node {settings.node_id}")
     state = settings.state_dir(agent_id)
     state.mkdir(parents=True, exist_ok=True)

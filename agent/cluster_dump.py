@@ -69,7 +69,7 @@ class ClusterDump(DumpModel):
 
 
 def _ids(redis: Redis, pattern: str) -> list[str]:
-    return sorted(key.rsplit("/", 1)[1] for key in redis.scan_iter(match=pattern, count=500))
+    return sorted(redis_keys.id_in_key(key) for key in redis.scan_iter(match=pattern, count=500))
 
 
 def collect(redis: Redis) -> ClusterDump:

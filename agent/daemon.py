@@ -9,32 +9,27 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import redis
-
-from agent import lease, overdue, recovery, redis_keys
+from agent import lease, module_pending, overdue, recovery, redis_keys
 from agent.actiondirs import action_dirs, list_actions, merge_actions
-from agent.agentenv import agent_environment, read_env_file
+from agent.agentenv import agent_environment
 from agent.errors import AgentError
 from agent.masking import mask_secrets
-from agent.operations.schedule import SCHEDULE_EVENT, TimerKeeper
-from agent.records.tasks import TaskRecord
-from agent.redis_store import REDIS_ERRORS, Redis, connect, connect_binary
-from agent.runner import TaskOutcome, TaskRun, masked_context
+from agent.redis_keys import Event
+from agent.redis_store import REDIS_ERRORS, connect, connect_binary
+from agent.runner import TaskOutcome, TaskRun
 from agent.settings import Settings
 from agent.task_input import Rejected, parse_task
+from agent.task_records import TaskRecords
+from agent.timers import TimerKeeper
 from agent.warmsteps import WarmSteps
 
 log = logging.getLogger("agent.daemon")
 
-ABORTED_BY_CRASH = (
-    "task aborted: the agent daemon stopped while it was running (killed or crashed); "
-    "it was not re-run because its steps may have done part of their work\n"
-)
-MODULE_EVENTS = ("module-added", "module-removed")
-T = TypeVar("T")
+# Which agents a node serves changes with these; the timers it keeps, with all of them.
+WORKER_EVENTS = (Event.MODULE_ADDED, Event.MODULE_REMOVED)
+TIMER_EVENTS = (*WORKER_EVENTS, Event.BACKUP_SCHEDULE_CHANGED)
 
 
 class Worker(threading.Thread):
@@ -47,9 +42,7 @@ class Worker(threading.Thread):
         self.stop_requested = threading.Event()
         self.slots = threading.Semaphore(daemon.settings.concurrency)
         # Bytes as queued: an entry that is not UTF-8 must still be claimed and dropped.
-        self.conn: Redis = redis.Redis.from_url(
-            daemon.settings.redis_url, decode_responses=False, single_connection_client=True
-        )
+        self.conn = connect_binary(daemon.settings.redis_url, single_connection=True)
         self.client_id: int | None = None
 
     def run(self) -> None:
@@ -107,6 +100,7 @@ class Daemon:
         self.lock = threading.Lock()
         self.warm_registry = settings.run_dir / "warm-steps"
         self.warm: WarmSteps | None = None
+        self.records = TaskRecords(self.redis, settings, self.stopping, shutdown_timeout)
 
     # --- life cycle ------------------------------------------------------------------
     def serve(self) -> None:
@@ -124,16 +118,14 @@ class Daemon:
             # The cluster's steps first: a restore's step waits on its sub-tasks, and must
             # not see them end (and start its own clean-up) before it is stopped itself.
             for agent_id in sorted(served, key=lambda a: (a != redis_keys.CLUSTER, a)):
-                self.recover(agent_id)
+                recovery.recover(self.records, agent_id, self.warm_registry)
             if redis_keys.CLUSTER in served:  # no cluster task runs yet: all are dead
-                recovery.queue_removal_of_pending(self.redis)
+                module_pending.queue_removal_of_pending(self.redis)
             if self.settings.warm_steps:
                 self.warm = WarmSteps(self.warm_registry)
             threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-            pubsub.subscribe(
-                *(redis_keys.cluster_event(name) for name in (*MODULE_EVENTS, SCHEDULE_EVENT))
-            )
+            pubsub.subscribe(*(redis_keys.cluster_event(event) for event in TIMER_EVENTS))
             self.sync_workers()
             timers = TimerKeeper(self.settings)
             timers.sync(self.redis, start_all=True)
@@ -153,7 +145,8 @@ class Daemon:
                         missed = False
                     message = pubsub.get_message(timeout=1.0)
                     if message is not None:
-                        if message["channel"] != redis_keys.cluster_event(SCHEDULE_EVENT):
+                        worker_channels = {redis_keys.cluster_event(e) for e in WORKER_EVENTS}
+                        if message["channel"] in worker_channels:
                             self.sync_workers()
                         # Instances moving between nodes change which timers a node keeps.
                         timers.sync(self.redis)
@@ -168,6 +161,7 @@ class Daemon:
                 self.warm.close()
             with contextlib.suppress(*REDIS_ERRORS):
                 lease.release(self.redis, self.node_id, self.holder)
+            self.records.binary.close()
 
     def _register_node(self) -> None:
         with self.redis.pipeline() as pipe:
@@ -289,15 +283,7 @@ class Daemon:
                 if self.stopping.is_set():
                     self._requeue(agent_id, raw)
                     return
-                # The context marks the task as started: recovery never re-runs it then.
-                self._persist(
-                    f"start of {agent_id}/{task_id}",
-                    lambda: self.redis.set(
-                        redis_keys.task_field(agent_id, task_id, "context"),
-                        masked_context(task),
-                        ex=redis_keys.TASK_TTL_SECONDS,
-                    ),
-                )
+                self.records.mark_started(agent_id, task)
                 outcome = run.run()
             self._finish(agent_id, task, raw, outcome)
         except Exception as exc:  # the daemon must outlive any one task
@@ -327,133 +313,15 @@ class Daemon:
         run.cancel()
         return TaskOutcome("", "", 0, "completed")
 
-    def _persist(self, what: str, write: Callable[[], T]) -> T:
-        """write() until Redis takes it: a claimed task's record must outlive a Redis
-        restart. Given up only when the daemon is stopping and Redis stays away longer
-        than the shutdown time (the next daemon's recovery then settles the task)."""
-        delay, give_up = 0.5, None
-        while True:
-            try:
-                return write()
-            except REDIS_ERRORS as exc:
-                if self.stopping.is_set():
-                    give_up = give_up or time.monotonic() + self.shutdown_timeout
-                    if time.monotonic() > give_up:
-                        raise
-                log.warning("%s: Redis error, retrying in %.1fs: %s", what, delay, exc)
-                time.sleep(delay)
-                delay = min(5.0, delay * 2)
-
+    # The task's record (agent/task_records.py).
     def _finish(self, agent_id: str, task: dict[str, Any], raw: str, outcome: TaskOutcome) -> None:
-        self._persist(
-            f"result of {agent_id}/{task['id']}",
-            lambda: self._write_result(agent_id, task, raw, outcome),
-        )
-        log.info("%s: task %s %s exit %s", agent_id, task["id"], outcome.status, outcome.exit_code)
-
-    def _write_result(
-        self, agent_id: str, task: dict[str, Any], raw: str, outcome: TaskOutcome
-    ) -> None:
-        """The task's record, its removal from the processing list and its end event, at
-        once (written again whole when a retry follows a lost reply)."""
-        task_id = task["id"]
-        record = TaskRecord(outcome.output, outcome.error, outcome.exit_code)
-        final = {"status": outcome.status, "progress": 100 if outcome.exit_code == 0 else 0}
-        with self.redis.pipeline(transaction=True) as pipe:
-            record.to_redis(pipe, agent_id, task_id, masked_context(task))
-            pipe.lrem(redis_keys.task_processing(agent_id), 1, raw)
-            if agent_id.startswith("module/"):
-                self._queue_environment_copy(pipe, agent_id)
-            pipe.publish(redis_keys.task_progress_channel(agent_id, task_id), json.dumps(final))
-            pipe.execute()
-        if agent_id == redis_keys.CLUSTER and outcome.exit_code != 0:
-            # A failed add or restore that could not undo its instance: undo it now (or,
-            # with Redis away, at the daemon's next start).
-            try:
-                recovery.queue_removal_of_pending(self.redis, agent_id, task_id)
-            except REDIS_ERRORS as exc:
-                log.warning("cannot check what task %s left half-made: %s", task_id, exc)
-
-    def _queue_environment_copy(self, pipe: Any, agent_id: str) -> None:
-        """Mirror the module's state/environment into module/<id>/environment."""
-        module_id = agent_id.split("/", 1)[1]
-        environment = read_env_file(self.settings.state_dir(agent_id) / "environment")
-        if environment and self.settings.agent_home(agent_id).is_dir():
-            key = redis_keys.module_environment(module_id)
-            pipe.delete(key)
-            pipe.hset(key, mapping=environment)
+        self.records.finish(agent_id, task, raw, outcome)
 
     def _reject(self, agent_id: str, raw: str, rejected: Rejected) -> None:
-        """A task that cannot run: a failed record when its id is known, else dropped."""
-        if rejected.task_id is None:
-            log.error("%s: dropping a malformed task (%s): %.200r", agent_id, rejected.reason, raw)
-            self.redis.lrem(redis_keys.task_processing(agent_id), 1, raw)
-            return
-        log.error("%s: task %s cannot run: %s", agent_id, rejected.task_id, rejected.reason)
-        task = {"id": rejected.task_id, "action": ""}
-        self._finish(agent_id, task, raw, TaskOutcome("", f"{rejected.reason}\n", 1, "aborted"))
+        self.records.reject(agent_id, raw, rejected)
 
     def _requeue(self, agent_id: str, raw: str) -> None:
-        def write() -> None:
-            with self.redis.pipeline(transaction=True) as pipe:
-                pipe.lrem(redis_keys.task_processing(agent_id), 1, raw)
-                # A retry after a lost reply must not queue the task twice.
-                pipe.lrem(redis_keys.task_queue(agent_id), 0, raw)
-                pipe.rpush(redis_keys.task_queue(agent_id), raw)
-                pipe.execute()
-
-        self._persist(f"requeue on {agent_id}", write)
+        self.records.requeue(agent_id, raw)
 
     def _publish(self, agent_id: str, task_id: str, status: str, percent: int) -> None:
-        try:
-            self.redis.publish(
-                redis_keys.task_progress_channel(agent_id, task_id),
-                json.dumps({"status": status, "progress": percent}),
-            )
-        except REDIS_ERRORS as exc:
-            log.warning("cannot publish progress of %s: %s", task_id, exc)
-
-    def recover(self, agent_id: str) -> None:
-        """Settle tasks a previous daemon of this node claimed and never finished."""
-        processing = redis_keys.task_processing(agent_id)
-        binary = connect_binary(self.settings.redis_url)
-        with contextlib.closing(binary):
-            entries = binary.lrange(processing, 0, -1)
-            for bad in [entry for entry in entries if not _is_utf8(entry)]:
-                binary.lrem(processing, 1, bad)
-        for raw_bytes in entries:
-            if not _is_utf8(raw_bytes):
-                continue
-            raw = raw_bytes.decode()
-            task = parse_task(raw)
-            if isinstance(task, Rejected):
-                self._reject(agent_id, raw, task)
-                continue
-            started = self.redis.exists(redis_keys.task_field(agent_id, task["id"], "context"))
-            if not started:
-                log.warning(
-                    "%s: re-queueing task %s, claimed but never started", agent_id, task["id"]
-                )
-                self._requeue(agent_id, raw)
-                continue
-            killed = recovery.kill_task_processes(task["id"], self.warm_registry)
-            log.warning(
-                "%s: task %s was running when the daemon died (%d leftover processes "
-                "stopped); marking it aborted",
-                agent_id,
-                task["id"],
-                killed,
-            )
-            error = ABORTED_BY_CRASH
-            half_made = recovery.modules_of_task(self.redis, agent_id, task["id"])
-            if half_made:
-                error += f"the instances it was adding are removed: {', '.join(half_made)}\n"
-            self._finish(agent_id, task, raw, TaskOutcome("", error, 1, "aborted"))
-
-
-def _is_utf8(raw: bytes) -> bool:
-    try:
-        raw.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
+        self.records.publish(agent_id, task_id, status, percent)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import redis_keys
-from agent.redis_api import Redis
+from agent.redis_api import Redis, TaskClient, watching
 
 LEASE_SECONDS = 15
 HEARTBEAT_SECONDS = 5
@@ -86,7 +86,7 @@ def acquire(redis: Redis, node_id: int, holder: Holder, attempts: int = 5) -> bo
             try:
                 # Read under WATCH: the takeover below is void if anyone writes meanwhile.
                 pipe.watch(key)
-                current = pipe.get(key)
+                current = watching(pipe).get(key)
                 if current is None:
                     continue  # it expired after our SET NX: try that again
                 other = Holder.decode(current)
@@ -101,7 +101,7 @@ def acquire(redis: Redis, node_id: int, holder: Holder, attempts: int = 5) -> bo
     return False
 
 
-def current_holder(redis: Redis, node_id: int) -> Holder | None:
+def current_holder(redis: TaskClient, node_id: int) -> Holder | None:
     """Who holds the node's lease now (None: nobody, or a value that is not a holder)."""
     value = redis.get(redis_keys.node_daemon_lease(node_id))
     return Holder.decode(value) if value else None
@@ -116,5 +116,5 @@ def release(redis: Redis, node_id: int, holder: Holder) -> None:
     redis.eval(_RELEASE, 1, redis_keys.node_daemon_lease(node_id), holder.encode())
 
 
-def is_served(redis: Redis, node_id: int) -> bool:
+def is_served(redis: TaskClient, node_id: int) -> bool:
     return bool(redis.exists(redis_keys.node_daemon_lease(node_id)))

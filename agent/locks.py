@@ -96,10 +96,11 @@ def try_acquire(redis: Redis, key: str, holder: Holder, ttl_seconds: float) -> t
     """One attempt; (acquired, previous holder or '')."""
     dead = ""
     for _ in range(2):
-        acquired, previous = redis.eval(
-            _ACQUIRE, 1, key, holder.encode(), int(ttl_seconds * 1000), dead
-        )
-        previous = previous.decode() if isinstance(previous, bytes) else str(previous)
+        reply = redis.eval(_ACQUIRE, 1, key, holder.encode(), int(ttl_seconds * 1000), dead)
+        if not isinstance(reply, list) or len(reply) != 2:
+            raise ValueError(f"lock script answered {reply!r}")
+        acquired, answer = reply
+        previous = answer.decode() if isinstance(answer, bytes) else str(answer)
         if acquired:
             return True, previous
         other = Holder.decode(previous)

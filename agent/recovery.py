@@ -1,22 +1,70 @@
-"""What a killed daemon left behind: its tasks' processes (stopped, so a task is never run
-twice at once) and the instances its tasks were adding (removed, so none is half-made)."""
+"""What a killed daemon left behind: its claimed tasks (re-queued when they never started,
+else marked aborted), their processes (stopped, so a task is never run twice at once) and
+the instances they were adding (removed, so none is half-made: agent/module_pending.py)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
 import time
 from pathlib import Path
 
-from agent import redis_keys, tasks, warmsteps
-from agent.operations.modules import pending_modules
-from agent.redis_api import Redis
-from agent.task_input import parse_task
+from agent import redis_keys, warmsteps
+from agent.module_pending import modules_of_task
+from agent.runner import TaskOutcome
+from agent.task_input import Rejected, parse_task
+from agent.task_records import TaskRecords
 
 log = logging.getLogger("agent.recovery")
+
+ABORTED_BY_CRASH = (
+    "task aborted: the agent daemon stopped while it was running (killed or crashed); "
+    "it was not re-run because its steps may have done part of their work\n"
+)
+
+
+def recover(records: TaskRecords, agent_id: str, warm_registry: Path) -> None:
+    """Settle tasks a previous daemon of this node claimed and never finished."""
+    processing = redis_keys.task_processing(agent_id)
+    entries = records.binary.lrange(processing, 0, -1)
+    for bad in [entry for entry in entries if not _is_utf8(entry)]:
+        records.binary.lrem(processing, 1, bad)
+    for raw_bytes in entries:
+        if not _is_utf8(raw_bytes):
+            continue
+        raw = raw_bytes.decode()
+        task = parse_task(raw)
+        if isinstance(task, Rejected):
+            records.reject(agent_id, raw, task)
+            continue
+        started = records.redis.exists(redis_keys.task_field(agent_id, task["id"], "context"))
+        if not started:
+            log.warning("%s: re-queueing task %s, claimed but never started", agent_id, task["id"])
+            records.requeue(agent_id, raw)
+            continue
+        killed = kill_task_processes(task["id"], warm_registry)
+        log.warning(
+            "%s: task %s was running when the daemon died (%d leftover processes "
+            "stopped); marking it aborted",
+            agent_id,
+            task["id"],
+            killed,
+        )
+        error = ABORTED_BY_CRASH
+        half_made = modules_of_task(records.redis, agent_id, task["id"])
+        if half_made:
+            error += f"the instances it was adding are removed: {', '.join(half_made)}\n"
+        records.finish(agent_id, task, raw, TaskOutcome("", error, 1, "aborted"))
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def processes_of_task(task_id: str, warm_registry: Path | None = None) -> list[int]:
@@ -65,58 +113,3 @@ def kill_task_processes(
 def _signal(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
-
-
-def modules_of_task(redis: Redis, agent_id: str, task_id: str) -> list[str]:
-    """Instances the task was adding and had not completed."""
-    return sorted(
-        module_id
-        for module_id, record in pending_modules(redis).items()
-        if record.get("agent") == agent_id and record.get("task") == task_id
-    )
-
-
-def queue_removal_of_pending(
-    redis: Redis, agent_id: str | None = None, task_id: str | None = None
-) -> dict[str, str]:
-    """Queue a cluster remove-module for each pending instance (of agent_id/task_id when
-    given) whose owner is no longer running; returns module id → removal task id. One
-    already queued is not queued again."""
-    queued = _queued_removals(redis)
-    removals = {}
-    for module_id, record in sorted(pending_modules(redis).items()):
-        if task_id is not None and (record.get("agent"), record.get("task")) != (
-            agent_id,
-            task_id,
-        ):
-            continue
-        if module_id in queued:
-            removals[module_id] = queued[module_id]
-            continue
-        task = tasks.make_task(
-            "remove-module",
-            {"module_id": module_id, "preserve_data": False},
-            str(record.get("task", "")),
-        )
-        redis.lpush(redis_keys.task_queue(redis_keys.CLUSTER), json.dumps(task))
-        removals[module_id] = task["id"]
-        log.warning(
-            "%s was being added by task %s/%s, which ended without completing it: "
-            "removing it (task %s)",
-            module_id,
-            record.get("agent", "?"),
-            record.get("task", "?"),
-            task["id"],
-        )
-    return removals
-
-
-def _queued_removals(redis: Redis) -> dict[str, str]:
-    found = {}
-    for raw in tasks.queue_entries(redis, redis_keys.task_queue(redis_keys.CLUSTER)):
-        task = parse_task(raw)  # never raises: any Redis client may have queued poison
-        if isinstance(task, dict) and task["action"] == "remove-module":
-            data = task.get("data")
-            if isinstance(data, dict) and isinstance(data.get("module_id"), str):
-                found[data["module_id"]] = str(task["id"])
-    return found

@@ -1,6 +1,12 @@
-"""Every Redis key and channel name, built in one place (NS8-compatible names)."""
+"""Every Redis key, channel and event name, and agent id, built (and parsed) in one place
+(NS8-compatible names)."""
 
 from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Literal
 
 CLUSTER = "cluster"
 TASK_TTL_SECONDS = 8 * 3600
@@ -14,6 +20,65 @@ def module_agent(module_id: str) -> str:
     return f"module/{module_id}"
 
 
+# --- agent ids -----------------------------------------------------------------------
+# Canonical only: node/01 would name a queue that node 1 does not serve.
+_NODE_NUMBER = re.compile(r"[1-9][0-9]{0,8}")
+_MODULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+AgentKind = Literal["cluster", "node", "module"]
+
+
+class NotAnAgentId(ValueError):
+    """Text that is not cluster, node/N or module/ID."""
+
+
+@dataclass(frozen=True)
+class AgentId:
+    """Whose task queue: the cluster, node N or module ID, parsed once from its text."""
+
+    kind: AgentKind
+    name: str = ""  # the node's number or the module's id; "" for the cluster
+
+    @classmethod
+    def parse(cls, text: str) -> AgentId:
+        if text == CLUSTER:
+            return cls("cluster")
+        kind, _, name = text.partition("/")
+        if kind == "node" and _NODE_NUMBER.fullmatch(name):
+            return cls("node", name)
+        if kind == "module" and _MODULE_ID.fullmatch(name):
+            return cls("module", name)
+        raise NotAnAgentId(f"not an agent id: {text!r} (use cluster, node/N or module/ID)")
+
+    @classmethod
+    def of_node(cls, node_id: int) -> AgentId:
+        return cls("node", str(node_id))
+
+    @classmethod
+    def of_module(cls, module_id: str) -> AgentId:
+        return cls.parse(module_agent(module_id))
+
+    @property
+    def node_id(self) -> int:
+        if self.kind != "node":
+            raise ValueError(f"{self} is not a node")
+        return int(self.name)
+
+    @property
+    def module_id(self) -> str:
+        if self.kind != "module":
+            raise ValueError(f"{self} is not a module")
+        return self.name
+
+    def __str__(self) -> str:
+        return CLUSTER if self.kind == "cluster" else f"{self.kind}/{self.name}"
+
+
+def split_action(name: str, default_agent: str = CLUSTER) -> tuple[str, str]:
+    """'node/1/run-backup' → ('node/1', 'run-backup'); a bare name goes to default_agent."""
+    agent_id, _, action = name.rpartition("/")
+    return agent_id or default_agent, action
+
+
 # --- tasks -------------------------------------------------------------------------
 def task_queue(agent_id: str) -> str:
     return f"{agent_id}/tasks"
@@ -22,6 +87,11 @@ def task_queue(agent_id: str) -> str:
 def task_processing(agent_id: str) -> str:
     """Tasks a daemon has claimed and not finished (BLMOVE target)."""
     return f"{agent_id}/tasks/processing"
+
+
+def agent_of_processing(key: str) -> str:
+    """<agent>/tasks/processing (as TASK_PROCESSING_PATTERN finds) → the agent id text."""
+    return key.removesuffix("/tasks/processing")
 
 
 def task_field(agent_id: str, task_id: str, field: str) -> str:
@@ -95,6 +165,12 @@ BACKUP_REPOSITORY_PATTERN = "cluster/backup_repository/*"
 BACKUP_PATTERN = "cluster/backup/*"
 
 
+def id_in_key(key: str) -> str:
+    """The id a family key ends with: cluster/backup/<id>, cluster/backup_repository/<id>,
+    cluster/notification_target/<name> (as their *_PATTERN finds them)."""
+    return key.rpartition("/")[2]
+
+
 def backup_repository(repository_id: str) -> str:
     return f"cluster/backup_repository/{repository_id}"
 
@@ -114,6 +190,12 @@ def module_flags(module_id: str) -> str:
 
 def backup(backup_id: int) -> str:
     return f"cluster/backup/{backup_id}"
+
+
+def backup_id_of(key: str) -> int | None:
+    """cluster/backup/<id> (as BACKUP_PATTERN finds) → id; None when the tail is no number."""
+    tail = key.removeprefix("cluster/backup/")
+    return int(tail) if tail.isdigit() and "/" not in tail else None
 
 
 def backup_private(backup_id: int) -> str:
@@ -167,16 +249,36 @@ def written_repositories(destination_id: str) -> str:
 
 
 # --- events --------------------------------------------------------------------------
-def cluster_event(name: str) -> str:
-    return f"cluster/event/{name}"
+class Event(enum.StrEnum):
+    """The events the agent publishes (NS8 names), on cluster/event/<name> unless said."""
+
+    BACKUP_SCHEDULE_CHANGED = "backup-schedule-changed"  # {"backup_ids": [...]}
+    BACKUP_DESTINATION_CHANGED = "backup-destination-changed"  # {"destination_ids": [...]}
+    BACKUP_STATUS_CHANGED = "backup-status-changed"  # node/<N>/event/…: {"id", "instance"}
+    MODULE_ADDED = "module-added"  # {"module_id", "node"}
+    MODULE_REMOVED = "module-removed"  # {"module_id", "node"}
 
 
-def node_event(node_id: int, name: str) -> str:
-    return f"node/{node_id}/event/{name}"
+def cluster_event(event: Event) -> str:
+    return f"cluster/event/{event}"
 
 
-def module_event(module_id: str, name: str) -> str:
-    return f"module/{module_id}/event/{name}"
+def node_event(node_id: int, event: Event) -> str:
+    return f"node/{node_id}/event/{event}"
+
+
+def parse_event_channel(channel: str) -> tuple[str, str]:
+    """cluster/event/<name> or node/<N>/event/<name> → (source, name); ("", "") else."""
+    source, sep, name = channel.partition("/event/")
+    return (source, name) if sep else ("", "")
+
+
+def parse_progress_channel(channel: str) -> tuple[str, str] | None:
+    """progress/<agent>/task/<id> → (agent id text, task id); None for anything else."""
+    head, sep, task_id = channel.rpartition("/task/")
+    if not sep or not head.startswith("progress/"):
+        return None
+    return head.removeprefix("progress/"), task_id
 
 
 # --- notifications -------------------------------------------------------------------

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 
 from agent.errors import RedisUnavailable
-from agent.redis_api import Redis, connection_errors, describe_url
+from agent.redis_api import BinaryRedis, Redis, connection_errors, describe_url
 from agent.settings import Settings
 
-__all__ = ["REDIS_ERRORS", "Context", "Redis", "connect", "connect_binary"]
+__all__ = ["REDIS_ERRORS", "BinaryRedis", "Context", "Redis", "connect", "connect_binary"]
 
 
 def connect(url: str, *, check: bool = True, timeout: float = 5.0) -> Redis:
     """A decode_responses=True client for url; raises RedisUnavailable when unreachable."""
-    client: Redis = redis.Redis.from_url(
-        url, decode_responses=True, socket_connect_timeout=timeout, health_check_interval=30
+    # redis-py's annotations cover its asyncio client too ("Awaitable[T] | T"): seen as
+    # the Protocol it satisfies (tests/unit/test_redis_api.py checks the commands).
+    client = cast(
+        Redis,
+        redis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=timeout, health_check_interval=30
+        ),
     )
     if check:
         try:
@@ -30,9 +36,17 @@ def connect(url: str, *, check: bool = True, timeout: float = 5.0) -> Redis:
     return client
 
 
-def connect_binary(url: str) -> Redis:
-    """A raw-bytes client (DUMP/RESTORE payloads are binary)."""
-    return redis.Redis.from_url(url, decode_responses=False, socket_connect_timeout=5.0)
+def connect_binary(url: str, *, single_connection: bool = False) -> BinaryRedis:
+    """A raw-bytes client (DUMP payloads are binary; a queued task may not be UTF-8)."""
+    return cast(
+        BinaryRedis,
+        redis.Redis.from_url(
+            url,
+            decode_responses=False,
+            socket_connect_timeout=5.0,
+            single_connection_client=single_connection,
+        ),
+    )
 
 
 @dataclass(frozen=True)

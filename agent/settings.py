@@ -10,6 +10,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import redis_keys
 from agent.destination_rules import LocalPolicy
 from agent.errors import ConfigError
 
@@ -115,13 +116,13 @@ class Settings:
 
     def agent_home(self, agent_id: str) -> Path:
         """Install dir of an agent: cluster/, node/, or modules/<id>/."""
-        if agent_id == "cluster":
-            return self.root / "cluster"
-        if agent_id.startswith("node/"):
-            return self.root / "node"
-        if agent_id.startswith("module/"):
-            return self.root / "modules" / agent_id.split("/", 1)[1]
-        raise ConfigError(f"not an agent id: {agent_id!r}")
+        try:
+            agent = redis_keys.AgentId.parse(agent_id)
+        except redis_keys.NotAnAgentId as exc:
+            raise ConfigError(str(exc)) from None
+        if agent.kind == "module":
+            return self.root / "modules" / agent.module_id
+        return self.root / agent.kind
 
     @property
     def restore_roots(self) -> tuple[Path, ...]:

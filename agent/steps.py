@@ -6,7 +6,9 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +48,25 @@ class Step:
     def progress_range(self, low: int, high: int) -> Callable[[str, int], None]:
         """A progress handler mapping a sub-task's 0–100 into [low, high] of this step."""
         return lambda _status, percent: self.set_progress(low + (high - low) * percent // 100)
+
+
+def cancel_on_sigterm() -> threading.Event:
+    """cancel-task SIGTERMs the step's process group: the returned event is set, for a step
+    that stops its work (and undoes what it must) at its next check."""
+    cancelled = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: cancelled.set())
+    return cancelled
+
+
+def fail_on_sigterm(message: str) -> None:
+    """cancel-task SIGTERMs the step's process group: ActionFailed(message) is raised where
+    the step is, for a step whose restic (same group) stops too and that only has to unwind
+    (its locks and leases released by their context managers)."""
+
+    def cancelled(*_: object) -> NoReturn:
+        raise ActionFailed(message)
+
+    signal.signal(signal.SIGTERM, cancelled)
 
 
 def pydantic_errors(exc: pydantic.ValidationError) -> list[dict[str, Any]]:

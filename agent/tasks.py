@@ -12,7 +12,7 @@ from typing import Any
 from agent import lease, redis_keys
 from agent.errors import AgentError, AgentNotRunning, RedisUnavailable, UnknownAgent
 from agent.records.tasks import QueuedTask, TaskRecord
-from agent.redis_api import Redis, connection_errors
+from agent.redis_api import Redis, TaskClient, connection_errors
 
 TERMINAL = ("completed", "aborted", "validation-failed")
 # A watcher rides out a Redis restart (the daemon keeps the task's result for when Redis is
@@ -39,35 +39,28 @@ class TaskRequest:
     parent: str = ""
 
 
-def split_action(name: str, default_agent: str = redis_keys.CLUSTER) -> tuple[str, str]:
-    """'node/1/run-backup' → ('node/1', 'run-backup'); a bare name goes to default_agent."""
-    if "/" in name:
-        agent_id, action = name.rsplit("/", 1)
-        return agent_id, action
-    return default_agent, name
-
-
-def node_of_agent(redis: Redis, agent_id: str) -> int:
+def node_of_agent(redis: TaskClient, agent_id: str) -> int:
     """The node whose daemon serves agent_id."""
-    if agent_id == redis_keys.CLUSTER:
+    try:
+        agent = redis_keys.AgentId.parse(agent_id)
+    except redis_keys.NotAnAgentId as exc:
+        raise UnknownAgent(str(exc)) from None
+    if agent.kind == "cluster":
         leader = redis.hget(redis_keys.CLUSTER_ENVIRONMENT, "NODE_ID")
         if leader is None:
             raise AgentNotRunning("the cluster has no leader yet: start it with 'agent cluster up'")
         return int(leader)
-    kind, _, name = agent_id.partition("/")
-    if kind == "node" and name.isdigit():
-        if not redis.sismember(redis_keys.CLUSTER_NODES, name):
-            raise UnknownAgent(f"no node {name} in this cluster")
-        return int(name)
-    if kind == "module" and name and "/" not in name:
-        node = redis.hget(redis_keys.MODULE_NODE, name)
-        if node is None:
-            raise UnknownAgent(f"no module {name!r} in this cluster")
-        return int(node)
-    raise UnknownAgent(f"not an agent id: {agent_id!r} (use cluster, node/N or module/ID)")
+    if agent.kind == "node":
+        if not redis.sismember(redis_keys.CLUSTER_NODES, agent.node_id):
+            raise UnknownAgent(f"no node {agent.node_id} in this cluster")
+        return agent.node_id
+    node = redis.hget(redis_keys.MODULE_NODE, agent.module_id)
+    if node is None:
+        raise UnknownAgent(f"no module {agent.module_id!r} in this cluster")
+    return int(node)
 
 
-def ensure_served(redis: Redis, agent_id: str) -> None:
+def ensure_served(redis: TaskClient, agent_id: str) -> None:
     node = node_of_agent(redis, agent_id)
     if not lease.is_served(redis, node):
         raise AgentNotRunning(
@@ -81,7 +74,7 @@ def make_task(action: str, data: Any, parent: str = "") -> dict[str, Any]:
     return QueuedTask.new(action, data, parent).to_dict()
 
 
-def submit(redis: Redis, request: TaskRequest, check: bool = True) -> str:
+def submit(redis: TaskClient, request: TaskRequest, check: bool = True) -> str:
     """Queue the task (after checking a daemon serves its agent); returns the task id."""
     if check:
         ensure_served(redis, request.agent_id)
@@ -108,7 +101,7 @@ def queue_entries(redis: Redis, key: str, limit: int = -1) -> list[str]:
         return entries
 
 
-def fetch_result(redis: Redis, agent_id: str, task_id: str) -> TaskResult | None:
+def fetch_result(redis: TaskClient, agent_id: str, task_id: str) -> TaskResult | None:
     """The stored result, or None while the task has not finished."""
     record = TaskRecord.from_redis(redis, agent_id, task_id)
     if record is None:
@@ -129,7 +122,7 @@ def parse_output(text: str) -> Any:
 class TaskWatcher:
     """Subscribed to a task's progress channel before the task is queued (no lost events)."""
 
-    def __init__(self, redis: Redis, agent_id: str, task_id: str | None = None) -> None:
+    def __init__(self, redis: TaskClient, agent_id: str, task_id: str | None = None) -> None:
         self.redis = redis
         self.agent_id = agent_id
         self.task_id = task_id or ""
@@ -211,7 +204,7 @@ class TaskWatcher:
             )
 
 
-def start(redis: Redis, request: TaskRequest, check: bool = True) -> TaskWatcher:
+def start(redis: TaskClient, request: TaskRequest, check: bool = True) -> TaskWatcher:
     """Subscribe, then queue: the returned watcher sees every progress event."""
     if check:
         ensure_served(redis, request.agent_id)
@@ -224,7 +217,7 @@ def start(redis: Redis, request: TaskRequest, check: bool = True) -> TaskWatcher
 
 
 def run(
-    redis: Redis,
+    redis: TaskClient,
     request: TaskRequest,
     on_progress: ProgressHandler | None = None,
     timeout: float | None = None,
@@ -232,13 +225,13 @@ def run(
     return start(redis, request).wait(on_progress, timeout)
 
 
-def cancel(redis: Redis, agent_id: str, task_id: str) -> None:
+def cancel(redis: TaskClient, agent_id: str, task_id: str) -> None:
     """Ask the agent to SIGTERM the task's running step (fire and forget)."""
     submit(redis, TaskRequest(agent_id, "cancel-task", {"task": task_id}), check=False)
 
 
 def run_parallel(
-    redis: Redis,
+    redis: TaskClient,
     requests: list[TaskRequest],
     on_progress: ProgressHandler | None = None,
     cancel_event: threading.Event | None = None,

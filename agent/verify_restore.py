@@ -23,6 +23,7 @@ import re
 import sqlite3
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -159,13 +160,14 @@ def redis_values(redis: Redis, module_id: str) -> dict[str, Any]:
         if suffix in SKIPPED_KEYS or "lock" in suffix:
             continue
         kind = redis.type(key)
-        reader = {
+        readers: dict[str, Callable[[str], object]] = {
             "hash": redis.hgetall,
             "string": redis.get,
             "set": lambda k: sorted(redis.smembers(k)),
             "list": lambda k: redis.lrange(k, 0, -1),
             "zset": lambda k: redis.zrange(k, 0, -1, withscores=True),
-        }.get(kind)
+        }
+        reader = readers.get(kind)
         values[suffix] = reader(key) if reader else f"<{kind}>"
     return values
 

@@ -73,6 +73,13 @@ def render_markdown(results: dict[str, Any]) -> str:
                 f"(in-process p50 {_ms(inner['p50'])}) | p50 ≤ 150 ms | "
                 f"{_verdict(trip['p50'] <= 0.150)} |"
             )
+        for action, pair in trips.get("clients", {}).items():
+            mine, theirs = pair["resp"], pair["redis-py"]
+            rows.append(
+                f"| api-cli {action}: resp.py vs redis-py (in turns) | p50 {_ms(mine['p50'])} "
+                f"vs {_ms(theirs['p50'])}, p95 {_ms(mine['p95'])} vs {_ms(theirs['p95'])} "
+                f"| — | resp.py saves {_ms(theirs['p50'] - mine['p50'])} |"
+            )
         start = trips["python_startup_only"]
         rows.append(f"| (venv `python -c pass`) | p50 {_ms(start['p50'])} | — | — |")
     scale = results.get("scale")

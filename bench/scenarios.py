@@ -329,8 +329,33 @@ def round_trips(bench: Bench, calls: int = 50) -> None:
         cluster.add_backup(destination, [bench.module], f"listed{number}")
     results["backups_defined"] = len(cluster.api("list-backups")["backups"])
     trip("list-backups", [api, "run", "list-backups"])
+    results["clients"] = _client_trips(bench, calls)
     results["in_process"] = _in_process_trips(bench, calls)
     bench.results["round_trip"] = results
+
+
+def _client_trips(bench: Bench, calls: int) -> dict[str, Any]:
+    """api-cli on agent/resp.py beside api-cli on redis-py, call after call in turns (so
+    the machine's drift lands on both): what resp.py saves, or not."""
+    script = str(Path(__file__).with_name("apicli_with.py"))
+    python = str(VENV_BIN / "python")
+    found: dict[str, Any] = {}
+    for action in ("list-actions", "noop", "list-backups"):
+        series = {client: Series(f"{action} {client}") for client in ("resp", "redis-py")}
+        for number in range(calls):
+            order = ("resp", "redis-py") if number % 2 == 0 else ("redis-py", "resp")
+            for client in order:
+                argv = [python, script, client, "run", action]
+                series[client].samples.append(_timed(partial(run, argv, bench.cluster.env)))
+        found[action] = {
+            client: s.to_json() | {"p50": s.percentile(50), "p95": s.percentile(95)}
+            for client, s in series.items()
+        }
+        bench.log(
+            f"{action}: resp p50 {series['resp'].percentile(50) * 1000:.0f} ms, redis-py p50 "
+            f"{series['redis-py'].percentile(50) * 1000:.0f} ms"
+        )
+    return found
 
 
 def _in_process_trips(bench: Bench, calls: int) -> dict[str, Any]:
@@ -431,7 +456,7 @@ def _component_times(
 def schedules(bench: Bench, count: int = 1000) -> None:
     """Item 6: render and apply the units of `count` backups (systemctl stood in by `true`)."""
     from agent import redis_keys
-    from agent.operations import schedule
+    from agent import timers as schedule
     from agent.redis_store import connect
     from agent.settings import load_settings
 

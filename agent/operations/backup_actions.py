@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 from typing import Any
@@ -19,18 +18,11 @@ from agent.operations.run_backup import (
     run_node_backup,
 )
 from agent.redis_store import Context
-from agent.steps import Step
-
-
-def _cancel_on_sigterm() -> threading.Event:
-    """cancel-task sends SIGTERM to the step's group: restic gets it too and stops."""
-    cancelled = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: cancelled.set())
-    return cancelled
+from agent.steps import Step, cancel_on_sigterm
 
 
 def node_run_backup(step: Step, request: NodeRunBackupRequest) -> Any:
-    cancelled = _cancel_on_sigterm()
+    cancelled = cancel_on_sigterm()
     if request.notify:
         notification_queue.queue_ping(step.ctx.redis, request.id, "start", step.task_id)
     summary = run_node_backup(step.ctx, request.id, step.set_progress, cancelled)
@@ -47,7 +39,7 @@ def node_run_backup(step: Step, request: NodeRunBackupRequest) -> Any:
 
 
 def cluster_run_backup(step: Step, request: RunBackupRequest) -> Any:
-    cancelled = _cancel_on_sigterm()
+    cancelled = cancel_on_sigterm()
     return run_cluster_backup(
         step.ctx,
         request.id,
@@ -69,7 +61,7 @@ def notify(ctx: Context, summary: RunSummary, cancelled: threading.Event, parent
 
 def command_run_backup(ctx: Context, backup_id: int) -> int:
     """`runagent -m node run-backup --backup=<ID>`: what the systemd timers run."""
-    cancelled = _cancel_on_sigterm()
+    cancelled = cancel_on_sigterm()
     notification_queue.queue_ping(ctx.redis, backup_id, "start")
     summary = run_node_backup(ctx, backup_id, cancelled=cancelled)
     upload_everywhere(ctx)  # the leader's copy of the cluster backup (issue #19)

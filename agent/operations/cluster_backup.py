@@ -81,7 +81,7 @@ def upload_everywhere(ctx: Context) -> list[str]:
         written = []
         for key in sorted(ctx.redis.scan_iter(match=redis_keys.BACKUP_REPOSITORY_PATTERN)):
             try:
-                destination = load_destination(ctx.redis, key.rsplit("/", 1)[1])
+                destination = load_destination(ctx.redis, redis_keys.id_in_key(key))
             except AgentError as exc:  # one malformed destination must not stop the others
                 log.warning("cluster backup not written to %s: %s", key, exc)
                 continue

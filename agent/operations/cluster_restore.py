@@ -22,13 +22,13 @@ from agent.destination_files import write_private
 from agent.errors import AgentError, validation_error
 from agent.models import ImportBackupDestinationsRequest, NoInput, RetrieveClusterBackupRequest
 from agent.operations.cluster_backup import backup_dir, write_passphrase
-from agent.redis_api import Redis
+from agent.redis_api import Pipeline, Redis, watching
 from agent.steps import Step
 
 MAX_DOWNLOAD = 64 * 1024 * 1024
 PLAIN_NAME = "dump.json"
-DESTINATION_CHANGED = redis_keys.cluster_event("backup-destination-changed")
-SCHEDULE_CHANGED = redis_keys.cluster_event("backup-schedule-changed")
+DESTINATION_CHANGED = redis_keys.cluster_event(redis_keys.Event.BACKUP_DESTINATION_CHANGED)
+SCHEDULE_CHANGED = redis_keys.cluster_event(redis_keys.Event.BACKUP_SCHEDULE_CHANGED)
 
 
 def fetch(url: str, tls_verify: bool) -> bytes:
@@ -108,7 +108,7 @@ def cluster_is_empty(redis: Redis) -> bool:
     return not redis.hlen(redis_keys.MODULE_NODE) and has_backup is None
 
 
-def _stored(pipe: Any, public_key: str, private_key: str, record: cluster_dump.Stored) -> None:
+def _stored(pipe: Pipeline, public_key: str, private_key: str, record: cluster_dump.Stored) -> None:
     pipe.delete(public_key, private_key)
     if record.public:
         pipe.hset(public_key, mapping=dict(record.public))
@@ -129,10 +129,13 @@ def restore_cluster(step: Step, _request: NoInput) -> dict[str, Any]:
     with redis.pipeline(transaction=True) as pipe:
         try:
             pipe.watch(redis_keys.MODULE_NODE, redis_keys.BACKUP_SEQUENCE)
-            if not cluster_is_empty(pipe):
+            watched = watching(pipe)
+            if not cluster_is_empty(watched):
                 raise validation_error("cluster", "cluster_not_empty", exit_code=2)
-            present = {d for d in dump.destinations if pipe.exists(redis_keys.backup_repository(d))}
-            sequence = int(pipe.get(redis_keys.BACKUP_SEQUENCE) or 0)
+            present = {
+                d for d in dump.destinations if watched.exists(redis_keys.backup_repository(d))
+            }
+            sequence = int(watched.get(redis_keys.BACKUP_SEQUENCE) or 0)
             pipe.multi()
             pipe.set(redis_keys.CLUSTER_UUID, dump.cluster.uuid)
             for destination_id, record in dump.destinations.items():
@@ -157,7 +160,9 @@ def restore_cluster(step: Step, _request: NoInput) -> dict[str, Any]:
                     redis_keys.notification_target_private(name),
                     record,
                 )
-            pipe.publish(DESTINATION_CHANGED, json.dumps({"ids": sorted(dump.destinations)}))
+            pipe.publish(
+                DESTINATION_CHANGED, json.dumps({"destination_ids": sorted(dump.destinations)})
+            )
             pipe.publish(SCHEDULE_CHANGED, json.dumps({"backup_ids": sorted(dump.backups)}))
             pipe.execute()
         except redis_lib.WatchError:
@@ -174,7 +179,8 @@ def import_backup_destinations(
     data = decode_base64(request.backup_data, "backup_data")
     dump = open_dump(data, request.backup_password, "backup_password", "backup_data", 3)
     local_uuid = redis.get(redis_keys.CLUSTER_UUID) or ""
-    imported = skipped = 0
+    imported: list[str] = []
+    skipped = 0
     with redis.pipeline(transaction=True) as pipe:
         for destination_id, record in sorted(dump.destinations.items()):
             foreign_node_storage = (
@@ -189,8 +195,8 @@ def import_backup_destinations(
                 redis_keys.backup_repository_private(destination_id),
                 record,
             )
-            imported += 1
+            imported.append(destination_id)
         if imported:
-            pipe.publish(DESTINATION_CHANGED, json.dumps({"imported": imported}))
+            pipe.publish(DESTINATION_CHANGED, json.dumps({"destination_ids": imported}))
             pipe.execute()
-    return {"imported_destinations": imported, "skipped_destinations": skipped}
+    return {"imported_destinations": len(imported), "skipped_destinations": skipped}

@@ -104,7 +104,7 @@ def init(
         settings.run_dir,
         settings.log_dir,
         root / "modules",
-        settings.state_dir("cluster"),
+        settings.state_dir(redis_keys.CLUSTER),
         settings.state_dir(redis_keys.node_agent(node_id)),
     ):
         path.mkdir(mode=filemodes.PRIVATE_DIR, parents=True, exist_ok=True)

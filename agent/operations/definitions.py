@@ -10,6 +10,7 @@ import redis as redis_lib
 
 from agent import proc, redis_keys, run_history
 from agent.errors import AgentError, StoredDataError, ValidationFailed
+from agent.image_names import image_name
 from agent.models import (
     AddBackupRequest,
     AlterBackupRequest,
@@ -18,15 +19,15 @@ from agent.models import (
     BackupRunsRequest,
     NoInput,
 )
-from agent.operations.modules import image_name
 from agent.overdue import Watch
 from agent.records.backups import KEEP_FIELDS, BackupDefinition, BackupSecrets, backup_ids
 from agent.records.statuses import StatusRecord
+from agent.redis_api import watching
 from agent.redis_store import Redis
 from agent.steps import Step
 
 log = logging.getLogger("agent.definitions")
-SCHEDULE_CHANGED = redis_keys.cluster_event("backup-schedule-changed")
+SCHEDULE_CHANGED = redis_keys.cluster_event(redis_keys.Event.BACKUP_SCHEDULE_CHANGED)
 
 
 def error_row(field: str, error: str, value: Any) -> dict[str, Any]:
@@ -98,9 +99,12 @@ def add_backup(step: Step, request: AddBackupRequest) -> int:
         with redis.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(repository_key, redis_keys.BACKUP_SEQUENCE, redis_keys.MODULE_NODE)
-                if not pipe.exists(repository_key) or missing_modules(pipe, request.instances):
+                watched = watching(pipe)
+                if not watched.exists(repository_key) or missing_modules(
+                    watched, request.instances
+                ):
                     raise AgentError("the destination or a module went away meanwhile: retry")
-                backup_id = int(pipe.get(redis_keys.BACKUP_SEQUENCE) or 0) + 1
+                backup_id = int(watched.get(redis_keys.BACKUP_SEQUENCE) or 0) + 1
                 pipe.multi()
                 pipe.set(redis_keys.BACKUP_SEQUENCE, backup_id)
                 make_definition(request, backup_id, request.repository).to_redis(pipe)
@@ -125,10 +129,11 @@ def alter_backup(step: Step, request: AlterBackupRequest) -> None:
     with redis.pipeline(transaction=True) as pipe:
         try:
             pipe.watch(key)
-            if not pipe.exists(key):
+            watched = watching(pipe)
+            if not watched.exists(key):
                 raise ValidationFailed([error_row("id", "backup_object_not_found", request.id)], 2)
             # Only what the request does not set is read: an alter mends a malformed one.
-            repository, uinstances = pipe.hmget(key, "repository", "uinstances")
+            repository, uinstances = watched.hmget(key, ["repository", "uinstances"])
             definition = make_definition(request, request.id, repository or "", uinstances or "")
             pipe.multi()
             definition.to_redis(pipe)

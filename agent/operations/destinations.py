@@ -26,8 +26,8 @@ from agent.steps import Step
 
 # When every node fails, the reason shown is the first of these any node gave (NS8's order).
 REASONS = ("no_write_permission", "no_delete_permission", "no_read_permission")
-DESTINATION_CHANGED = redis_keys.cluster_event("backup-destination-changed")
-SCHEDULE_CHANGED = redis_keys.cluster_event("backup-schedule-changed")
+DESTINATION_CHANGED = redis_keys.cluster_event(redis_keys.Event.BACKUP_DESTINATION_CHANGED)
+SCHEDULE_CHANGED = redis_keys.cluster_event(redis_keys.Event.BACKUP_SCHEDULE_CHANGED)
 
 
 def probe_nodes(redis: Redis) -> list[int]:
@@ -169,7 +169,7 @@ def list_backup_repositories(step: Step, _request: NoInput) -> dict[str, Any]:
     redis = step.ctx.redis
     repositories = []
     for key in sorted(redis.scan_iter(match=redis_keys.BACKUP_REPOSITORY_PATTERN, count=500)):
-        destination = Destination.from_redis(redis, key.rsplit("/", 1)[1])
+        destination = Destination.from_redis(redis, redis_keys.id_in_key(key))
         if destination is None:
             continue
         repositories.append(
@@ -183,6 +183,6 @@ def list_backup_repositories(step: Step, _request: NoInput) -> dict[str, Any]:
                 "parameters": hidden_parameters(destination.provider, dict(destination.parameters)),
             }
         )
-    passphrase = step.ctx.settings.state_dir("cluster") / "backup" / "passphrase"
+    passphrase = step.ctx.settings.state_dir(redis_keys.CLUSTER) / "backup" / "passphrase"
     exists = passphrase.is_file() and passphrase.stat().st_size > 0
     return {"repositories": repositories, "password_exists": exists}

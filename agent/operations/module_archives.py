@@ -23,18 +23,19 @@ from typing import Any
 from agent import module_archive, proc, redis_keys, restic, restic_args, tasks
 from agent.destinations import Destination, restic_target
 from agent.errors import ActionFailed, validation_error
+from agent.image_names import image_name
 from agent.models import (
     ExportModuleBackupRequest,
     ImportModuleBackupRequest,
     PrepareModuleArchiveRequest,
     ScratchRequest,
 )
-from agent.operations.restore import WholeRestore, cancel_on_sigterm, restore_whole
+from agent.operations.restore import WholeRestore, restore_whole
 from agent.operations.restore_source import open_repository, snapshot_environment
 from agent.redis_store import Context
 from agent.restic_args import snapshot_arg
 from agent.restic_messages import Message, Other
-from agent.steps import Step
+from agent.steps import Step, cancel_on_sigterm
 
 
 def tool_version() -> str:
@@ -187,7 +188,7 @@ def prepare_module_archive(step: Step, request: PrepareModuleArchiveRequest) -> 
         except module_archive.ArchiveDamaged as exc:
             raise validation_error("file", "archive_damaged", str(exc)) from None
     step.set_progress(40)
-    image = str(manifest["image_url"]).rsplit("/", 1)[-1].split(":", 1)[0].split("@", 1)[0]
+    image = image_name(str(manifest["image_url"]))
     repo_path = f"{image}/{manifest['module_uuid']}"
     directory = scratch_dir(step.ctx, request.scratch)
     tree = directory / "tree"

@@ -13,6 +13,7 @@ from agent import locks, podman, proc, redis_keys, restic, restic_args, snapshot
 from agent.backup_status import ModuleStatus, Outcome
 from agent.destinations import Destination, restic_target
 from agent.errors import AgentError
+from agent.image_names import image_name
 from agent.operations import repositories_known, repository_lease
 from agent.operations.backup_labels import dump_labels, removed_afterwards
 from agent.operations.backup_retention import (
@@ -22,7 +23,6 @@ from agent.operations.backup_retention import (
     counted_alongside,
 )
 from agent.operations.module_hooks import BackupSources, DumpHook, read_text
-from agent.operations.modules import image_name
 from agent.operations.restic_backup import BackupResult, create_repository, run_restic_backup
 from agent.reachability import unreachable_reason
 from agent.redis_store import REDIS_ERRORS, Context

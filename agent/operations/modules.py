@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import threading
 import uuid
@@ -12,20 +11,12 @@ from typing import Any
 from agent import filemodes, podman, redis_keys, tasks
 from agent.agentenv import format_env_file
 from agent.errors import AgentError, validation_error
+from agent.image_names import image_name
 from agent.models import AddModuleRequest, NodeAddModuleRequest, RemoveModuleRequest
+from agent.module_pending import pending_modules
 from agent.records.backups import backup_ids, read_backups
 from agent.redis_store import Redis
 from agent.steps import Step
-
-
-def image_name(image_url: str) -> str:
-    """'ghcr.io/x/samba:1.2' → 'samba'; digests and tags dropped."""
-    last = image_url.rsplit("/", 1)[-1]
-    last = last.split("@", 1)[0].split(":", 1)[0]
-    name = re.sub(r"[^a-z0-9_-]", "", last.lower())
-    if not name or not name[0].isalpha():
-        raise validation_error("image", "image_name_invalid", image_url)
-    return name
 
 
 def module_environment(
@@ -102,7 +93,7 @@ def install_module(
                 f"{node_result.error.strip() or node_result.output}"
             )
         redis.publish(
-            redis_keys.cluster_event("module-added"),
+            redis_keys.cluster_event(redis_keys.Event.MODULE_ADDED),
             json.dumps({"module_id": module_id, "node": node}),
         )
         created = run_subtask(
@@ -130,18 +121,6 @@ def install_module(
 def settle_module(redis: Redis, module_id: str) -> None:
     """The instance install_module added is complete: no recovery may undo it now."""
     redis.hdel(redis_keys.MODULE_PENDING, module_id)
-
-
-def pending_modules(redis: Redis) -> dict[str, dict[str, str]]:
-    """Instances still being added, by module id: {agent, task, restore_uuid}."""
-    found = {}
-    for module_id, text in redis.hgetall(redis_keys.MODULE_PENDING).items():
-        try:
-            record = json.loads(text)
-        except ValueError:
-            record = None
-        found[module_id] = record if isinstance(record, dict) else {}
-    return found
 
 
 def run_subtask(
@@ -186,7 +165,7 @@ def remove_module_everywhere(step: Step, module_id: str, preserve_data: bool) ->
     forget_module(redis, module_id)
     if node is not None:
         redis.publish(
-            redis_keys.cluster_event("module-removed"),
+            redis_keys.cluster_event(redis_keys.Event.MODULE_REMOVED),
             json.dumps({"module_id": module_id, "node": int(node)}),
         )
 
@@ -222,7 +201,8 @@ def forget_module(redis: Redis, module_id: str) -> None:
         if changed_backups:
             ids = [str(backup.id) for backup in changed_backups]
             pipe.publish(
-                redis_keys.cluster_event("backup-schedule-changed"), json.dumps({"backup_ids": ids})
+                redis_keys.cluster_event(redis_keys.Event.BACKUP_SCHEDULE_CHANGED),
+                json.dumps({"backup_ids": ids}),
             )
         pipe.execute()
 

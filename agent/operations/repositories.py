@@ -23,8 +23,8 @@ from agent.destinations import (
     url_body,
 )
 from agent.errors import ActionFailed, AgentError
+from agent.image_names import image_name
 from agent.models import NoInput, RepositoryPathRequest, SnapshotRequest
-from agent.operations.modules import image_name
 from agent.operations.restore_source import (
     check_reachable,
     explain_read_failure,
@@ -50,7 +50,7 @@ def epoch(timestamp: str) -> int:
 def read_backup_repositories(step: Step, _request: NoInput) -> list[dict[str, Any]]:
     ctx = step.ctx
     ids = sorted(
-        key.rsplit("/", 1)[1]
+        redis_keys.id_in_key(key)
         for key in ctx.redis.scan_iter(match=redis_keys.BACKUP_REPOSITORY_PATTERN, count=500)
     )
     destinations = []
@@ -250,12 +250,12 @@ def determine_restore_eligibility(step: Step, request: SnapshotRequest) -> dict[
         if url and image_name(url) == name:
             counts[node] = counts.get(node, 0) + 1
     destinations = []
-    for node in sorted(int(n) for n in redis.smembers(redis_keys.CLUSTER_NODES)):
-        served = lease.is_served(redis, node)
+    for node_id in sorted(int(n) for n in redis.smembers(redis_keys.CLUSTER_NODES)):
+        served = lease.is_served(redis, node_id)
         destinations.append(
             {
-                "node_id": node,
-                "instances": counts.get(str(node), 0),
+                "node_id": node_id,
+                "instances": counts.get(str(node_id), 0),
                 "eligible": served,
                 "reject_reason": None
                 if served

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import threading
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agent import redis_keys, tasks
+from agent import proc, redis_keys, tasks
 from agent.errors import ActionFailed, AgentError, validation_error
 from agent.models import RestoreModuleRequest, RestoreModulesRequest
 from agent.operations.modules import (
@@ -26,7 +25,7 @@ from agent.operations.restore_source import (
 )
 from agent.records.backups import backup_ids, read_backups
 from agent.redis_store import Redis
-from agent.steps import Step
+from agent.steps import Step, cancel_on_sigterm
 
 log = logging.getLogger("agent.restore")
 
@@ -38,18 +37,6 @@ class WholeRestore:
     snapshot: str
     node: int
     replace: bool = False
-
-
-def cancel_on_sigterm() -> threading.Event:
-    """cancel-task SIGTERMs this step: the running sub-task is cancelled, then undone."""
-    cancelled = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: cancelled.set())
-    return cancelled
-
-
-def _tail(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no error output"
 
 
 def cluster_restore_module(step: Step, request: RestoreModuleRequest) -> dict[str, Any]:
@@ -154,7 +141,7 @@ def _run_module_restore(
     if result.exit_code != 0:
         raise ActionFailed(
             f"restore-module of {module_id} failed (exit {result.exit_code}): "
-            f"{_tail(result.error)}; {module_id} removed"
+            f"{proc.last_line(result.error)}; {module_id} removed"
         )
 
 
@@ -177,7 +164,8 @@ def relink_backups(redis: Redis, module_id: str, module_uuid: str, replaced: lis
             pipe.hset(backup.key, mapping=backup.stored_values("instances", "uinstances"))
         ids = [str(backup.id) for backup in changes]
         pipe.publish(
-            redis_keys.cluster_event("backup-schedule-changed"), json.dumps({"backup_ids": ids})
+            redis_keys.cluster_event(redis_keys.Event.BACKUP_SCHEDULE_CHANGED),
+            json.dumps({"backup_ids": ids}),
         )
         pipe.execute()
 
@@ -208,7 +196,7 @@ def restore_paths(
     if result.exit_code != 0:
         raise ActionFailed(
             f"restore of {', '.join(request.paths)} into {module_id} failed "
-            f"(exit {result.exit_code}): {_tail(result.error)}",
+            f"(exit {result.exit_code}): {proc.last_line(result.error)}",
             result.exit_code if result.exit_code in (2, 10) else 1,
             result.output or None,
         )

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, NoReturn
+from typing import Any
 
 from agent import proc, redis_keys, restic, restic_args, restic_messages, restored_files
 from agent.agentenv import agent_environment
@@ -29,7 +28,7 @@ from agent.operations.restore_source import (
 from agent.redis_store import Context
 from agent.restic_messages import ExitError, ItemError, Message, Status, Summary, VerboseStatus
 from agent.settings import Settings
-from agent.steps import Step
+from agent.steps import Step, fail_on_sigterm
 from agent.volumes import included_volumes
 
 WEIGHTS = {"00progress": 0, "05replace": 0, "10restore": 4, "20label": 0}
@@ -105,15 +104,6 @@ def run_restore(
     return restored.last
 
 
-def _cancel_on_sigterm() -> None:
-    """cancel-task: restic (same process group) stops; we unwind so the lease is released."""
-
-    def cancelled(*_: object) -> NoReturn:
-        raise ActionFailed("restore cancelled")
-
-    signal.signal(signal.SIGTERM, cancelled)
-
-
 # --- module action restore-module ------------------------------------------------------
 def module_progress(step: Step, request: ModuleRestoreRequest) -> None:
     """00progress: the restic step is the long one."""
@@ -123,10 +113,10 @@ def module_progress(step: Step, request: ModuleRestoreRequest) -> None:
 
 def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
     """10restore: the state dir and the volumes of state-include.conf from the snapshot."""
-    _cancel_on_sigterm()
+    fail_on_sigterm("restore cancelled")
     ctx = step.ctx
     agent_id = step.agent_id
-    module_id = agent_id.split("/", 1)[1]
+    module_id = redis_keys.AgentId.parse(agent_id).module_id
     home = ctx.settings.agent_home(agent_id)
     state = ctx.settings.state_dir(agent_id)
     include = home / "etc" / "state-include.conf"
@@ -236,7 +226,7 @@ def refuse_missing_paths(
 def module_label(step: Step, request: ModuleRestoreRequest) -> None:
     """20label/20note: put back ui_name and ui_note dumped into the state dir, if any."""
     agent_id = step.agent_id
-    module_id = agent_id.split("/", 1)[1]
+    module_id = redis_keys.AgentId.parse(agent_id).module_id
     keys = {
         "ui_name": redis_keys.module_ui_name(module_id),
         "ui_note": redis_keys.module_ui_note(module_id),
@@ -260,7 +250,7 @@ def module_label(step: Step, request: ModuleRestoreRequest) -> None:
 def node_restore_files(step: Step, request: RestoreFilesRequest) -> dict[str, Any]:
     """Snapshot paths into a new (or empty) directory under one of the node's restore
     roots, for an operator; no module touched, no setuid or setgid bit kept."""
-    _cancel_on_sigterm()
+    fail_on_sigterm("restore cancelled")
     paths = snapshot_paths(request.paths)
     root, parts = allowed_target(step.ctx.settings.restore_roots, request.target)
     repository = open_repository(step.ctx, request.repository, request.path)

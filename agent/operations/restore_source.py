@@ -18,8 +18,8 @@ from agent.destinations import (
     restic_target,
 )
 from agent.errors import ActionFailed, DestinationNotFound, ValidationFailed, validation_error
+from agent.image_names import image_name
 from agent.models import INSTANCE_FILES
-from agent.operations.modules import image_name
 from agent.operations.repository_lease import (
     RepositoryBusy,
     RepositoryLease,

@@ -160,7 +160,7 @@ def _record(ctx: Context, summary: RunSummary, statuses: list[ModuleStatus]) -> 
                 status.to_record(),
             )
             pipe.publish(
-                redis_keys.node_event(node_id, "backup-status-changed"),
+                redis_keys.node_event(node_id, redis_keys.Event.BACKUP_STATUS_CHANGED),
                 json.dumps(
                     {
                         "node_id": node_id,

@@ -10,7 +10,7 @@ from pydantic import BeforeValidator, Field, StrictBool
 
 from agent import redis_keys
 from agent.records.stored import StoredRecord, parse_stored
-from agent.redis_api import Redis
+from agent.redis_api import Pipeline, Redis
 
 KEEP_FIELDS = ("keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within")
 # Fields a rewrite removes when the definition no longer has them (HSET alone keeps them).
@@ -103,7 +103,7 @@ class BackupDefinition(StoredRecord):
                 fields[name] = str(value)
         return fields
 
-    def to_redis(self, pipe: Redis) -> None:
+    def to_redis(self, pipe: Pipeline) -> None:
         """Queue the writes that make the stored hash this definition (in a pipeline)."""
         fields = self.to_fields()
         pipe.hset(self.key, mapping=fields)
@@ -153,7 +153,7 @@ class BackupSecrets(StoredRecord):
         """The backup's secrets (none stored reads as none)."""
         return cls.from_fields(backup_id, redis.hgetall(redis_keys.backup_private(backup_id)))
 
-    def to_redis(self, pipe: Redis, backup_id: int) -> None:
+    def to_redis(self, pipe: Pipeline, backup_id: int) -> None:
         """Queue the writes: the hash holds ping_url, or is gone when there is none."""
         key = redis_keys.backup_private(backup_id)
         if self.ping_url:

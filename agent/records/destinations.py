@@ -11,7 +11,7 @@ from pydantic.dataclasses import dataclass
 
 from agent import redis_keys
 from agent.records.stored import StoredRecord, parse_stored
-from agent.redis_api import Redis
+from agent.redis_api import Pipeline, Redis
 
 
 class DestinationPublic(StoredRecord):
@@ -83,7 +83,7 @@ class Destination:
     def private_fields(self) -> dict[str, str]:
         return {**self.parameters, "password": self.password}
 
-    def to_redis(self, pipe: Redis) -> None:
+    def to_redis(self, pipe: Pipeline) -> None:
         """Queue the writes that replace both hashes with this destination."""
         public_key = redis_keys.backup_repository(self.id)
         private_key = redis_keys.backup_repository_private(self.id)

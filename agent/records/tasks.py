@@ -11,7 +11,7 @@ from typing import Any
 
 from agent import redis_keys
 from agent.errors import StoredDataError
-from agent.redis_api import Redis
+from agent.redis_api import Pipeline, TaskClient
 
 MAX_TASK_ID = 128
 
@@ -85,7 +85,7 @@ class TaskRecord:
         return cls(output or "", error or "", code)
 
     @classmethod
-    def from_redis(cls, redis: Redis, agent_id: str, task_id: str) -> TaskRecord | None:
+    def from_redis(cls, redis: TaskClient, agent_id: str, task_id: str) -> TaskRecord | None:
         """The stored result, None while the task has not finished."""
         with redis.pipeline(transaction=False) as pipe:
             for name in FIELDS:
@@ -93,7 +93,7 @@ class TaskRecord:
             values = pipe.execute()
         return cls.from_values(agent_id, task_id, values)
 
-    def to_redis(self, pipe: Redis, agent_id: str, task_id: str, context: str) -> None:
+    def to_redis(self, pipe: Pipeline, agent_id: str, task_id: str, context: str) -> None:
         """Queue the writes of the whole record, each key expiring with the task's TTL."""
         ttl = redis_keys.TASK_TTL_SECONDS
         pipe.set(redis_keys.task_field(agent_id, task_id, "context"), context, ex=ttl)

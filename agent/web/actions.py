@@ -16,23 +16,24 @@ from agent.redis_api import Redis
 from agent.steps import pydantic_errors
 
 ACTION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
-AGENT_ID = re.compile(r"^(cluster|node/[0-9]{1,6}|module/[a-z][a-z0-9_-]{0,63})$")
 WAIT_SECONDS = 3600.0
 
 
 def model_for(agent_id: str, action: str) -> type[Request] | None:
     """The model whose schema is the action's validate-input.json, if it has one."""
-    if agent_id.startswith("module/"):
+    kind = redis_keys.AgentId.parse(agent_id).kind
+    if kind == "module":
         return SCHEMAS.get(f"imageroot/actions/{action}/validate-input.json")
-    kind = "cluster" if agent_id == redis_keys.CLUSTER else "node"
     return SCHEMAS.get(f"actions/{kind}/{action}/validate-input.json")
 
 
 def check_request(agent_id: str, action: str, data: Any) -> None:
     """Refuse what the action's own validation would refuse, before anything is queued;
     ValidationFailed carries the NS8-style rows."""
-    if not AGENT_ID.fullmatch(agent_id):
-        raise UnknownAgent(f"not an agent id: {agent_id!r} (use cluster, node/N or module/ID)")
+    try:
+        redis_keys.AgentId.parse(agent_id)
+    except redis_keys.NotAnAgentId as exc:
+        raise UnknownAgent(str(exc)) from None
     if not ACTION_NAME.fullmatch(action):
         raise ValidationFailed(
             [{"field": "action", "parameter": "action", "value": action, "error": "action_invalid"}]
@@ -72,7 +73,7 @@ def running_tasks(redis: Redis) -> list[dict[str, Any]]:
     """Tasks a daemon has claimed and not finished, secrets masked, queues in name order."""
     rows = []
     for key in sorted(redis.scan_iter(match=redis_keys.TASK_PROCESSING_PATTERN, count=500)):
-        agent_id = key.removesuffix("/tasks/processing")
+        agent_id = redis_keys.agent_of_processing(key)
         for raw in tasks.queue_entries(redis, key, 200):
             try:
                 task = json.loads(raw)

@@ -25,6 +25,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from agent import redis_keys
 from agent.errors import AgentError, ValidationFailed
 from agent.operations.restore_source import open_repository
 from agent.redis_api import Redis
@@ -213,8 +214,7 @@ def make_app(console: Console) -> Starlette:
     async def api_action(request: Request) -> Response:
         """POST /api/actions/<agent>/<action> with the action's data as the body; waits for
         the result unless ?nowait=1 (then 202 and the task id, progress on /api/events)."""
-        agent_id, _, action = request.path_params["name"].rpartition("/")
-        agent_id = agent_id or "cluster"
+        agent_id, action = redis_keys.split_action(request.path_params["name"])
         raw = await request.body()
         try:
             data = json.loads(raw) if raw.strip() else None

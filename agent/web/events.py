@@ -10,7 +10,6 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from agent import redis_keys
-from agent.redis_api import Redis
 
 HEARTBEAT_SECONDS = 15.0
 
@@ -18,16 +17,17 @@ HEARTBEAT_SECONDS = 15.0
 def parse_progress(channel: str, data: str) -> dict[str, Any] | None:
     """progress/<agent>/task/<id> + {"status", "progress"} → what the page needs; None for
     anything malformed (whoever can publish is not trusted to shape the page)."""
-    head, sep, task_id = channel.rpartition("/task/")
-    if not sep or not head.startswith("progress/"):
+    parsed = redis_keys.parse_progress_channel(channel)
+    if parsed is None:
         return None
+    agent_id, task_id = parsed
     try:
         payload = json.loads(data)
         status, percent = str(payload["status"])[:32], int(payload["progress"])
     except (ValueError, KeyError, TypeError):
         return None
     return {
-        "agent": head.removeprefix("progress/")[:128],
+        "agent": agent_id[:128],
         "task": task_id[:64],
         "status": status,
         "progress": max(0, min(100, percent)),
@@ -36,7 +36,7 @@ def parse_progress(channel: str, data: str) -> dict[str, Any] | None:
 
 def parse_event(channel: str) -> dict[str, Any]:
     """cluster/event/<name> or node/<N>/event/<name> → {"source", "name"}."""
-    source, _, name = channel.partition("/event/")
+    source, name = redis_keys.parse_event_channel(channel)
     return {"source": source[:64], "name": name[:128]}
 
 
@@ -47,7 +47,7 @@ def sse(kind: str, payload: dict[str, Any]) -> str:
 async def stream(redis_url: str) -> AsyncIterator[str]:
     """Every progress message and event while the browser listens; a comment line every
     HEARTBEAT_SECONDS so a closed tab is noticed and the subscription released."""
-    client: Redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     try:
         await pubsub.psubscribe(redis_keys.PROGRESS_PATTERN, *redis_keys.EVENT_PATTERNS)
@@ -58,11 +58,10 @@ async def stream(redis_url: str) -> AsyncIterator[str]:
                 yield ": heartbeat\n\n"
                 continue
             channel, data = str(message.get("channel", "")), str(message.get("data", ""))
-            if channel.startswith("progress/"):
-                progress = parse_progress(channel, data)
-                if progress is not None:
-                    yield sse("progress", progress)
-            else:
+            progress = parse_progress(channel, data)
+            if progress is not None:
+                yield sse("progress", progress)
+            elif redis_keys.parse_event_channel(channel)[1]:
                 yield sse("cluster-event", parse_event(channel))
     finally:
         await pubsub.aclose()

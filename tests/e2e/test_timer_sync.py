@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from agent.operations import schedule
+from agent import timers as schedule
 from agent.operations.cluster_setup import init
 from agent.settings import Settings
 from tests.e2e.conftest import SystemdNode

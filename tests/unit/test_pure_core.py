@@ -14,12 +14,12 @@ from agent import redis_keys, restic
 from agent.actiondirs import list_actions, merge_actions
 from agent.agentenv import format_env_file, read_env_file
 from agent.errors import ValidationFailed
+from agent.image_names import image_name
 from agent.masking import MASK, mask_secrets, redact_text
-from agent.operations.modules import image_name
 from agent.podman import module_volumes, parse_volume_owners
+from agent.redis_keys import split_action
 from agent.runner import StepProgress
 from agent.schemas import check_schemas
-from agent.tasks import split_action
 from agent.validation import validate
 from agent.volumes import backup_layout
 
