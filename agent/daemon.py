@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from agent import lease, overdue, recovery, redis_keys
+from agent import lease, overdue, recovery, redis_keys, task_withdraw
 from agent.actiondirs import action_dirs, list_actions, merge_actions
 from agent.agentenv import agent_environment, read_env_file
 from agent.errors import AgentError
@@ -247,7 +247,8 @@ class Daemon:
             self._finish(agent_id, task, raw, TaskOutcome(output, "", 0, "completed"))
             return
         if action_name == "cancel-task":
-            self._finish(agent_id, task, raw, self._cancel(agent_id, task.get("data")))
+            outcome = self._cancel(agent_id, task.get("data"), worker.conn)
+            self._finish(agent_id, task, raw, outcome)
             return
         thread = threading.Thread(
             target=self._execute, args=(worker, task, raw), name=f"task {task_id}", daemon=True
@@ -309,7 +310,7 @@ class Daemon:
                 self.running.pop((agent_id, task_id), None)
                 self.threads.discard(threading.current_thread())
 
-    def _cancel(self, agent_id: str, data: Any) -> TaskOutcome:
+    def _cancel(self, agent_id: str, data: Any, binary: Redis) -> TaskOutcome:
         target = data.get("task") if isinstance(data, dict) else None
         if not isinstance(target, str) or not target:
             errors = [
@@ -318,6 +319,11 @@ class Daemon:
             return TaskOutcome(json.dumps(errors), "", 10, "validation-failed")
         with self.lock:
             run = self.running.get((agent_id, target))
+        if run is None and (queued := task_withdraw.withdraw_queued(binary, agent_id, target)):
+            # Never claimed: it is recorded as cancelled, so whoever waits on it returns.
+            stopped = TaskOutcome("", task_withdraw.NOT_STARTED, 1, "aborted")
+            self._finish(agent_id, queued.task, queued.raw, stopped)
+            return TaskOutcome("", "", 0, "completed")
         if run is None:
             errors = [
                 {"field": "task", "parameter": "task", "value": target, "error": "task_not_found"}

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import lease, redis_keys
+from agent import lease, redis_keys, task_withdraw
 from agent.errors import AgentError, AgentNotRunning, RedisUnavailable, UnknownAgent
 from agent.redis_api import Redis, connection_errors
 
@@ -85,8 +85,17 @@ def submit(redis: Redis, request: TaskRequest, check: bool = True) -> str:
     if check:
         ensure_served(redis, request.agent_id)
     task = make_task(request.action, request.data, request.parent)
-    redis.lpush(redis_keys.task_queue(request.agent_id), json.dumps(task))
+    queue(redis, request, json.dumps(task))
     return str(task["id"])
+
+
+def queue(redis: Redis, request: TaskRequest, raw: str) -> None:
+    """Workers claim from the right: tasks join on the left, a cancel-task on the right."""
+    key = redis_keys.task_queue(request.agent_id)
+    if task_withdraw.jumps_the_queue(request.action):
+        redis.rpush(key, raw)
+    else:
+        redis.lpush(key, raw)
 
 
 def fetch_result(redis: Redis, agent_id: str, task_id: str) -> TaskResult | None:
@@ -202,7 +211,7 @@ def start(redis: Redis, request: TaskRequest, check: bool = True) -> TaskWatcher
     watcher = TaskWatcher(redis, request.agent_id)
     watcher.subscribe(str(task["id"]))
     watcher.raw = json.dumps(task)
-    redis.lpush(redis_keys.task_queue(request.agent_id), watcher.raw)
+    queue(redis, request, watcher.raw)
     return watcher
 
 
