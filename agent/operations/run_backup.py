@@ -109,7 +109,13 @@ def run_node_backup(
             log.info(
                 "backup %s of %s: %s %s", backup_id, module_id, status.outcome.value, status.reason
             )
-        if not status.coalesced:
+        if status.coalesced:
+            pass
+        elif ctx.redis.hget(redis_keys.MODULE_NODE, module_id) is None:
+            # Removed (a replacing restore) while this run waited for it: its status,
+            # history and metadata went with it and are not written again.
+            log.warning("backup %s of %s: the module was removed meanwhile", backup_id, module_id)
+        else:
             _record(ctx, summary, [status])
             _write_metadata(ctx, destination, status)
             _remember(ctx, backup_id, destination, status, collected.lines)
