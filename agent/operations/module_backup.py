@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agent import locks, podman, proc, redis_keys, restic, snapshot_environments
+from agent import disk_space, locks, podman, proc, redis_keys, restic, snapshot_environments
 from agent.agentenv import agent_environment
 from agent.backup_status import ModuleStatus, Outcome
 from agent.destinations import Destination, local_snapshot_names, restic_target
@@ -158,7 +158,8 @@ class ModuleBackup:
             Outcome.FAILED,
             self.start,
             int(time.time()),
-            reason=reason,
+            # A hook's own words rarely name the cause when the node's disk is full.
+            reason=reason + disk_space.full_disk_note(self.ctx.settings.root),
             errors=1,
             last_success=last,
             snapshots_count=self.previous.snapshots_count if self.previous else 0,
