@@ -11,11 +11,12 @@ import time
 import uuid
 from typing import Any
 
-from agent import lease, module_pending, overdue, recovery, redis_keys
+from agent import lease, module_pending, overdue, recovery, redis_keys, task_withdraw
 from agent.actiondirs import action_dirs, list_actions, merge_actions
 from agent.agentenv import agent_environment
 from agent.errors import AgentError
 from agent.masking import mask_secrets
+from agent.redis_api import BinaryRedis
 from agent.redis_keys import Event
 from agent.redis_store import REDIS_ERRORS, connect, connect_binary
 from agent.runner import TaskOutcome, TaskRun
@@ -242,7 +243,8 @@ class Daemon:
             self._finish(agent_id, task, raw, TaskOutcome(output, "", 0, "completed"))
             return
         if action_name == "cancel-task":
-            self._finish(agent_id, task, raw, self._cancel(agent_id, task.get("data")))
+            outcome = self._cancel(agent_id, task.get("data"), worker.conn)
+            self._finish(agent_id, task, raw, outcome)
             return
         thread = threading.Thread(
             target=self._execute, args=(worker, task, raw), name=f"task {task_id}", daemon=True
@@ -296,7 +298,7 @@ class Daemon:
                 self.running.pop((agent_id, task_id), None)
                 self.threads.discard(threading.current_thread())
 
-    def _cancel(self, agent_id: str, data: Any) -> TaskOutcome:
+    def _cancel(self, agent_id: str, data: Any, binary: BinaryRedis) -> TaskOutcome:
         target = data.get("task") if isinstance(data, dict) else None
         if not isinstance(target, str) or not target:
             errors = [
@@ -305,6 +307,11 @@ class Daemon:
             return TaskOutcome(json.dumps(errors), "", 10, "validation-failed")
         with self.lock:
             run = self.running.get((agent_id, target))
+        if run is None and (queued := task_withdraw.withdraw_queued(binary, agent_id, target)):
+            # Never claimed: it is recorded as cancelled, so whoever waits on it returns.
+            stopped = TaskOutcome("", task_withdraw.NOT_STARTED, 1, "aborted")
+            self._finish(agent_id, queued.task, queued.raw, stopped)
+            return TaskOutcome("", "", 0, "completed")
         if run is None:
             errors = [
                 {"field": "task", "parameter": "task", "value": target, "error": "task_not_found"}

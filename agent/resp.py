@@ -228,6 +228,9 @@ class Client:
     def lpush(self, key: str, *values: str) -> int:
         return int(self._call("LPUSH", key, *values, read=False))
 
+    def rpush(self, key: str, *values: str) -> int:
+        return int(self._call("RPUSH", key, *values, read=False))
+
     def lrem(self, key: str, count: int, value: str) -> int:
         return int(self._call("LREM", key, count, value, read=False))
 

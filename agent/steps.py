@@ -16,6 +16,7 @@ from typing import Any, NoReturn, TypeVar
 
 import pydantic
 
+from agent import disk_space
 from agent.errors import ActionFailed, AgentError, ValidationFailed
 from agent.masking import MASK, is_secret, mask_secrets
 from agent.redis_store import Context
@@ -142,6 +143,10 @@ def step_main(handler: Callable[[Step, M], Any], model: type[M]) -> NoReturn:
         sys.exit(exc.exit_code)
     except ValueError as exc:  # a bug or a surprise inside the step: a failure, not bad input
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as exc:  # the node's disk full, a file that went away: one clear line
+        note = disk_space.full_disk_note(step.ctx.settings.root) if step is not None else ""
+        print(f"{disk_space.describe_os_error(exc)}{note}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import lease, redis_keys
+from agent import lease, redis_keys, task_withdraw
 from agent.errors import AgentError, AgentNotRunning, RedisUnavailable, UnknownAgent
 from agent.records.tasks import QueuedTask, TaskRecord
 from agent.redis_api import Redis, TaskClient, connection_errors
@@ -79,8 +79,17 @@ def submit(redis: TaskClient, request: TaskRequest, check: bool = True) -> str:
     if check:
         ensure_served(redis, request.agent_id)
     task = QueuedTask.new(request.action, request.data, request.parent)
-    redis.lpush(redis_keys.task_queue(request.agent_id), task.to_json())
+    queue(redis, request, task.to_json())
     return task.id
+
+
+def queue(redis: TaskClient, request: TaskRequest, raw: str) -> None:
+    """Workers claim from the right: tasks join on the left, a cancel-task on the right."""
+    key = redis_keys.task_queue(request.agent_id)
+    if task_withdraw.jumps_the_queue(request.action):
+        redis.rpush(key, raw)
+    else:
+        redis.lpush(key, raw)
 
 
 def queue_entries(redis: Redis, key: str, limit: int = -1) -> list[str]:
@@ -212,7 +221,7 @@ def start(redis: TaskClient, request: TaskRequest, check: bool = True) -> TaskWa
     watcher = TaskWatcher(redis, request.agent_id)
     watcher.subscribe(task.id)
     watcher.raw = task.to_json()
-    redis.lpush(redis_keys.task_queue(request.agent_id), watcher.raw)
+    queue(redis, request, watcher.raw)
     return watcher
 
 

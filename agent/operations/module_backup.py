@@ -9,7 +9,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from agent import locks, podman, proc, redis_keys, restic, restic_args, snapshot_environments
+from agent import (
+    disk_space,
+    locks,
+    podman,
+    proc,
+    redis_keys,
+    restic,
+    restic_args,
+    snapshot_environments,
+)
 from agent.backup_status import ModuleStatus, Outcome
 from agent.destinations import Destination, restic_target
 from agent.errors import AgentError
@@ -87,7 +96,8 @@ class ModuleBackup:
             Outcome.FAILED,
             self.start,
             int(time.time()),
-            reason=reason,
+            # A hook's own words rarely name the cause when the node's disk is full.
+            reason=reason + disk_space.full_disk_note(self.ctx.settings.root),
             errors=1,
             last_success=last,
             snapshots_count=self.previous.snapshots_count if self.previous else 0,

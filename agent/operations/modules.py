@@ -14,6 +14,7 @@ from agent.errors import AgentError, validation_error
 from agent.image_names import image_name
 from agent.models import AddModuleRequest, NodeAddModuleRequest, RemoveModuleRequest
 from agent.module_pending import pending_modules
+from agent.operations.module_hold import held_from_backups
 from agent.records.backups import backup_ids, read_backups
 from agent.redis_store import Redis
 from agent.steps import Step
@@ -147,7 +148,13 @@ def cluster_remove_module(step: Step, request: RemoveModuleRequest) -> None:
 
 
 def remove_module_everywhere(step: Step, module_id: str, preserve_data: bool) -> None:
-    """Node files and volumes first, then every Redis trace of the module."""
+    """Node files and volumes first, then every Redis trace of the module; a backup of
+    it that is running ends first (its volumes are not pulled from under restic)."""
+    with held_from_backups(step.ctx.redis, module_id):
+        _remove_module_everywhere(step, module_id, preserve_data)
+
+
+def _remove_module_everywhere(step: Step, module_id: str, preserve_data: bool) -> None:
     redis = step.ctx.redis
     node = redis.hget(redis_keys.MODULE_NODE, module_id)
     if node is not None:

@@ -57,6 +57,7 @@ class RepositoryLease:
     prefix: str
     retry_limit: float | None
     abnormal_end: str = ""  # why restic's locks must go before the lease does
+    unlock_failure: str = ""  # what the last failed `unlock --remove-all` said
     _running: set[str] = field(default_factory=set)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -130,6 +131,8 @@ class RepositoryLease:
         )
         if done.returncode in (Exit.OK, Exit.NO_REPOSITORY):
             return True
+        lines = done.error_text.strip().splitlines()
+        self.unlock_failure = lines[-1][-300:] if lines else f"exit {done.returncode}"
         log.warning(
             "%s: restic locks not removed (exit %d): %s",
             self.target.repository,
@@ -175,7 +178,8 @@ def open_lease(
             if not lease.remove_locks("a previous run on the repository crashed"):
                 dirty = True
                 raise StaleLocksKept(
-                    "cannot remove the restic locks a crashed run left on the repository"
+                    "cannot remove the restic locks a crashed run left on the repository: "
+                    + lease.unlock_failure
                 )
         try:
             yield lease

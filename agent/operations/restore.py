@@ -12,6 +12,7 @@ from typing import Any
 from agent import proc, redis_keys, tasks
 from agent.errors import ActionFailed, AgentError, validation_error
 from agent.models import RestoreModuleRequest, RestoreModulesRequest
+from agent.operations.module_hold import held_from_backups
 from agent.operations.modules import (
     install_module,
     remove_module_everywhere,
@@ -192,7 +193,10 @@ def restore_paths(
         },
         step.task_id,
     )
-    result = run_subtask(step, subtask, step.progress_range(0, 100), cancelled)
+    # A backup of the module waits: it must not read files half-restored, nor make a
+    # newer snapshot that "latest" would then name.
+    with held_from_backups(redis, module_id, cancelled):
+        result = run_subtask(step, subtask, step.progress_range(0, 100), cancelled)
     if result.exit_code != 0:
         raise ActionFailed(
             f"restore of {', '.join(request.paths)} into {module_id} failed "

@@ -106,7 +106,12 @@ def run_node_backup(
             log.info(
                 "backup %s of %s: %s %s", backup_id, module_id, status.outcome.value, status.reason
             )
-        if not status.coalesced:
+        # Removed (a replacing restore) while this run waited for it: its status, history
+        # and metadata went with it and are not written again.
+        removed = ctx.redis.hget(redis_keys.MODULE_NODE, module_id) is None
+        if removed:
+            log.warning("backup %s of %s: the module was removed meanwhile", backup_id, module_id)
+        if not status.coalesced and not removed:
             _record(ctx, summary, [status])
             _write_metadata(ctx, destination, status)
             _remember(ctx, backup_id, destination, status, collected.lines)
