@@ -119,16 +119,14 @@ class Daemon:
             raise AgentError(f"node {self.node_id} is already served by {who}")
         try:
             self._register_node()
+            if self.settings.warm_steps:  # forked before any thread starts
+                self.warm = WarmSteps(self.warm_registry)
+            # Renewed from now on: the recovery's steps get a grace longer than the lease.
+            threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
             served = self.served_agents()
-            # The cluster's steps first: a restore's step waits on its sub-tasks, and must
-            # not see them end (and start its own clean-up) before it is stopped itself.
-            for agent_id in sorted(served, key=lambda a: (a != redis_keys.CLUSTER, a)):
-                self.recover(agent_id)
+            self.recover(sorted(served, key=lambda a: (a != redis_keys.CLUSTER, a)))
             if redis_keys.CLUSTER in served:  # no cluster task runs yet: all are dead
                 recovery.queue_removal_of_pending(self.redis)
-            if self.settings.warm_steps:
-                self.warm = WarmSteps(self.warm_registry)
-            threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             pubsub.subscribe(
                 *(redis_keys.cluster_event(name) for name in (*MODULE_EVENTS, SCHEDULE_EVENT))
@@ -419,14 +417,45 @@ class Daemon:
         except REDIS_ERRORS as exc:
             log.warning("cannot publish progress of %s: %s", task_id, exc)
 
-    def recover(self, agent_id: str) -> None:
-        """Settle tasks a previous daemon of this node claimed and never finished."""
+    def recover(self, agent_ids: list[str]) -> None:
+        """Settle tasks a previous daemon of this node claimed (on agent_ids) and never
+        finished: stop what is left of them, then mark them aborted, in agent_ids' order.
+
+        Every leftover step is stopped before any task's end is published. A cluster
+        step waits on its node sub-tasks: it must not see them end (and start its own
+        clean-up) before it is stopped itself, and its end must not be published before
+        their steps, told to stop, have recorded what they were doing (a module's failed
+        backup status): whoever reads the status once the cluster task ended sees that."""
+        claimed = [
+            (agent_id, *entry) for agent_id in agent_ids for entry in self._started(agent_id)
+        ]
+        killed = recovery.kill_task_processes(
+            [task["id"] for _, task, _ in claimed], self.warm_registry
+        )
+        for agent_id, task, raw in claimed:
+            log.warning(
+                "%s: task %s was running when the daemon died (%d leftover processes "
+                "stopped); marking it aborted",
+                agent_id,
+                task["id"],
+                killed[task["id"]],
+            )
+            error = ABORTED_BY_CRASH
+            half_made = recovery.modules_of_task(self.redis, agent_id, task["id"])
+            if half_made:
+                error += f"the instances it was adding are removed: {', '.join(half_made)}\n"
+            self._finish(agent_id, task, raw, TaskOutcome("", error, 1, "aborted"))
+
+    def _started(self, agent_id: str) -> list[tuple[dict[str, Any], str]]:
+        """(task, raw entry) of each task agent_id's processing list holds that had
+        started; poison there is dropped or rejected, a task never started re-queued."""
         processing = redis_keys.task_processing(agent_id)
         binary = connect_binary(self.settings.redis_url)
         with contextlib.closing(binary):
             entries = binary.lrange(processing, 0, -1)
             for bad in [entry for entry in entries if not _is_utf8(entry)]:
                 binary.lrem(processing, 1, bad)
+        started = []
         for raw_bytes in entries:
             if not _is_utf8(raw_bytes):
                 continue
@@ -434,27 +463,14 @@ class Daemon:
             task = parse_task(raw)
             if isinstance(task, Rejected):
                 self._reject(agent_id, raw, task)
-                continue
-            started = self.redis.exists(redis_keys.task_field(agent_id, task["id"], "context"))
-            if not started:
+            elif self.redis.exists(redis_keys.task_field(agent_id, task["id"], "context")):
+                started.append((task, raw))
+            else:
                 log.warning(
                     "%s: re-queueing task %s, claimed but never started", agent_id, task["id"]
                 )
                 self._requeue(agent_id, raw)
-                continue
-            killed = recovery.kill_task_processes(task["id"], self.warm_registry)
-            log.warning(
-                "%s: task %s was running when the daemon died (%d leftover processes "
-                "stopped); marking it aborted",
-                agent_id,
-                task["id"],
-                killed,
-            )
-            error = ABORTED_BY_CRASH
-            half_made = recovery.modules_of_task(self.redis, agent_id, task["id"])
-            if half_made:
-                error += f"the instances it was adding are removed: {', '.join(half_made)}\n"
-            self._finish(agent_id, task, raw, TaskOutcome("", error, 1, "aborted"))
+        return started
 
 
 def _is_utf8(raw: bytes) -> bool:

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from agent import redis_keys, tasks, warmsteps
@@ -19,11 +20,16 @@ from agent.task_input import parse_task
 log = logging.getLogger("agent.recovery")
 
 
-def processes_of_task(task_id: str, warm_registry: Path | None = None) -> list[int]:
-    """Pids of live processes whose environment carries AGENT_TASK_ID=task_id, plus the
-    task's steps forked by the warm helper (their environ is the helper's)."""
-    marker = f"AGENT_TASK_ID={task_id}".encode()
-    pids = warmsteps.registered_processes(warm_registry, task_id) if warm_registry else []
+def processes_of_tasks(
+    task_ids: Sequence[str], warm_registry: Path | None = None
+) -> dict[str, list[int]]:
+    """Pids of live processes whose environment carries AGENT_TASK_ID=<id>, plus the
+    steps forked by the warm helper (their environ is the helper's), for each of task_ids."""
+    markers = {f"AGENT_TASK_ID={task_id}".encode(): task_id for task_id in task_ids}
+    found = {
+        task_id: warmsteps.registered_processes(warm_registry, task_id) if warm_registry else []
+        for task_id in task_ids
+    }
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -31,9 +37,15 @@ def processes_of_task(task_id: str, warm_registry: Path | None = None) -> list[i
             environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if marker in environ.split(b"\0") and int(entry.name) not in pids:
-            pids.append(int(entry.name))
-    return pids
+        for variable in environ.split(b"\0"):
+            task_id = markers.get(variable)
+            if task_id is not None and int(entry.name) not in found[task_id]:
+                found[task_id].append(int(entry.name))
+    return found
+
+
+def _alive(task_ids: Sequence[str], warm_registry: Path | None) -> list[int]:
+    return [pid for pids in processes_of_tasks(task_ids, warm_registry).values() for pid in pids]
 
 
 # A step told to stop records what it was doing (the module's failed status) and cleans up
@@ -42,24 +54,32 @@ STOP_GRACE_SECONDS = 30.0
 
 
 def kill_task_processes(
-    task_id: str, warm_registry: Path | None = None, grace_seconds: float = STOP_GRACE_SECONDS
-) -> int:
-    """SIGTERM, then SIGKILL after grace, every process left by task_id; returns how many."""
-    pids = processes_of_task(task_id, warm_registry)
-    for pid in pids:
-        _signal(pid, signal.SIGTERM)
+    task_ids: Sequence[str],
+    warm_registry: Path | None = None,
+    grace_seconds: float = STOP_GRACE_SECONDS,
+) -> dict[str, int]:
+    """SIGTERM every process left by any of task_ids at once, SIGKILL those still there
+    after grace; returns, for each task, how many it had. It returns once all are gone, so
+    no step of these tasks writes anything after one of their ends is published (a node
+    step recording a module's failed status after its cluster task was seen to end)."""
+    if not task_ids:
+        return {}
+    found = processes_of_tasks(task_ids, warm_registry)
+    for pids in found.values():
+        for pid in pids:
+            _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_seconds
-    while time.monotonic() < deadline and processes_of_task(task_id, warm_registry):
+    while time.monotonic() < deadline and _alive(task_ids, warm_registry):
         time.sleep(0.1)
-    for pid in processes_of_task(task_id, warm_registry):
+    for pid in _alive(task_ids, warm_registry):
         _signal(pid, signal.SIGKILL)
     if warm_registry is not None:
         # Settled before the task's end is published: nobody may see a stale record.
         deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline and processes_of_task(task_id, warm_registry):
+        while time.monotonic() < deadline and _alive(task_ids, warm_registry):
             time.sleep(0.05)
         warmsteps.prune_registry(warm_registry)
-    return len(pids)
+    return {task_id: len(pids) for task_id, pids in found.items()}
 
 
 def _signal(pid: int, sig: int) -> None:
