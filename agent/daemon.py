@@ -115,16 +115,19 @@ class Daemon:
             raise AgentError(f"node {self.node_id} is already served by {who}")
         try:
             self._register_node()
+            if self.settings.warm_steps:  # forked before any thread starts
+                self.warm = WarmSteps(self.warm_registry)
+            # Renewed from now on: the recovery's steps get a grace longer than the lease.
+            threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
             served = self.served_agents()
-            # The cluster's steps first: a restore's step waits on its sub-tasks, and must
-            # not see them end (and start its own clean-up) before it is stopped itself.
-            for agent_id in sorted(served, key=lambda a: (a != redis_keys.CLUSTER, a)):
-                recovery.recover(self.records, agent_id, self.warm_registry)
+            # All of them at once, the cluster's first (see recovery.recover).
+            recovery.recover(
+                self.records,
+                sorted(served, key=lambda a: (a != redis_keys.CLUSTER, a)),
+                self.warm_registry,
+            )
             if redis_keys.CLUSTER in served:  # no cluster task runs yet: all are dead
                 module_pending.queue_removal_of_pending(self.redis)
-            if self.settings.warm_steps:
-                self.warm = WarmSteps(self.warm_registry)
-            threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             pubsub.subscribe(*(redis_keys.cluster_event(event) for event in TIMER_EVENTS))
             self.sync_workers()
