@@ -28,6 +28,16 @@ StepProcess = proc.Popen[bytes] | WarmChild
 HEARTBEAT_SECONDS = 5.0
 
 
+# bash moves the descriptor to 3, closes the original and becomes the step (same pid,
+# session and group): a few milliseconds, and only when the pipe did not land on 3.
+_MOVE_COMFD = 'n=$1; shift; exec 3>&"$n" {n}>&-; exec "$@"'
+
+
+def at_step_comfd(path: Path, fd: int) -> list[str]:
+    """argv that runs the step at path with descriptor fd as its descriptor 3."""
+    return ["/bin/bash", "-c", _MOVE_COMFD, "agent-step", str(fd), str(path)]
+
+
 @dataclass(frozen=True)
 class TaskOutcome:
     output: str
@@ -188,8 +198,14 @@ class TaskRun:
             child = self.warm.spawn(path, env, self.cwd, com_write)
             if child is not None:
                 return child
+        if com_write != warmsteps.COMFD:
+            # NS8's agent gives every step COMFD 3; /bin/sh cannot write above 9 at all.
+            argv = at_step_comfd(path, com_write)
+            env = dict(env, AGENT_COMFD=str(warmsteps.COMFD))
+        else:
+            argv = [str(path)]
         return proc.spawn(
-            [str(path)], env=env, cwd=self.cwd, pass_fds=[com_write], umask=filemodes.STEP_UMASK
+            argv, env=env, cwd=self.cwd, pass_fds=[com_write], umask=filemodes.STEP_UMASK
         )
 
     def _pump(

@@ -45,6 +45,12 @@ def test_a_restic_run_past_its_timeout_is_stopped_with_its_container(
         assert name not in listed.stdout.split()
     finally:
         subprocess.run(["umount", "--lazy", str(disk)], check=False)
+        # restic's cache volume, made in this worker's store by the run above.
+        subprocess.run(
+            ["podman", "volume", "rm", "--force", restic.CACHE_VOLUME],
+            capture_output=True,
+            check=False,
+        )
 
 
 def test_a_lease_released_as_crashed_makes_the_next_holder_clean_up(

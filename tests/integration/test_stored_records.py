@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from agent import redis_keys, tasks
+from agent import redis_keys, tasks, timers
 from agent.backup_status import ModuleStatus, Outcome
 from agent.destinations import load_destination
 from agent.errors import StoredDataError
 from agent.models import AlterBackupRequest, NoInput
-from agent.operations import definitions, schedule
+from agent.operations import definitions
 from agent.operations.run_backup import run_node_backup
 from agent.records.backups import BackupDefinition, BackupSecrets
 from agent.records.destinations import Destination
@@ -118,7 +118,7 @@ def test_the_timer_sync_skips_a_malformed_definition_and_keeps_the_others(
     backups.add_backup(redis_client, 2, DESTINATION, ["wiki1"], schedule="*-*-* 02:00:00")
     redis_client.hset(redis_keys.backup(1), "enabled", "yes")
     with caplog.at_level(logging.ERROR):
-        found = schedule.node_schedules(redis_client, 1)
+        found = timers.node_schedules(redis_client, 1)
     assert [b.backup_id for b in found] == [2]
     assert "malformed cluster/backup/1: enabled" in caplog.text
 

@@ -154,6 +154,15 @@ class ClusterHarness:
     def stop(self) -> None:
         for node in self.nodes.values():
             node.stop()
+            # A container a test left (a killed podman client's restic) keeps the store's
+            # overlay mounted: remove it first, so the release below can unmount.
+            subprocess.run(
+                ["podman", "rm", "--all", "--force", "--time", "0"],
+                env={**node.env(), **node.settings.podman_env()},
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
             cluster_setup.release_private_storage(node.settings)
             store = cluster_setup.private_store(node.settings)
             if store is not None:  # its file locks and engine state: nothing outlives the test

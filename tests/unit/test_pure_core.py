@@ -244,3 +244,12 @@ def test_a_url_is_masked_when_it_carries_a_scheme_and_so_may_carry_credentials()
     assert masked["url"] == MASK and masked["ping_url"] == MASK
     assert masked["destination"]["url"] == "local:/srv/backup"
     assert masked["rest"]["url"] == MASK
+
+
+def test_a_cold_step_gets_its_comfd_as_descriptor_3() -> None:
+    from pathlib import Path
+
+    from agent.runner import at_step_comfd
+
+    argv = at_step_comfd(Path("/x/10step"), 14)
+    assert argv[:2] == ["/bin/bash", "-c"] and argv[-2:] == ["14", "/x/10step"]
