@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import subprocess
 import threading
 import time
 import uuid
@@ -263,14 +262,14 @@ def _stream_once(
 
 
 def _wait_watching(
-    child: subprocess.Popen[bytes], name: str, env: dict[str, str], watch: RetryWatch
+    child: proc.Popen[bytes], name: str, env: dict[str, str], watch: RetryWatch
 ) -> bool:
     """Wait for the child; True when it was stopped because the storage kept failing."""
     while True:
         try:
             child.wait(timeout=0.5)
             return False
-        except subprocess.TimeoutExpired:
+        except proc.TimeoutExpired:
             pass
         if watch.expired(time.monotonic()):
             log.warning("%s: %s", name, watch.reason())
@@ -291,7 +290,7 @@ def _stop_container(name: str, env: Mapping[str, str], grace: float = 10.0) -> N
     proc.run(remove_argv([name]), env=env, timeout=60)
 
 
-def _write_stdin(child: subprocess.Popen[bytes], feed: Callable[[], str]) -> None:
+def _write_stdin(child: proc.Popen[bytes], feed: Callable[[], str]) -> None:
     """feed()'s text to the child's stdin, then EOF; EOF alone when feed raises."""
     assert child.stdin is not None
     try:
