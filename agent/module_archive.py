@@ -38,6 +38,9 @@ _ALLOWED_TYPES |= {tarfile.LNKTYPE, tarfile.FIFOTYPE}
 _TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
 
 
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 class ArchiveDamaged(AgentError):
     """The archive is truncated, altered, or not one of ours."""
 
@@ -220,6 +223,11 @@ def verify_archive(
             f"archive format {manifest.get('format')!r} version "
             f"{manifest.get('format_version')!r} is not {FORMAT} {FORMAT_VERSION}"
         )
+    if not isinstance(manifest.get("module_uuid"), str) or not UUID.fullmatch(
+        manifest["module_uuid"]
+    ):
+        # It names the scratch repository and the restored module: never a path of its own.
+        raise ArchiveDamaged(f"archive names no module uuid: {manifest.get('module_uuid')!r}")
     if manifest.get("members") != seen:
         listed = {m.get("name") for m in manifest.get("members", []) if isinstance(m, dict)}
         changed = [row["name"] for row in seen if row not in manifest.get("members", [])]

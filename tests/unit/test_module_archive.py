@@ -29,9 +29,15 @@ def restic_like_tar(members: list[tuple[str, bytes | None]]) -> io.BytesIO:
     return buffer
 
 
-def export(members: list[tuple[str, bytes | None]], facts: dict[str, NodeFacts]) -> bytes:
+UUID = "0fbc0402-a9d6-4a07-8261-6af4952938ff"
+
+
+def export(
+    members: list[tuple[str, bytes | None]], facts: dict[str, NodeFacts], module_uuid: str = UUID
+) -> bytes:
     out = io.BytesIO()
-    module_archive.write_archive(restic_like_tar(members), out, facts, {"created": 1})
+    manifest = {"created": 1, "module_uuid": module_uuid}
+    module_archive.write_archive(restic_like_tar(members), out, facts, manifest)
     return out.getvalue()
 
 
@@ -79,3 +85,10 @@ def test_a_member_changed_after_export_does_not_match_the_manifest() -> None:
 def test_names_outside_the_module_are_refused(name: str) -> None:
     with pytest.raises(ArchiveDamaged, match="outside"):
         export([(name, b"x")], {})
+
+
+@pytest.mark.parametrize("module_uuid", ["../../etc", "", "0FBC0402-A9D6-4A07-8261-6AF4952938FF"])
+def test_a_manifest_naming_no_plain_uuid_is_refused(module_uuid: str) -> None:
+    data = export([("state", None), ("state/a", b"abc")], {}, module_uuid)
+    with pytest.raises(ArchiveDamaged, match="module uuid"):
+        module_archive.verify_archive(io.BytesIO(data))
