@@ -15,10 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from agent import redis_keys, resp, tasks
-from agent.errors import AgentError, RedisUnavailable
-from agent.redis_api import TaskClient, describe_url
-from agent.settings import load_settings
+from agent.adapters import resp
+from agent.adapters.redis_api import TaskClient, describe_url
+from agent.core import redis_keys
+from agent.core.errors import AgentError, RedisUnavailable
+from agent.core.settings import load_settings
+from agent.runtime import tasks
 
 
 def fail(prog: str, message: str, code: int) -> NoReturn:

@@ -12,11 +12,12 @@ from typing import Annotated
 
 import typer
 
-from agent import proc, redis_keys
-from agent.agentenv import agent_environment
+from agent.adapters import proc
 from agent.apicli import guarded
-from agent.errors import AgentError, ConfigError
-from agent.settings import default_root, load_settings
+from agent.core import redis_keys
+from agent.core.errors import AgentError, ConfigError
+from agent.core.settings import default_root, load_settings
+from agent.runtime.agentenv import agent_environment
 
 RootOption = Annotated[
     Path | None, typer.Option("--root", help="node data directory (default: AGENT_ROOT)")
@@ -43,8 +44,8 @@ def serve(
     ] = 60.0,
 ) -> None:
     """Serve this node's task queues until SIGTERM."""
-    from agent import filemodes
-    from agent.daemon import Daemon
+    from agent.core import filemodes
+    from agent.runtime.daemon import Daemon
 
     os.umask(filemodes.PRIVATE_UMASK)  # however it was started: logs, Redis dumps, records
     level = os.environ.get("AGENT_LOG_LEVEL", "INFO").upper()
@@ -75,7 +76,7 @@ def cluster_init(
     ] = None,
 ) -> None:
     """Create a node's data directory (node 1 alone: a private Redis too)."""
-    from agent import filemodes
+    from agent.core import filemodes
     from agent.operations import cluster_setup
 
     os.umask(filemodes.PRIVATE_UMASK)
@@ -94,7 +95,7 @@ def cluster_init(
 @cluster_app.command("up")
 def cluster_up(root: RootOption = None) -> None:
     """Start the private Redis (if any) and the node daemon in the background."""
-    from agent import filemodes
+    from agent.core import filemodes
     from agent.operations import cluster_setup
 
     os.umask(filemodes.PRIVATE_UMASK)  # pid files and the log it creates are root's alone
@@ -132,8 +133,8 @@ def run_backup_command(
     root: RootOption = None,
 ) -> None:
     """Back up this node's modules of a backup now (what the timers run)."""
+    from agent.adapters.redis_store import Context
     from agent.operations.backup_actions import command_run_backup
-    from agent.redis_store import Context
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     sys.exit(command_run_backup(Context.open(load_settings(root)), backup))
@@ -145,8 +146,8 @@ def timers(
     sync: Annotated[bool, typer.Option(help="re-render the timer units first")] = False,
 ) -> None:
     """Show the next and last run of this node's backup timers, from systemd."""
-    from agent.redis_store import Context
-    from agent.timers import format_timer_table, sync_timers, timer_rows
+    from agent.adapters.redis_store import Context
+    from agent.runtime.timers import format_timer_table, sync_timers, timer_rows
 
     ctx = Context.open(load_settings(root))
     if sync:
@@ -163,7 +164,7 @@ def verify_restore_command(
     ] = None,
 ) -> None:
     """Compare a restored module with its original: files, metadata, Redis keys."""
-    from agent.verify_restore import main
+    from agent.operations.verify_restore import main
 
     main(
         [

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agent.models import SCHEMAS
-from agent.settings import share_dir
+from agent.core.models import SCHEMAS
+from agent.core.settings import share_dir
 
 
 def render_schema(model: type) -> str:

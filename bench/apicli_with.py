@@ -8,10 +8,11 @@ import sys
 
 def main() -> None:
     client, sys.argv[1:] = sys.argv[1], sys.argv[2:]
-    from agent import apicli, resp
+    from agent import apicli
+    from agent.adapters import resp
 
     if client == "redis-py":
-        from agent.redis_store import connect
+        from agent.adapters.redis_store import connect
 
         apicli.main(connect)
     elif client == "resp":

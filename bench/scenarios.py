@@ -218,9 +218,10 @@ def _restore(bench: Bench) -> None:
     """By snapshot id, as the UI asks after listing the snapshots; by `latest`; and by id
     of a snapshot the cluster has no record of (another cluster's, say: the record is
     removed before each run), which makes the agent read the environment back."""
-    from agent import podman, redis_keys
-    from agent.redis_store import connect
-    from agent.settings import load_settings
+    from agent.adapters import podman
+    from agent.adapters.redis_store import connect
+    from agent.core import redis_keys
+    from agent.core.settings import load_settings
 
     redis = connect(load_settings(bench.cluster.root).redis_url)
     cluster, raw = bench.cluster, bench.raw
@@ -318,9 +319,9 @@ def round_trips(bench: Bench, calls: int = 50) -> None:
     # Where api-cli's time goes: the interpreter, then its imports (redis; typer, which
     # pulls in pydantic), then the task itself (in-process figures below).
     trip("python_startup_only", [python, "-c", "pass"])
-    trip("import_redis_agent_tasks", [python, "-c", "import agent.tasks"])
+    trip("import_redis_agent_tasks", [python, "-c", "import agent.runtime.tasks"])
     trip("import_agent_cli_typer", [python, "-c", "import agent.cli, typer.main, typer._adapters"])
-    trip("import_step_models", [python, "-c", "import agent.models, agent.steps"])
+    trip("import_step_models", [python, "-c", "import agent.core.models, agent.runtime.steps"])
     trip("list-actions", [api, "run", "list-actions"])
     trip("noop_step", [api, "run", "noop"])
     destination, _ = cluster.add_destination(bench.work / "listed")
@@ -360,9 +361,9 @@ def _client_trips(bench: Bench, calls: int) -> dict[str, Any]:
 
 def _in_process_trips(bench: Bench, calls: int) -> dict[str, Any]:
     """The same trips without api-cli's interpreter start: what the agent itself costs."""
-    from agent import tasks
-    from agent.redis_store import connect
-    from agent.settings import load_settings
+    from agent.adapters.redis_store import connect
+    from agent.core.settings import load_settings
+    from agent.runtime import tasks
 
     redis = connect(load_settings(bench.cluster.root).redis_url)
     found: dict[str, Any] = {}
@@ -455,10 +456,10 @@ def _component_times(
 
 def schedules(bench: Bench, count: int = 1000) -> None:
     """Item 6: render and apply the units of `count` backups (systemctl stood in by `true`)."""
-    from agent import redis_keys
-    from agent import timers as schedule
-    from agent.redis_store import connect
-    from agent.settings import load_settings
+    from agent.adapters.redis_store import connect
+    from agent.core import redis_keys
+    from agent.core.settings import load_settings
+    from agent.runtime import timers as schedule
 
     settings = load_settings(bench.cluster.root)
     redis = connect(settings.redis_url)

@@ -31,7 +31,7 @@ from typing import Literal
 import pytest
 import redis
 
-from agent import podman_store
+from agent.adapters import podman_store
 from tests.support import leaks
 from tests.support.processes import terminate
 

@@ -6,10 +6,9 @@ import sys
 import threading
 from typing import Any
 
-from agent import notification_queue, run_report
-from agent.backup_status import Outcome, RunSummary
-from agent.errors import ActionFailed
-from agent.models import NodeRunBackupRequest, RunBackupRequest
+from agent.adapters.redis_store import Context
+from agent.core.errors import ActionFailed
+from agent.core.models import NodeRunBackupRequest, RunBackupRequest
 from agent.operations.cluster_backup import upload_everywhere
 from agent.operations.run_backup import (
     describe_failure,
@@ -17,8 +16,10 @@ from agent.operations.run_backup import (
     run_cluster_backup,
     run_node_backup,
 )
-from agent.redis_store import Context
-from agent.steps import Step, cancel_on_sigterm
+from agent.records import run_report
+from agent.records.backup_status import Outcome, RunSummary
+from agent.runtime import notification_queue
+from agent.runtime.steps import Step, cancel_on_sigterm
 
 
 def node_run_backup(step: Step, request: NodeRunBackupRequest) -> Any:

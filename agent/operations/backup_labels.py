@@ -6,8 +6,8 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from agent import redis_keys
-from agent.redis_store import Context, connect_binary
+from agent.adapters.redis_store import Context, connect_binary
+from agent.core import redis_keys
 
 LABEL_KEYS = (("ui_name", redis_keys.module_ui_name), ("ui_note", redis_keys.module_ui_note))
 

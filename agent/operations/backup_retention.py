@@ -9,12 +9,14 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from agent import proc, restic_args, restic_messages, snapshot_environments
-from agent.destinations import Destination, local_snapshot_names
-from agent.errors import AgentError
+from agent.adapters import proc
+from agent.adapters.destinations import Destination, local_snapshot_names
+from agent.adapters.redis_store import Redis
+from agent.adapters.restic_errors import Exit
+from agent.core import restic_args, restic_messages
+from agent.core.errors import AgentError
 from agent.operations.repository_lease import RepositoryLease
-from agent.redis_store import Redis
-from agent.restic_errors import Exit
+from agent.records import snapshot_environments
 
 LIST_TIMEOUT = 600
 FORGET_TIMEOUT = 3600

@@ -15,14 +15,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from agent import cluster_dump, redis_keys
-from agent.destination_files import write_file, write_private
-from agent.destinations import load_destination
-from agent.errors import AgentError
-from agent.models import DownloadClusterBackupRequest
-from agent.redis_store import Context
-from agent.settings import Settings
-from agent.steps import Step
+from agent.adapters.destinations import load_destination
+from agent.adapters.redis_store import Context
+from agent.core import redis_keys
+from agent.core.errors import AgentError
+from agent.core.models import DownloadClusterBackupRequest
+from agent.core.settings import Settings
+from agent.operations import cluster_dump
+from agent.operations.destination_files import write_file, write_private
+from agent.runtime.steps import Step
 
 log = logging.getLogger("agent.cluster_backup")
 

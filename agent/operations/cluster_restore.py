@@ -17,13 +17,14 @@ from typing import Any
 
 import redis as redis_lib
 
-from agent import cluster_dump, dump_crypto, redis_keys
-from agent.destination_files import write_private
-from agent.errors import AgentError, validation_error
-from agent.models import ImportBackupDestinationsRequest, NoInput, RetrieveClusterBackupRequest
+from agent.adapters.redis_api import Pipeline, Redis, watching
+from agent.core import dump_crypto, redis_keys
+from agent.core.errors import AgentError, validation_error
+from agent.core.models import ImportBackupDestinationsRequest, NoInput, RetrieveClusterBackupRequest
+from agent.operations import cluster_dump
 from agent.operations.cluster_backup import backup_dir, write_passphrase
-from agent.redis_api import Pipeline, Redis, watching
-from agent.steps import Step
+from agent.operations.destination_files import write_private
+from agent.runtime.steps import Step
 
 MAX_DOWNLOAD = 64 * 1024 * 1024
 PLAIN_NAME = "dump.json"

@@ -13,10 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import filemodes, lease, podman_store, proc, redis_keys
-from agent.errors import AgentError, ConfigError
-from agent.redis_store import REDIS_ERRORS, connect, connect_binary
-from agent.settings import Settings, load_settings, share_dir, write_settings
+from agent.adapters import podman_store, proc
+from agent.adapters.redis_store import REDIS_ERRORS, connect, connect_binary
+from agent.core import filemodes, redis_keys
+from agent.core.errors import AgentError, ConfigError
+from agent.core.settings import Settings, load_settings, share_dir, write_settings
+from agent.runtime import lease
 from agent.web import auth as web_auth
 
 log = logging.getLogger("agent.cluster")

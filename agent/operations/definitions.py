@@ -8,10 +8,13 @@ from typing import Any
 
 import redis as redis_lib
 
-from agent import proc, redis_keys, run_history
-from agent.errors import AgentError, StoredDataError, ValidationFailed
-from agent.image_names import image_name
-from agent.models import (
+from agent.adapters import proc
+from agent.adapters.redis_api import watching
+from agent.adapters.redis_store import Redis
+from agent.core import redis_keys
+from agent.core.errors import AgentError, StoredDataError, ValidationFailed
+from agent.core.image_names import image_name
+from agent.core.models import (
     AddBackupRequest,
     AlterBackupRequest,
     BackupIdRequest,
@@ -19,12 +22,11 @@ from agent.models import (
     BackupRunsRequest,
     NoInput,
 )
-from agent.overdue import Watch
+from agent.records import run_history
 from agent.records.backups import KEEP_FIELDS, BackupDefinition, BackupSecrets, backup_ids
 from agent.records.statuses import StatusRecord
-from agent.redis_api import watching
-from agent.redis_store import Redis
-from agent.steps import Step
+from agent.runtime.overdue import Watch
+from agent.runtime.steps import Step
 
 log = logging.getLogger("agent.definitions")
 SCHEDULE_CHANGED = redis_keys.cluster_event(redis_keys.Event.BACKUP_SCHEDULE_CHANGED)

@@ -8,21 +8,22 @@ from typing import Any
 
 import redis as redis_lib
 
-from agent import lease, redis_keys, tasks
-from agent.destination_input import SECRETS, Prepared, prepare, stable_uuid
-from agent.destinations import load_destination
-from agent.errors import AgentError, DestinationNotFound, validation_error
-from agent.models import (
+from agent.adapters.destinations import load_destination
+from agent.adapters.redis_store import Redis
+from agent.core import redis_keys
+from agent.core.errors import AgentError, DestinationNotFound, validation_error
+from agent.core.models import (
     AddBackupRepositoryRequest,
     AlterBackupRepositoryRequest,
     DestinationIdRequest,
     NoInput,
 )
+from agent.operations.destination_input import SECRETS, Prepared, prepare, stable_uuid
 from agent.operations.probe import write_candidate
 from agent.records.backups import backup_ids, read_backups
 from agent.records.destinations import Destination
-from agent.redis_store import Redis
-from agent.steps import Step
+from agent.runtime import lease, tasks
+from agent.runtime.steps import Step
 
 # When every node fails, the reason shown is the first of these any node gave (NS8's order).
 REASONS = ("no_write_permission", "no_delete_permission", "no_read_permission")

@@ -20,22 +20,24 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from agent import module_archive, proc, redis_keys, restic, restic_args, tasks
-from agent.destinations import Destination, restic_target
-from agent.errors import ActionFailed, validation_error
-from agent.image_names import image_name
-from agent.models import (
+from agent.adapters import proc, restic
+from agent.adapters.destinations import Destination, restic_target
+from agent.adapters.redis_store import Context
+from agent.core import module_archive, redis_keys, restic_args
+from agent.core.errors import ActionFailed, validation_error
+from agent.core.image_names import image_name
+from agent.core.models import (
     ExportModuleBackupRequest,
     ImportModuleBackupRequest,
     PrepareModuleArchiveRequest,
     ScratchRequest,
 )
+from agent.core.restic_args import snapshot_arg
+from agent.core.restic_messages import Message, Other
 from agent.operations.restore import WholeRestore, restore_whole
 from agent.operations.restore_source import open_repository, snapshot_environment
-from agent.redis_store import Context
-from agent.restic_args import snapshot_arg
-from agent.restic_messages import Message, Other
-from agent.steps import Step, cancel_on_sigterm
+from agent.runtime import tasks
+from agent.runtime.steps import Step, cancel_on_sigterm
 
 
 def tool_version() -> str:

@@ -9,20 +9,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from agent import (
-    disk_space,
-    locks,
-    podman,
-    proc,
-    redis_keys,
-    restic,
-    restic_args,
-    snapshot_environments,
-)
-from agent.backup_status import ModuleStatus, Outcome
-from agent.destinations import Destination, restic_target
-from agent.errors import AgentError
-from agent.image_names import image_name
+from agent.adapters import podman, proc, restic
+from agent.adapters.destinations import Destination, restic_target
+from agent.adapters.redis_store import REDIS_ERRORS, Context
+from agent.adapters.restic_errors import Exit, explain_restic_failure
+from agent.core import disk_space, redis_keys, restic_args
+from agent.core.errors import AgentError
+from agent.core.image_names import image_name
+from agent.core.volumes import ENVIRONMENT, backup_layout
 from agent.operations import repositories_known, repository_lease
 from agent.operations.backup_labels import dump_labels, removed_afterwards
 from agent.operations.backup_retention import (
@@ -32,11 +26,11 @@ from agent.operations.backup_retention import (
     counted_alongside,
 )
 from agent.operations.module_hooks import BackupSources, DumpHook, read_text
+from agent.operations.reachability import unreachable_reason
 from agent.operations.restic_backup import BackupResult, create_repository, run_restic_backup
-from agent.reachability import unreachable_reason
-from agent.redis_store import REDIS_ERRORS, Context
-from agent.restic_errors import Exit, explain_restic_failure
-from agent.volumes import ENVIRONMENT, backup_layout
+from agent.records import snapshot_environments
+from agent.records.backup_status import ModuleStatus, Outcome
+from agent.runtime import locks
 
 log = logging.getLogger("agent.backup")
 

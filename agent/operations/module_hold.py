@@ -8,9 +8,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from agent import locks, redis_keys
-from agent.errors import AgentError
-from agent.redis_store import Redis
+from agent.adapters.redis_store import Redis
+from agent.core import redis_keys
+from agent.core.errors import AgentError
+from agent.runtime import locks
 
 # As long as a backup run waits for another one of the same module.
 HOLD_WAIT_SECONDS = 3600.0

@@ -7,10 +7,11 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from agent import proc, redis_keys
-from agent.agentenv import agent_environment
-from agent.errors import AgentError
-from agent.redis_store import Context
+from agent.adapters import proc
+from agent.adapters.redis_store import Context
+from agent.core import redis_keys
+from agent.core.errors import AgentError
+from agent.runtime.agentenv import agent_environment
 
 HOOK_TIMEOUT = 3600
 

@@ -8,16 +8,18 @@ import threading
 import uuid
 from typing import Any
 
-from agent import filemodes, podman, redis_keys, tasks
-from agent.agentenv import format_env_file
-from agent.errors import AgentError, validation_error
-from agent.image_names import image_name
-from agent.models import AddModuleRequest, NodeAddModuleRequest, RemoveModuleRequest
-from agent.module_pending import pending_modules
+from agent.adapters import podman
+from agent.adapters.redis_store import Redis
+from agent.core import filemodes, redis_keys
+from agent.core.errors import AgentError, validation_error
+from agent.core.image_names import image_name
+from agent.core.models import AddModuleRequest, NodeAddModuleRequest, RemoveModuleRequest
 from agent.operations.module_hold import held_from_backups
 from agent.records.backups import backup_ids, read_backups
-from agent.redis_store import Redis
-from agent.steps import Step
+from agent.runtime import tasks
+from agent.runtime.agentenv import format_env_file
+from agent.runtime.module_pending import pending_modules
+from agent.runtime.steps import Step
 
 
 def module_environment(

@@ -5,19 +5,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agent import apprise_client, healthchecks, notification_targets, redis_keys
-from agent.errors import ActionFailed, validation_error
-from agent.models import (
+from agent.adapters import apprise_client, healthchecks
+from agent.adapters.redis_api import Redis
+from agent.core import redis_keys
+from agent.core.errors import ActionFailed, validation_error
+from agent.core.models import (
     AlterNotificationTargetRequest,
     NoInput,
     NotificationNameRequest,
     NotificationTargetRequest,
 )
-from agent.notification_targets import Target
+from agent.records import notification_targets
 from agent.records.backups import BackupSecrets
-from agent.redis_api import Redis
-from agent.run_report import SendNotificationRequest, render
-from agent.steps import Step
+from agent.records.notification_targets import Target
+from agent.records.run_report import SendNotificationRequest, render
+from agent.runtime.steps import Step
 
 log = logging.getLogger("agent.notifications")
 LEVELS: dict[str, apprise_client.Level] = {

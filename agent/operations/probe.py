@@ -10,9 +10,8 @@ import urllib.request
 from dataclasses import asdict
 from typing import Any
 
-from agent import proc, rclone, redis_keys, restic
-from agent.destination_rules import DestinationNotAllowed
-from agent.destinations import (
+from agent.adapters import proc, rclone, restic
+from agent.adapters.destinations import (
     Destination,
     check_destination,
     destination_volumes,
@@ -21,12 +20,14 @@ from agent.destinations import (
     rclone_target,
     url_body,
 )
-from agent.errors import validation_error
-from agent.models import ValidateDestinationRequest
+from agent.adapters.redis_store import Redis
+from agent.core import redis_keys
+from agent.core.destination_rules import DestinationNotAllowed
+from agent.core.errors import validation_error
+from agent.core.models import ValidateDestinationRequest
+from agent.core.settings import Settings
 from agent.records.stored import parse_stored_json
-from agent.redis_store import Redis
-from agent.settings import Settings
-from agent.steps import Step
+from agent.runtime.steps import Step
 
 HTTP_TIMEOUT = 5.0
 CONTAINER_TIMEOUT = 90.0  # far above rclone's own bounds; only a stuck podman hits it

@@ -13,8 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent import lease, rclone, redis_keys, restic, restic_args, restic_messages
-from agent.destinations import (
+from agent.adapters import rclone, restic
+from agent.adapters.destinations import (
     Destination,
     check_destination,
     destination_volumes,
@@ -22,9 +22,11 @@ from agent.destinations import (
     rclone_target,
     url_body,
 )
-from agent.errors import ActionFailed, AgentError
-from agent.image_names import image_name
-from agent.models import NoInput, RepositoryPathRequest, SnapshotRequest
+from agent.adapters.redis_store import Context
+from agent.core import redis_keys, restic_args, restic_messages
+from agent.core.errors import ActionFailed, AgentError
+from agent.core.image_names import image_name
+from agent.core.models import NoInput, RepositoryPathRequest, SnapshotRequest
 from agent.operations.restore_source import (
     check_reachable,
     explain_read_failure,
@@ -32,8 +34,8 @@ from agent.operations.restore_source import (
     refuse_foreign_identity,
     snapshot_environment,
 )
-from agent.redis_store import Context
-from agent.steps import Step
+from agent.runtime import lease
+from agent.runtime.steps import Step
 
 log = logging.getLogger("agent.restore")
 LIST_MOUNT = "/srv/listing"

@@ -3,8 +3,8 @@ vanished (an unmounted disk, an emptied bucket) and must not be created anew."""
 
 from __future__ import annotations
 
-from agent import redis_keys
-from agent.redis_store import Redis
+from agent.adapters.redis_store import Redis
+from agent.core import redis_keys
 
 
 def remember(redis: Redis, destination_id: str, path: str, config_id: str) -> None:

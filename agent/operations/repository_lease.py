@@ -24,10 +24,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import locks, proc, restic, restic_args
-from agent.redis_store import Redis
-from agent.restic_errors import Exit, may_leave_lock
-from agent.restic_messages import Message
+from agent.adapters import proc, restic
+from agent.adapters.redis_store import Redis
+from agent.adapters.restic_errors import Exit, may_leave_lock
+from agent.core import restic_args
+from agent.core.restic_messages import Message
+from agent.runtime import locks
 
 log = logging.getLogger("agent.repository")
 UNLOCK_TIMEOUT = 300.0

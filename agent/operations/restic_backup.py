@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from agent import proc, restic, restic_args, restic_messages
-from agent.destinations import Destination
-from agent.errors import AgentError
+from agent.adapters import proc, restic
+from agent.adapters.destinations import Destination
+from agent.adapters.redis_store import Redis
+from agent.core import restic_args, restic_messages
+from agent.core.errors import AgentError
+from agent.core.restic_messages import ItemError, Message, Status, Summary
 from agent.operations import repositories_known
 from agent.operations.repository_lease import RepositoryLease
-from agent.redis_store import Redis
-from agent.restic_messages import ItemError, Message, Status, Summary
 
 INIT_TIMEOUT = 600
 

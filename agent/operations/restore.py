@@ -9,9 +9,11 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agent import proc, redis_keys, tasks
-from agent.errors import ActionFailed, AgentError, validation_error
-from agent.models import RestoreModuleRequest, RestoreModulesRequest
+from agent.adapters import proc
+from agent.adapters.redis_store import Redis
+from agent.core import redis_keys
+from agent.core.errors import ActionFailed, AgentError, validation_error
+from agent.core.models import RestoreModuleRequest, RestoreModulesRequest
 from agent.operations.module_hold import held_from_backups
 from agent.operations.modules import (
     install_module,
@@ -25,8 +27,8 @@ from agent.operations.restore_source import (
     snapshot_environment,
 )
 from agent.records.backups import backup_ids, read_backups
-from agent.redis_store import Redis
-from agent.steps import Step, cancel_on_sigterm
+from agent.runtime import tasks
+from agent.runtime.steps import Step, cancel_on_sigterm
 
 log = logging.getLogger("agent.restore")
 

@@ -12,10 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from agent import proc, redis_keys, restic, restic_args, restic_messages, restored_files
-from agent.agentenv import agent_environment
-from agent.errors import ActionFailed, ValidationFailed, validation_error
-from agent.models import ModuleRestoreRequest, RestoreFilesRequest
+from agent.adapters import proc, restic
+from agent.adapters.redis_store import Context
+from agent.core import redis_keys, restic_args, restic_messages, restored_files
+from agent.core.errors import ActionFailed, ValidationFailed, validation_error
+from agent.core.models import ModuleRestoreRequest, RestoreFilesRequest
+from agent.core.restic_messages import ExitError, ItemError, Message, Status, Summary, VerboseStatus
+from agent.core.settings import Settings
+from agent.core.volumes import included_volumes
 from agent.operations.restore_source import (
     INSTANCE_PATHS,
     Repository,
@@ -25,11 +29,8 @@ from agent.operations.restore_source import (
     repository_lease,
     snapshot_paths,
 )
-from agent.redis_store import Context
-from agent.restic_messages import ExitError, ItemError, Message, Status, Summary, VerboseStatus
-from agent.settings import Settings
-from agent.steps import Step, fail_on_sigterm
-from agent.volumes import included_volumes
+from agent.runtime.agentenv import agent_environment
+from agent.runtime.steps import Step, fail_on_sigterm
 
 WEIGHTS = {"00progress": 0, "05replace": 0, "10restore": 4, "20label": 0}
 PRE_RESTORE_HOOK = "module-pre-restore"

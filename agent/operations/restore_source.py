@@ -8,29 +8,31 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from agent import redis_keys, restic, restic_args, snapshot_environments
-from agent.agentenv import parse_env_text
-from agent.destinations import (
+from agent.adapters import restic
+from agent.adapters.destinations import (
     Destination,
     check_destination,
     load_destination,
     local_snapshot_names,
     restic_target,
 )
-from agent.errors import ActionFailed, DestinationNotFound, ValidationFailed, validation_error
-from agent.image_names import image_name
-from agent.models import INSTANCE_FILES
+from agent.adapters.redis_store import REDIS_ERRORS, Context, Redis
+from agent.adapters.restic_errors import Exit, explain_restic_failure, is_snapshot_missing
+from agent.core import redis_keys, restic_args
+from agent.core.errors import ActionFailed, DestinationNotFound, ValidationFailed, validation_error
+from agent.core.image_names import image_name
+from agent.core.models import INSTANCE_FILES
+from agent.core.restic_args import snapshot_arg
+from agent.core.volumes import ENVIRONMENT
+from agent.operations.reachability import unreachable_reason
 from agent.operations.repository_lease import (
     RepositoryBusy,
     RepositoryLease,
     StaleLocksKept,
     open_lease,
 )
-from agent.reachability import unreachable_reason
-from agent.redis_store import REDIS_ERRORS, Context, Redis
-from agent.restic_args import snapshot_arg
-from agent.restic_errors import Exit, explain_restic_failure, is_snapshot_missing
-from agent.volumes import ENVIRONMENT
+from agent.records import snapshot_environments
+from agent.runtime.agentenv import parse_env_text
 
 log = logging.getLogger("agent.restore")
 ENVIRONMENT_PATH = f"/{ENVIRONMENT}"  # where every snapshot keeps the module's identity

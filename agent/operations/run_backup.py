@@ -13,10 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from agent import notification_queue, rclone, redis_keys, restic, run_history, run_report, tasks
-from agent.backup_status import ModuleStatus, Outcome, RunSummary, metadata, render_prometheus
-from agent.backup_status import write_atomic as write_file_atomic
-from agent.destinations import (
+from agent.adapters import rclone, restic
+from agent.adapters.destinations import (
     Destination,
     check_destination,
     load_destination,
@@ -24,11 +22,22 @@ from agent.destinations import (
     rclone_target,
     restic_target,
 )
-from agent.errors import ActionFailed, AgentError, validation_error
+from agent.adapters.redis_store import Context
+from agent.core import redis_keys
+from agent.core.errors import ActionFailed, AgentError, validation_error
 from agent.operations.backup_retention import Retention
 from agent.operations.module_backup import BackupJob, ModuleBackup, repo_path
+from agent.records import run_history, run_report
+from agent.records.backup_status import (
+    ModuleStatus,
+    Outcome,
+    RunSummary,
+    metadata,
+    render_prometheus,
+)
+from agent.records.backup_status import write_atomic as write_file_atomic
 from agent.records.backups import BackupDefinition
-from agent.redis_store import Context
+from agent.runtime import notification_queue, tasks
 
 log = logging.getLogger("agent.backup")
 EXIT_PARTIAL = 3

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.models import NoInput
-from agent.steps import Step
-from agent.timers import timer_rows
+from agent.core.models import NoInput
+from agent.runtime.steps import Step
+from agent.runtime.timers import timer_rows
 
 
 def list_backup_timers(step: Step, request: NoInput) -> list[dict[str, Any]]:

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, StrictBool
 
-from agent import redis_keys
+from agent.adapters.redis_api import Pipeline, Redis
+from agent.core import redis_keys
 from agent.records.stored import StoredRecord, parse_stored
-from agent.redis_api import Pipeline, Redis
 
 KEEP_FIELDS = ("keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within")
 # Fields a rewrite removes when the definition no longer has them (HSET alone keeps them).

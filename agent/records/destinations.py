@@ -9,9 +9,9 @@ from dataclasses import field
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from agent import redis_keys
+from agent.adapters.redis_api import Pipeline, Redis
+from agent.core import redis_keys
 from agent.records.stored import StoredRecord, parse_stored
-from agent.redis_api import Pipeline, Redis
 
 
 class DestinationPublic(StoredRecord):

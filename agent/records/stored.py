@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from agent.errors import StoredDataError
+from agent.core.errors import StoredDataError
 
 __all__ = ["StoredDataError", "StoredRecord", "parse_stored", "parse_stored_json"]
 

@@ -9,9 +9,9 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from agent import redis_keys
-from agent.errors import StoredDataError
-from agent.redis_api import Pipeline, TaskClient
+from agent.adapters.redis_api import Pipeline, TaskClient
+from agent.core import redis_keys
+from agent.core.errors import StoredDataError
 
 MAX_TASK_ID = 128
 

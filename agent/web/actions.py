@@ -8,12 +8,13 @@ from typing import Any
 
 import pydantic
 
-from agent import redis_keys, tasks
-from agent.errors import UnknownAgent, ValidationFailed
-from agent.masking import mask_secrets
-from agent.models import SCHEMAS, Request
-from agent.redis_api import Redis
-from agent.steps import pydantic_errors
+from agent.adapters.redis_api import Redis
+from agent.core import redis_keys
+from agent.core.errors import UnknownAgent, ValidationFailed
+from agent.core.masking import mask_secrets
+from agent.core.models import SCHEMAS, Request
+from agent.runtime import tasks
+from agent.runtime.steps import pydantic_errors
 
 ACTION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 WAIT_SECONDS = 3600.0

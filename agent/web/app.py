@@ -25,13 +25,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agent import redis_keys
-from agent.errors import AgentError, ValidationFailed
+from agent.adapters.redis_api import Redis
+from agent.adapters.redis_store import Context
+from agent.core import redis_keys
+from agent.core.errors import AgentError, ValidationFailed
+from agent.core.settings import Settings
 from agent.operations.restore_source import open_repository
-from agent.redis_api import Redis
-from agent.redis_store import Context
-from agent.settings import Settings
-from agent.steps import pydantic_errors
+from agent.runtime.steps import pydantic_errors
 from agent.web import actions, auth, browse, events, overview
 
 HERE = Path(__file__).resolve().parent

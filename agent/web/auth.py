@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from agent import redis_keys
-from agent.errors import ConfigError
-from agent.redis_api import Redis
+from agent.adapters.redis_api import Redis
+from agent.core import redis_keys
+from agent.core.errors import ConfigError
 
 ADMIN = "admin"
 COOKIE = "agent_console"

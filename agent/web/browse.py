@@ -12,9 +12,10 @@ from typing import IO, Annotated, Any, Literal
 
 from pydantic import StringConstraints
 
-from agent import proc, restic, restic_args, restic_messages
-from agent.errors import ActionFailed
-from agent.models import SnapshotRequest
+from agent.adapters import proc, restic
+from agent.core import restic_args, restic_messages
+from agent.core.errors import ActionFailed
+from agent.core.models import SnapshotRequest
 from agent.operations.restore_source import (
     Repository,
     check_reachable,

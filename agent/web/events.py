@@ -9,7 +9,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from agent import redis_keys
+from agent.core import redis_keys
 
 HEARTBEAT_SECONDS = 15.0
 

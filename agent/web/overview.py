@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent import redis_keys
-from agent.destinations import load_destination
-from agent.errors import ActionFailed, AgentError
+from agent.adapters.destinations import load_destination
+from agent.adapters.redis_api import Redis
+from agent.core import redis_keys
+from agent.core.errors import ActionFailed, AgentError
 from agent.operations.run_backup import free_space
-from agent.redis_api import Redis
 from agent.web import actions
 
 # The lead's run history action; until it exists, a module's page shows the last status.

@@ -6,9 +6,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.errors import ConfigError
-from agent.redis_store import connect
-from agent.settings import Settings
+from agent.adapters.redis_store import connect
+from agent.core.errors import ConfigError
+from agent.core.settings import Settings
 
 log = logging.getLogger("agent.web")
 

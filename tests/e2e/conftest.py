@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import podman_store
+from agent.adapters import podman_store
 from tests.conftest import REPO_ROOT, build_image, xdist_worker_id
 from tests.integration.conftest import minwiki_image  # noqa: F401  (shared fixture)
 

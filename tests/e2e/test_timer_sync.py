@@ -2,7 +2,7 @@
 
 The sync runs here (in the test process) with `systemctl` set to `podman exec <node>
 systemctl`, so every file change and every systemctl call is observable: the argv audit
-log ($AGENT_ARGV_LOG, written by agent.proc) counts the reloads.
+log ($AGENT_ARGV_LOG, written by agent.adapters.proc) counts the reloads.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from agent import timers as schedule
+from agent.core.settings import Settings
 from agent.operations.cluster_setup import init
-from agent.settings import Settings
+from agent.runtime import timers as schedule
 from tests.e2e.conftest import SystemdNode
 from tests.support import backups
 

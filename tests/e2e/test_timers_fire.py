@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import redis
 
-from agent import systemd
+from agent.adapters import systemd
+from agent.core.settings import Settings, write_settings
 from agent.operations.cluster_setup import init
-from agent.settings import Settings, write_settings
 from tests.conftest import REPO_ROOT
 from tests.e2e.conftest import SystemdNode
 from tests.support import backups

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from agent import redis_keys
+from agent.core import redis_keys
 from tests.support.cluster import ClusterHarness
 
 API_CLI = str(Path(sys.executable).parent / "api-cli")

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import redis
 
-from agent import lease, redis_keys
+from agent.core import redis_keys
+from agent.runtime import lease
 
 
 class RivalTakesOver(redis.Redis):  # type: ignore[type-arg]

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
-from agent.settings import Settings
+from agent.core.settings import Settings
 from tests.e2e.conftest import SystemdNode, node_image, systemd_node  # noqa: F401
 from tests.e2e.test_timers_fire import _at, _define, _ran, _timers, node_agent  # noqa: F401
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agent import redis_keys
+from agent.core import redis_keys
 from tests.support import backups
 from tests.support.cluster import NodeHarness
 from tests.support.embedded_node import (

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from agent import locks, restic
-from agent.restic_errors import Exit
+from agent.adapters import restic
+from agent.adapters.restic_errors import Exit
+from agent.runtime import locks
 from tests.support import backups
 
 pytestmark = pytest.mark.podman

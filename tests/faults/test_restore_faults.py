@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from agent import redis_keys, tasks
-from agent.redis_store import connect
+from agent.adapters.redis_store import connect
+from agent.core import redis_keys
+from agent.runtime import tasks
 from tests.conftest import file_lock, host_podman_env
 from tests.integration.test_restore_cases import PAGE, assert_only_modules, setup_wiki
 from tests.support import backups

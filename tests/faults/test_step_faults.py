@@ -15,7 +15,7 @@ from agent.operations import cluster_setup
 
 STEP = """
 import pydantic
-from agent.steps import step_main
+from agent.runtime.steps import step_main
 
 class Request(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")

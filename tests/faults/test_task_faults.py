@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent import redis_keys, tasks
-from agent.redis_store import connect
+from agent.adapters.redis_store import connect
+from agent.core import redis_keys
+from agent.runtime import tasks
 from tests.support.cluster import ClusterHarness
 
 

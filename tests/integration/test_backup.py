@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from agent import redis_keys
+from agent.core import redis_keys
 from tests.support import backups
 from tests.support.cluster import ClusterHarness, podman_runs
 

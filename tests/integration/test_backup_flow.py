@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from agent import tasks
+from agent.runtime import tasks
 from tests.support import backends, backups
 from tests.support.cluster import ClusterHarness
 

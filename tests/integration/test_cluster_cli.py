@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent import podman_store
+from agent.adapters import podman_store
 
 
 def test_cluster_env_points_plain_podman_at_the_node_store(tmp_path: Path) -> None:

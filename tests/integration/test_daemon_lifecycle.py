@@ -12,7 +12,8 @@ from pathlib import Path
 
 import redis
 
-from agent import redis_keys, tasks
+from agent.core import redis_keys
+from agent.runtime import tasks
 from tests.support.cluster import ClusterHarness, lease_holder
 from tests.support.processes import alive, gone, wait_for_pid
 

@@ -14,15 +14,15 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import redis_keys
-from agent.errors import AgentError, ValidationFailed
-from agent.models import SCHEMAS
+from agent.adapters.redis_store import Context
+from agent.core import redis_keys
+from agent.core.errors import AgentError, ValidationFailed
+from agent.core.models import SCHEMAS
+from agent.core.settings import Settings, share_dir
+from agent.core.validation import load_schema, validate
 from agent.operations import definitions, destinations, probe
 from agent.records.destinations import Destination
-from agent.redis_store import Context
-from agent.settings import Settings, share_dir
-from agent.steps import Step, pydantic_errors
-from agent.validation import load_schema, validate
+from agent.runtime.steps import Step, pydantic_errors
 from tests.support import backups
 
 DESTINATION = "6891519e-512d-5088-9c90-e33707129832"

@@ -12,13 +12,13 @@ import pydantic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import restic
-from agent.destination_input import prepare
-from agent.destination_rules import RCLONE_BACKENDS, LocalPolicy
-from agent.destinations import LOCAL_MOUNT, restic_target
-from agent.errors import AgentError, ValidationFailed
-from agent.models import AddBackupRepositoryRequest
-from agent.steps import Step
+from agent.adapters import restic
+from agent.adapters.destinations import LOCAL_MOUNT, restic_target
+from agent.core.destination_rules import RCLONE_BACKENDS, LocalPolicy
+from agent.core.errors import AgentError, ValidationFailed
+from agent.core.models import AddBackupRepositoryRequest
+from agent.operations.destination_input import prepare
+from agent.runtime.steps import Step
 from tests.integration.test_destination_inputs import answer, dump_all
 from tests.integration.test_destination_inputs import step as step  # the fixture
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from agent import redis_keys
+from agent.core import redis_keys
 from tests.support import backends, backups
 from tests.support.cluster import ClusterHarness
 
@@ -134,7 +134,7 @@ def test_rest_destination(node: ClusterHarness, redis_client: redis.Redis, tmp_p
 
 
 def webdav_conf(url: str, password: str) -> str:
-    from agent import rclone
+    from agent.adapters import rclone
 
     options = f"type = webdav\nurl = {url}\nvendor = other\nuser = {backends.USER}\n"
     return f"[mydav]\n{options}pass = {rclone.obscure(password)}\n"

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import redis
 
-from agent.verify_restore import module_tree, redis_values
-from agent.volumes import included_volumes
+from agent.core.volumes import included_volumes
+from agent.operations.verify_restore import module_tree, redis_values
 from tests.support import backups
 from tests.support.cluster import ClusterHarness
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import podman_store
+from agent.adapters import podman_store
+from agent.adapters.redis_store import connect
+from agent.core.settings import load_settings
 from agent.operations import cluster_setup
-from agent.redis_store import connect
-from agent.settings import load_settings
 
 BIN = Path(sys.executable).parent
 NOBODY = 65534

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from agent import redis_keys
+from agent.core import redis_keys
 from agent.operations import cluster_setup
 from tests.support.cluster import ClusterHarness
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import redis
 
-from agent import redis_keys
-from agent.settings import write_settings
+from agent.core import redis_keys
+from agent.core.settings import write_settings
 from tests.conftest import free_port
 from tests.support import backups
 from tests.support.cluster import ClusterHarness, NodeHarness

@@ -8,7 +8,8 @@ import time
 
 import redis
 
-from agent import redis_keys, tasks
+from agent.core import redis_keys
+from agent.runtime import tasks
 from tests.support.cluster import ClusterHarness
 
 DEEP = "[" * 100000 + "]" * 100000

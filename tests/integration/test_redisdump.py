@@ -22,7 +22,7 @@ def _run(
     entry: str, args: list[str], url: str, stdin: bytes = b""
 ) -> subprocess.CompletedProcess[bytes]:
     # Same as the console scripts: argv[1:] are the arguments, REDIS_URL from env.
-    code = f"from agent.redisdump import {entry}; {entry}()"
+    code = f"from agent.adapters.redisdump import {entry}; {entry}()"
     env = {**os.environ, "REDIS_URL": url, "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-c", code, *args],

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from agent import resp
+from agent.adapters import resp
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import redis
 
-from agent.redis_store import connect
-from agent.verify_restore import verify
+from agent.adapters.redis_store import connect
+from agent.operations.verify_restore import verify
 from tests.support import backups
 from tests.support.cluster import ClusterHarness
 

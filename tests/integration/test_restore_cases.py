@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import redis
 
-from agent import tasks
-from agent.redis_store import connect
+from agent.adapters.redis_store import connect
+from agent.runtime import tasks
 from tests.conftest import file_lock, host_podman_env
 from tests.support import backups
 from tests.support.cluster import ClusterHarness

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from agent import redis_keys, run_history
+from agent.core import redis_keys
+from agent.records import run_history
 from tests.support import backups
 from tests.support.cluster import ClusterHarness
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from agent import redis_keys, snapshot_environments
-from agent.redis_store import connect
-from agent.verify_restore import verify
+from agent.adapters.redis_store import connect
+from agent.core import redis_keys
+from agent.operations.verify_restore import verify
+from agent.records import snapshot_environments
 from tests.support import backups
 from tests.support.cluster import ClusterHarness, podman_runs
 

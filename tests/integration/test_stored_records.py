@@ -11,19 +11,20 @@ from pathlib import Path
 import pytest
 import redis
 
-from agent import redis_keys, tasks, timers
-from agent.backup_status import ModuleStatus, Outcome
-from agent.destinations import load_destination
-from agent.errors import StoredDataError
-from agent.models import AlterBackupRequest, NoInput
+from agent.adapters.destinations import load_destination
+from agent.adapters.redis_store import Context
+from agent.core import redis_keys
+from agent.core.errors import StoredDataError
+from agent.core.models import AlterBackupRequest, NoInput
+from agent.core.settings import Settings
 from agent.operations import definitions
 from agent.operations.run_backup import run_node_backup
+from agent.records.backup_status import ModuleStatus, Outcome
 from agent.records.backups import BackupDefinition, BackupSecrets
 from agent.records.destinations import Destination
 from agent.records.tasks import TaskRecord
-from agent.redis_store import Context
-from agent.settings import Settings
-from agent.steps import Step
+from agent.runtime import tasks, timers
+from agent.runtime.steps import Step
 from tests.support import backups
 
 DESTINATION = "48ce000a-79b7-5fe6-8558-177fd70c27b4"

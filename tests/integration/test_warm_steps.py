@@ -10,7 +10,8 @@ from pathlib import Path
 
 import redis
 
-from agent import redis_keys, tasks
+from agent.core import redis_keys
+from agent.runtime import tasks
 from tests.support.cluster import ClusterHarness
 from tests.support.processes import alive, gone, wait_for_pid
 

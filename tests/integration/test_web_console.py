@@ -17,8 +17,9 @@ from urllib.parse import urlencode
 import pytest
 import redis
 
-from agent import locks, redis_keys
-from agent.redis_store import connect
+from agent.adapters.redis_store import connect
+from agent.core import redis_keys
+from agent.runtime import locks
 from agent.web.app import Console, make_app
 from tests.conftest import free_port
 from tests.support import backups

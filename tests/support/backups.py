@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from agent import redis_keys
+from agent.core import redis_keys
 from agent.records.backups import BackupDefinition
 from agent.records.destinations import Destination
 from agent.records.statuses import StatusRecord

@@ -14,9 +14,10 @@ from typing import Any
 
 import redis
 
-from agent import lease, podman_store
+from agent.adapters import podman_store
+from agent.core.settings import Settings
 from agent.operations import cluster_setup
-from agent.settings import Settings
+from agent.runtime import lease
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import redis
 
-from agent import podman_store
+from agent.adapters import podman_store
+from agent.core.settings import Settings, load_settings
 from agent.operations import cluster_setup
-from agent.settings import Settings, load_settings
 
 BIN = Path(sys.executable).parent
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from agent import cluster_dump, dump_crypto
+from agent.core import dump_crypto
+from agent.operations import cluster_dump
 
 FAST = (10, 8, 1)  # the smallest cost unseal accepts: keeps these tests quick
 CLUSTER_UUID = "0b6f3f6e-8a4e-4a47-9d55-6a1d2a9f3c11"

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import rclone
-from agent.destination_input import default_name, prepare, stable_uuid
-from agent.destination_rules import LocalPolicy, local_directory_allowed
-from agent.destinations import Destination, rclone_target, restic_target, s3_options
-from agent.models import AddBackupRepositoryRequest
+from agent.adapters import rclone
+from agent.adapters.destinations import Destination, rclone_target, restic_target, s3_options
+from agent.core.destination_rules import LocalPolicy, local_directory_allowed
+from agent.core.models import AddBackupRepositoryRequest
+from agent.operations.destination_input import default_name, prepare, stable_uuid
 
 NO_LOCAL = LocalPolicy((), "/var/lib/backup-agent")
 
@@ -150,7 +150,7 @@ def test_alter_keeps_stored_secrets_when_empty() -> None:
 def test_local_snapshot_names_lists_every_snapshot_file_or_says_it_cannot(
     tmp_path: Path,
 ) -> None:
-    from agent.destinations import local_snapshot_names
+    from agent.adapters.destinations import local_snapshot_names
 
     local = destination("local", f"local:{tmp_path}")
     assert local_snapshot_names(local, "minwiki/u1") == []  # no repository yet

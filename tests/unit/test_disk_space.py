@@ -6,7 +6,7 @@ import errno
 import shutil
 from pathlib import Path
 
-from agent.disk_space import describe_os_error, full_disk_note
+from agent.core.disk_space import describe_os_error, full_disk_note
 
 
 def test_a_copy_error_is_told_by_its_first_file() -> None:

@@ -7,8 +7,8 @@ import tarfile
 
 import pytest
 
-from agent import module_archive
-from agent.module_archive import ArchiveDamaged, NodeFacts
+from agent.core import module_archive
+from agent.core.module_archive import ArchiveDamaged, NodeFacts
 
 T = "2024-05-01T10:00:00.123456789+02:00"
 

@@ -5,14 +5,20 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from agent.backup_status import ModuleStatus, Outcome
-from agent.healthchecks import ping_address
-from agent.notification_targets import Target
+from agent.adapters.healthchecks import ping_address
+from agent.adapters.systemd import parse_calendar_elapses
 from agent.operations.definitions import masked_url
-from agent.overdue import Watch
-from agent.run_history import make_record
-from agent.run_report import ModuleReport, NodeFailure, RunReport, SendNotificationRequest, render
-from agent.systemd import parse_calendar_elapses
+from agent.records.backup_status import ModuleStatus, Outcome
+from agent.records.notification_targets import Target
+from agent.records.run_history import make_record
+from agent.records.run_report import (
+    ModuleReport,
+    NodeFailure,
+    RunReport,
+    SendNotificationRequest,
+    render,
+)
+from agent.runtime.overdue import Watch
 
 
 def test_a_target_wants_its_events_and_report_wants_every_run() -> None:

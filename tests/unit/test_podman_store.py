@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from agent import podman_store
+from agent.adapters import podman_store
 from tests.conftest import CONTAINERS_CONF
 
 

@@ -10,18 +10,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent import redis_keys, restic
-from agent.actiondirs import list_actions, merge_actions
-from agent.agentenv import format_env_file, read_env_file
-from agent.errors import ValidationFailed
-from agent.image_names import image_name
-from agent.masking import MASK, mask_secrets, redact_text
-from agent.podman import module_volumes, parse_volume_owners
-from agent.redis_keys import split_action
-from agent.runner import StepProgress
+from agent.adapters import restic
+from agent.adapters.podman import module_volumes, parse_volume_owners
+from agent.core import redis_keys
+from agent.core.errors import ValidationFailed
+from agent.core.image_names import image_name
+from agent.core.masking import MASK, mask_secrets, redact_text
+from agent.core.redis_keys import split_action
+from agent.core.validation import validate
+from agent.core.volumes import backup_layout
+from agent.runtime.actiondirs import list_actions, merge_actions
+from agent.runtime.agentenv import format_env_file, read_env_file
+from agent.runtime.runner import StepProgress
 from agent.schemas import check_schemas
-from agent.validation import validate
-from agent.volumes import backup_layout
 
 
 def test_task_keys_follow_ns8_names() -> None:
@@ -215,8 +216,8 @@ def test_only_the_cache_volume_race_is_retried() -> None:
 def test_a_step_sends_a_progress_figure_only_when_it_changes() -> None:
     from typing import cast
 
-    from agent.redis_store import Context
-    from agent.steps import Step
+    from agent.adapters.redis_store import Context
+    from agent.runtime.steps import Step
 
     read_end, write_end = os.pipe()
     try:
@@ -249,7 +250,7 @@ def test_a_url_is_masked_when_it_carries_a_scheme_and_so_may_carry_credentials()
 def test_a_cold_step_gets_its_comfd_as_descriptor_3() -> None:
     from pathlib import Path
 
-    from agent.runner import at_step_comfd
+    from agent.runtime.runner import at_step_comfd
 
     argv = at_step_comfd(Path("/x/10step"), 14)
     assert argv[:2] == ["/bin/bash", "-c"] and argv[-2:] == ["14", "/x/10step"]

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from agent.backup_status import ModuleStatus, Outcome
-from agent.errors import AgentError, StoredDataError
+from agent.core.errors import AgentError, StoredDataError
+from agent.records.backup_status import ModuleStatus, Outcome
 from agent.records.backups import BackupDefinition, BackupSecrets
 from agent.records.destinations import Destination
 from agent.records.stored import parse_stored_json

@@ -12,7 +12,7 @@ import pytest
 import redis
 import redis.client
 
-from agent import redis_api, resp
+from agent.adapters import redis_api, resp
 
 PAIRS: list[tuple[type[Any], type[Any]]] = [
     (redis_api.TaskClient, redis.Redis),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent import proc, redis_keys
-from agent.redis_keys import AgentId, Event, NotAnAgentId
+from agent.adapters import proc
+from agent.core import redis_keys
+from agent.core.redis_keys import AgentId, Event, NotAnAgentId
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.resp import Address, RespError, parse_url
+from agent.adapters.resp import Address, RespError, parse_url
 
 
 @pytest.mark.parametrize(

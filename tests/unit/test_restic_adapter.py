@@ -7,16 +7,16 @@ import json
 
 import pytest
 
-from agent import rclone, restic_args
-from agent.operations.backup_retention import SnapshotCount
-from agent.restic_errors import (
+from agent.adapters import rclone
+from agent.adapters.restic_errors import (
     EXITS,
     Exit,
     explain_restic_failure,
     is_snapshot_missing,
     may_leave_lock,
 )
-from agent.restic_messages import (
+from agent.core import restic_args
+from agent.core.restic_messages import (
     ExitError,
     Initialized,
     ItemError,
@@ -29,6 +29,7 @@ from agent.restic_messages import (
     parse_messages,
     parse_snapshot_ids,
 )
+from agent.operations.backup_retention import SnapshotCount
 
 # --- argument builders ----------------------------------------------------------------
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from agent import restic
+from agent.adapters import restic
+from agent.adapters.restic_errors import Exit, may_leave_lock
+from agent.core.restic_messages import parse_init_id
 from agent.operations.repository_lease import container_prefix
-from agent.restic_errors import Exit, may_leave_lock
-from agent.restic_messages import parse_init_id
 
 RETRY = (
     "Save(<lock/b4e191c465>) returned error, retrying after 43.96s: open /repo/locks/"

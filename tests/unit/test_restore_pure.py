@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from agent.agentenv import parse_env_text
-from agent.errors import ValidationFailed
-from agent.models import RestoreModuleRequest
+from agent.core.errors import ValidationFailed
+from agent.core.models import RestoreModuleRequest
 from agent.operations.repositories import epoch, snapshot_row
 from agent.operations.restore_data import restore_args
 from agent.operations.restore_source import parse_repo_path, snapshot_paths
-from agent.verify_restore import pattern_regex
+from agent.operations.verify_restore import pattern_regex
+from agent.runtime.agentenv import parse_env_text
 
 UUID = "48ce000a-79b7-5fe6-8558-177fd70c27b4"
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent import restored_files
-from agent.agentenv import agent_environment, module_variable
-from agent.errors import ValidationFailed
-from agent.models import RestoreFilesRequest
+from agent.core import restored_files
+from agent.core.errors import ValidationFailed
+from agent.core.models import RestoreFilesRequest
+from agent.core.settings import Settings
 from agent.operations.restore_data import allowed_target
-from agent.settings import Settings
+from agent.runtime.agentenv import agent_environment, module_variable
 
 UUID = "48ce000a-79b7-5fe6-8558-177fd70c27b4"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ConfigError
-from agent.settings import Settings, load_settings, write_settings
+from agent.core.errors import ConfigError
+from agent.core.settings import Settings, load_settings, write_settings
 
 
 def _write(root: Path, data: object) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import systemd
-from agent.errors import AgentError
+from agent.adapters import systemd
+from agent.core.errors import AgentError
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "systemd"

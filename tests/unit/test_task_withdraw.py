@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from agent.task_withdraw import find_queued, jumps_the_queue
+from agent.runtime.task_withdraw import find_queued, jumps_the_queue
 
 
 def entry(task_id: str, action: str = "run-backup") -> bytes:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.warmsteps import runs_warm
+from agent.runtime.warmsteps import runs_warm
 
 VENV_BIN = str(Path(sys.executable).parent)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ConfigError, UnknownAgent, ValidationFailed
-from agent.models import RestoreModuleRequest
-from agent.restic_args import dump_args, ls_args
+from agent.core.errors import ConfigError, UnknownAgent, ValidationFailed
+from agent.core.models import RestoreModuleRequest
+from agent.core.restic_args import dump_args, ls_args
 from agent.web import actions, auth, browse, events
 from agent.web.app import content_disposition
 from agent.web.server import Address, parse_listen

@@ -1,0 +1,2 @@
+"""Adapters: one per external tool or client (restic, rclone, podman, systemd, Redis,
+apprise), and the process chokepoint."""

@@ -1,0 +1,1 @@
+"""Pure core: models, key names, validation, masking, rules. No Redis, no processes."""
