@@ -7,6 +7,7 @@ import logging
 import os
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +17,7 @@ from agent.adapters import proc
 from agent.apicli import guarded
 from agent.core import redis_keys
 from agent.core.errors import AgentError, ConfigError
-from agent.core.settings import default_root, load_settings
+from agent.core.settings import Settings, default_root, load_settings
 from agent.runtime.agentenv import agent_environment
 
 RootOption = Annotated[
@@ -240,8 +241,54 @@ def agent_main() -> None:
 
 # --- runagent ------------------------------------------------------------------------
 RUNAGENT_USAGE = (
-    "usage: runagent [-m AGENT] COMMAND [ARGS...]   (AGENT: cluster, node, node/N, module id)"
+    "usage: runagent [-m AGENT | -l] [-c] [COMMAND [ARGS...]]\n"
+    "  -m, --module AGENT  run as AGENT: cluster (default), node, node/N, a module id\n"
+    "  -l, --list-modules  list the agents with an environment on this node\n"
+    "  -c, --current-dir   stay in the current directory (default: the agent's state dir)\n"
+    "  no COMMAND: an interactive login shell (bash -l), on a terminal only"
 )
+# What a step has and a runagent command must not inherit (NS8 gives it neither).
+# AGENT_TASK_ID stays: crash recovery finds a dead task's processes by it.
+STEP_ONLY_VARIABLES = ("AGENT_COMFD", "AGENT_TASK_STEP")
+
+
+@dataclass(frozen=True)
+class RunagentArgs:
+    agent: str = "cluster"
+    list_modules: bool = False
+    keep_cwd: bool = False
+    command: tuple[str, ...] = ()
+
+
+def parse_runagent_args(argv: list[str]) -> RunagentArgs:
+    """runagent's options, up to the first word that is not one (the command's own
+    options, like run-backup's --backup=1, are the command's)."""
+    agent, list_modules, keep_cwd = "cluster", False, False
+    rest = list(argv)
+    while rest and rest[0].startswith("-"):
+        option = rest.pop(0)
+        if option in ("-m", "--module"):
+            if not rest:
+                raise ConfigError(RUNAGENT_USAGE)
+            agent = rest.pop(0)
+        elif option.startswith("--module="):
+            agent = option.split("=", 1)[1]
+        elif option in ("-l", "--list-modules"):
+            list_modules = True
+        elif option in ("-c", "--current-dir"):
+            keep_cwd = True
+        elif option == "--":
+            break
+        else:  # -h, --help and anything unknown
+            raise ConfigError(RUNAGENT_USAGE)
+    return RunagentArgs(agent, list_modules, keep_cwd, tuple(rest))
+
+
+def node_agents(settings: Settings) -> list[str]:
+    """cluster, node and each module with an install dir on this node."""
+    modules = settings.root / "modules"
+    found = sorted(p.name for p in modules.iterdir() if p.is_dir()) if modules.is_dir() else []
+    return ["cluster", "node", *found]
 
 
 def resolve_agent(name: str, node_id: int) -> str:
@@ -255,28 +302,31 @@ def resolve_agent(name: str, node_id: int) -> str:
 
 
 def runagent(argv: list[str]) -> None:
-    agent_name = "cluster"
-    if argv[:1] in (["-m"], ["--module"]):
-        if len(argv) < 2:
-            raise ConfigError(RUNAGENT_USAGE)
-        agent_name, argv = argv[1], argv[2:]
-    elif argv and argv[0].startswith("--module="):
-        agent_name, argv = argv[0].split("=", 1)[1], argv[1:]
-    if not argv or argv[0] in ("-h", "--help"):
-        raise ConfigError(RUNAGENT_USAGE)
+    args = parse_runagent_args(argv)
     root = os.environ.get("AGENT_ROOT")
     settings = load_settings(Path(root) if root else None)
-    agent_id = resolve_agent(agent_name, settings.node_id)
+    if args.list_modules:
+        print("\n".join(node_agents(settings)))
+        return
+    command = list(args.command)
+    if not command:
+        if not sys.stdin.isatty():
+            print(RUNAGENT_USAGE, file=sys.stderr)
+            sys.exit(2)
+        command = ["bash", "-l"]
+    agent_id = resolve_agent(args.agent, settings.node_id)
     home = settings.agent_home(agent_id)
     if redis_keys.AgentId.parse(agent_id).kind == "module" and not home.is_dir():
-        raise ConfigError(f"no module {agent_name!r} on node {settings.node_id}")
+        raise ConfigError(f"no module {args.agent!r} on node {settings.node_id}")
     state = settings.state_dir(agent_id)
     state.mkdir(parents=True, exist_ok=True)
     env = agent_environment(settings, agent_id)
+    for name in STEP_ONLY_VARIABLES:
+        env.pop(name, None)
     try:
-        proc.exec_replace(argv, env, state)
+        proc.exec_replace(command, env, Path.cwd() if args.keep_cwd else state)
     except FileNotFoundError:
-        raise AgentError(f"command not found: {argv[0]}") from None
+        raise AgentError(f"command not found: {command[0]}") from None
 
 
 def runagent_main() -> None:

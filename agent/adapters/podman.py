@@ -163,3 +163,16 @@ def _keep(known: str, entry: Path, env: dict[str, str]) -> None:
                 raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def image_inspect_argv(image: str) -> list[str]:
+    return [PODMAN, "image", "inspect", image]
+
+
+def inspect_image(image: str, env: dict[str, str]) -> str:
+    """`podman image inspect`'s JSON for an image on this node (agent/core/image_labels.py
+    reads it); raises AgentError when the image is not here."""
+    done = proc.run(image_inspect_argv(image), env=env, timeout=60)
+    if done.returncode != 0:
+        raise AgentError(f"cannot inspect image {image}: {done.error_text.strip()}")
+    return done.text

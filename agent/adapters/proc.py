@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from agent.core.errors import CommandFailed
 
@@ -22,6 +22,8 @@ DEVNULL = subprocess.DEVNULL
 STDOUT = subprocess.STDOUT
 Popen = subprocess.Popen
 TimeoutExpired = subprocess.TimeoutExpired
+CompletedProcess = subprocess.CompletedProcess
+CalledProcessError = subprocess.CalledProcessError
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,21 @@ def spawn(
         start_new_session=new_session,
         umask=umask,
     )
+
+
+def module_popen(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    """subprocess.Popen with the caller's own keywords: NS8's module-author API (agent.run_helper,
+    agent.run_restic) hands its callers' Popen options through unchanged."""
+    log.debug("spawn %s", shlex.join(argv))
+    audit(argv)
+    return subprocess.Popen(list(argv), **kwargs)
+
+
+def module_run(argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+    """subprocess.run with the caller's own keywords (see module_popen)."""
+    log.debug("run %s", shlex.join(argv))
+    audit(argv)
+    return subprocess.run(list(argv), **kwargs)
 
 
 def exec_replace(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:

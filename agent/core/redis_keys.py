@@ -188,6 +188,30 @@ def module_flags(module_id: str) -> str:
     return f"module/{module_id}/flags"
 
 
+# NS8's default instances: `X@node` / `X@cluster` in agent.resolve_agent_id.
+def node_default_instance(node_id: int | str, image_name: str) -> str:
+    return f"node/{node_id}/default_instance/{image_name}"
+
+
+def cluster_default_instance(image_name: str) -> str:
+    return f"cluster/default_instance/{image_name}"
+
+
+# Hash: module id → JSON list of "agent:role" from the image's org.nethserver.authorizations
+# label, "self:selfadm" always first. A cluster key: a module must not grant itself roles.
+MODULE_AUTHORIZATIONS = "cluster/module_authorizations"
+
+
+def node_tcp_ports(node_id: int) -> str:
+    """Hash: module id → "first-last", the TCP ports allocated to it on the node."""
+    return f"node/{node_id}/tcp_ports"
+
+
+def node_udp_ports(node_id: int) -> str:
+    """Hash: module id → "first-last", the UDP ports allocated to it on the node."""
+    return f"node/{node_id}/udp_ports"
+
+
 def backup(backup_id: int) -> str:
     return f"cluster/backup/{backup_id}"
 

@@ -14,6 +14,7 @@ from agent.core import filemodes, redis_keys
 from agent.core.errors import AgentError, validation_error
 from agent.core.image_names import image_name
 from agent.core.models import AddModuleRequest, NodeAddModuleRequest, RemoveModuleRequest
+from agent.operations import module_image, module_ports
 from agent.operations.module_hold import held_from_backups
 from agent.records.backups import backup_ids, read_backups
 from agent.runtime import tasks
@@ -200,6 +201,7 @@ def forget_module(redis: Redis, module_id: str) -> None:
             pipe.hdel(redis_keys.RESTORE_UUID, undone_uuid)
         pipe.hdel(redis_keys.MODULE_NODE, module_id)
         pipe.hdel(redis_keys.MODULE_UUID, module_id)
+        pipe.hdel(redis_keys.MODULE_AUTHORIZATIONS, module_id)
         pipe.delete(redis_keys.task_queue(agent_id), redis_keys.task_processing(agent_id))
         if keys:
             pipe.delete(*keys)
@@ -234,9 +236,11 @@ def node_add_module(step: Step, request: NodeAddModuleRequest) -> None:
     )
     state = home / "state"
     state.mkdir(mode=0o700, exist_ok=True)
+    facts = module_image.read_image(request.image_url, settings.podman_env())
     env = module_environment(
         request.module_id, request.module_uuid, request.image_url, settings.node_id
     )
+    env |= module_image.apply_image(step.ctx.redis, settings.node_id, request.module_id, facts)
     environment = state / "environment"
     environment.write_text(format_env_file(env))
     environment.chmod(filemodes.PRIVATE_FILE)
@@ -252,6 +256,7 @@ def node_remove_module(step: Step, request: RemoveModuleRequest) -> None:
         podman.remove_volumes(volumes, env)
     home = settings.agent_home(redis_keys.module_agent(request.module_id))
     shutil.rmtree(home, ignore_errors=True)
+    module_ports.deallocate_ports(step.ctx.redis, settings.node_id, request.module_id)
 
 
 def _node_module_ids(step: Step) -> list[str]:

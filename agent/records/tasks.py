@@ -37,8 +37,14 @@ class QueuedTask:
     extra: Any = field(default_factory=dict)
 
     @classmethod
-    def new(cls, action: str, data: Any, parent: str = "") -> QueuedTask:
-        return cls(id=str(uuid.uuid4()), action=action, data=data, parent=parent, extra={})
+    def new(cls, action: str, data: Any, parent: str = "", extra: Any = None) -> QueuedTask:
+        return cls(
+            id=str(uuid.uuid4()),
+            action=action,
+            data=data,
+            parent=parent,
+            extra=extra if extra is not None else {},
+        )
 
     @classmethod
     def problem(cls, task: dict[str, Any]) -> str | None:

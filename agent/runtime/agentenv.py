@@ -10,7 +10,9 @@ import stat
 from pathlib import Path
 
 from agent.core import redis_keys
+from agent.core.redis_address import url_address
 from agent.core.settings import Settings
+from agent.runtime.actiondirs import action_dirs
 
 log = logging.getLogger("agent.env")
 # What an agent's env files may put into its steps' environment. Both live in the agent's
@@ -99,6 +101,30 @@ def agent_path(settings: Settings, agent_id: str) -> str:
     return ":".join(entries)
 
 
+def ns8_variables(settings: Settings, agent_id: str) -> dict[str, str]:
+    """What else NS8's agent.env gives an agent: where its Redis is (one Redis per
+    cluster here: the leader's and the replica are the same), its base actions, and a
+    module's own Python packages (<install dir>/pypkg) when it has some."""
+    address = url_address(settings.redis_url)
+    env = {"AGENT_BASEACTIONS_DIR": str(action_dirs(settings, agent_id)[0])}
+    if address:
+        env |= {"REDIS_ADDRESS": address, "REDIS_REPLICA_ADDRESS": address}
+    pypkg = settings.agent_home(agent_id) / "pypkg"
+    if redis_keys.AgentId.parse(agent_id).kind == "module" and pypkg.is_dir():
+        inherited = os.environ.get("PYTHONPATH")
+        env["PYTHONPATH"] = f"{pypkg}:{inherited}" if inherited else str(pypkg)
+    return env
+
+
+def task_variables(task_id: str, action: str, user: object = "") -> dict[str, str]:
+    """NS8's per-task variables (AGENT_COMFD is per step: the runner sets it)."""
+    return {
+        "AGENT_TASK_ID": task_id,
+        "AGENT_TASK_ACTION": action,
+        "AGENT_TASK_USER": user if isinstance(user, str) else "",
+    }
+
+
 def agent_environment(settings: Settings, agent_id: str) -> dict[str, str]:
     """os.environ + node settings + what the agent's env files may set (AGENT_ENV_NAMES
     of agent.env, module_variable names of environment) + AGENT_* variables."""
@@ -116,14 +142,16 @@ def agent_environment(settings: Settings, agent_id: str) -> dict[str, str]:
     env.update({k: v for k, v in agent_env.items() if k in AGENT_ENV_NAMES})
     module_env = read_env_file(state / "environment")
     env.update({k: v for k, v in module_env.items() if module_variable(k)})
+    home = settings.agent_home(agent_id)
     env.update(
         {
             "AGENT_ID": agent_id,
             "AGENT_STATE_DIR": str(state),
-            "AGENT_INSTALL_DIR": str(settings.agent_home(agent_id)),
+            "AGENT_INSTALL_DIR": str(home),
             "PATH": agent_path(settings, agent_id),
         }
     )
+    env.update(ns8_variables(settings, agent_id))
     # The node the daemon runs on is authoritative, whatever an env file says.
     env["NODE_ID"] = str(settings.node_id)
     return env

@@ -20,7 +20,7 @@ from agent.core.redis_keys import Event
 from agent.core.settings import Settings
 from agent.runtime import lease, module_pending, overdue, recovery, task_withdraw
 from agent.runtime.actiondirs import action_dirs, list_actions, merge_actions
-from agent.runtime.agentenv import agent_environment
+from agent.runtime.agentenv import agent_environment, task_variables
 from agent.runtime.runner import TaskOutcome, TaskRun
 from agent.runtime.task_input import Rejected, parse_task
 from agent.runtime.task_records import TaskRecords
@@ -268,8 +268,11 @@ class Daemon:
                 )
                 self._finish(agent_id, task, raw, outcome)
                 return
-            env = agent_environment(self.settings, agent_id)
-            env.update(AGENT_TASK_ID=task_id, AGENT_TASK_ACTION=action.name)
+            task_env = task_variables(task_id, action.name, task.get("user"))
+
+            def env() -> dict[str, str]:
+                return agent_environment(self.settings, agent_id) | task_env
+
             cwd = self.settings.state_dir(agent_id)
             cwd.mkdir(parents=True, exist_ok=True)
             run = TaskRun(

@@ -79,7 +79,7 @@ class TaskRun:
         task_id: str,
         action: Action,
         data: Any,
-        env: dict[str, str],
+        env: Callable[[], dict[str, str]],
         cwd: Path,
         on_progress: ProgressCallback,
         warm: WarmSteps | None = None,
@@ -88,6 +88,8 @@ class TaskRun:
         self.task_id = task_id
         self.action = action
         self.data = data
+        # Built anew before each step: NS8 reads the env files again, so a set_env in
+        # one step reaches the next.
         self.env = env
         self.cwd = cwd
         self.on_progress = on_progress
@@ -169,7 +171,7 @@ class TaskRun:
         errors: list[bytes],
     ) -> tuple[int, bool]:
         com_read, com_write = os.pipe()
-        env = dict(self.env, AGENT_COMFD=str(com_write), AGENT_TASK_STEP=name)
+        env = dict(self.env(), AGENT_COMFD=str(com_write), AGENT_TASK_STEP=name)
         try:
             child = self._start(path, env, com_write)
         except OSError as exc:

@@ -38,6 +38,7 @@ class TaskRequest:
     action: str
     data: Any = None
     parent: str = ""
+    extra: Any = None  # NS8's task extra (title, description …); {} when None
 
 
 def node_of_agent(redis: TaskClient, agent_id: str) -> int:
@@ -79,7 +80,7 @@ def submit(redis: TaskClient, request: TaskRequest, check: bool = True) -> str:
     """Queue the task (after checking a daemon serves its agent); returns the task id."""
     if check:
         ensure_served(redis, request.agent_id)
-    task = QueuedTask.new(request.action, request.data, request.parent)
+    task = QueuedTask.new(request.action, request.data, request.parent, request.extra)
     queue(redis, request, task.to_json())
     return task.id
 
@@ -218,7 +219,7 @@ def start(redis: TaskClient, request: TaskRequest, check: bool = True) -> TaskWa
     """Subscribe, then queue: the returned watcher sees every progress event."""
     if check:
         ensure_served(redis, request.agent_id)
-    task = QueuedTask.new(request.action, request.data, request.parent)
+    task = QueuedTask.new(request.action, request.data, request.parent, request.extra)
     watcher = TaskWatcher(redis, request.agent_id)
     watcher.subscribe(task.id)
     watcher.raw = task.to_json()

@@ -339,6 +339,10 @@ def _run_child(request: dict[str, Any], fds: list[int], control: socket.socket) 
         path = request["path"]
         sys.argv = [path]
         sys.path[0] = os.path.dirname(path)
+        # A module's own packages (NS8's PYTHONPATH=<install>/pypkg), as a cold start
+        # would put them: after the step's directory, before the interpreter's.
+        extra = [entry for entry in request["env"].get("PYTHONPATH", "").split(":") if entry]
+        sys.path[1:1] = [entry for entry in extra if entry not in sys.path]
         try:
             runpy.run_path(path, run_name="__main__")
             code = 0

@@ -1,0 +1,232 @@
+"""NS8's module-side restic: `prepare_restic_command`, `run_restic`, and the volume
+arguments of a module's restic container.
+
+Storage is reached in one place, `storage_target`: today it reads the destination from
+Redis and reaches the storage directly, as the node's own backups do; a storage gateway
+takes its place there without changing the functions modules call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.ns8api.comfd import SD_WARNING, assert_exp
+
+STATE_MOUNT = "/srv/state"
+VOLUMES_MOUNT = "/srv/volumes"
+CACHE_DIR = "/var/cache/restic"
+_VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def included_volume_names(include_text: str) -> list[str]:
+    """The volumes state-include.conf names, read as NS8 reads it: for each line starting
+    'volumes/', the text up to the next '/', else the line minus its last character (an
+    unterminated last line loses one). Names a volume cannot have are left out."""
+    names: list[str] = []
+    for line in include_text.splitlines(keepends=True):
+        if not line.startswith("volumes/"):
+            continue
+        rest = line[len("volumes/") :]
+        slash = rest.find("/")
+        name = rest[:slash] if slash >= 0 else rest[:-1]
+        if not _VOLUME_NAME.fullmatch(name):
+            print(f"{SD_WARNING}state-include.conf: not a volume name: {name!r}", file=sys.stderr)
+            continue
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def state_volume_args(
+    state_dir: str, include_text: str, module_id: str, rootfull: bool
+) -> list[str]:
+    """`--volume=` arguments: the state dir at /srv/state and each included volume at
+    /srv/volumes/<name> (rootfull volumes are named '<module id>-<name>')."""
+    args = [f"--volume={state_dir}:{STATE_MOUNT}"]
+    for name in included_volume_names(include_text):
+        source = f"{module_id}-{name}" if rootfull else name
+        args.append(f"--volume={source}:{VOLUMES_MOUNT}/{name}")
+    return args
+
+
+def get_state_volume_args() -> list[str]:
+    """NS8's volume arguments for the module's restic container (rootfull when root)."""
+    include = Path(os.environ["AGENT_INSTALL_DIR"]) / "etc" / "state-include.conf"
+    try:
+        text = include.read_text(encoding="utf-8", errors="surrogateescape")
+    except FileNotFoundError:
+        text = ""
+    return state_volume_args(
+        os.environ["AGENT_STATE_DIR"], text, os.environ.get("MODULE_ID", ""), os.geteuid() == 0
+    )
+
+
+def existing_volume_args(
+    state_dir: str, volume_names: Sequence[str], module_id: str, rootfull: bool
+) -> list[str]:
+    """The state dir plus every existing volume: rootless all of them by name, rootfull
+    only '<module id>-*', mounted under their suffix."""
+    args = [f"--volume={state_dir}:{STATE_MOUNT}"]
+    prefix = f"{module_id}-"
+    for name in volume_names:
+        if not rootfull:
+            args.append(f"--volume={name}:{VOLUMES_MOUNT}/{name}")
+        elif name.startswith(prefix) and len(name) > len(prefix):
+            args.append(f"--volume={name}:{VOLUMES_MOUNT}/{name[len(prefix) :]}")
+    return args
+
+
+def get_existing_volume_args() -> list[str]:
+    """NS8's arguments mounting the state dir and every volume of the module."""
+    from agent.adapters import podman
+
+    names = podman.list_volumes(dict(os.environ))
+    return existing_volume_args(
+        os.environ["AGENT_STATE_DIR"], names, os.environ.get("MODULE_ID", ""), os.geteuid() == 0
+    )
+
+
+def storage_target(rdb: Any, repository: str, repo_path: str) -> tuple[Any, str]:
+    """(restic target, restic password) of repo_path on destination repository: the one
+    place where module-side restic reaches storage."""
+    import redis
+
+    from agent.adapters.destinations import check_destination, load_destination, restic_target
+    from agent.ns8api.redisconn import redis_connect
+
+    try:
+        destination = load_destination(rdb, repository)
+    except redis.exceptions.NoPermissionError:
+        print(
+            f"{SD_WARNING}no permission to read the destination: retrying privileged",
+            file=sys.stderr,
+        )
+        destination = load_destination(redis_connect(privileged=True), repository)
+    check_destination(destination, _settings().local_policy())
+    return restic_target(destination, repo_path), destination.password
+
+
+def _settings() -> Any:
+    from agent.core.settings import load_settings
+
+    root = os.environ.get("AGENT_ROOT")
+    return load_settings(Path(root) if root else None)
+
+
+def container_name(repository: str, repo_path: str) -> str:
+    """restic-<lease hash>-<module>-<pid>: a holder that takes the repository's lease over
+    from a crashed one finds and stops it by that prefix."""
+    from agent.core import redis_keys
+    from agent.operations.repository_lease import container_prefix
+
+    who = os.environ.get("MODULE_ID") or os.environ.get("AGENT_ID", "").replace("/", "")
+    lease_key = redis_keys.repository_lease(repository, repo_path)
+    return f"{container_prefix(lease_key)}{who}-{os.getpid()}"
+
+
+def prepare_restic_command(
+    rdb: Any,
+    repository: str,
+    repo_path: str,
+    podman_args: Sequence[str],
+    restic_args: Sequence[str],
+) -> tuple[list[str], dict[str, str]]:
+    """(podman argv, restic environment) running restic_args on repo_path of destination
+    repository in the project's restic image; secrets only in the environment."""
+    argv, env, _target, _password = _prepared(rdb, repository, repo_path, podman_args, restic_args)
+    return argv, env
+
+
+def _prepared(
+    rdb: Any,
+    repository: str,
+    repo_path: str,
+    podman_args: Sequence[str],
+    restic_args: Sequence[str],
+) -> tuple[list[str], dict[str, str], Any, str]:
+    from agent.adapters import restic
+    from agent.core import redis_keys
+
+    assert_exp(
+        rdb.exists(redis_keys.backup_repository(repository)) > 0,
+        f"backup repository {repository} not found",
+    )
+    target, password = storage_target(rdb, repository, repo_path)
+    argv = restic.podman_run_argv(
+        target,
+        list(restic_args),
+        name=container_name(repository, repo_path),
+        podman_args=["--replace", *_settings().restic_podman_args, *podman_args],
+    )
+    env = {**restic.container_env(target, password), "RESTIC_CACHE_DIR": CACHE_DIR}
+    return argv, env, target, password
+
+
+def run_restic(
+    rdb: Any,
+    repository: str,
+    repo_path: str,
+    podman_args: Sequence[str],
+    restic_args: Sequence[str],
+    progress_callback: Callable[[dict[str, Any]], None] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Run prepare_restic_command's command holding the repository's lease. With a
+    callback and --json, each stdout line goes to it as a dict and the finished Popen is
+    returned (check=True raises CalledProcessError); otherwise subprocess.run's result."""
+    from agent.adapters import proc
+    from agent.adapters.restic_errors import may_leave_lock
+    from agent.core import redis_keys
+    from agent.operations.repository_lease import open_lease
+    from agent.operations.restore_source import LEASE_WAIT_SECONDS
+
+    argv, restic_env, target, password = _prepared(
+        rdb, repository, repo_path, podman_args, restic_args
+    )
+    kwargs.setdefault("env", {**os.environ, **restic_env})
+    kwargs.setdefault("encoding", "utf-8")
+    kwargs.setdefault("stdout", sys.stdout)
+    if os.environ.get("DEBUG") == "1":
+        print("run_restic:", *argv, file=sys.stderr)
+    settings = _settings()
+    with open_lease(
+        rdb,
+        redis_keys.repository_lease(repository, repo_path),
+        target,
+        password,
+        settings.podman_env(),
+        wait_seconds=LEASE_WAIT_SECONDS,
+        retry_limit=settings.storage_retry_seconds,
+    ) as lease:
+        if progress_callback is not None and "--json" in restic_args:
+            check = kwargs.pop("check", False)
+            kwargs["stdout"] = proc.PIPE
+            with proc.module_popen(argv, **kwargs) as child:
+                assert child.stdout is not None  # stdout=PIPE
+                for line in child.stdout:
+                    try:
+                        message = json.loads(line)
+                    except ValueError:
+                        print(line.rstrip("\n"), file=sys.stderr)
+                        continue
+                    progress_callback(message)
+            if may_leave_lock(child.returncode):
+                lease.abnormal_end = f"restic ended with exit {child.returncode}"
+            if check and child.returncode != 0:
+                raise proc.CalledProcessError(child.returncode, argv)
+            return child
+        try:
+            done = proc.module_run(argv, **kwargs)
+        except proc.CalledProcessError as exc:
+            if may_leave_lock(exc.returncode):
+                lease.abnormal_end = f"restic ended with exit {exc.returncode}"
+            raise
+        if may_leave_lock(done.returncode):
+            lease.abnormal_end = f"restic ended with exit {done.returncode}"
+        return done
