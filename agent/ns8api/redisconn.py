@@ -26,18 +26,20 @@ def redis_address(env: Mapping[str, str], use_replica: bool) -> tuple[str, int]:
     return parse_address(address or DEFAULT_ADDRESS)
 
 
-def redis_credentials(env: Mapping[str, str], privileged: bool) -> tuple[str, str]:
-    """(user, password) for a privileged or a default connection (see the module doc).
-    KeyError, as in NS8, when a privileged one has no credentials at all."""
-    node_url = urlsplit(env.get("REDIS_URL", ""))
-    node_password = unquote(node_url.password) if node_url.password else ""
-    node_user = unquote(node_url.username) if node_url.username else "default"
+def redis_credentials(env: Mapping[str, str], privileged: bool) -> tuple[str | None, str | None]:
+    """(user, password) for a privileged or a default connection (see the module doc;
+    None: no AUTH). KeyError, as in NS8, when a privileged one has no credentials at all."""
+    if privileged and "REDIS_USER" in env:
+        return env["REDIS_USER"], env["REDIS_PASSWORD"]
+    if "REDIS_URL" in env:  # the node's connection
+        node_url = urlsplit(env["REDIS_URL"])
+        if not node_url.password:
+            return None, None
+        user = unquote(node_url.username) if node_url.username else "default"
+        if privileged or user == "default":
+            return user, unquote(node_url.password)
     if privileged:
-        if "REDIS_USER" in env or not node_password:
-            return env["REDIS_USER"], env["REDIS_PASSWORD"]
-        return node_user, node_password
-    if node_password and node_user == "default":
-        return "default", node_password
+        raise KeyError("REDIS_USER")
     return "default", "nopass"
 
 

@@ -72,6 +72,7 @@ CACHED_IMAGES = frozenset(
         "localhost/minwiki-stall",  # faults/test_restore_faults: steps a test can hold
         "localhost/hostile-snapshots/minwiki",  # test_hostile_snapshots: this checkout's
         "localhost/otherwiki",  # test_hostile_snapshots: a second name for the same image
+        "localhost/nsprobe",  # test_ns8_api: a module written to NS8's conventions
     }
 )
 

@@ -1,0 +1,169 @@
+"""A module written to NS8's conventions (tests/fixtures/nsprobe) runs unchanged: its
+steps `import agent`, call agent.set_env, agent.tasks.run, the redis-* shell helpers and
+run_restic, and see the variables NS8 gives a step; its image labels become ports,
+image variables, flags and authorizations."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import redis
+
+from agent.core import redis_keys
+from tests.conftest import REPO_ROOT, file_lock, host_podman_env
+from tests.support import backups
+from tests.support.cluster import ClusterHarness
+
+pytestmark = pytest.mark.podman
+FIXTURE = REPO_ROOT / "tests" / "fixtures" / "nsprobe"
+TAG = "localhost/nsprobe:latest"
+
+
+@pytest.fixture(scope="session")
+def nsprobe_image() -> str:
+    with file_lock("build-nsprobe"):
+        subprocess.run(
+            [
+                "podman",
+                "build",
+                "--tag",
+                TAG,
+                "--file",
+                str(FIXTURE / "Containerfile"),
+                str(FIXTURE),
+            ],
+            env=host_podman_env(),
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    return TAG
+
+
+def test_a_module_written_to_ns8_conventions_gets_ns8s_api_and_environment(
+    cluster: ClusterHarness,
+    redis_client: redis.Redis,
+    nsprobe_image: str,
+    subtests: pytest.Subtests,
+) -> None:
+    added = cluster.api_ok("add-module", {"image": nsprobe_image, "node": 1})
+    module_id = added["module_id"]
+    home = cluster.nodes[1].settings.agent_home(f"module/{module_id}")
+    first_env = (home / "state" / "environment").read_text()
+
+    with subtests.test("labels: ports, image variables, flags, authorizations"):
+        assert "TCP_PORT=20001\n" in first_env
+        assert "TCP_PORTS=20001,20002,20003\n" in first_env
+        assert "TCP_PORTS_RANGE=20001-20003\n" in first_env
+        assert "REDIS_IMAGE=docker.io/library/redis:7.2.4\n" in first_env
+        assert (
+            "I2FA_PROXY_IMAGE=ghcr.io/nethserver/2fa-proxy@sha256:0123456789abcdef\n" in first_env
+        )
+        assert "I9LIVES_V2_IMAGE=10.0.0.1:5000/x/9lives.v2:1\n" in first_env
+        assert "IMAGE_ID=" in first_env and f"IMAGE_URL={nsprobe_image}\n" in first_env
+        assert redis_client.hget(redis_keys.node_tcp_ports(1), module_id) == "20001-20003"
+        assert redis_client.smembers(redis_keys.module_flags(module_id)) == {
+            "probe_flag",
+            "rootfull",
+        }
+        assert json.loads(
+            redis_client.hget(redis_keys.MODULE_AUTHORIZATIONS, module_id) or "[]"
+        ) == ["self:selfadm", "node:fwadm", "cluster:accountconsumer"]
+
+    with subtests.test("create-module's set_env reaches the file and Redis"):
+        assert "CREATED_BY=create-module\n" in first_env
+        mirrored = redis_client.hgetall(redis_keys.module_environment(module_id))
+        assert mirrored["CREATED_BY"] == "create-module"
+
+    code, record, stderr = cluster.api_json(f"module/{module_id}/probe", {})
+    assert code == 0, stderr
+    env = record["env"]
+    with subtests.test("set_env in step 06 reaches later steps, warm and cold"):
+        assert env["FOO"] == "bar"
+        assert record["selftask"]["foo_here"] == "bar"
+        assert env["TEMP_ONE"] is None and env["TEMP_TWO"] == "2"
+        assert record["envfile"]["FOO"] == "bar" and "TEMP_ONE" not in record["envfile"]
+
+    with subtests.test("NS8's step variables"):
+        assert env["AGENT_ID"] == f"module/{module_id}"
+        assert env["AGENT_INSTALL_DIR"] == str(home)
+        assert env["AGENT_STATE_DIR"] == str(home / "state") == record["cwd"]
+        assert env["AGENT_TASK_ACTION"] == "probe" and env["AGENT_TASK_ID"]
+        assert env["AGENT_TASK_USER"] == "" and env["AGENT_COMFD"] == "3"
+        assert env["MODULE_ID"] == module_id and env["MODULE_UUID"] == added["module_uuid"]
+        assert env["NODE_ID"] == "1" and env["IMAGE_URL"] == nsprobe_image
+        assert env["TCP_PORT"] == "20001" and env["REDIS_IMAGE"].endswith("redis:7.2.4")
+        assert env["REDIS_ADDRESS"] and env["AGENT_BASEACTIONS_DIR"].endswith("actions")
+        assert all(record["helpers"].values()), record["helpers"]
+
+    with subtests.test("agent.tasks.run on itself: NS8's result shape"):
+        selftask = record["selftask"]
+        assert selftask["keys"] == ["error", "exit_code", "output"]
+        assert selftask["exit_code"] == 0
+        assert selftask["output"] == {"module": module_id, "foo": "bar"}
+        assert selftask["progress_increasing"] and selftask["agent_agent"]
+        assert selftask["runp_brief_failures"] == 1
+
+    with subtests.test("redis-exec, redis-get, redis-hgetall"):
+        assert record["shell"]["set"] == "True\n"
+        assert record["shell"]["get"] == "hello world\nNone\n"
+        assert record["shell"]["multi"] == "1\n1\n"
+        assert record["shell"]["hgetall"] == "a=1\nb=two words\n"
+        assert redis_client.get(f"module/{module_id}/probe") == "hello world"
+
+    with subtests.test("volume arguments and agent id lookups"):
+        assert record["state_volume_args"] == [
+            f"--volume={home / 'state'}:/srv/state",
+            f"--volume={module_id}-probe-data:/srv/volumes/probe-data",
+        ]
+        assert record["resolve"] == [
+            f"module/{module_id}",
+            "node/1",
+            "cluster",
+            "module/mail1",
+            "node/3",
+        ]
+
+    with subtests.test("set_status('validation-failed') makes the task exit 10"):
+        code, rows, _ = cluster.api_json(f"module/{module_id}/fail-validation", {})
+        assert code == 10 and rows[0]["error"] == "name_bad"
+
+    with subtests.test("a second instance gets other ports; removal gives them back"):
+        other = cluster.api_ok("add-module", {"image": nsprobe_image, "node": 1})["module_id"]
+        assert redis_client.hget(redis_keys.node_tcp_ports(1), other) == "20004-20006"
+        for gone in (module_id, other):
+            cluster.api_ok("remove-module", {"module_id": gone})
+        assert not redis_client.exists(redis_keys.node_tcp_ports(1))
+        assert not redis_client.exists(redis_keys.MODULE_AUTHORIZATIONS)
+
+
+def test_run_restic_backs_up_in_the_modules_name(
+    cluster: ClusterHarness,
+    redis_client: redis.Redis,
+    nsprobe_image: str,
+    restic_image: str,
+    tmp_path: Path,
+) -> None:
+    """NS8's agent.run_restic from a module step: init, backup --json with a progress
+    callback, snapshots on the action's output; under the repository's lease."""
+    module_id = cluster.api_ok("add-module", {"image": nsprobe_image, "node": 1})["module_id"]
+    target = tmp_path / "backup"
+    target.mkdir()
+    destination = backups.add_destination(redis_client, "local", f"local:{target}")
+    try:
+        code, snapshots, stderr = cluster.api_json(
+            f"module/{module_id}/restic-probe", {"repository": destination}, timeout=300
+        )
+        assert code == 0, stderr
+        [snapshot] = snapshots
+        assert snapshot["paths"] == ["/srv/state"]
+        uuid = redis_client.hget(redis_keys.MODULE_UUID, module_id)
+        assert (target / "nsprobe" / str(uuid) / "config").is_file()
+        environment = redis_client.hgetall(redis_keys.module_environment(module_id))
+        assert int(environment["BACKED_UP_FILES"]) >= 1
+        assert not list(redis_client.scan_iter(match="cluster/repository_lease/*"))
+    finally:
+        cluster.api_ok("remove-module", {"module_id": module_id})
