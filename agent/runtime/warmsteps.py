@@ -237,11 +237,15 @@ class WarmSteps:
 
 def preload() -> None:
     """Import what steps import, once, before any fork."""
+    import agent.ns8api
     import agent.operations
     import agent.runtime.steps
+    import agent.tasks
 
-    for module in pkgutil.iter_modules(agent.operations.__path__, "agent.operations."):
-        importlib.import_module(module.name)
+    # NS8 module steps: the API behind `import agent`, loaded lazily in a cold step.
+    for package in (agent.operations, agent.ns8api):
+        for module in pkgutil.iter_modules(package.__path__, f"{package.__name__}."):
+            importlib.import_module(module.name)
 
 
 @dataclass

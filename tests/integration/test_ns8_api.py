@@ -167,3 +167,31 @@ def test_run_restic_backs_up_in_the_modules_name(
         assert not list(redis_client.scan_iter(match="cluster/repository_lease/*"))
     finally:
         cluster.api_ok("remove-module", {"module_id": module_id})
+
+
+def test_add_module_refuses_an_image_whose_labels_ns8_could_not_use(
+    cluster: ClusterHarness,
+    redis_client: redis.Redis,
+    nsprobe_image: str,
+    tmp_path: Path,
+) -> None:
+    """Labels are the module author's input: a port demand that is no number fails
+    add-module with a clear error, and the instance is gone again."""
+    tag = "localhost/nsprobe:bad-label"
+    (tmp_path / "Containerfile").write_text(
+        f'FROM {nsprobe_image}\nLABEL org.nethserver.tcp-ports-demand="lots"\n'
+    )
+    with file_lock("build-nsprobe"):
+        subprocess.run(
+            ["podman", "build", "--tag", tag, str(tmp_path)],
+            env=host_podman_env(),
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    code, _, stderr = cluster.api_json("add-module", {"image": tag, "node": 1})
+    assert code != 0
+    assert "org.nethserver.tcp-ports-demand='lots'" in stderr
+    assert redis_client.hgetall(redis_keys.MODULE_NODE) == {}
+    assert not redis_client.exists(redis_keys.node_tcp_ports(1), redis_keys.MODULE_AUTHORIZATIONS)
+    assert not list((cluster.nodes[1].root / "modules").iterdir())
