@@ -48,6 +48,7 @@ def test_a_module_written_to_ns8_conventions_gets_ns8s_api_and_environment(
     redis_client: redis.Redis,
     nsprobe_image: str,
     subtests: pytest.Subtests,
+    tmp_path: Path,
 ) -> None:
     added = cluster.api_ok("add-module", {"image": nsprobe_image, "node": 1})
     module_id = added["module_id"]
@@ -106,6 +107,8 @@ def test_a_module_written_to_ns8_conventions_gets_ns8s_api_and_environment(
         assert selftask["output"] == {"module": module_id, "foo": "bar"}
         assert selftask["progress_increasing"] and selftask["agent_agent"]
         assert selftask["runp_brief_failures"] == 1
+        assert selftask["ghost_raised"] == "TaskSubmissionCheckFailed"
+        assert selftask["runp_shapes"] == ["dict", "TaskSubmissionCheckFailed"]
 
     with subtests.test("redis-exec, redis-get, redis-hgetall"):
         assert record["shell"]["set"] == "True\n"
@@ -126,6 +129,27 @@ def test_a_module_written_to_ns8_conventions_gets_ns8s_api_and_environment(
             "module/mail1",
             "node/3",
         ]
+
+    with subtests.test("runagent -l, -m, -c: the agent's environment, no COMFD"):
+        node_env = cluster.nodes[1].env()
+        listed = subprocess.run(
+            ["runagent", "-l"], env=node_env, capture_output=True, text=True, check=True
+        )
+        assert listed.stdout.split() == ["cluster", "node", module_id]
+        script = 'echo "$PWD $MODULE_ID $FOO ${AGENT_COMFD:-none}"'
+        shown = [
+            subprocess.run(
+                ["runagent", *options, "-m", module_id, "sh", "-c", script],
+                env=node_env,
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+            for options in ([], ["-c"])
+        ]
+        assert shown[0] == [str(home / "state"), module_id, "bar", "none"]
+        assert shown[1][0] == str(tmp_path)
 
     with subtests.test("set_status('validation-failed') makes the task exit 10"):
         code, rows, _ = cluster.api_json(f"module/{module_id}/fail-validation", {})
