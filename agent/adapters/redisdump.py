@@ -11,15 +11,34 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
 from typing import NoReturn
+from urllib.parse import quote
 
 from agent.adapters import resp
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
-def _client() -> resp.Connection:
-    return resp.connect(os.environ.get("REDIS_URL") or DEFAULT_URL)
+def client_url(env: Mapping[str, str], privileged: bool) -> str:
+    """Where and as whom: in a module step (REDIS_ADDRESS or REDIS_USER set) as NS8's
+    helpers connect — redis-dump as the default user to the replica, redis-restore as
+    the module (agent.redis_connect's rules); elsewhere the node's REDIS_URL."""
+    if "REDIS_ADDRESS" not in env and "REDIS_USER" not in env:
+        return env.get("REDIS_URL") or DEFAULT_URL
+    from agent.ns8api.redisconn import redis_address, redis_credentials
+
+    host, port = redis_address(env, use_replica=not privileged)
+    user, password = redis_credentials(env, privileged)
+    auth = ""
+    if password is not None:
+        auth = f"{quote(user or 'default', safe='')}:{quote(password, safe='')}@"
+    host = f"[{host}]" if ":" in host else host
+    return f"redis://{auth}{host}:{port}/0"
+
+
+def _client(privileged: bool) -> resp.Connection:
+    return resp.connect(client_url(os.environ, privileged))
 
 
 def _fail(prog: str, message: str) -> NoReturn:
@@ -41,7 +60,7 @@ def dump_main(argv: list[str] | None = None) -> None:
     parser.add_argument("key", help="the Redis key to dump")
     args = parser.parse_args(argv)
     try:
-        with _client() as redis:
+        with _client(privileged=False) as redis:
             payload = redis.command("DUMP", _key(args.key))
     except resp.RespError as exc:
         _fail(parser.prog, f"cannot dump {args.key!r}: {exc}")
@@ -74,7 +93,7 @@ def restore_main(argv: list[str] | None = None) -> None:
         return  # the key did not exist at dump time
     command: list[str | bytes | int] = ["RESTORE", _key(args.key), args.ttl, payload]
     try:
-        with _client() as redis:
+        with _client(privileged=True) as redis:
             redis.command(*command, *(["REPLACE"] if args.replace else []))
     except resp.RespError as exc:
         # e.g. "BUSYKEY Target key name already exists.", a bad checksum, Redis down

@@ -349,3 +349,18 @@ def test_find_free_range() -> None:
     assert find_free_range([(20001, 29999)], 1) is None
     assert parse_range("20001-20003") == (20001, 20003)
     assert parse_range("3-1") is None and parse_range("x") is None
+
+
+def test_redis_dump_and_restore_connect_as_ns8s_helpers_in_a_step() -> None:
+    from agent.adapters.redisdump import client_url
+
+    node = {"REDIS_URL": "redis://:pw@127.0.0.1:7000/3"}
+    assert client_url(node, privileged=False) == "redis://:pw@127.0.0.1:7000/3"
+    step = {
+        "REDIS_ADDRESS": "leader:6379",
+        "REDIS_REPLICA_ADDRESS": "127.0.0.1:6380",
+        "REDIS_USER": "module/mail1",
+        "REDIS_PASSWORD": "s/cret",
+    }
+    assert client_url(step, privileged=True) == "redis://module%2Fmail1:s%2Fcret@leader:6379/0"
+    assert client_url(step, privileged=False) == "redis://default:nopass@127.0.0.1:6380/0"
