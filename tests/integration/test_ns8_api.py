@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -219,3 +221,51 @@ def test_add_module_refuses_an_image_whose_labels_ns8_could_not_use(
     assert redis_client.hgetall(redis_keys.MODULE_NODE) == {}
     assert not redis_client.exists(redis_keys.node_tcp_ports(1), redis_keys.MODULE_AUTHORIZATIONS)
     assert not list((cluster.nodes[1].root / "modules").iterdir())
+
+
+WAITER = """#!/usr/bin/env python3
+import json
+import os
+
+import agent.tasks
+
+me = os.environ["AGENT_ID"]
+result = agent.tasks.run(
+    me, "slow", {}, on_sigterm_tasks=[{"agent_id": me, "action": "mark", "data": {}}]
+)
+with open("waiter.json", "w") as handle:
+    json.dump(result, handle)
+"""
+
+
+def test_a_step_waiting_in_agent_tasks_run_passes_a_cancel_on(
+    cluster: ClusterHarness, redis_client: redis.Redis, nsprobe_image: str
+) -> None:
+    """NS8's SIGTERM rule: a step cancelled while agent.tasks.run waits cancels the
+    sub-task, submits its on_sigterm_tasks, and goes on once the sub-task has ended."""
+    from agent.runtime import tasks as client
+
+    module_id = cluster.api_ok("add-module", {"image": nsprobe_image, "node": 1})["module_id"]
+    agent_id = f"module/{module_id}"
+    state = cluster.nodes[1].settings.state_dir(agent_id)
+    node = cluster.nodes[1]
+    node.write_action(agent_id, "slow", {"10sleep": "#!/bin/sh\ntouch slow-started\nsleep 300\n"})
+    node.write_action(agent_id, "mark", {"10mark": "#!/bin/sh\ntouch marked\n"})
+    node.write_action(agent_id, "waiter", {"10wait": WAITER})
+    try:
+        watcher = client.start(redis_client, client.TaskRequest(agent_id, "waiter", {}))
+        wait_for(lambda: (state / "slow-started").exists(), "the sub-task to start")
+        client.cancel(redis_client, agent_id, watcher.task_id)
+        watcher.wait(timeout=120)
+        sub = json.loads((state / "waiter.json").read_text())
+        assert sorted(sub) == ["error", "exit_code", "output"] and sub["exit_code"] != 0
+        wait_for(lambda: (state / "marked").exists(), "the on_sigterm task to run")
+    finally:
+        cluster.api_ok("remove-module", {"module_id": module_id})
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout}s for {what}"
+        time.sleep(0.1)
