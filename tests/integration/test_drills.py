@@ -148,6 +148,9 @@ def test_a_drill_of_the_sample_module_passes_and_leaves_only_its_record(
         assert [r["kind"] for r in runs] == ["drill", "backup"]
         assert runs[0]["outcome"] == "ok" and runs[0]["restore_seconds"] > 0
         assert any("module-verify-restore: pages: 200 indexed" in line for line in runs[0]["log"])
+    with subtests.test("verify-drill runs no hook of a module in service"):
+        code, rows, _ = cluster.api_json("node/1/verify-drill", {"module_id": wiki, "backup_id": 1})
+        assert code == 2 and rows[0]["error"] == "not_a_drill_instance", rows
     with subtests.test("stored once, as the module's last drill"):
         stored = json.loads(redis_client.hget(redis_keys.backup_drill(1), wiki))
         assert (
