@@ -151,6 +151,13 @@ def test_a_drill_of_the_sample_module_passes_and_leaves_only_its_record(
     with subtests.test("verify-drill runs no hook of a module in service"):
         code, rows, _ = cluster.api_json("node/1/verify-drill", {"module_id": wiki, "backup_id": 1})
         assert code == 2 and rows[0]["error"] == "not_a_drill_instance", rows
+    with subtests.test("a drill on no node, or of no backup, is refused"):
+        code, rows, _ = cluster.api_json("run-drill", {"id": 1, "node": 9})
+        assert code == 2 and rows[0]["error"] == "node_not_found", rows
+        code, rows, _ = cluster.api_json("run-drill", {"id": 7})
+        assert code == 2 and rows[0]["error"] == "backup_not_found", rows
+        code, rows, _ = cluster.api_json("run-drill", {"id": 1, "modules": ["other1"]})
+        assert code == 2 and rows[0]["error"] == "module_not_in_backup", rows
     with subtests.test("stored once, as the module's last drill"):
         stored = json.loads(redis_client.hget(redis_keys.backup_drill(1), wiki))
         assert (
@@ -244,3 +251,30 @@ def test_a_cancelled_drill_leaves_nothing_behind(
     assert source_state(cluster, redis_client, wiki) == before
     assert not redis_client.exists(redis_keys.backup_drill(1)), "a cancelled drill is no verdict"
     assert os.listdir(cluster.nodes[1].root / "modules") == [wiki]
+
+
+def test_a_drill_whose_daemon_is_killed_leaves_no_scratch_instance(
+    cluster: ClusterHarness,
+    redis_client: redis.Redis,
+    drill_images: dict[str, str],
+    restic_image: str,
+    tmp_path: Path,
+) -> None:
+    wiki = backed_up(cluster, redis_client, drill_images["drill"], tmp_path / "dest")
+    cluster.api_ok("run-backup", {"id": 1})
+    before = source_state(cluster, redis_client, wiki)
+    redis_client.set("test/stall", "restore-module/05stall")
+    watcher = tasks.start(
+        connect(cluster.redis_url), tasks.TaskRequest("cluster", "run-drill", {"id": 1})
+    )
+    wait_for("the drill held in its restore", lambda: redis_client.get("test/stalled"), 120)
+
+    cluster.nodes[1].stop(signal.SIGKILL)
+    redis_client.delete("test/stall")
+    cluster.nodes[1].start()
+
+    result = watcher.wait(timeout=180)
+    assert result.exit_code == 1 and "daemon stopped while it was running" in result.error
+    assert_settled(cluster, redis_client, {wiki})
+    assert source_state(cluster, redis_client, wiki) == before
+    assert not redis_client.exists(redis_keys.backup_drill(1))
