@@ -247,7 +247,11 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
             pipe.hgetall(redis_keys.backup_watch(backup_id))
         for backup_id in ids:
             pipe.hgetall(redis_keys.backup_drill(backup_id))
+        pipe.hgetall(redis_keys.MODULE_PENDING)
         fetched = pipe.execute()
+    # An instance still being added (a restore drill's scratch copy among them) is no
+    # candidate for a backup yet.
+    adding = set(fetched.pop())
     tail = fetched[len(fetched) - 3 * len(ids) :]
     private = zip(ids, tail[: len(ids)], strict=True)
     secrets = {
@@ -306,9 +310,6 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
             if getattr(definition, name) is not None:
                 item[name] = getattr(definition, name)
         backups.append(item)
-    # An instance still being added (a restore drill's scratch copy among them) is no
-    # candidate for a backup yet.
-    adding = set(redis.hkeys(redis_keys.MODULE_PENDING))
     unconfigured = [
         {"id": m, "ui_name": facts[m][1]}
         for m in sorted(placed)

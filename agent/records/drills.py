@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from typing import Annotated, Literal
@@ -13,6 +14,7 @@ from agent.core import redis_keys
 from agent.core.errors import StoredDataError
 from agent.records.stored import StoredRecord, parse_stored_json
 
+log = logging.getLogger("agent.drill")
 OUTPUT_LINES = 20  # of the hook's output, kept as its tail
 OUTPUT_CHARS = 4000
 
@@ -70,13 +72,13 @@ def tail(text: str) -> str:
 
 
 def parse_all(backup_id: int, fields: Mapping[str, str]) -> dict[str, DrillRecord]:
-    """The stored hash as records; one that does not parse is left out (the caller logs)."""
+    """The stored hash as records; one that does not parse is logged and left out."""
     records = {}
     for module_id, text in fields.items():
         try:
             records[module_id] = DrillRecord.from_json(backup_id, text)
-        except StoredDataError:
-            continue
+        except StoredDataError as exc:
+            log.warning("%s [%s]", exc, module_id)
     return records
 
 
