@@ -130,6 +130,30 @@ class BackupRequest(Request):
     ping_url: PingUrl | None = None
 
 
+# Restore drill of a backup (issue #18): when, and on which node (None: the leader).
+class DrillSettings(Request):
+    schedule: Annotated[
+        str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\n\r\t\x00]+$")
+    ]
+    node: NodeId | None = None
+
+
+class RunDrillRequest(Request):
+    """A drill now: every module of backup id (or those of modules) on node (default: the
+    backup's drill node, else the leader)."""
+
+    id: BackupId
+    node: NodeId | None = None
+    modules: Annotated[list[ModuleId], Field(max_length=1000)] | None = None
+
+
+class VerifyDrillRequest(Request):
+    """node/N/verify-drill: run module-verify-restore in the scratch instance module_id."""
+
+    module_id: ModuleId
+    backup_id: BackupId
+
+
 class AddBackupRequest(BackupRequest):
     repository: Uuid
 
@@ -229,6 +253,8 @@ class RestoreModulesRequest(RootModel[Annotated[list[RestoreModulesItem], Field(
 class ModuleRestoreRequest(SnapshotRequest):
     environment: dict[EnvName, str]
     replace: bool = False
+    # A restore drill's scratch instance: a module's own steps start no service for it.
+    drill: StrictBool = False
     paths: Annotated[list[SnapshotPath], Field(max_length=1000)] = Field(default_factory=list)
 
 
@@ -378,4 +404,6 @@ SCHEMAS: dict[str, type[Request]] = {
     "actions/cluster/import-module-backup/validate-input.json": ImportModuleBackupRequest,
     "actions/node/prepare-module-archive/validate-input.json": PrepareModuleArchiveRequest,
     "actions/node/discard-module-archive/validate-input.json": ScratchRequest,
+    "actions/cluster/run-drill/validate-input.json": RunDrillRequest,
+    "actions/node/verify-drill/validate-input.json": VerifyDrillRequest,
 }

@@ -240,6 +240,15 @@ def backup_history(module_id: str) -> str:
     return f"cluster/backup_history/{module_id}"
 
 
+BACKUP_DRILL_PATTERN = "cluster/backup_drill/*"
+
+
+def backup_drill(backup_id: int) -> str:
+    """Hash: source module id → JSON of the last restore drill of that module's backup
+    (agent/records/drills.py). A cluster key: the scratch instance cannot rewrite it."""
+    return f"cluster/backup_drill/{backup_id}"
+
+
 BACKUP_WATCH_PATTERN = "cluster/backup_watch/*"
 
 

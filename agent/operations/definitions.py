@@ -22,7 +22,7 @@ from agent.core.models import (
     BackupRunsRequest,
     NoInput,
 )
-from agent.records import run_history
+from agent.records import drills, run_history
 from agent.records.backups import KEEP_FIELDS, BackupDefinition, BackupSecrets, backup_ids
 from agent.records.statuses import StatusRecord
 from agent.runtime.overdue import Watch
@@ -160,7 +160,8 @@ def remove_backup(step: Step, request: BackupIdRequest) -> None:
             raise ValidationFailed([error_row("id", "backup_not_found", request.id)], 2)
         pipe.multi()
         statuses = (redis_keys.backup_status(n, request.id) for n in node_ids(redis))
-        pipe.delete(key, redis_keys.backup_private(request.id), *statuses)
+        drill = redis_keys.backup_drill(request.id)
+        pipe.delete(key, redis_keys.backup_private(request.id), drill, *statuses)
         pipe.publish(SCHEDULE_CHANGED, json.dumps({"backup_ids": [str(request.id)]}))
         try:
             pipe.execute()
@@ -172,6 +173,11 @@ def masked_url(url: str) -> str:
     """Scheme and host of a URL whose path is a secret: enough to tell which service."""
     scheme, _, rest = url.partition("://")
     return f"{scheme}://{rest.split('/', 1)[0].rsplit('@', 1)[-1]}/…" if rest else ""
+
+
+def drill_listing(record: drills.DrillRecord | None) -> dict[str, Any] | None:
+    """The module's last restore drill in this backup, with its one-line summary."""
+    return record.listing() if record is not None else None
 
 
 def freshness(raw: str | None) -> dict[str, Any]:
@@ -239,13 +245,23 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
             pipe.hgetall(redis_keys.backup_private(backup_id))
         for backup_id in ids:
             pipe.hgetall(redis_keys.backup_watch(backup_id))
+        for backup_id in ids:
+            pipe.hgetall(redis_keys.backup_drill(backup_id))
+        pipe.hgetall(redis_keys.MODULE_PENDING)
         fetched = pipe.execute()
-    tail = fetched[len(fetched) - 2 * len(ids) :]
+    # An instance still being added (a restore drill's scratch copy among them) is no
+    # candidate for a backup yet.
+    adding = set(fetched.pop())
+    tail = fetched[len(fetched) - 3 * len(ids) :]
     private = zip(ids, tail[: len(ids)], strict=True)
     secrets = {
         backup_id: BackupSecrets.from_fields(backup_id, fields) for backup_id, fields in private
     }
-    watches = dict(zip(ids, tail[len(ids) :], strict=True))
+    watches = dict(zip(ids, tail[len(ids) : 2 * len(ids)], strict=True))
+    last_drills = {
+        backup_id: drills.parse_all(backup_id, fields)
+        for backup_id, fields in zip(ids, tail[2 * len(ids) :], strict=True)
+    }
     facts = _module_facts(redis, sorted(set(uuids) | set(placed)))
     backups, configured = [], set()
     per_backup = 1 + len(nodes)
@@ -276,6 +292,7 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
                     "repository_path": f"{image}/{uuids[module_id]}",
                     "status": instance_status(module_id, *statuses.get(module_id, ("", ""))),
                     **freshness(watches[backup_id].get(module_id)),
+                    "drill": drill_listing(last_drills[backup_id].get(module_id)),
                 }
             )
         item: dict[str, Any] = {
@@ -296,7 +313,7 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
     unconfigured = [
         {"id": m, "ui_name": facts[m][1]}
         for m in sorted(placed)
-        if m not in configured and not facts[m][2]
+        if m not in configured and not facts[m][2] and m not in adding
     ]
     return {"backups": backups, "unconfigured_instances": unconfigured}
 

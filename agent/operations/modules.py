@@ -194,6 +194,7 @@ def forget_module(redis: Redis, module_id: str) -> None:
         if module_id in backup.instances
     ]
     status_keys = list(redis.scan_iter(match=redis_keys.BACKUP_STATUS_PATTERN, count=500))
+    status_keys += redis.scan_iter(match=redis_keys.BACKUP_DRILL_PATTERN, count=500)
     undone_uuid = pending_modules(redis).get(module_id, {}).get("restore_uuid")
     with redis.pipeline(transaction=True) as pipe:
         pipe.hdel(redis_keys.MODULE_PENDING, module_id)

@@ -99,7 +99,7 @@ def send_notification(step: Step, request: SendNotificationRequest) -> Any:
     if request.report is not None:
         backup_id = request.report.backup_id
         title, body = render(request.report)
-    else:  # the model lets only a whole overdue message through here
+    else:  # the model lets only a whole message (overdue, a failed drill) through here
         assert request.backup_id is not None and request.title and request.body is not None
         backup_id, title, body = request.backup_id, request.title, request.body
     sent, failed = [], []

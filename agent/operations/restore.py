@@ -40,6 +40,10 @@ class WholeRestore:
     snapshot: str
     node: int
     replace: bool = False
+    # A restore drill's scratch instance: a uuid of its own, no backup relinked to it, and
+    # left pending (a daemon that finds the drill's task dead removes it); the caller
+    # removes it once verified.
+    drill: bool = False
 
 
 def cluster_restore_module(step: Step, request: RestoreModuleRequest) -> dict[str, Any]:
@@ -78,7 +82,7 @@ def restore_whole(
     source_uuid = repository.path.uuid
     installed: dict[str, str] = redis.hgetall(redis_keys.MODULE_UUID)
     replaced = sorted(m for m, u in installed.items() if u == source_uuid) if job.replace else []
-    keep_uuid = job.replace or source_uuid not in installed.values()
+    keep_uuid = not job.drill and (job.replace or source_uuid not in installed.values())
     module_uuid = source_uuid if keep_uuid else str(uuid.uuid4())
     if not keep_uuid:  # the new uuid may still read the source repository
         redis.hset(redis_keys.RESTORE_UUID, module_uuid, source_uuid)
@@ -94,7 +98,9 @@ def restore_whole(
         )
         module_id = added["module_id"]
         try:
-            _run_module_restore(step, module_id, job, environment, cancelled, (at(16), at(94)))
+            output = _run_module_restore(
+                step, module_id, job, environment, cancelled, (at(16), at(94))
+            )
         except BaseException:
             log.warning("restore of %s into %s failed: removing %s", job.path, job.node, module_id)
             remove_module_everywhere(step, module_id, preserve_data=False)
@@ -103,6 +109,9 @@ def restore_whole(
         if not keep_uuid:
             redis.hdel(redis_keys.RESTORE_UUID, module_uuid)
         raise
+    if job.drill:
+        step.set_progress(high)
+        return {**added, "snapshot": job.snapshot, "restored": output}
     settle_module(redis, module_id)
     relink_backups(redis, module_id, module_uuid, replaced)
     failed = []
@@ -124,7 +133,8 @@ def _run_module_restore(
     environment: dict[str, str],
     cancelled: threading.Event,
     span: tuple[int, int],
-) -> None:
+) -> dict[str, Any]:
+    """The module's restore-module action; its output (restic's counts)."""
     request = tasks.TaskRequest(
         redis_keys.module_agent(module_id),
         "restore-module",
@@ -134,6 +144,7 @@ def _run_module_restore(
             "snapshot": job.snapshot,
             "environment": environment,
             "replace": job.replace,
+            **({"drill": True} if job.drill else {}),
         },
         step.task_id,
     )
@@ -146,6 +157,7 @@ def _run_module_restore(
             f"restore-module of {module_id} failed (exit {result.exit_code}): "
             f"{proc.last_line(result.error)}; {module_id} removed"
         )
+    return result.output if isinstance(result.output, dict) else {}
 
 
 def relink_backups(redis: Redis, module_id: str, module_uuid: str, replaced: list[str]) -> None:

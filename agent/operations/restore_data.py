@@ -302,4 +302,6 @@ def _counts(summary: dict[str, Any]) -> dict[str, int]:
         "files_restored": int(summary.get("files_restored", 0)),
         "bytes_restored": int(summary.get("bytes_restored", 0)),
         "files_deleted": int(summary.get("files_deleted", 0)),
+        "total_files": int(summary.get("total_files", 0)),
+        "total_bytes": int(summary.get("total_bytes", 0)),
     }

@@ -10,11 +10,12 @@ from pydantic import BeforeValidator, Field, StrictBool
 
 from agent.adapters.redis_api import Pipeline, Redis
 from agent.core import redis_keys
+from agent.core.models import DrillSettings
 from agent.records.stored import StoredRecord, parse_stored
 
 KEEP_FIELDS = ("keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within")
 # Fields a rewrite removes when the definition no longer has them (HSET alone keeps them).
-OPTIONAL_FIELDS = (*KEEP_FIELDS, "uinstances")
+OPTIONAL_FIELDS = (*KEEP_FIELDS, "uinstances", "drill")
 
 
 def _blank_is_none(value: object) -> object:
@@ -37,6 +38,12 @@ def _words(value: object) -> object:
 def _json_object(value: object) -> object:
     if isinstance(value, str):
         return json.loads(value) if value else {}
+    return value
+
+
+def _json_or_none(value: object) -> object:
+    if isinstance(value, str):
+        return json.loads(value) if value else None
     return value
 
 
@@ -64,6 +71,8 @@ class BackupDefinition(StoredRecord):
     keep_monthly: KeepCount = None
     keep_yearly: KeepCount = None
     keep_within: Annotated[str | None, BeforeValidator(_blank_is_none)] = None
+    # Restore drills (issue #18): JSON {"schedule", "node"} in the hash.
+    drill: Annotated[DrillSettings | None, BeforeValidator(_json_or_none)] = None
 
     @property
     def key(self) -> str:
@@ -101,6 +110,8 @@ class BackupDefinition(StoredRecord):
             value = getattr(self, name)
             if value is not None:
                 fields[name] = str(value)
+        if self.drill is not None:
+            fields["drill"] = self.drill.model_dump_json()
         return fields
 
     def to_redis(self, pipe: Pipeline) -> None:

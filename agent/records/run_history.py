@@ -33,6 +33,10 @@ class RunRecord:
     snapshots_count: int
     unreadable: list[str]
     log: list[str]
+    # "drill": a restore drill (agent/operations/drills.py): total_size and
+    # total_file_count are what was restored, restore_seconds the measured RTO.
+    kind: str = "backup"
+    restore_seconds: float | None = None
 
     @property
     def duration(self) -> int:

@@ -155,9 +155,9 @@ class SendNotificationRequest(_Frozen):
         if self.event == "ping":
             if self.ping is None or self.backup_id is None:
                 raise ValueError("a ping needs backup_id and ping")
-        elif self.event == "overdue":
-            if self.title is None or self.body is None or self.backup_id is None:
-                raise ValueError("an overdue message needs backup_id, title and body")
-        elif self.report is None:
-            raise ValueError("a notification needs a report")
+        elif (self.event == "overdue" or self.report is None) and (
+            self.title is None or self.body is None or self.backup_id is None
+        ):
+            # overdue, and a failed restore drill: a message that is not a run's report
+            raise ValueError("a message without a report needs backup_id, title and body")
         return self
