@@ -105,6 +105,8 @@ def run_restore(
             on_message=on_message,
             mounts=mounts,
             podman_args=ctx.settings.restic_podman_args,
+            # Below the mounts, so it exists: rootless podman does not make a missing one.
+            workdir=RESTORE_ROOT,
         )
     if code != 0 or restored.errors:
         detail = "; ".join(restored.errors[:3]) or stderr
