@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from agent.adapters import proc
+from agent.adapters.module_users import module_user_of
 from agent.apicli import guarded
 from agent.core import redis_keys
 from agent.core.errors import AgentError, ConfigError
@@ -271,10 +272,13 @@ def runagent(argv: list[str]) -> None:
     if redis_keys.AgentId.parse(agent_id).kind == "module" and not home.is_dir():
         raise ConfigError(f"no module {agent_name!r} on node {settings.node_id}")
     state = settings.state_dir(agent_id)
-    state.mkdir(parents=True, exist_ok=True)
+    # NS8's runagent runs a rootless module's command as the module's user.
+    run_as = module_user_of(settings, agent_id) if os.geteuid() == 0 else None
+    if run_as is None:
+        state.mkdir(parents=True, exist_ok=True)
     env = agent_environment(settings, agent_id)
     try:
-        proc.exec_replace(argv, env, state)
+        proc.exec_replace(argv, env, state, run_as)
     except FileNotFoundError:
         raise AgentError(f"command not found: {argv[0]}") from None
 

@@ -189,8 +189,12 @@ def spawn(
     )
 
 
-def exec_replace(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
-    """Replace this process with argv (runagent)."""
+def exec_replace(
+    argv: Sequence[str], env: Mapping[str, str], cwd: Path, run_as: RunAs | None = None
+) -> None:
+    """Replace this process with argv (runagent); run_as: as that user."""
+    if run_as is not None:
+        argv, env = run_as.argv(argv), run_as.environment(env)
     audit(argv)
     os.chdir(cwd)
     os.execvpe(argv[0], list(argv), dict(env))

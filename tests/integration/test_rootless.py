@@ -9,6 +9,7 @@ import pwd
 import random
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,15 @@ def test_rootless_module_lives_and_dies_as_its_own_user(
         assert inside.stdout.strip() == "1000"
         assert (pages / "user-upload.md").stat().st_uid != 1000
         assert cluster.api_ok(f"module/{module_id}/get-status")["pages"] == 200
+        runagent = Path(sys.executable).parent / "runagent"
+        done = subprocess.run(
+            [str(runagent), "-m", module_id, "sh", "-c", 'id -un; echo "$HOME"; pwd'],
+            env=cluster.nodes[1].env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.stdout.split() == [module_id, str(home), str(install / "state")], done
     finally:
         cluster.api_ok("remove-module", {"module_id": module_id})
     assert not user_exists(module_id)
