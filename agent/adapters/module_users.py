@@ -28,6 +28,7 @@ log = logging.getLogger("agent.users")
 
 ROOTFULL_LABEL = "org.nethserver.rootfull"
 INSTALL_DIR = ".config"  # NS8: AGENT_INSTALL_DIR=%E, the user's ~/.config
+HOME_BASE = Path("/home")  # NS8's default HOME_BASEDIR
 NOLOGIN = "/usr/sbin/nologin"
 
 
@@ -110,14 +111,21 @@ def make_runtime_dir(user: proc.RunAs) -> None:
 
 
 def create_user(settings: Settings, module_id: str) -> proc.RunAs:
-    """useradd (home 0700, subordinate ids from /etc/login.defs, no login shell); refused
-    when a user of that name exists: it is someone else's."""
+    """useradd (home HOME_BASE/<name>, 0700, subordinate ids from /etc/login.defs, no login
+    shell), refused when a user of that name exists: it is someone else's. The node's link
+    to ~/.config is made first, so a node that dies in between still knows the user is the
+    module's, and remove_user finds it."""
     name = user_name(module_id)
     with contextlib.suppress(KeyError):
         pwd.getpwnam(name)
         raise ModuleUserError(f"a Unix user named {name} exists already")
-    done = proc.run(useradd_argv(name), timeout=120)
+    home = HOME_BASE / name
+    link = install_link(settings, module_id)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(home / INSTALL_DIR)
+    done = proc.run(useradd_argv(name, home), timeout=120)
     if done.returncode != 0:
+        link.unlink()
         raise ModuleUserError(f"cannot create user {name}: {proc.last_line(done.error_text)}")
     entry = pwd.getpwnam(name)
     os.chmod(entry.pw_dir, 0o700)
@@ -126,8 +134,11 @@ def create_user(settings: Settings, module_id: str) -> proc.RunAs:
     return user
 
 
-def useradd_argv(name: str) -> list[str]:
-    return ["useradd", "--create-home", "--user-group", "--shell", NOLOGIN, name]
+def useradd_argv(name: str, home: Path) -> list[str]:
+    return [
+        *("useradd", "--create-home", "--home-dir", str(home)),
+        *("--user-group", "--shell", NOLOGIN, name),
+    ]
 
 
 def userdel_argv(name: str) -> list[str]:
@@ -140,15 +151,6 @@ def give_tree(path: Path, user: proc.RunAs) -> None:
     for top, dirs, files in os.walk(path):
         for name in [*dirs, *files]:
             os.lchown(os.path.join(top, name), user.uid, user.gid)
-
-
-def link_install_dir(settings: Settings, module_id: str, user: proc.RunAs) -> Path:
-    """`<root>/modules/<id>` → ~/.config: from now on the module is rootless here."""
-    link = install_link(settings, module_id)
-    link.parent.mkdir(parents=True, exist_ok=True)
-    install = Path(user.home) / INSTALL_DIR
-    link.symlink_to(install)
-    return install
 
 
 def user_processes(uid: int) -> list[int]:
@@ -187,8 +189,8 @@ def stop_user_processes(uid: int, timeout: float = 30.0) -> None:
 
 
 def remove_user(settings: Settings, module_id: str, preserve_data: bool) -> None:
-    """Undo create_user and link_install_dir: processes killed, runtime dir, home (unless
-    preserve_data: the volumes live there), user and its subordinate ids gone."""
+    """Undo create_user: its processes killed; its runtime dir, home (unless preserve_data:
+    the volumes live there), user, subordinate ids and the node's link gone."""
     link = install_link(settings, module_id)
     name = user_name(module_id)
     try:

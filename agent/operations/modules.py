@@ -238,7 +238,6 @@ def node_add_module(step: Step, request: NodeAddModuleRequest) -> None:
         install = Path(user.home) / module_users.INSTALL_DIR
         install_files(step, request, install, base=False)
         module_users.give_tree(install, user)
-        module_users.link_install_dir(settings, request.module_id, user)
     except BaseException:
         module_users.remove_user(settings, request.module_id, preserve_data=False)
         raise

@@ -104,6 +104,15 @@ def test_rootless_module_lives_and_dies_as_its_own_user(
         assert inside.stdout.strip() == "1000"
         assert (pages / "user-upload.md").stat().st_uid != 1000
         assert cluster.api_ok(f"module/{module_id}/get-status")["pages"] == 200
+        # A link where the node made a directory would send the node's own reads (env
+        # files, state-include.conf) elsewhere: the module's tasks are refused meanwhile.
+        state = install / "state"
+        state.rename(install / "state.real")
+        state.symlink_to("/etc")
+        code, _, error = cluster.api_json(f"module/{module_id}/get-status")
+        assert code != 0 and "is not a directory of" in error, error
+        state.unlink()
+        (install / "state.real").rename(state)
         runagent = Path(sys.executable).parent / "runagent"
         done = subprocess.run(
             [str(runagent), "-m", module_id, "sh", "-c", 'id -un; echo "$HOME"; pwd'],
@@ -191,6 +200,26 @@ def test_rootless_backup_on_node_1_restores_on_node_2_with_owners(
         assert inside.stdout.strip() == "1000:1000"
         status = cluster.api_ok(f"module/{copy}/get-status")
         assert status == cluster.api_ok(f"module/{source}/get-status")
+
+        # A partial restore into the running rootless copy (two paths: restic's dry run
+        # checks both first, as the user too).
+        page = user_volume(copy, "pages") / "topic-0" / "section-1" / "sub-2" / "page-3.md"
+        original = page.read_bytes()
+        as_user(copy, "sh", "-c", f"echo oops > {page}")
+        cluster.api_ok(
+            "cluster/restore-module",
+            {
+                "repository": repository,
+                "path": path,
+                "snapshot": "",
+                "module_id": copy,
+                "paths": [
+                    "volumes/pages/topic-0/section-1/sub-2/page-3.md",
+                    "volumes/db/www-data.txt",
+                ],
+            },
+        )
+        assert page.read_bytes() == original
     finally:
         for module_id in modules:
             cluster.api_ok("remove-module", {"module_id": module_id})
