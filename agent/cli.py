@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from agent.adapters import proc
+from agent.adapters.module_users import module_user_of
 from agent.apicli import guarded
 from agent.core import redis_keys
 from agent.core.errors import AgentError, ConfigError
@@ -319,12 +320,15 @@ def runagent(argv: list[str]) -> None:
     if redis_keys.AgentId.parse(agent_id).kind == "module" and not home.is_dir():
         raise ConfigError(f"no module {args.agent!r} on node {settings.node_id}")
     state = settings.state_dir(agent_id)
-    state.mkdir(parents=True, exist_ok=True)
+    # NS8's runagent runs a rootless module's command as the module's user.
+    run_as = module_user_of(settings, agent_id) if os.geteuid() == 0 else None
+    if run_as is None:
+        state.mkdir(parents=True, exist_ok=True)
     env = agent_environment(settings, agent_id)
     for name in STEP_ONLY_VARIABLES:
         env.pop(name, None)
     try:
-        proc.exec_replace(command, env, Path.cwd() if args.keep_cwd else state)
+        proc.exec_replace(command, env, Path.cwd() if args.keep_cwd else state, run_as)
     except FileNotFoundError:
         raise AgentError(f"command not found: {command[0]}") from None
 

@@ -88,8 +88,9 @@ def list_module_volumes(
     return module_volumes(module_id, list(owners), module_ids, owners)
 
 
-def list_volumes(env: dict[str, str]) -> list[str]:
-    result = proc.run(volume_names_argv(), env=env, check=True, timeout=60)
+def list_volumes(env: dict[str, str], run_as: proc.RunAs | None = None) -> list[str]:
+    """Every volume of the store (run_as: that user's own)."""
+    result = proc.run(volume_names_argv(), env=env, check=True, timeout=60, run_as=run_as)
     return [line for line in result.text.splitlines() if line.strip()]
 
 
@@ -113,22 +114,47 @@ def extract_imageroot(image: str, target: Path, env: dict[str, str]) -> Path:
     return target / "imageroot"
 
 
-def image_id(image: str, env: dict[str, str]) -> str | None:
-    """The id of the image a name points to on this node; None when it is not here."""
-    done = proc.run([PODMAN, "image", "inspect", "--format", "{{.Id}}", image], env=env, timeout=60)
+def image_id(image: str, env: dict[str, str], run_as: proc.RunAs | None = None) -> str | None:
+    """The id of the image a name points to on this node (in run_as's own store); None
+    when it is not here."""
+    done = proc.run(
+        [PODMAN, "image", "inspect", "--format", "{{.Id}}", image],
+        env=env,
+        timeout=60,
+        run_as=run_as,
+    )
     found = done.text.strip()
     return found if done.returncode == 0 and found and "/" not in found else None
 
 
+def image_label_argv(image: str, label: str) -> list[str]:
+    return [PODMAN, "image", "inspect", "--format", f'{{{{index .Labels "{label}"}}}}', image]
+
+
+def image_label(image: str, label: str, env: dict[str, str]) -> str | None:
+    """The value of one label of image (pulled first when it is not here); None when
+    the image has no such label."""
+    done = proc.run(image_label_argv(image, label), env=env, timeout=60)
+    if done.returncode != 0:
+        pulled = proc.run([PODMAN, "pull", "--quiet", image], env=env, timeout=900)
+        if pulled.returncode != 0:
+            raise AgentError(f"cannot use image {image}: {proc.last_line(pulled.error_text)}")
+        done = proc.run(image_label_argv(image, label), env=env, timeout=60, check=True)
+    value = done.text.strip()
+    return None if value in ("", "<no value>") else value
+
+
 def install_imageroot(
-    image: str, base: Path, target: Path, env: dict[str, str], cache: Path | None = None
+    image: str, base: Path | None, target: Path, env: dict[str, str], cache: Path | None = None
 ) -> None:
-    """target = base imageroot overlaid by the image's own (the image's file wins)."""
+    """target = base imageroot (if any) overlaid by the image's own (the image's file
+    wins)."""
     staging = Path(tempfile.mkdtemp(prefix=".install-", dir=target.parent))
     try:
         own = _image_imageroot(image, staging, env, cache)
         tree = staging / "tree"
-        shutil.copytree(base, tree, symlinks=True)
+        if base is not None:
+            shutil.copytree(base, tree, symlinks=True)
         shutil.copytree(own, tree, symlinks=True, dirs_exist_ok=True)
         tree.rename(target)
     finally:

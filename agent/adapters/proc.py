@@ -57,6 +57,56 @@ def audit(argv: Sequence[str]) -> None:
             handle.write(json.dumps(list(argv)) + "\n")
 
 
+# Variables that point a process at root's podman store or root's runtime files: a process
+# run as a module user gets its own (RunAs.environment), never these.
+_ROOT_ONLY_VARIABLES = frozenset(
+    {
+        *("CONTAINERS_STORAGE_CONF", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME"),
+        *("XDG_CACHE_HOME", "XDG_STATE_HOME", "MAIL"),
+    }
+)
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """A Unix user (a rootless module's) to run a process as: the one place where an argv
+    becomes "run as that user" (setpriv: no shell, no PAM, no session) with its HOME,
+    XDG_RUNTIME_DIR and podman settings (its own default store)."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+    containers_conf: str  # CONTAINERS_CONF for the user's podman (engine settings only)
+
+    @property
+    def runtime_dir(self) -> str:
+        return f"/run/user/{self.uid}"
+
+    def argv(self, argv: Sequence[str]) -> list[str]:
+        """argv run as the user, with the user's groups and no capability left."""
+        return [
+            "setpriv",
+            f"--reuid={self.uid}",
+            f"--regid={self.gid}",
+            "--init-groups",
+            "--",
+            *argv,
+        ]
+
+    def environment(self, env: Mapping[str, str]) -> dict[str, str]:
+        """env with the user's identity and podman settings instead of root's."""
+        own = {k: v for k, v in env.items() if k not in _ROOT_ONLY_VARIABLES}
+        own.update(
+            HOME=self.home,
+            USER=self.name,
+            LOGNAME=self.name,
+            XDG_RUNTIME_DIR=self.runtime_dir,
+            CONTAINERS_CONF=self.containers_conf,
+        )
+        return own
+
+
 def merged_env(
     extra: Mapping[str, str] | None, base: Mapping[str, str] | None = None
 ) -> dict[str, str]:
@@ -75,19 +125,26 @@ def run(
     timeout: float | None = None,
     check: bool = False,
     stdout: int | IO[bytes] | None = PIPE,
+    stdin: int | IO[bytes] | None = None,
     umask: int = -1,
+    run_as: RunAs | None = None,
 ) -> Result:
     """Run argv to completion; env adds to (not replaces) this process's environment;
-    umask, when given, is the child's (-1: this process's)."""
+    umask, when given, is the child's (-1: this process's); run_as: as that user."""
+    full_env = merged_env(env)
+    if run_as is not None:
+        argv, full_env = run_as.argv(argv), run_as.environment(full_env)
+        cwd = run_as.home if cwd is None else cwd  # not a directory of root's
     log.debug("run %s", shlex.join(argv))
     audit(argv)
     started = time.monotonic()
     completed = subprocess.run(
         list(argv),
         input=input,
+        stdin=stdin,
         stdout=stdout,
         stderr=PIPE,
-        env=merged_env(env),
+        env=full_env,
         cwd=cwd,
         timeout=timeout,
         check=False,
@@ -111,13 +168,19 @@ def spawn(
     pass_fds: Sequence[int] = (),
     new_session: bool = True,
     umask: int = -1,
+    run_as: RunAs | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start argv with exactly env, in its own session (so its whole group can be signalled)."""
+    """Start argv with exactly env, in its own session (so its whole group can be
+    signalled); run_as: as that user (setpriv execs it: same pid, same group)."""
+    full_env = dict(env)
+    if run_as is not None:
+        argv, full_env = run_as.argv(argv), run_as.environment(full_env)
+        cwd = run_as.home if cwd is None else cwd
     log.debug("spawn %s", shlex.join(argv))
     audit(argv)
     return subprocess.Popen(
         list(argv),
-        env=dict(env),
+        env=full_env,
         cwd=cwd,
         stdin=stdin,
         stdout=stdout,
@@ -143,8 +206,12 @@ def module_run(argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProces
     return subprocess.run(list(argv), **kwargs)
 
 
-def exec_replace(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
-    """Replace this process with argv (runagent)."""
+def exec_replace(
+    argv: Sequence[str], env: Mapping[str, str], cwd: Path, run_as: RunAs | None = None
+) -> None:
+    """Replace this process with argv (runagent); run_as: as that user."""
+    if run_as is not None:
+        argv, env = run_as.argv(argv), run_as.environment(env)
     audit(argv)
     os.chdir(cwd)
     os.execvpe(argv[0], list(argv), dict(env))

@@ -172,6 +172,7 @@ def stream(
     stdin_text: Callable[[], str] | None = None,
     name: str | None = None,
     retry_limit: float | None = None,
+    run_as: proc.RunAs | None = None,
 ) -> tuple[int, str]:
     """Run restic with --json output, handing each message to on_message as it comes.
 
@@ -188,7 +189,8 @@ def stream(
     With retry_limit, a storage that keeps failing (restic retrying the same kind of
     operation) for longer than retry_limit seconds gets restic stopped: the code is then
     Exit.STOPPED and stderr's last line says why. A podman client that is killed or
-    interrupted never leaves the container (name) running behind it.
+    interrupted never leaves the container (name) running behind it. run_as: podman
+    runs as that user (a rootless module's), in its own store.
     """
     name = name or container_name()
     argv = podman_run_argv(
@@ -202,10 +204,12 @@ def stream(
         progress_fps=PROGRESS_FPS,
     )
     env = proc.merged_env({**podman_env, **container_env(target, password)})
-    code, stderr = _stream_once(argv, name, env, on_message, stdin_text, RetryWatch(retry_limit))
+    code, stderr = _stream_once(
+        argv, name, env, on_message, stdin_text, RetryWatch(retry_limit), run_as
+    )
     if lost_cache_volume_race(code, stderr):
         code, stderr = _stream_once(
-            argv, name, env, on_message, stdin_text, RetryWatch(retry_limit)
+            argv, name, env, on_message, stdin_text, RetryWatch(retry_limit), run_as
         )
     return code, stderr
 
@@ -217,9 +221,14 @@ def _stream_once(
     on_message: Callable[[Message], None],
     feed: Callable[[], str] | None,
     watch: RetryWatch,
+    run_as: proc.RunAs | None,
 ) -> tuple[int, str]:
     child = proc.spawn(
-        argv, env=env, stdin=proc.DEVNULL if feed is None else proc.PIPE, new_session=False
+        argv,
+        env=env,
+        stdin=proc.DEVNULL if feed is None else proc.PIPE,
+        new_session=False,
+        run_as=run_as,
     )
     stdout, stderr = child.stdout, child.stderr
     assert stdout is not None and stderr is not None
@@ -248,10 +257,10 @@ def _stream_once(
     try:
         if feed is not None:
             _write_stdin(child, feed)
-        stopped = _wait_watching(child, name, env, watch)
+        stopped = _wait_watching(child, name, env, watch, run_as)
     finally:
         if child.poll() is None:  # unwinding (a signal, an error in feed): restic too
-            _stop_container(name, env)
+            _stop_container(name, env, run_as=run_as)
         code = child.wait()
         for reader in readers:
             reader.join()
@@ -262,7 +271,11 @@ def _stream_once(
 
 
 def _wait_watching(
-    child: proc.Popen[bytes], name: str, env: dict[str, str], watch: RetryWatch
+    child: proc.Popen[bytes],
+    name: str,
+    env: dict[str, str],
+    watch: RetryWatch,
+    run_as: proc.RunAs | None,
 ) -> bool:
     """Wait for the child; True when it was stopped because the storage kept failing."""
     while True:
@@ -273,21 +286,24 @@ def _wait_watching(
             pass
         if watch.expired(time.monotonic()):
             log.warning("%s: %s", name, watch.reason())
-            _stop_container(name, env)
+            _stop_container(name, env, run_as=run_as)
             child.wait()
             return True
 
 
-def _stop_container(name: str, env: Mapping[str, str], grace: float = 10.0) -> None:
+def _stop_container(
+    name: str, env: Mapping[str, str], grace: float = 10.0, run_as: proc.RunAs | None = None
+) -> None:
     """SIGTERM to restic (it removes its lock when it can), SIGKILL after grace seconds;
     the container (--rm) goes away with it."""
-    proc.run(stop_argv(name, "TERM"), env=env, timeout=60)
+    proc.run(stop_argv(name, "TERM"), env=env, timeout=60, run_as=run_as)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        if name not in proc.run(present_argv(name), env=env, timeout=60).text.split():
+        listed = proc.run(present_argv(name), env=env, timeout=60, run_as=run_as)
+        if name not in listed.text.split():
             return
         time.sleep(0.2)
-    proc.run(remove_argv([name]), env=env, timeout=60)
+    proc.run(remove_argv([name]), env=env, timeout=60, run_as=run_as)
 
 
 def _write_stdin(child: proc.Popen[bytes], feed: Callable[[], str]) -> None:
@@ -314,17 +330,19 @@ def run(
     entrypoint: str | None = None,
     hostname: str | None = None,
     name: str | None = None,
+    run_as: proc.RunAs | None = None,
 ) -> proc.Result:
     """Run restic (or entrypoint) once in the container and wait for it. Past timeout,
-    the container is stopped too and the result has code Exit.STOPPED."""
+    the container is stopped too and the result has code Exit.STOPPED. run_as: podman
+    runs as that user, in its own store."""
     name = name or container_name()
     argv = podman_run_argv(
         target, args, mounts=mounts, name=name, entrypoint=entrypoint, hostname=hostname
     )
     env = {**podman_env, **container_env(target, password)}
-    result = _run_once(argv, name, env, timeout, input)
+    result = _run_once(argv, name, env, timeout, input, run_as)
     if lost_cache_volume_race(result.returncode, result.error_text):
-        result = _run_once(argv, name, env, timeout, input)
+        result = _run_once(argv, name, env, timeout, input, run_as)
     return result
 
 
@@ -334,12 +352,13 @@ def _run_once(
     env: dict[str, str],
     timeout: float | None,
     input: bytes | None,
+    run_as: proc.RunAs | None,
 ) -> proc.Result:
     try:
-        return proc.run(argv, env=env, timeout=timeout, input=input)
+        return proc.run(argv, env=env, timeout=timeout, input=input, run_as=run_as)
     except proc.TimeoutExpired:
         # Only the podman client was killed: the container would go on working.
-        _stop_container(name, env, grace=0)
+        _stop_container(name, env, grace=0, run_as=run_as)
         return proc.Result(
             tuple(argv), Exit.STOPPED, b"", f"restic stopped after {timeout:g}s\n".encode()
         )

@@ -102,9 +102,11 @@ def read_regular(dir_fd: int, name: str, limit: int) -> bytes | None:
         return handle.read(limit + 1)[:limit]
 
 
-def write_replacing(dir_fd: int, name: str, data: bytes, mode: int = 0o644) -> None:
+def write_replacing(
+    dir_fd: int, name: str, data: bytes, mode: int = 0o644, owner: tuple[int, int] | None = None
+) -> None:
     """name in dir_fd now holds data: written to a new file, then renamed over whatever
-    name was (a link is replaced, never followed)."""
+    name was (a link is replaced, never followed); owner: (uid, gid) of the new file."""
     temporary = f".{name}.{os.getpid()}.tmp"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(temporary, dir_fd=dir_fd)
@@ -112,6 +114,8 @@ def write_replacing(dir_fd: int, name: str, data: bytes, mode: int = 0o644) -> N
     fd = os.open(temporary, flags, mode, dir_fd=dir_fd)
     try:
         with os.fdopen(fd, "wb") as handle:
+            if owner is not None:
+                os.fchown(handle.fileno(), *owner)
             handle.write(data)
         os.replace(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:

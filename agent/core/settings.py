@@ -121,8 +121,15 @@ class Settings:
         except redis_keys.NotAnAgentId as exc:
             raise ConfigError(str(exc)) from None
         if agent.kind == "module":
-            return self.root / "modules" / agent.module_id
+            entry = self.module_entry(agent.module_id)
+            # A rootless module's entry is a link to its user's ~/.config (NS8's
+            # AGENT_INSTALL_DIR): its steps, running as that user, get that path.
+            return Path(os.readlink(entry)) if entry.is_symlink() else entry
         return self.root / agent.kind
+
+    def module_entry(self, module_id: str) -> Path:
+        """`modules/<id>`: a rootfull module's install dir, a rootless one's link to it."""
+        return self.root / "modules" / module_id
 
     @property
     def restore_roots(self) -> tuple[Path, ...]:

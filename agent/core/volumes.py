@@ -15,11 +15,13 @@ ENVIRONMENT = "state/environment"
 ALWAYS_BACKED_UP = (ENVIRONMENT,)
 
 
-def volume_mounts(module_id: str, volume_names: list[str]) -> list[Mount]:
+def volume_mounts(
+    module_id: str, volume_names: list[str], *, rootless: bool = False
+) -> list[Mount]:
     """Rootfull volumes '<module_id>-<name>' at /srv/volumes/<name>, read-only (a backup
     only reads them, and nothing in the container, rclone included, may change them);
-    'restic-*' skipped."""
-    prefix = f"{module_id}-"
+    'restic-*' skipped. A rootless module's store is its own: every volume, bare names."""
+    prefix = "" if rootless else f"{module_id}-"
     mounts = []
     for name in sorted(volume_names):
         if not name.startswith(prefix):
@@ -45,12 +47,17 @@ class BackupLayout:
 
 
 def backup_layout(
-    module_id: str, install_dir: Path, state_dir: Path, volume_names: list[str]
+    module_id: str,
+    install_dir: Path,
+    state_dir: Path,
+    volume_names: list[str],
+    *,
+    rootless: bool = False,
 ) -> BackupLayout:
     """Mounts and restic path arguments for one module's backup."""
     mounts = [
         Mount(str(state_dir), STATE_MOUNT, read_only=True),
-        *volume_mounts(module_id, volume_names),
+        *volume_mounts(module_id, volume_names, rootless=rootless),
     ]
     include = install_dir / "etc" / "state-include.conf"
     exclude = install_dir / "etc" / "state-exclude.conf"

@@ -9,8 +9,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from agent.adapters import podman, proc, restic
-from agent.adapters.destinations import Destination, restic_target
+from agent.adapters import module_users, podman, proc, restic
+from agent.adapters.destinations import Destination
+from agent.adapters.module_storage import module_restic_target
 from agent.adapters.redis_store import REDIS_ERRORS, Context
 from agent.adapters.restic_errors import Exit, explain_restic_failure
 from agent.core import disk_space, redis_keys, restic_args
@@ -146,15 +147,22 @@ class ModuleBackup:
         agent_id = redis_keys.module_agent(self.module_id)
         state_dir = settings.state_dir(agent_id)
         podman_env = settings.podman_env()
+        user = module_users.module_user(settings, self.module_id)
+        if user is None:
+            volume_names = podman.list_module_volumes(
+                self.module_id, self.ctx.redis.hkeys(redis_keys.MODULE_NODE), podman_env
+            )
+        else:  # its own store: every volume is its own, named bare
+            module_users.image_in_user_store(settings, user, restic.IMAGE, podman_env)
+            volume_names = podman.list_volumes(podman_env, run_as=user)
         layout = backup_layout(
             self.module_id,
             settings.agent_home(agent_id),
             state_dir,
-            podman.list_module_volumes(
-                self.module_id, self.ctx.redis.hkeys(redis_keys.MODULE_NODE), podman_env
-            ),
+            volume_names,
+            rootless=user is not None,
         )
-        labels = dump_labels(self.ctx, self.module_id, state_dir)
+        labels = dump_labels(self.ctx, self.module_id, state_dir, owner=user)
         sources = BackupSources(dump, state_dir / "environment", lambda: layout.sources(labels))
         args = restic_args.backup_args(
             exclude_file=layout.exclude_file,
@@ -166,17 +174,19 @@ class ModuleBackup:
             ],
         )
         try:
-            opened = repository_lease.open_lease(
-                self.ctx.redis,
-                redis_keys.repository_lease(self.job.destination.id, path),
-                restic_target(self.job.destination, path),
-                self.job.destination.password,
-                podman_env,
-                wait_seconds=self.job.lock_wait_seconds,
-                retry_limit=settings.storage_retry_seconds,
-            )
-            with opened as lease, removed_afterwards(state_dir, labels):
-                return self._leased(lease, path, args, layout.mounts, sources)
+            with module_restic_target(self.job.destination, path, user) as target:
+                opened = repository_lease.open_lease(
+                    self.ctx.redis,
+                    redis_keys.repository_lease(self.job.destination.id, path),
+                    target,
+                    self.job.destination.password,
+                    podman_env,
+                    wait_seconds=self.job.lock_wait_seconds,
+                    retry_limit=settings.storage_retry_seconds,
+                    run_as=user,
+                )
+                with opened as lease, removed_afterwards(state_dir, labels):
+                    return self._leased(lease, path, args, layout.mounts, sources)
         except repository_lease.RepositoryBusy as busy:
             raise StepFailed(f"repository {path} is busy ({busy})") from None
         except repository_lease.StaleLocksKept as kept:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.adapters import proc
+from agent.adapters.module_users import module_user
 from agent.adapters.redis_store import Context
 from agent.core import redis_keys
 from agent.core.errors import AgentError
@@ -28,7 +29,11 @@ def run_hook(ctx: Context, module_id: str, hook: str, backup_id: int) -> proc.Re
     if path is None:
         return None
     return proc.run(
-        [path, str(backup_id)], env=env, cwd=ctx.settings.state_dir(agent_id), timeout=HOOK_TIMEOUT
+        [path, str(backup_id)],
+        env=env,
+        cwd=ctx.settings.state_dir(agent_id),
+        timeout=HOOK_TIMEOUT,
+        run_as=module_user(ctx.settings, module_id),
     )
 
 

@@ -6,9 +6,10 @@ import json
 import shutil
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
-from agent.adapters import podman
+from agent.adapters import module_users, podman
 from agent.adapters.redis_store import Redis
 from agent.core import filemodes, redis_keys
 from agent.core.errors import AgentError, validation_error
@@ -222,15 +223,37 @@ def forget_module(redis: Redis, module_id: str) -> None:
 # --- node side -------------------------------------------------------------------------
 def node_add_module(step: Step, request: NodeAddModuleRequest) -> None:
     settings = step.ctx.settings
-    agent_id = redis_keys.module_agent(request.module_id)
-    home = settings.agent_home(agent_id)
-    if home.exists():
+    home = settings.module_entry(request.module_id)
+    if home.exists() or home.is_symlink():
         raise validation_error("module_id", "module_dir_exists", request.module_id)
     home.parent.mkdir(parents=True, exist_ok=True)
     step.set_progress(10)
+    rootfull = module_users.is_rootfull(
+        podman.image_label(request.image_url, module_users.ROOTFULL_LABEL, settings.podman_env())
+    )
+    if rootfull:
+        install_files(step, request, home)
+        return
+    user = module_users.create_user(settings, request.module_id)
+    try:
+        # The user's ~/.config holds the image's imageroot only: the agent's base steps
+        # run from the node's own copy, as root (they start restic as the user).
+        install = Path(user.home) / module_users.INSTALL_DIR
+        install_files(step, request, install, base=False)
+        module_users.give_tree(install, user)
+    except BaseException:
+        module_users.remove_user(settings, request.module_id, preserve_data=False)
+        raise
+
+
+def install_files(
+    step: Step, request: NodeAddModuleRequest, home: Path, *, base: bool = True
+) -> None:
+    """The install dir (imageroot) and state/environment of a new module at home."""
+    settings = step.ctx.settings
     podman.install_imageroot(
         request.image_url,
-        settings.share / "imageroot",
+        settings.share / "imageroot" if base else None,
         home,
         settings.podman_env(),
         cache=settings.imageroot_cache,
@@ -250,6 +273,10 @@ def node_add_module(step: Step, request: NodeAddModuleRequest) -> None:
 
 def node_remove_module(step: Step, request: RemoveModuleRequest) -> None:
     settings = step.ctx.settings
+    if module_users.is_rootless(settings, request.module_id):
+        # Its volumes live in its own store, in its home: preserve_data keeps the home.
+        module_users.remove_user(settings, request.module_id, request.preserve_data)
+        return
     env = settings.podman_env()
     if not request.preserve_data:
         installed = [*step.ctx.redis.hkeys(redis_keys.MODULE_NODE), *_node_module_ids(step)]

@@ -58,6 +58,7 @@ class RepositoryLease:
     podman_env: Mapping[str, str]
     prefix: str
     retry_limit: float | None
+    run_as: proc.RunAs | None = None  # a rootless module's user: its restic runs as it
     abnormal_end: str = ""  # why restic's locks must go before the lease does
     unlock_failure: str = ""  # what the last failed `unlock --remove-all` said
     _running: set[str] = field(default_factory=set)
@@ -87,6 +88,7 @@ class RepositoryLease:
                 podman_env=self.podman_env,
                 timeout=timeout,
                 name=name,
+                run_as=self.run_as,
                 **kwargs,
             )
             code = done.returncode
@@ -113,6 +115,7 @@ class RepositoryLease:
                 on_message=on_message,
                 name=name,
                 retry_limit=self.retry_limit,
+                run_as=self.run_as,
                 **kwargs,
             )
             return code, stderr
@@ -130,6 +133,7 @@ class RepositoryLease:
             podman_env=self.podman_env,
             timeout=timeout,
             name=restic.container_name(self.prefix.removesuffix("-")),
+            run_as=self.run_as,
         )
         if done.returncode in (Exit.OK, Exit.NO_REPOSITORY):
             return True
@@ -144,13 +148,16 @@ class RepositoryLease:
         return False
 
 
-def stop_leftovers(prefix: str, podman_env: Mapping[str, str]) -> list[str]:
-    """Kill and remove the restic containers on this node whose names start with prefix."""
-    listed = proc.run(restic.present_argv(prefix), env=podman_env, timeout=60)
+def stop_leftovers(
+    prefix: str, podman_env: Mapping[str, str], run_as: proc.RunAs | None = None
+) -> list[str]:
+    """Kill and remove the restic containers on this node whose names start with prefix
+    (run_as: in that user's store)."""
+    listed = proc.run(restic.present_argv(prefix), env=podman_env, timeout=60, run_as=run_as)
     names = [name for name in listed.text.split() if name.startswith(prefix)]
     if names:
         log.warning("stopping restic containers a crashed run left: %s", ", ".join(names))
-        proc.run(restic.remove_argv(names), env=podman_env, timeout=120)
+        proc.run(restic.remove_argv(names), env=podman_env, timeout=120, run_as=run_as)
     return names
 
 
@@ -164,19 +171,21 @@ def open_lease(
     *,
     wait_seconds: float,
     retry_limit: float | None = None,
+    run_as: proc.RunAs | None = None,
 ) -> Iterator[RepositoryLease]:
     """Hold the repository's lease for the body; raises RepositoryBusy, or StaleLocksKept
-    when a crashed holder's locks cannot be removed (the body would only meet them)."""
+    when a crashed holder's locks cannot be removed (the body would only meet them).
+    run_as: every restic run under it runs as that user (a rootless module's)."""
     try:
         held = locks.acquire(redis, lease_key, wait_seconds=wait_seconds)
     except locks.LockBusy as busy:
         raise RepositoryBusy(busy.holder) from None
     prefix = container_prefix(lease_key)
-    lease = RepositoryLease(target, password, podman_env, prefix, retry_limit)
+    lease = RepositoryLease(target, password, podman_env, prefix, retry_limit, run_as)
     dirty = False
     try:
         if held.previous_crashed:
-            stop_leftovers(prefix, podman_env)
+            stop_leftovers(prefix, podman_env, run_as)
             if not lease.remove_locks("a previous run on the repository crashed"):
                 dirty = True
                 raise StaleLocksKept(
@@ -189,7 +198,7 @@ def open_lease(
             with lease._guard:
                 unfinished = sorted(lease._running)
             if unfinished:  # the body unwound while restic worked: it must not go on alone
-                proc.run(restic.remove_argv(unfinished), env=podman_env, timeout=120)
+                proc.run(restic.remove_argv(unfinished), env=podman_env, timeout=120, run_as=run_as)
                 lease.abnormal_end = lease.abnormal_end or "interrupted while restic ran"
             if lease.abnormal_end:
                 dirty = not lease.remove_locks(lease.abnormal_end)

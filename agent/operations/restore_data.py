@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -12,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from agent.adapters import proc, restic
+from agent.adapters import module_users, proc, restic
+from agent.adapters.module_storage import module_restic_target
 from agent.adapters.redis_store import Context
 from agent.core import redis_keys, restic_args, restic_messages, restored_files
 from agent.core.errors import ActionFailed, ValidationFailed, validation_error
@@ -70,9 +72,10 @@ def run_restore(
     on_progress: Callable[[int], None],
     *,
     whole: bool,
+    user: proc.RunAs | None = None,
 ) -> dict[str, Any]:
     """Run `restic restore` (see restore_args) under the repository lease; the summary
-    message, or raise."""
+    message, or raise. user: a rootless module's, whose podman restic runs in."""
     podman_env = ctx.settings.podman_env()
     check_reachable(repository)
     restored = _Restored()
@@ -87,14 +90,23 @@ def run_restore(
         if isinstance(message, Status | Summary):
             restored.last = dict(message.fields)
 
-    with repository_lease(
-        ctx.redis, repository, podman_env, ctx.settings.storage_retry_seconds
-    ) as lease:
+    with (
+        module_restic_target(repository.destination, repository.path.path, user) as target,
+        repository_lease(
+            ctx.redis,
+            dataclasses.replace(repository, target=target),
+            podman_env,
+            ctx.settings.storage_retry_seconds,
+            run_as=user,
+        ) as lease,
+    ):
         code, stderr = lease.stream(
             restore_args(snapshot, paths, whole=whole),
             on_message=on_message,
             mounts=mounts,
             podman_args=ctx.settings.restic_podman_args,
+            # Below the mounts, so it exists: rootless podman does not make a missing one.
+            workdir=RESTORE_ROOT,
         )
     if code != 0 or restored.errors:
         detail = "; ".join(restored.errors[:3]) or stderr
@@ -130,26 +142,41 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
         if parts[1] == "volumes" and (len(parts) < 3 or parts[2] not in volumes):
             raise validation_error("paths", "volume_not_restorable", path)
     repository = open_repository(ctx, request.repository, request.path)
+    user = module_users.module_user(ctx.settings, module_id)
+    if user is not None:
+        module_users.image_in_user_store(
+            ctx.settings, user, restic.IMAGE, ctx.settings.podman_env()
+        )
     if paths:
         env = agent_environment(ctx.settings, agent_id)
         hook = shutil.which(PRE_RESTORE_HOOK, path=env["PATH"])
         if len(paths) > 1 or hook is not None:  # one missing path alone restores nothing
-            refuse_missing_paths(ctx, repository, request.snapshot, paths, request.paths)
+            refuse_missing_paths(ctx, repository, request.snapshot, paths, request.paths, user)
         if hook is not None:
-            _run_pre_restore(hook, env, state, paths)
+            _run_pre_restore(hook, env, state, paths, user)
+    # A rootless module's volumes are its own store's, named bare (podman makes them).
     mounts = [restic.Mount(str(state), f"{RESTORE_ROOT}/state")]
     mounts += [
-        restic.Mount(f"{module_id}-{name}", f"{RESTORE_ROOT}/volumes/{name}") for name in volumes
+        restic.Mount(name if user else f"{module_id}-{name}", f"{RESTORE_ROOT}/volumes/{name}")
+        for name in volumes
     ]
     with _state_tree(ctx.settings, agent_id) as state_fd:
         summary = run_restore(
-            ctx, repository, request.snapshot, paths, mounts, step.set_progress, whole=not paths
+            ctx,
+            repository,
+            request.snapshot,
+            paths,
+            mounts,
+            step.set_progress,
+            whole=not paths,
+            user=user,
         )
         # setuid/setgid files are kept only in the module's volumes, never in its state.
         restored_files.strip_setid(state_fd)
         try:
             text = json.dumps(summary) + "\n"
-            restored_files.write_replacing(state_fd, RESULT_FILE, text.encode())
+            owner = (user.uid, user.gid) if user else None
+            restored_files.write_replacing(state_fd, RESULT_FILE, text.encode(), owner=owner)
         except OSError as exc:
             raise ActionFailed(f"cannot write state/{RESULT_FILE}: {exc}") from None
     # restic 0.18 leaves a file that already matches the snapshot out of total_files and
@@ -163,10 +190,16 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
 def _state_tree(settings: Settings, agent_id: str) -> Iterator[int]:
     """The agent's state dir as a directory fd reached without links, for the agent's own
     work in it after restic filled it; its owner and mode stay the node's, whatever the
-    snapshot's copy of the directory said."""
-    relative = settings.state_dir(agent_id).relative_to(settings.root).parts
+    snapshot's copy of the directory said. A rootless module's is reached from its user's
+    home (the user may change anything below it, so nothing there is followed)."""
+    user = module_users.module_user(settings, redis_keys.AgentId.parse(agent_id).module_id)
+    if user is None:
+        base = settings.root
+        relative = settings.state_dir(agent_id).relative_to(settings.root).parts
+    else:
+        base, relative = Path(user.home), (module_users.INSTALL_DIR, "state")
     try:
-        opened = restored_files.open_beneath(settings.root, relative)
+        opened = restored_files.open_beneath(base, relative)
     except restored_files.NotPlain as exc:
         raise ActionFailed(f"refused: {exc}") from None
     try:
@@ -184,28 +217,37 @@ def _restored_any(summary: dict[str, Any]) -> bool:
     return bool(summary.get("total_files") or summary.get("files_skipped"))
 
 
-def _run_pre_restore(hook: str, env: dict[str, str], state: Path, paths: list[str]) -> None:
-    done = proc.run([hook, *paths], env=env, cwd=state, timeout=3600)
+def _run_pre_restore(
+    hook: str, env: dict[str, str], state: Path, paths: list[str], user: proc.RunAs | None
+) -> None:
+    done = proc.run([hook, *paths], env=env, cwd=state, timeout=3600, run_as=user)
     if done.returncode != 0:
         tail = done.error_text.strip().splitlines()[-1:] or ["no error output"]
         raise ActionFailed(f"{PRE_RESTORE_HOOK} failed (exit {done.returncode}): {tail[0]}")
 
 
 def refuse_missing_paths(
-    ctx: Context, repository: Repository, snapshot: str, paths: list[str], given: list[str]
+    ctx: Context,
+    repository: Repository,
+    snapshot: str,
+    paths: list[str],
+    given: list[str],
+    user: proc.RunAs | None = None,
 ) -> None:
     """A validation error, before anything changes, for each of paths (snapshot paths of
     the request's given ones) of which the snapshot holds nothing: restic would restore the
     others and pass over it in silence. A dry run lists what the restore would write."""
     check_reachable(repository)
     args = restore_args(snapshot, paths, whole=False, dry_run=True)
-    done = restic.run(
-        repository.target,
-        repository.password,
-        args,
-        podman_env=ctx.settings.podman_env(),
-        timeout=3600,
-    )
+    with module_restic_target(repository.destination, repository.path.path, user) as target:
+        done = restic.run(
+            target,
+            repository.password,
+            args,
+            podman_env=ctx.settings.podman_env(),
+            timeout=3600,
+            run_as=user,
+        )
     if done.returncode != 0:
         raise ActionFailed(
             "restic restore --dry-run failed: "

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from agent.adapters import restic
+from agent.adapters import proc, restic
 from agent.adapters.destinations import (
     Destination,
     check_destination,
@@ -229,9 +229,10 @@ def repository_lease(
     repository: Repository,
     podman_env: Mapping[str, str],
     retry_limit: float | None = None,
+    run_as: proc.RunAs | None = None,
 ) -> Iterator[RepositoryLease]:
     """Exclusive use of the repository, with restic's locks judged by the lease (see
-    agent/operations/repository_lease.py)."""
+    agent/operations/repository_lease.py); run_as: restic runs as that user."""
     try:
         with open_lease(
             redis,
@@ -241,6 +242,7 @@ def repository_lease(
             podman_env,
             wait_seconds=LEASE_WAIT_SECONDS,
             retry_limit=retry_limit,
+            run_as=run_as,
         ) as lease:
             yield lease
     except RepositoryBusy as busy:

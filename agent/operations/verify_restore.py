@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.adapters import podman, proc
+from agent.adapters import module_users, podman, proc
 from agent.adapters.redis_store import Redis, connect
 from agent.core import redis_keys
 from agent.core.errors import AgentError
@@ -77,11 +77,16 @@ def _digest(path: Path) -> str:
     return sha.hexdigest()
 
 
-def describe(path: Path) -> dict[str, Any]:
+def host_owner(uid: int, gid: int) -> str:
+    return f"{uid}:{gid}"
+
+
+def describe(path: Path, owner: Callable[[int, int], str] = host_owner) -> dict[str, Any]:
+    """path's entry; owner: how its uid:gid reads (inside a rootless module's namespace)."""
     info = path.lstat()
     entry: dict[str, Any] = {
         "mode": oct(info.st_mode),
-        "owner": f"{info.st_uid}:{info.st_gid}",
+        "owner": owner(info.st_uid, info.st_gid),
         "mtime_ns": info.st_mtime_ns,
         "xattrs": {
             name: os.getxattr(path, name, follow_symlinks=False).hex()
@@ -101,7 +106,11 @@ def describe(path: Path) -> dict[str, Any]:
 
 
 def snapshot_tree(
-    root: Path, prefix: str, keep: list[re.Pattern[str]] | None, skip: list[re.Pattern[str]]
+    root: Path,
+    prefix: str,
+    keep: list[re.Pattern[str]] | None,
+    skip: list[re.Pattern[str]],
+    owner: Callable[[int, int], str] = host_owner,
 ) -> tuple[dict[str, dict[str, Any]], list[list[str]]]:
     """{'<prefix>/rel': entry} of a tree, and its hard-link groups."""
     entries: dict[str, dict[str, Any]] = {}
@@ -116,7 +125,7 @@ def snapshot_tree(
             rel = rel.rstrip("/")
             if any(p.match(rel) for p in skip) or (keep and not any(p.match(rel) for p in keep)):
                 continue
-            entries[rel] = describe(path)
+            entries[rel] = describe(path, owner)
             info = path.lstat()
             if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
                 inodes.setdefault(info.st_ino, []).append(rel)
@@ -128,9 +137,10 @@ def snapshot_tree(
     return entries, sorted(sorted(group) for group in inodes.values() if len(group) > 1)
 
 
-def volume_dir(settings: Settings, name: str) -> Path:
+def volume_dir(settings: Settings, name: str, user: proc.RunAs | None = None) -> Path:
+    """The host directory of a volume (user: of that user's own store)."""
     argv = [podman.PODMAN, "volume", "inspect", "--format", "{{.Mountpoint}}", name]
-    done = proc.run(argv, env=settings.podman_env(), timeout=60)
+    done = proc.run(argv, env=settings.podman_env(), timeout=60, run_as=user)
     if done.returncode != 0:
         raise AgentError(f"volume {name} not found: {done.error_text.strip()}")
     return Path(done.text.strip())
@@ -139,14 +149,19 @@ def volume_dir(settings: Settings, name: str) -> Path:
 def module_tree(
     settings: Settings, module_id: str, volumes: list[str], include: Path, exclude: Path
 ) -> tuple[dict[str, dict[str, Any]], list[list[str]]]:
+    """A module's included files; a rootless module's volumes are its own store's, named
+    bare, and its owners are read as its containers see them."""
     skip = _patterns(exclude)
     state_keep = [p for p in _patterns(include) if p.pattern.startswith("^state")]
     agent_id = redis_keys.module_agent(module_id)
-    entries, links = snapshot_tree(settings.state_dir(agent_id), "state", state_keep, skip)
+    user = module_users.module_user(settings, module_id)
+    owner = host_owner if user is None else module_users.namespace_owner(user)
+    entries, links = snapshot_tree(settings.state_dir(agent_id), "state", state_keep, skip, owner)
     entries = {k: v for k, v in entries.items() if k not in ("state", ENVIRONMENT)}
     for name in volumes:
+        volume = name if user is not None else f"{module_id}-{name}"
         found, groups = snapshot_tree(
-            volume_dir(settings, f"{module_id}-{name}"), f"volumes/{name}", None, skip
+            volume_dir(settings, volume, user), f"volumes/{name}", None, skip, owner
         )
         entries.update(found)
         links += groups

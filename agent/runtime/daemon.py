@@ -11,6 +11,7 @@ import time
 import uuid
 from typing import Any
 
+from agent.adapters.module_users import module_user_of
 from agent.adapters.redis_api import BinaryRedis
 from agent.adapters.redis_store import REDIS_ERRORS, connect, connect_binary
 from agent.core import redis_keys
@@ -274,7 +275,9 @@ class Daemon:
                 return agent_environment(self.settings, agent_id) | task_env
 
             cwd = self.settings.state_dir(agent_id)
-            cwd.mkdir(parents=True, exist_ok=True)
+            run_as = module_user_of(self.settings, agent_id)
+            if run_as is None:
+                cwd.mkdir(parents=True, exist_ok=True)
             run = TaskRun(
                 agent_id,
                 task_id,
@@ -284,6 +287,8 @@ class Daemon:
                 cwd,
                 lambda status, percent: self._publish(agent_id, task_id, status, percent),
                 self.warm,
+                run_as,
+                self.settings.share,
             )
             with self.lock:
                 self.running[(agent_id, task_id)] = run

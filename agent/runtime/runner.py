@@ -83,7 +83,13 @@ class TaskRun:
         cwd: Path,
         on_progress: ProgressCallback,
         warm: WarmSteps | None = None,
+        run_as: proc.RunAs | None = None,
+        base_dir: Path | None = None,
     ) -> None:
+        """run_as: the user a rootless module's own steps run as; the agent's base steps
+        (those under base_dir, root's files) run as root and start restic as that user."""
+        self.run_as = run_as
+        self.base_dir = base_dir
         self.agent_id = agent_id
         self.task_id = task_id
         self.action = action
@@ -197,7 +203,10 @@ class TaskRun:
 
     def _start(self, path: Path, env: dict[str, str], com_write: int) -> StepProcess:
         """Fork a Python step from the warm helper when it can; start it cold otherwise."""
-        if self.warm is not None and warmsteps.runs_warm(path, env):
+        run_as = self.run_as
+        if run_as is not None and self.base_dir is not None and path.is_relative_to(self.base_dir):
+            run_as = None
+        if run_as is None and self.warm is not None and warmsteps.runs_warm(path, env):
             proc.audit([str(path)])
             child = self.warm.spawn(path, env, self.cwd, com_write)
             if child is not None:
@@ -209,7 +218,12 @@ class TaskRun:
         else:
             argv = [str(path)]
         return proc.spawn(
-            argv, env=env, cwd=self.cwd, pass_fds=[com_write], umask=filemodes.STEP_UMASK
+            argv,
+            env=env,
+            cwd=self.cwd,
+            pass_fds=[com_write],
+            umask=filemodes.STEP_UMASK,
+            run_as=run_as,
         )
 
     def _pump(

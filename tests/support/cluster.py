@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from agent.adapters import podman_store
+from agent.adapters import module_users, podman_store
 from agent.core.settings import Settings
 from agent.operations import cluster_setup
 from agent.runtime import lease
@@ -164,6 +164,12 @@ class ClusterHarness:
                 timeout=120,
                 check=False,
             )
+            # A rootless module's user is the machine's: it goes with the cluster, even
+            # when a test left its module installed.
+            modules = node.settings.root / "modules"
+            for entry in sorted(modules.iterdir()) if modules.is_dir() else []:
+                if entry.is_symlink():
+                    module_users.remove_user(node.settings, entry.name, preserve_data=False)
             cluster_setup.release_private_storage(node.settings)
             store = cluster_setup.private_store(node.settings)
             if store is not None:  # its file locks and engine state: nothing outlives the test

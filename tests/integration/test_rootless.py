@@ -1,0 +1,226 @@
+"""Rootless modules (NS8's default): a Unix user per module, its own podman store, its
+steps, hooks and restic containers run as that user; back up on one node, restore on
+another, owners inside the user namespace as they were."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import random
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from agent.adapters import module_users
+from agent.adapters.redis_store import connect
+from agent.core import redis_keys
+from agent.operations.verify_restore import verify
+from tests.support import backups
+from tests.support.cluster import REPO, ClusterHarness
+
+pytestmark = pytest.mark.podman
+
+ROOTLESS_IMAGE = "localhost/minwiki:rootless"
+
+
+@pytest.fixture
+def rootless_image(minwiki_image: str, restic_image: str) -> str:
+    """The sample module's rootless tag (examples/minwiki/build makes both)."""
+    return ROOTLESS_IMAGE
+
+
+def unique_ids(redis_client: redis.Redis) -> None:
+    """Module ids (and so user names) no other test run on this machine uses at once:
+    a Unix user is the machine's, not the test cluster's."""
+    redis_client.set(redis_keys.module_sequence("minwiki"), random.randrange(10_000, 90_000))
+
+
+def as_user(user: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """argv as the module's user, with its podman settings (as the node runs it)."""
+    entry = pwd.getpwnam(user)
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": entry.pw_dir,
+        "USER": user,
+        "XDG_RUNTIME_DIR": f"/run/user/{entry.pw_uid}",
+        "CONTAINERS_CONF": str(REPO / "containers" / "containers.conf"),
+    }
+    setpriv = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups"]
+    return subprocess.run(
+        [*setpriv, "--", *argv],
+        env=env,
+        cwd=entry.pw_dir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=check,
+    )
+
+
+def user_volume(user: str, volume: str) -> Path:
+    done = as_user(user, "podman", "volume", "inspect", "--format", "{{.Mountpoint}}", volume)
+    return Path(done.stdout.strip())
+
+
+def user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def test_rootless_module_lives_and_dies_as_its_own_user(
+    cluster: ClusterHarness, redis_client: redis.Redis, rootless_image: str
+) -> None:
+    unique_ids(redis_client)
+    module_id = cluster.api_ok("add-module", {"image": rootless_image, "node": 1})["module_id"]
+    settings = cluster.nodes[1].settings
+    try:
+        entry = pwd.getpwnam(module_id)
+        home = Path(entry.pw_dir)
+        install = home / ".config"
+        assert settings.agent_home(f"module/{module_id}") == install
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+        assert (install / "state" / "environment").stat().st_uid == entry.pw_uid
+        assert (install / "bin" / "module-dump-state").is_file()
+        assert not (install / "actions" / "restore-module" / "10restore").exists(), (
+            "the agent's base steps stay the node's"
+        )
+        # create-module ran as the user: bare volume names in the user's own store, a file
+        # chowned to uid 1000 inside the user namespace (a subordinate id on the host).
+        names = as_user(module_id, "podman", "volume", "ls", "--format", "{{.Name}}").stdout
+        assert {"pages", "db", "cache"} <= set(names.split())
+        pages = user_volume(module_id, "pages")
+        assert str(pages).startswith(str(home))
+        assert (pages / "index.md").lstat().st_uid == entry.pw_uid
+        inside = as_user(
+            module_id, "podman", "unshare", "stat", "-c", "%u", str(pages / "user-upload.md")
+        )
+        assert inside.stdout.strip() == "1000"
+        assert (pages / "user-upload.md").stat().st_uid != 1000
+        assert cluster.api_ok(f"module/{module_id}/get-status")["pages"] == 200
+        # A link where the node made a directory would send the node's own reads (env
+        # files, state-include.conf) elsewhere: the module's tasks are refused meanwhile.
+        state = install / "state"
+        state.rename(install / "state.real")
+        state.symlink_to("/etc")
+        code, _, error = cluster.api_json(f"module/{module_id}/get-status")
+        assert code != 0 and "is not a directory of" in error, error
+        state.unlink()
+        (install / "state.real").rename(state)
+        runagent = Path(sys.executable).parent / "runagent"
+        done = subprocess.run(
+            [str(runagent), "-m", module_id, "sh", "-c", 'id -un; echo "$HOME"; pwd'],
+            env=cluster.nodes[1].env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.stdout.split() == [module_id, str(home), str(install / "state")], done
+    finally:
+        cluster.api_ok("remove-module", {"module_id": module_id})
+    assert not user_exists(module_id)
+    assert not Path(entry.pw_dir).exists()
+    assert not settings.module_entry(module_id).is_symlink()
+    assert not module_users.user_processes(entry.pw_uid)
+
+
+def test_remove_module_preserve_data_keeps_the_home(
+    cluster: ClusterHarness, redis_client: redis.Redis, rootless_image: str
+) -> None:
+    unique_ids(redis_client)
+    module_id = cluster.api_ok("add-module", {"image": rootless_image, "node": 1})["module_id"]
+    home = Path(pwd.getpwnam(module_id).pw_dir)
+    try:
+        cluster.api_ok("remove-module", {"module_id": module_id, "preserve_data": True})
+        assert not user_exists(module_id)
+        assert (home / ".config" / "state" / "environment").is_file()
+        volumes = home / ".local" / "share" / "containers" / "storage" / "volumes"
+        assert (volumes / "pages" / "_data" / "index.md").is_symlink()
+    finally:
+        module_users.remove_home(home)
+
+
+def test_rootless_backup_on_node_1_restores_on_node_2_with_owners(
+    cluster: ClusterHarness, redis_client: redis.Redis, rootless_image: str, tmp_path: Path
+) -> None:
+    """Two volumes (pages, db) with files of non-root uids inside the user namespace come
+    back on another node, under another user, byte for byte with those owners."""
+    unique_ids(redis_client)
+    cluster.add_node(2)
+    source = cluster.api_ok("add-module", {"image": rootless_image, "node": 1})["module_id"]
+    modules = [source]
+    try:
+        db = user_volume(source, "db")
+        www = db / "www-data.txt"
+        as_user(source, "sh", "-c", f"echo served by www-data > {www}")
+        as_user(source, "podman", "unshare", "chown", "33:33", str(www))
+        target = tmp_path / "dest"
+        target.mkdir()
+        repository = backups.add_destination(redis_client, "local", f"local:{target}")
+        backups.add_backup(redis_client, 1, repository, [source], retention=5)
+        cluster.api_ok("run-backup", {"id": 1})
+        status = backups.status(redis_client, 1, 1, source)
+        assert status["outcome"] == "ok", status
+        module_uuid = redis_client.hget(redis_keys.MODULE_UUID, source)
+        path = f"minwiki/{module_uuid}"
+        # The repository is root's, as a rootfull module's would be: the module user was
+        # given no right on the host, its restic reached it through the node.
+        assert {p.stat().st_uid for p in (target / path).rglob("*")} == {0}
+
+        restored = cluster.api_ok(
+            "cluster/restore-module",
+            {"node": 2, "repository": repository, "path": path, "snapshot": ""},
+        )
+        copy = restored["module_id"]
+        modules.append(copy)
+        assert pwd.getpwnam(copy).pw_uid != pwd.getpwnam(source).pw_uid
+        report = verify(
+            connect(cluster.redis_url),
+            {n: node.settings for n, node in cluster.nodes.items()},
+            source,
+            copy,
+        )
+        assert report["ok"], report["differences"]
+        assert report["compared"]["files"] > 200 and report["compared"]["volumes"] == [
+            "pages",
+            "db",
+        ]
+        copied = user_volume(copy, "db") / "www-data.txt"
+        assert copied.read_text() == "served by www-data\n"
+        inside = as_user(copy, "podman", "unshare", "stat", "-c", "%u:%g", str(copied))
+        assert inside.stdout.strip() == "33:33"
+        upload = user_volume(copy, "pages") / "user-upload.md"
+        inside = as_user(copy, "podman", "unshare", "stat", "-c", "%u:%g", str(upload))
+        assert inside.stdout.strip() == "1000:1000"
+        status = cluster.api_ok(f"module/{copy}/get-status")
+        assert status == cluster.api_ok(f"module/{source}/get-status")
+
+        # A partial restore into the running rootless copy (two paths: restic's dry run
+        # checks both first, as the user too).
+        page = user_volume(copy, "pages") / "topic-0" / "section-1" / "sub-2" / "page-3.md"
+        original = page.read_bytes()
+        as_user(copy, "sh", "-c", f"echo oops > {page}")
+        cluster.api_ok(
+            "cluster/restore-module",
+            {
+                "repository": repository,
+                "path": path,
+                "snapshot": "",
+                "module_id": copy,
+                "paths": [
+                    "volumes/pages/topic-0/section-1/sub-2/page-3.md",
+                    "volumes/db/www-data.txt",
+                ],
+            },
+        )
+        assert page.read_bytes() == original
+    finally:
+        for module_id in modules:
+            cluster.api_ok("remove-module", {"module_id": module_id})
+    assert not any(user_exists(module_id) for module_id in modules)
