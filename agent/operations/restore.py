@@ -40,6 +40,7 @@ class WholeRestore:
     snapshot: str
     node: int
     replace: bool = False
+    volumes: tuple[str, ...] = ()  # NS8's `volumes`: only these come back (none: all)
 
 
 def cluster_restore_module(step: Step, request: RestoreModuleRequest) -> dict[str, Any]:
@@ -48,7 +49,12 @@ def cluster_restore_module(step: Step, request: RestoreModuleRequest) -> dict[st
         return restore_paths(step, request, cancelled)
     assert request.node is not None  # the model requires node for a whole restore
     job = WholeRestore(
-        request.repository, request.path, request.snapshot, request.node, request.replace
+        request.repository,
+        request.path,
+        request.snapshot,
+        request.node,
+        request.replace,
+        tuple(request.volumes),
     )
     return restore_whole(step, job, cancelled)
 
@@ -125,26 +131,28 @@ def _run_module_restore(
     cancelled: threading.Event,
     span: tuple[int, int],
 ) -> None:
+    data: dict[str, Any] = {
+        "repository": job.repository,
+        "path": job.path,
+        "snapshot": job.snapshot,
+        "environment": environment,
+        "replace": job.replace,
+    }
+    if job.volumes:
+        data["volumes"] = list(job.volumes)
     request = tasks.TaskRequest(
-        redis_keys.module_agent(module_id),
-        "restore-module",
-        {
-            "repository": job.repository,
-            "path": job.path,
-            "snapshot": job.snapshot,
-            "environment": environment,
-            "replace": job.replace,
-        },
-        step.task_id,
+        redis_keys.module_agent(module_id), "restore-module", data, step.task_id
     )
     try:
         result = run_subtask(step, request, step.progress_range(*span), cancelled)
     except AgentError as exc:
         raise ActionFailed(f"restore of {job.path} {exc}; {module_id} removed") from None
     if result.exit_code != 0:
+        # A refused input (volumes the module does not have) is told in the output rows.
+        detail = result.error if result.error.strip() or not result.output else result.raw_output
         raise ActionFailed(
             f"restore-module of {module_id} failed (exit {result.exit_code}): "
-            f"{proc.last_line(result.error)}; {module_id} removed"
+            f"{proc.last_line(detail)}; {module_id} removed"
         )
 
 

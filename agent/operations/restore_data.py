@@ -36,21 +36,28 @@ WEIGHTS = {"00progress": 0, "05replace": 0, "10restore": 4, "20label": 0}
 PRE_RESTORE_HOOK = "module-pre-restore"
 RESULT_FILE = "restic_restore.json"
 DUMP_LIMIT = 1 << 20  # ui_name.dump, ui_note.dump: DUMPs of short strings
-# Restores write under their own root: --delete must never see the destination's
-# mount (/srv/destination) nor anything else of the container.
+# Restores write under their own root: nothing else of the container is restic's to fill
+# (the destination's mount is at /srv/destination).
 RESTORE_ROOT = "/restore"
 
 
 def restore_args(
-    snapshot: str, paths: Sequence[str], *, whole: bool, dry_run: bool = False
+    snapshot: str,
+    paths: Sequence[str],
+    *,
+    whole: bool,
+    volumes: Sequence[str] = (),
+    dry_run: bool = False,
 ) -> list[str]:
-    """`restic restore` of paths (all with none) under RESTORE_ROOT. A whole restore also
-    deletes what the snapshot lacks (files create-module made in the fresh instance); the
-    new instance's identity and credentials (INSTANCE_PATHS) are never touched."""
+    """`restic restore` of paths (all with none) under RESTORE_ROOT. A whole restore adds
+    to what the new instance's create-module made, as NS8's does: it deletes nothing, and
+    never writes the instance's identity and credentials (INSTANCE_PATHS); with volumes,
+    of the snapshot's volumes only those come back."""
     if whole:
-        return restic_args.restore_args(
-            snapshot, RESTORE_ROOT, excludes=INSTANCE_PATHS, delete=True, dry_run=dry_run
-        )
+        excludes = list(INSTANCE_PATHS)
+        if volumes:  # every volume out, then the chosen ones back in (literal names)
+            excludes += ["/volumes/*", *(f"!/volumes/{name}" for name in volumes)]
+        return restic_args.restore_args(snapshot, RESTORE_ROOT, excludes=excludes, dry_run=dry_run)
     # restic takes includes or excludes, not both: callers keep environment out of paths.
     return restic_args.restore_args(snapshot, RESTORE_ROOT, includes=paths, dry_run=dry_run)
 
@@ -70,6 +77,7 @@ def run_restore(
     on_progress: Callable[[int], None],
     *,
     whole: bool,
+    volumes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run `restic restore` (see restore_args) under the repository lease; the summary
     message, or raise."""
@@ -91,7 +99,7 @@ def run_restore(
         ctx.redis, repository, podman_env, ctx.settings.storage_retry_seconds
     ) as lease:
         code, stderr = lease.stream(
-            restore_args(snapshot, paths, whole=whole),
+            restore_args(snapshot, paths, whole=whole, volumes=volumes),
             on_message=on_message,
             mounts=mounts,
             podman_args=ctx.settings.restic_podman_args,
@@ -122,6 +130,10 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
     state = ctx.settings.state_dir(agent_id)
     include = home / "etc" / "state-include.conf"
     volumes = included_volumes(include.read_text()) if include.is_file() else []
+    for name in request.volumes:
+        if name not in volumes:
+            raise validation_error("volumes", "volume_not_restorable", name)
+    chosen = list(dict.fromkeys(request.volumes)) or volumes
     paths = snapshot_paths(request.paths)
     for path in paths:
         parts = path.split("/")
@@ -139,11 +151,18 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
             _run_pre_restore(hook, env, state, paths)
     mounts = [restic.Mount(str(state), f"{RESTORE_ROOT}/state")]
     mounts += [
-        restic.Mount(f"{module_id}-{name}", f"{RESTORE_ROOT}/volumes/{name}") for name in volumes
+        restic.Mount(f"{module_id}-{name}", f"{RESTORE_ROOT}/volumes/{name}") for name in chosen
     ]
     with _state_tree(ctx.settings, agent_id) as state_fd:
         summary = run_restore(
-            ctx, repository, request.snapshot, paths, mounts, step.set_progress, whole=not paths
+            ctx,
+            repository,
+            request.snapshot,
+            paths,
+            mounts,
+            step.set_progress,
+            whole=not paths,
+            volumes=request.volumes,
         )
         # setuid/setgid files are kept only in the module's volumes, never in its state.
         restored_files.strip_setid(state_fd)
