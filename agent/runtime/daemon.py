@@ -98,6 +98,9 @@ class Daemon:
         self.stopping = threading.Event()
         self.workers: dict[str, Worker] = {}
         self.running: dict[tuple[str, str], TaskRun] = {}
+        # Claimed and dispatched, not yet in running: a cancel-task meanwhile sets the event
+        # and the task is cancelled as it registers (never "task_not_found").
+        self.claimed: dict[tuple[str, str], threading.Event] = {}
         self.threads: set[threading.Thread] = set()
         self.lock = threading.Lock()
         self.warm_registry = settings.run_dir / "warm-steps"
@@ -254,36 +257,48 @@ class Daemon:
             target=self._execute, args=(worker, task, raw), name=f"task {task_id}", daemon=True
         )
         with self.lock:
+            # Before this worker can claim a cancel of it (the same worker claims both).
+            self.claimed[(agent_id, task_id)] = threading.Event()
             self.threads.add(thread)
         thread.start()
+
+    def _prepare(self, agent_id: str, task: dict[str, Any]) -> TaskRun | TaskOutcome:
+        """The run of a claimed task (its action, environment and working directory), or
+        the outcome of a task that cannot run."""
+        task_id = task["id"]
+        actions = merge_actions(action_dirs(self.settings, agent_id))
+        action = actions.get(task["action"])
+        if action is None:
+            return TaskOutcome(
+                "", f"action {task['action']!r} not found for {agent_id}\n", 8, "aborted"
+            )
+        env = agent_environment(self.settings, agent_id)
+        env.update(AGENT_TASK_ID=task_id, AGENT_TASK_ACTION=action.name)
+        cwd = self.settings.state_dir(agent_id)
+        cwd.mkdir(parents=True, exist_ok=True)
+        return TaskRun(
+            agent_id,
+            task_id,
+            action,
+            task.get("data"),
+            env,
+            cwd,
+            lambda status, percent: self._publish(agent_id, task_id, status, percent),
+            self.warm,
+        )
 
     def _execute(self, worker: Worker, task: dict[str, Any], raw: str) -> None:
         agent_id, task_id = worker.agent_id, task["id"]
         try:
-            actions = merge_actions(action_dirs(self.settings, agent_id))
-            action = actions.get(task["action"])
-            if action is None:
-                outcome = TaskOutcome(
-                    "", f"action {task['action']!r} not found for {agent_id}\n", 8, "aborted"
-                )
-                self._finish(agent_id, task, raw, outcome)
+            run = self._prepare(agent_id, task)
+            if isinstance(run, TaskOutcome):
+                self._finish(agent_id, task, raw, run)
                 return
-            env = agent_environment(self.settings, agent_id)
-            env.update(AGENT_TASK_ID=task_id, AGENT_TASK_ACTION=action.name)
-            cwd = self.settings.state_dir(agent_id)
-            cwd.mkdir(parents=True, exist_ok=True)
-            run = TaskRun(
-                agent_id,
-                task_id,
-                action,
-                task.get("data"),
-                env,
-                cwd,
-                lambda status, percent: self._publish(agent_id, task_id, status, percent),
-                self.warm,
-            )
             with self.lock:
                 self.running[(agent_id, task_id)] = run
+                claimed = self.claimed.pop((agent_id, task_id), None)
+                if claimed is not None and claimed.is_set():
+                    run.cancel()  # asked while it was being prepared: it ends cancelled
             self._publish(agent_id, task_id, "pending", 0)
             with worker.slots:
                 if self.stopping.is_set():
@@ -300,6 +315,7 @@ class Daemon:
         finally:
             with self.lock:
                 self.running.pop((agent_id, task_id), None)
+                self.claimed.pop((agent_id, task_id), None)
                 self.threads.discard(threading.current_thread())
 
     def _cancel(self, agent_id: str, data: Any, binary: BinaryRedis) -> TaskOutcome:
@@ -311,6 +327,10 @@ class Daemon:
             return TaskOutcome(json.dumps(errors), "", 10, "validation-failed")
         with self.lock:
             run = self.running.get((agent_id, target))
+            claimed = self.claimed.get((agent_id, target))
+            if run is None and claimed is not None:
+                claimed.set()  # being prepared: cancelled as it registers (see _execute)
+                return TaskOutcome("", "", 0, "completed")
         if run is None and (queued := task_withdraw.withdraw_queued(binary, agent_id, target)):
             # Never claimed: it is recorded as cancelled, so whoever waits on it returns.
             stopped = TaskOutcome("", task_withdraw.NOT_STARTED, 1, "aborted")
