@@ -306,6 +306,17 @@ class Daemon:
                     return
                 self.records.mark_started(agent_id, task)
                 outcome = run.run()
+            if run.step_killed:
+                # What the killed step started (a podman client, its restic) stops now,
+                # before anyone waiting on the task acts on its end (removes the volumes
+                # that restic writes into). SIGTERM first: restic removes its own lock.
+                left = recovery.kill_task_processes([task_id], self.warm_registry)[task_id]
+                log.warning(
+                    "%s: task %s: a step was killed; %d processes it left stopped",
+                    agent_id,
+                    task_id,
+                    left,
+                )
             self._finish(agent_id, task, raw, outcome)
         except Exception as exc:  # the daemon must outlive any one task
             log.exception("%s: task %s crashed the runner", agent_id, task_id)
