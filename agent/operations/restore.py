@@ -24,6 +24,7 @@ from agent.operations.modules import (
 from agent.operations.restore_source import (
     open_repository,
     refuse_foreign_identity,
+    settle_lease,
     snapshot_environment,
 )
 from agent.records.backups import backup_ids, read_backups
@@ -104,6 +105,7 @@ def restore_whole(
         except BaseException:
             log.warning("restore of %s into %s failed: removing %s", job.path, job.node, module_id)
             remove_module_everywhere(step, module_id, preserve_data=False)
+            settle_lease(step.ctx, repository)
             raise
     except BaseException:
         if not keep_uuid:
