@@ -19,7 +19,7 @@ from agent.core.masking import mask_secrets
 from agent.core.redis_keys import Event
 from agent.core.settings import Settings
 from agent.runtime import lease, module_pending, overdue, recovery, task_withdraw
-from agent.runtime.actiondirs import action_dirs, list_actions, merge_actions
+from agent.runtime.actiondirs import Action, action_dirs, list_actions, merge_actions
 from agent.runtime.agentenv import agent_environment
 from agent.runtime.runner import TaskOutcome, TaskRun
 from agent.runtime.task_input import Rejected, parse_task
@@ -262,38 +262,36 @@ class Daemon:
             self.threads.add(thread)
         thread.start()
 
-    def _prepare(self, agent_id: str, task: dict[str, Any]) -> TaskRun | TaskOutcome:
-        """The run of a claimed task (its action, environment and working directory), or
-        the outcome of a task that cannot run."""
-        task_id = task["id"]
-        actions = merge_actions(action_dirs(self.settings, agent_id))
-        action = actions.get(task["action"])
-        if action is None:
-            return TaskOutcome(
-                "", f"action {task['action']!r} not found for {agent_id}\n", 8, "aborted"
-            )
-        env = agent_environment(self.settings, agent_id)
-        env.update(AGENT_TASK_ID=task_id, AGENT_TASK_ACTION=action.name)
-        cwd = self.settings.state_dir(agent_id)
-        cwd.mkdir(parents=True, exist_ok=True)
-        return TaskRun(
-            agent_id,
-            task_id,
-            action,
-            task.get("data"),
-            env,
-            cwd,
-            lambda status, percent: self._publish(agent_id, task_id, status, percent),
-            self.warm,
-        )
+    def _actions(self, agent_id: str) -> dict[str, Action]:
+        """agent_id's actions, read as a claimed task is prepared (before it is registered
+        as running)."""
+        return merge_actions(action_dirs(self.settings, agent_id))
 
     def _execute(self, worker: Worker, task: dict[str, Any], raw: str) -> None:
         agent_id, task_id = worker.agent_id, task["id"]
         try:
-            run = self._prepare(agent_id, task)
-            if isinstance(run, TaskOutcome):
-                self._finish(agent_id, task, raw, run)
+            actions = self._actions(agent_id)
+            action = actions.get(task["action"])
+            if action is None:
+                outcome = TaskOutcome(
+                    "", f"action {task['action']!r} not found for {agent_id}\n", 8, "aborted"
+                )
+                self._finish(agent_id, task, raw, outcome)
                 return
+            env = agent_environment(self.settings, agent_id)
+            env.update(AGENT_TASK_ID=task_id, AGENT_TASK_ACTION=action.name)
+            cwd = self.settings.state_dir(agent_id)
+            cwd.mkdir(parents=True, exist_ok=True)
+            run = TaskRun(
+                agent_id,
+                task_id,
+                action,
+                task.get("data"),
+                env,
+                cwd,
+                lambda status, percent: self._publish(agent_id, task_id, status, percent),
+                self.warm,
+            )
             with self.lock:
                 self.running[(agent_id, task_id)] = run
                 claimed = self.claimed.pop((agent_id, task_id), None)

@@ -3,7 +3,7 @@ still reading its action and environment): the cancel takes effect, the task end
 cancelled and its step never runs.
 
 The daemon runs in this process on the real Redis; the task is held at the real seam
-between claim and registration (Daemon._prepare) by a subclass that waits there, so the
+between claim and registration (Daemon._actions, read first) by a subclass that waits there, so the
 cancel arrives in that window every time, with no sleep."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -22,8 +21,8 @@ from agent.core import redis_keys
 from agent.core.settings import Settings, load_settings
 from agent.operations import cluster_setup
 from agent.runtime import tasks
+from agent.runtime.actiondirs import Action
 from agent.runtime.daemon import Daemon, Worker
-from agent.runtime.runner import TaskOutcome, TaskRun
 
 AGENT = "node/1"
 
@@ -36,10 +35,10 @@ class HeldDaemon(Daemon):
         self.preparing = threading.Event()
         self.release = threading.Event()
 
-    def _prepare(self, agent_id: str, task: dict[str, Any]) -> TaskRun | TaskOutcome:
+    def _actions(self, agent_id: str) -> dict[str, Action]:
         self.preparing.set()
         assert self.release.wait(60), "the test never released the task"
-        return super()._prepare(agent_id, task)
+        return super()._actions(agent_id)
 
 
 @pytest.fixture
