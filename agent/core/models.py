@@ -208,6 +208,14 @@ SnapshotPath = Annotated[
     AfterValidator(_not_instance_file),
 ]
 EnvName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^=]+$")]
+# A module volume as state-include.conf names it ('pages' for minwiki1-pages): taken
+# literally by restic (no pattern characters), never a path.
+VolumeName = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+]
+# NS8's optional `volumes` of a whole restore: which of the module's volumes come back
+# (absent or empty: every volume of state-include.conf). The state dir always does.
+RestoreVolumes = Annotated[list[VolumeName], Field(max_length=100)]
 
 
 class RepositoryPathRequest(Request):
@@ -220,10 +228,12 @@ class SnapshotRequest(RepositoryPathRequest):
 
 
 class RestoreModuleRequest(SnapshotRequest):
-    """Whole restore: node (+ replace). Partial: module_id + paths into that instance."""
+    """Whole restore: node (+ replace, volumes). Partial: module_id + paths into that
+    instance."""
 
     node: int | None = Field(default=None, ge=1)
     replace: bool = False
+    volumes: RestoreVolumes = Field(default_factory=list)
     module_id: ModuleId | None = None
     paths: Annotated[list[SnapshotPath], Field(max_length=1000)] = Field(default_factory=list)
 
@@ -234,6 +244,8 @@ class RestoreModuleRequest(SnapshotRequest):
                 raise ValueError("a partial restore needs both module_id and paths")
             if self.replace:
                 raise ValueError("a partial restore cannot replace")
+            if self.volumes:
+                raise ValueError("a partial restore names paths, not volumes")
         elif self.node is None:
             raise ValueError("node is required")
         return self
@@ -255,7 +267,14 @@ class ModuleRestoreRequest(SnapshotRequest):
     replace: bool = False
     # A restore drill's scratch instance: a module's own steps start no service for it.
     drill: StrictBool = False
+    volumes: RestoreVolumes = Field(default_factory=list)
     paths: Annotated[list[SnapshotPath], Field(max_length=1000)] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _volumes_or_paths(self) -> ModuleRestoreRequest:
+        if self.volumes and self.paths:
+            raise ValueError("a partial restore names paths, not volumes")
+        return self
 
 
 class RestoreFilesRequest(SnapshotRequest):

@@ -84,7 +84,6 @@ def restore_args(
     *,
     includes: Sequence[str] = (),
     excludes: Sequence[str] = (),
-    delete: bool = False,
     dry_run: bool = False,
 ) -> list[str]:
     """`restore --json` of snapshot under target; security.* xattrs belong to the host,
@@ -100,8 +99,6 @@ def restore_args(
         args += ["--exclude", path]
     for path in includes:
         args += ["--include", path]
-    if delete:
-        args.append("--delete")
     return args
 
 

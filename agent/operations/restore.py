@@ -24,6 +24,7 @@ from agent.operations.modules import (
 from agent.operations.restore_source import (
     open_repository,
     refuse_foreign_identity,
+    settle_lease,
     snapshot_environment,
 )
 from agent.records.backups import backup_ids, read_backups
@@ -44,6 +45,7 @@ class WholeRestore:
     # left pending (a daemon that finds the drill's task dead removes it); the caller
     # removes it once verified.
     drill: bool = False
+    volumes: tuple[str, ...] = ()  # NS8's `volumes`: only these come back (none: all)
 
 
 def cluster_restore_module(step: Step, request: RestoreModuleRequest) -> dict[str, Any]:
@@ -52,7 +54,12 @@ def cluster_restore_module(step: Step, request: RestoreModuleRequest) -> dict[st
         return restore_paths(step, request, cancelled)
     assert request.node is not None  # the model requires node for a whole restore
     job = WholeRestore(
-        request.repository, request.path, request.snapshot, request.node, request.replace
+        request.repository,
+        request.path,
+        request.snapshot,
+        request.node,
+        request.replace,
+        volumes=tuple(request.volumes),
     )
     return restore_whole(step, job, cancelled)
 
@@ -104,6 +111,7 @@ def restore_whole(
         except BaseException:
             log.warning("restore of %s into %s failed: removing %s", job.path, job.node, module_id)
             remove_module_everywhere(step, module_id, preserve_data=False)
+            settle_lease(step.ctx, repository)
             raise
     except BaseException:
         if not keep_uuid:
@@ -135,27 +143,30 @@ def _run_module_restore(
     span: tuple[int, int],
 ) -> dict[str, Any]:
     """The module's restore-module action; its output (restic's counts)."""
+    data: dict[str, Any] = {
+        "repository": job.repository,
+        "path": job.path,
+        "snapshot": job.snapshot,
+        "environment": environment,
+        "replace": job.replace,
+    }
+    if job.volumes:
+        data["volumes"] = list(job.volumes)
+    if job.drill:
+        data["drill"] = True
     request = tasks.TaskRequest(
-        redis_keys.module_agent(module_id),
-        "restore-module",
-        {
-            "repository": job.repository,
-            "path": job.path,
-            "snapshot": job.snapshot,
-            "environment": environment,
-            "replace": job.replace,
-            **({"drill": True} if job.drill else {}),
-        },
-        step.task_id,
+        redis_keys.module_agent(module_id), "restore-module", data, step.task_id
     )
     try:
         result = run_subtask(step, request, step.progress_range(*span), cancelled)
     except AgentError as exc:
         raise ActionFailed(f"restore of {job.path} {exc}; {module_id} removed") from None
     if result.exit_code != 0:
+        # A refused input (volumes the module does not have) is told in the output rows.
+        detail = result.error if result.error.strip() or not result.output else result.raw_output
         raise ActionFailed(
             f"restore-module of {module_id} failed (exit {result.exit_code}): "
-            f"{proc.last_line(result.error)}; {module_id} removed"
+            f"{proc.last_line(detail)}; {module_id} removed"
         )
     return result.output if isinstance(result.output, dict) else {}
 

@@ -38,21 +38,28 @@ WEIGHTS = {"00progress": 0, "05replace": 0, "10restore": 4, "20label": 0}
 PRE_RESTORE_HOOK = "module-pre-restore"
 RESULT_FILE = "restic_restore.json"
 DUMP_LIMIT = 1 << 20  # ui_name.dump, ui_note.dump: DUMPs of short strings
-# Restores write under their own root: --delete must never see the destination's
-# mount (/srv/destination) nor anything else of the container.
+# Restores write under their own root: nothing else of the container is restic's to fill
+# (the destination's mount is at /srv/destination).
 RESTORE_ROOT = "/restore"
 
 
 def restore_args(
-    snapshot: str, paths: Sequence[str], *, whole: bool, dry_run: bool = False
+    snapshot: str,
+    paths: Sequence[str],
+    *,
+    whole: bool,
+    volumes: Sequence[str] = (),
+    dry_run: bool = False,
 ) -> list[str]:
-    """`restic restore` of paths (all with none) under RESTORE_ROOT. A whole restore also
-    deletes what the snapshot lacks (files create-module made in the fresh instance); the
-    new instance's identity and credentials (INSTANCE_PATHS) are never touched."""
+    """`restic restore` of paths (all with none) under RESTORE_ROOT. A whole restore adds
+    to what the new instance's create-module made, as NS8's does: it deletes nothing, and
+    never writes the instance's identity and credentials (INSTANCE_PATHS); with volumes,
+    of the snapshot's volumes only those come back."""
     if whole:
-        return restic_args.restore_args(
-            snapshot, RESTORE_ROOT, excludes=INSTANCE_PATHS, delete=True, dry_run=dry_run
-        )
+        excludes = list(INSTANCE_PATHS)
+        if volumes:  # every volume out, then the chosen ones back in (literal names)
+            excludes += ["/volumes/*", *(f"!/volumes/{name}" for name in volumes)]
+        return restic_args.restore_args(snapshot, RESTORE_ROOT, excludes=excludes, dry_run=dry_run)
     # restic takes includes or excludes, not both: callers keep environment out of paths.
     return restic_args.restore_args(snapshot, RESTORE_ROOT, includes=paths, dry_run=dry_run)
 
@@ -73,6 +80,7 @@ def run_restore(
     *,
     whole: bool,
     user: proc.RunAs | None = None,
+    volumes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run `restic restore` (see restore_args) under the repository lease; the summary
     message, or raise. user: a rootless module's, whose podman restic runs in."""
@@ -101,7 +109,7 @@ def run_restore(
         ) as lease,
     ):
         code, stderr = lease.stream(
-            restore_args(snapshot, paths, whole=whole),
+            restore_args(snapshot, paths, whole=whole, volumes=volumes),
             on_message=on_message,
             mounts=mounts,
             podman_args=ctx.settings.restic_podman_args,
@@ -134,6 +142,10 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
     state = ctx.settings.state_dir(agent_id)
     include = home / "etc" / "state-include.conf"
     volumes = included_volumes(include.read_text()) if include.is_file() else []
+    for name in request.volumes:
+        if name not in volumes:
+            raise validation_error("volumes", "volume_not_restorable", name)
+    chosen = list(dict.fromkeys(request.volumes)) or volumes
     paths = snapshot_paths(request.paths)
     for path in paths:
         parts = path.split("/")
@@ -158,7 +170,7 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
     mounts = [restic.Mount(str(state), f"{RESTORE_ROOT}/state")]
     mounts += [
         restic.Mount(name if user else f"{module_id}-{name}", f"{RESTORE_ROOT}/volumes/{name}")
-        for name in volumes
+        for name in chosen
     ]
     with _state_tree(ctx.settings, agent_id) as state_fd:
         summary = run_restore(
@@ -170,6 +182,7 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
             step.set_progress,
             whole=not paths,
             user=user,
+            volumes=request.volumes,
         )
         # setuid/setgid files are kept only in the module's volumes, never in its state.
         restored_files.strip_setid(state_fd)

@@ -249,3 +249,26 @@ def repository_lease(
         raise ActionFailed(f"repository {repository.path.path} is busy ({busy})") from None
     except StaleLocksKept as kept:
         raise ActionFailed(f"{repository.path.path}: {kept}") from None
+
+
+def settle_lease(ctx: Context, repository: Repository) -> None:
+    """After a failed restore: a lease its killed step left behind is taken over now (the
+    restic containers it left on this node stopped, restic's locks removed) and released,
+    so nothing of the restore stays; a lease a live holder keeps is left alone."""
+    try:
+        with open_lease(
+            ctx.redis,
+            repository.lease_key,
+            repository.target,
+            repository.password,
+            ctx.settings.podman_env(),
+            wait_seconds=0,
+            retry_limit=ctx.settings.storage_retry_seconds,
+        ):
+            pass
+    except RepositoryBusy:
+        pass  # in use: its holder is alive, and cleans up after itself
+    except StaleLocksKept as exc:  # left marked abandoned: the next holder cleans up
+        log.warning("%s: lease not settled after the failed restore: %s", repository.path, exc)
+    except REDIS_ERRORS as exc:  # the restore's own failure is the one to report
+        log.warning("%s: lease not settled after the failed restore: %s", repository.path, exc)

@@ -20,7 +20,7 @@ from agent.core.masking import mask_secrets
 from agent.core.redis_keys import Event
 from agent.core.settings import Settings
 from agent.runtime import lease, module_pending, overdue, recovery, task_withdraw
-from agent.runtime.actiondirs import action_dirs, list_actions, merge_actions
+from agent.runtime.actiondirs import Action, action_dirs, list_actions, merge_actions
 from agent.runtime.agentenv import agent_environment, task_variables
 from agent.runtime.runner import TaskOutcome, TaskRun
 from agent.runtime.task_input import Rejected, parse_task
@@ -99,6 +99,9 @@ class Daemon:
         self.stopping = threading.Event()
         self.workers: dict[str, Worker] = {}
         self.running: dict[tuple[str, str], TaskRun] = {}
+        # Claimed and dispatched, not yet in running: a cancel-task meanwhile sets the event
+        # and the task is cancelled as it registers (never "task_not_found").
+        self.claimed: dict[tuple[str, str], threading.Event] = {}
         self.threads: set[threading.Thread] = set()
         self.lock = threading.Lock()
         self.warm_registry = settings.run_dir / "warm-steps"
@@ -255,13 +258,20 @@ class Daemon:
             target=self._execute, args=(worker, task, raw), name=f"task {task_id}", daemon=True
         )
         with self.lock:
+            # Before this worker can claim a cancel of it (the same worker claims both).
+            self.claimed[(agent_id, task_id)] = threading.Event()
             self.threads.add(thread)
         thread.start()
+
+    def _actions(self, agent_id: str) -> dict[str, Action]:
+        """agent_id's actions, read as a claimed task is prepared (before it is registered
+        as running)."""
+        return merge_actions(action_dirs(self.settings, agent_id))
 
     def _execute(self, worker: Worker, task: dict[str, Any], raw: str) -> None:
         agent_id, task_id = worker.agent_id, task["id"]
         try:
-            actions = merge_actions(action_dirs(self.settings, agent_id))
+            actions = self._actions(agent_id)
             action = actions.get(task["action"])
             if action is None:
                 outcome = TaskOutcome(
@@ -292,6 +302,9 @@ class Daemon:
             )
             with self.lock:
                 self.running[(agent_id, task_id)] = run
+                claimed = self.claimed.pop((agent_id, task_id), None)
+                if claimed is not None and claimed.is_set():
+                    run.cancel()  # asked while it was being prepared: it ends cancelled
             self._publish(agent_id, task_id, "pending", 0)
             with worker.slots:
                 if self.stopping.is_set():
@@ -299,6 +312,17 @@ class Daemon:
                     return
                 self.records.mark_started(agent_id, task)
                 outcome = run.run()
+            if run.step_killed:
+                # What the killed step started (a podman client, its restic) stops now,
+                # before anyone waiting on the task acts on its end (removes the volumes
+                # that restic writes into). SIGTERM first: restic removes its own lock.
+                left = recovery.kill_task_processes([task_id], self.warm_registry)[task_id]
+                log.warning(
+                    "%s: task %s: a step was killed; %d processes it left stopped",
+                    agent_id,
+                    task_id,
+                    left,
+                )
             self._finish(agent_id, task, raw, outcome)
         except Exception as exc:  # the daemon must outlive any one task
             log.exception("%s: task %s crashed the runner", agent_id, task_id)
@@ -308,6 +332,7 @@ class Daemon:
         finally:
             with self.lock:
                 self.running.pop((agent_id, task_id), None)
+                self.claimed.pop((agent_id, task_id), None)
                 self.threads.discard(threading.current_thread())
 
     def _cancel(self, agent_id: str, data: Any, binary: BinaryRedis) -> TaskOutcome:
@@ -319,6 +344,10 @@ class Daemon:
             return TaskOutcome(json.dumps(errors), "", 10, "validation-failed")
         with self.lock:
             run = self.running.get((agent_id, target))
+            claimed = self.claimed.get((agent_id, target))
+            if run is None and claimed is not None:
+                claimed.set()  # being prepared: cancelled as it registers (see _execute)
+                return TaskOutcome("", "", 0, "completed")
         if run is None and (queued := task_withdraw.withdraw_queued(binary, agent_id, target)):
             # Never claimed: it is recorded as cancelled, so whoever waits on it returns.
             stopped = TaskOutcome("", task_withdraw.NOT_STARTED, 1, "aborted")

@@ -106,6 +106,9 @@ class TaskRun:
         self._lock = threading.Lock()
         self._child: StepProcess | None = None
         self._reported = -1
+        # A step ended by a signal (SIGKILL, the OOM killer) may have left its children
+        # working: the daemon stops them before it records the task's end.
+        self.step_killed = False
 
     def _report(self, percent: int, *, always: bool = True) -> None:
         """Progress to on_progress; a step's set-progress only when the figure changed
@@ -194,6 +197,7 @@ class TaskRun:
         writer.start()
         validation_failed = self._pump(child, com_read, name, progress, output, errors)
         code = child.wait()
+        self.step_killed = self.step_killed or code < 0
         writer.join(timeout=5)
         with self._lock:
             self._child = None

@@ -55,6 +55,7 @@ def test_restore_on_another_node_brings_back_everything(
     source_pages = cluster.volume_dir(1, wiki, "pages")
     os.setxattr(source_pages / "private-notes.md", "user.reviewed", b"by admin")
     redis_client.set(f"module/{wiki}/ui_name", "Team wiki ✓")  # the UI label travels too
+    (source_pages / "draft.md.tmp").write_text("unsaved edit of the source\n")
     run_backup(cluster, backup_id)
     state = cluster.nodes[1].settings.state_dir(f"module/{wiki}")
     with subtests.test("the label dump is removed after the backup"):
@@ -113,7 +114,9 @@ def test_restore_on_another_node_brings_back_everything(
         restored_pages = cluster.volume_dir(2, new, "pages")
         assert os.getxattr(restored_pages / "private-notes.md", "user.reviewed") == b"by admin"
         assert (restored_pages / "drafts" / "empty").is_dir()
-        assert not list(restored_pages.rglob("*.tmp")), "excluded at backup, absent after restore"
+        # Excluded at backup, so absent after restore (the copy keeps the temp files its
+        # own create-module made: a whole restore deletes nothing).
+        assert not (restored_pages / "draft.md.tmp").exists()
     with subtests.test("the module's own state and database"):
         assert redis_client.hgetall(f"module/{new}/wiki_settings") == redis_client.hgetall(
             f"module/{wiki}/wiki_settings"

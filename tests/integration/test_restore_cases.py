@@ -32,17 +32,27 @@ redis.Redis.from_url(os.environ["REDIS_URL"]).set("test/hook-started", "1")'
           sleep 60 ;;
 esac
 """
+# Test create-module step: files the new instance makes for itself, outside the include
+# list (state/nginx.conf) and in its own state/environment.
+CREATE_EXTRA = """#!/bin/sh
+echo "server_name $MODULE_ID;" > nginx.conf
+echo "NGINX_FOR=$MODULE_ID" >> environment
+"""
 
 
 @pytest.fixture(scope="session")
 def hooked_image(minwiki_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """minwiki plus a restore-module step the tests can make fail or hang."""
+    """minwiki plus a restore-module step the tests can make fail or hang, and a
+    create-module step that writes state files of the instance's own."""
     tag = "localhost/minwiki-hooked:latest"
     context = tmp_path_factory.mktemp("hooked")
     (context / "15hook").write_text(HOOK)
     (context / "15hook").chmod(0o755)
+    (context / "15extra").write_text(CREATE_EXTRA)
+    (context / "15extra").chmod(0o755)
     (context / "Containerfile").write_text(
         f"FROM {minwiki_image}\nCOPY 15hook /imageroot/actions/restore-module/15hook\n"
+        "COPY 15extra /imageroot/actions/create-module/15extra\n"
     )
     with file_lock("build-minwiki-hooked"):
         subprocess.run(
@@ -284,3 +294,46 @@ def test_module_pre_restore_hook_gets_the_paths_and_never_runs_for_a_refused_req
     cluster.api_ok("cluster/restore-module", {**source, "paths": [f"volumes/pages/{PAGE}"]})
     state = settings.state_dir(f"module/{wiki}")
     assert calls.read_text() == f"{state} /volumes/pages/{PAGE}\n"
+
+
+def test_whole_restore_adds_to_the_new_instance_and_volumes_choose_what_comes_back(
+    cluster: ClusterHarness,
+    redis_client: redis.Redis,
+    hooked_image: str,
+    restic_image: str,
+    tmp_path: Path,
+    subtests: pytest.Subtests,
+) -> None:
+    """NS8's 10restore deletes nothing: what the new instance's create-module wrote and the
+    snapshot lacks stays; its own state/environment is never the snapshot's."""
+    wiki, destination, path = setup_wiki(cluster, redis_client, hooked_image, tmp_path / "dest")
+    (cluster.volume_dir(1, wiki, "pages") / PAGE).write_text("# edited before the backup\n")
+    (cluster.volume_dir(1, wiki, "db") / "marker").write_text("only in the source's db\n")
+    cluster.api_ok("run-backup", {"id": 1})
+    source = {"repository": destination, "path": path, "snapshot": "", "node": 1}
+
+    copy = cluster.api_ok("cluster/restore-module", {**source, "volumes": ["pages"]})["module_id"]
+    state = cluster.nodes[1].settings.state_dir(f"module/{copy}")
+    with subtests.test("a state file the snapshot lacks stays"):
+        assert (state / "nginx.conf").read_text() == f"server_name {copy};\n"
+    with subtests.test("the new instance's environment is its own"):
+        environment = (state / "environment").read_text().splitlines()
+        assert f"NGINX_FOR={copy}" in environment and f"MODULE_ID={copy}" in environment
+        assert f"NGINX_FOR={wiki}" not in environment
+    with subtests.test("volumes: only the named volume comes back, and the state dir"):
+        pages = cluster.volume_dir(1, copy, "pages") / PAGE
+        assert pages.read_text() == "# edited before the backup\n"
+        assert not (cluster.volume_dir(1, copy, "db") / "marker").exists()
+        assert (state / "wiki.env").is_file()
+
+    code, _, error = api(cluster, "cluster/restore-module", {**source, "volumes": ["cache"]})
+    with subtests.test("a volume the module does not back up is refused"):
+        assert code == 1 and "volume_not_restorable" in error, error
+        assert set(redis_client.hkeys("cluster/module_node")) == {wiki, copy}
+        assert {p.name for p in (cluster.nodes[1].root / "modules").iterdir()} == {wiki, copy}
+
+    every = cluster.api_ok("cluster/restore-module", source)["module_id"]
+    with subtests.test("without volumes, every volume comes back"):
+        assert (cluster.volume_dir(1, every, "db") / "marker").is_file()
+        assert (cluster.nodes[1].settings.state_dir(f"module/{every}") / "nginx.conf").is_file()
+    backups.restic(tmp_path / "dest" / path, "check")

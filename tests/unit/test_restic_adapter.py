@@ -64,10 +64,10 @@ def test_repository_arguments() -> None:
 
 
 def test_restore_takes_includes_or_excludes_never_both() -> None:
-    whole = restic_args.restore_args("", "/restore", excludes=["/state/x"], delete=True)
+    whole = restic_args.restore_args("", "/restore", excludes=["/state/x"])
     assert whole == [
         *("restore", "--json", "latest", "--target", "/restore"),
-        *("--exclude-xattr", "security.*", "--exclude", "/state/x", "--delete"),
+        *("--exclude-xattr", "security.*", "--exclude", "/state/x"),
     ]
     with pytest.raises(ValueError):
         restic_args.restore_args("", "/restore", includes=["/a"], excludes=["/b"])

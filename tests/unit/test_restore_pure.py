@@ -41,8 +41,14 @@ def test_restore_argv_whole_and_partial() -> None:
     assert restore_args("", [], whole=True) == [
         *("restore", "--json", "latest", "--target", "/restore"),
         *("--exclude-xattr", "security.*", "--exclude", "/state/environment"),
-        *("--exclude", "/state/agent.env", "--exclude", "/state/apitoken.cache", "--delete"),
+        *("--exclude", "/state/agent.env", "--exclude", "/state/apitoken.cache"),
     ]
+    chosen = restore_args("", [], whole=True, volumes=["pages"])
+    assert chosen[-6:] == [
+        *("--exclude", "/state/apitoken.cache", "--exclude", "/volumes/*"),
+        *("--exclude", "!/volumes/pages"),
+    ]
+    assert "--delete" not in chosen, "a whole restore adds to the new instance, never deletes"
     partial = restore_args("abc123", ["/volumes/pages/a.md"], whole=False)
     assert partial == [
         *("restore", "--json", "abc123", "--target", "/restore"),
@@ -57,7 +63,17 @@ def test_restore_request_whole_or_partial() -> None:
     assert RestoreModuleRequest.model_validate({**base, "node": 2}).node == 2
     partial = {**base, "module_id": "minwiki1", "paths": ["volumes/pages/a.md"]}
     assert RestoreModuleRequest.model_validate(partial).paths == ["volumes/pages/a.md"]
-    for bad in (base, {**base, "paths": ["state/x"]}, {**partial, "replace": True}):
+    assert RestoreModuleRequest.model_validate({**base, "node": 1, "volumes": ["db"]}).volumes == [
+        "db"
+    ]
+    for bad in (
+        base,
+        {**base, "paths": ["state/x"]},
+        {**partial, "replace": True},
+        {**partial, "volumes": ["db"]},
+        {**base, "node": 1, "volumes": ["../db"]},
+        {**base, "node": 1, "volumes": ["db*"]},
+    ):
         with pytest.raises(ValueError):
             RestoreModuleRequest.model_validate(bad)
     with pytest.raises(ValueError):
