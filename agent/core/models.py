@@ -110,6 +110,44 @@ class NoInput(Request):
 PingUrl = Annotated[str, StringConstraints(max_length=2048, pattern=r"^(https?://[^\x00-\x20]+)?$")]
 
 
+CalendarSpec = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\n\r\t\x00]+$")
+]
+# restic's --read-data-subset: "n/t" (rolled: run k reads part (k mod t)+1 of t) or "x%".
+DataSubset = Annotated[
+    str,
+    StringConstraints(
+        max_length=16, pattern=r"^([1-9][0-9]{0,5}/[1-9][0-9]{0,5}|[0-9]{1,3}(\.[0-9]{1,3})?%)$"
+    ),
+]
+
+
+class CheckSettings(Request):
+    """A scheduled `restic check` of each module repository of the backup (issue #18)."""
+
+    schedule: CalendarSpec
+    read_data_subset: DataSubset = "1/1"
+
+    @model_validator(mode="after")
+    def _share(self) -> CheckSettings:
+        share = self.read_data_subset
+        if share.endswith("%"):
+            if not 0 < float(share[:-1]) <= 100:
+                raise ValueError("read_data_subset: a percentage above 0 and at most 100")
+        else:
+            part, total = (int(n) for n in share.split("/"))
+            if part > total:
+                raise ValueError("read_data_subset: n/t needs n <= t")
+        return self
+
+
+class DrillSettings(Request):
+    """A scheduled restore drill of the backup's modules (run-drill), on node if given."""
+
+    schedule: CalendarSpec
+    node: NodeId | None = None
+
+
 class BackupRequest(Request):
     name: DestinationName
     instances: Annotated[list[ModuleId], Field(max_length=1000)]
@@ -128,6 +166,11 @@ class BackupRequest(Request):
         Annotated[str, StringConstraints(max_length=32, pattern=r"^([0-9]{1,6}[ymdh])+$")] | None
     ) = None
     ping_url: PingUrl | None = None
+    # Issue #18. Left out of an alter: the stored value stays (null / [] removes it).
+    check: CheckSettings | None = None
+    drill: DrillSettings | None = None
+    mirrors: Annotated[list[Uuid], Field(max_length=8)] | None = None
+    mirror_retention: KeepCount | None = None
 
 
 class AddBackupRequest(BackupRequest):
@@ -144,6 +187,24 @@ class BackupIdRequest(Request):
 
 class RunBackupRequest(Request):
     id: int = Field(ge=1, le=2**31)
+
+
+class RunCheckRequest(RunBackupRequest):
+    """Check the backup's module repositories now (issue #18)."""
+
+
+class NodeRunCheckRequest(RunBackupRequest):
+    """notify=false: the cluster run that started this node run sends one report for all."""
+
+    notify: StrictBool = True
+
+
+class ListBackupsRequest(NoInput):
+    """refresh: read each module's newest snapshot from its repositories (issue #18)."""
+
+    # api-cli sends null when given no --data: the schema must take it, as before.
+    model_config = ConfigDict(json_schema_extra={"type": ["object", "null"]})
+    refresh: StrictBool = False
 
 
 # --- restore (issue #5) ---------------------------------------------------------------
@@ -349,6 +410,9 @@ SCHEMAS: dict[str, type[Request]] = {
     "actions/node/add-module/validate-input.json": NodeAddModuleRequest,
     "actions/node/remove-module/validate-input.json": RemoveModuleRequest,
     "actions/cluster/run-backup/validate-input.json": RunBackupRequest,
+    "actions/cluster/run-check/validate-input.json": RunCheckRequest,
+    "actions/node/run-check/validate-input.json": NodeRunCheckRequest,
+    "actions/cluster/list-backups/validate-input.json": ListBackupsRequest,
     "actions/node/run-backup/validate-input.json": NodeRunBackupRequest,
     "actions/cluster/add-backup-repository/validate-input.json": AddBackupRepositoryRequest,
     "actions/cluster/alter-backup-repository/validate-input.json": AlterBackupRepositoryRequest,

@@ -12,6 +12,7 @@ from agent.adapters.redis_api import Redis
 from agent.core import redis_keys
 from agent.core.masking import redact_text
 from agent.records.backup_status import ModuleStatus
+from agent.records.repository_checks import CheckRecord
 
 HISTORY_LENGTH = 200  # runs kept per module
 LOG_LINES = 200  # lines kept per run
@@ -33,6 +34,7 @@ class RunRecord:
     snapshots_count: int
     unreadable: list[str]
     log: list[str]
+    kind: str = "backup"  # or "check": an integrity check of the module's repository
 
     @property
     def duration(self) -> int:
@@ -67,6 +69,26 @@ def make_record(
         snapshots_count=status.snapshots_count,
         unreadable=[clean(u)[:LOG_LINE_CHARS] for u in status.unreadable[:50]],
         log=[clean(line)[:LOG_LINE_CHARS] for line in log[-LOG_LINES:]],
+    )
+
+
+def check_record(record: CheckRecord, log: list[str]) -> RunRecord:
+    """A repository check as a history entry (its texts are restic's and the agent's)."""
+    return RunRecord(
+        backup_id=record.backup_id,
+        node=record.node,
+        start=record.start,
+        end=record.end,
+        outcome=record.outcome.value,
+        reason=record.reason[:2000],
+        snapshot_id="",
+        total_size=0,
+        bytes_added=0,
+        total_file_count=0,
+        snapshots_count=0,
+        unreadable=[e[:LOG_LINE_CHARS] for e in record.errors[:50]],
+        log=[line[:LOG_LINE_CHARS] for line in log[-LOG_LINES:]],
+        kind="check",
     )
 
 
