@@ -11,6 +11,7 @@ from agent.adapters.redis_store import Redis
 from agent.core.errors import StoredDataError
 from agent.records.backups import BackupDefinition
 from agent.records.repository_checks import CheckRecord
+from agent.records.statuses import StatusRecord
 
 log = logging.getLogger("agent.definitions")
 
@@ -25,9 +26,30 @@ def check_listing(redis: Redis, destination_id: str, path: str) -> dict[str, Any
     return record.listing() if record is not None else None
 
 
-def instance_confidence(redis: Redis, definition: BackupDefinition, path: str) -> dict[str, Any]:
+def copies_of_newest(status_key: str, module_id: str, status_text: str) -> int | None:
+    """How many destinations hold the module's newest snapshot: its repository and the
+    mirrors its last run copied it to; None when the last run made no snapshot."""
+    if not status_text:
+        return None
+    try:
+        record = StatusRecord.from_json(f"{status_key} [{module_id}]", status_text)
+    except StoredDataError:
+        return None  # instance_status logs it
+    return 1 + len(record.mirrored) if record.snapshot_id else None
+
+
+def instance_confidence(
+    redis: Redis,
+    definition: BackupDefinition,
+    path: str,
+    module_id: str,
+    status: tuple[str, str],
+) -> dict[str, Any]:
     """The confidence fields of one instance of a backup in list-backups."""
-    return {"check": check_listing(redis, definition.repository, path)}
+    return {
+        "check": check_listing(redis, definition.repository, path),
+        "newest_snapshot_copies": copies_of_newest(status[0], module_id, status[1]),
+    }
 
 
 def definition_confidence(definition: BackupDefinition) -> dict[str, Any]:

@@ -302,7 +302,13 @@ def list_backups(step: Step, request: ListBackupsRequest) -> dict[str, Any]:
                     "repository_path": f"{image}/{uuids[module_id]}",
                     "status": instance_status(module_id, *statuses.get(module_id, ("", ""))),
                     **freshness(watches[backup_id].get(module_id)),
-                    **instance_confidence(redis, definition, f"{image}/{uuids[module_id]}"),
+                    **instance_confidence(
+                        redis,
+                        definition,
+                        f"{image}/{uuids[module_id]}",
+                        module_id,
+                        statuses.get(module_id, ("", "")),
+                    ),
                 }
             )
         item: dict[str, Any] = {

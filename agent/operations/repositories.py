@@ -27,6 +27,7 @@ from agent.core import redis_keys, restic_args, restic_messages
 from agent.core.errors import ActionFailed, AgentError
 from agent.core.image_names import image_name
 from agent.core.models import NoInput, RepositoryPathRequest, SnapshotRequest
+from agent.operations.mirrors import mirror_sources
 from agent.operations.restore_source import (
     check_reachable,
     explain_read_failure,
@@ -68,9 +69,12 @@ def read_backup_repositories(step: Step, _request: NoInput) -> list[dict[str, An
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="list") as pool:
         found = list(pool.map(lambda d: _repositories(ctx, d, installed), destinations))
     rows = []
+    mirrored = mirror_sources(ctx.redis)  # issue #18: a mirror's repositories say so
     for destination, repositories in zip(destinations, found, strict=True):
         for path, timestamp, meta in repositories:
-            rows.append(_row(destination, path, timestamp, meta, installed, cluster_uuid))
+            row = _row(destination, path, timestamp, meta, installed, cluster_uuid)
+            row["mirror_of"] = sorted(mirrored.get((destination.id, row["uuid"]), ()))
+            rows.append(row)
     return rows
 
 

@@ -95,6 +95,9 @@ def run_restore(
             on_message=on_message,
             mounts=mounts,
             podman_args=ctx.settings.restic_podman_args,
+            # The image has no /srv (stream's default): only a local destination's mount
+            # made one, and a restore from any other storage failed to start (exit 126).
+            workdir="/",
         )
     if code != 0 or restored.errors:
         detail = "; ".join(restored.errors[:3]) or stderr

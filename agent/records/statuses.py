@@ -38,6 +38,7 @@ class StatusRecord(StoredRecord):
     unreadable: tuple[str, ...] = ()
     last_success: int = 0  # end of the last ok/partial run, carried over failures
     coalesced: bool = False
+    mirrored: tuple[str, ...] = ()  # mirror destinations holding snapshot_id's copy
     finished: float | None = None  # precise end; NS8's records have only `end`
     partial: bool = False  # written for NS8-style readers; the outcome says it too
 

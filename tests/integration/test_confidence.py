@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 import redis
 
+from agent.adapters.redis_store import connect
 from agent.core import redis_keys
+from agent.operations.verify_restore import verify
 from agent.records.backups import CheckPolicy
-from tests.support import backups
+from tests.support import backends, backups
 from tests.support.cluster import ClusterHarness
 
 pytestmark = pytest.mark.podman
@@ -101,3 +103,67 @@ def test_check_of_a_module_never_backed_up_records_nothing(
     assert cluster.api_ok("run-check", {"id": 1})["outcome"] == "ok"
     assert not list(target.iterdir())
     assert _listed(cluster, wiki)["check"] is None
+
+
+def test_mirror_holds_the_snapshots_restores_byte_for_byte_and_an_outage_is_partial(
+    cluster: ClusterHarness,
+    redis_client: redis.Redis,
+    wiki: str,
+    tmp_path: Path,
+    subtests: pytest.Subtests,
+) -> None:
+    target = tmp_path / "backups"
+    target.mkdir()
+    primary = backups.add_destination(redis_client, "local", f"local:{target}")
+    (tmp_path / "rest").mkdir()
+    path = f"minwiki/{redis_client.hget(redis_keys.MODULE_UUID, wiki)}"
+    with backends.rclone_serve("restic", tmp_path / "rest") as rest:
+        mirror = backends_destination(redis_client, rest.url)
+        backups.add_backup(
+            redis_client, 1, primary, [wiki], retention=3, mirrors=(mirror,), mirror_retention=1
+        )
+        for _run in range(2):
+            cluster.api_ok("run-backup", {"id": 1})
+        status = backups.status(redis_client, 1, 1, wiki)
+        with subtests.test("the run is ok and its snapshot is on both destinations"):
+            assert status["outcome"] == "ok" and status["mirrored"] == [mirror]
+            assert _listed(cluster, wiki)["newest_snapshot_copies"] == 2
+        with subtests.test("the mirror holds the same snapshots, with its own retention"):
+            source = cluster.api_ok("read-backup-snapshots", {"repository": primary, "path": path})
+            copied = cluster.api_ok("read-backup-snapshots", {"repository": mirror, "path": path})
+            assert len(source) == 2 and len(copied) == 1
+            assert {s["timestamp"] for s in copied} <= {s["timestamp"] for s in source}
+        with subtests.test("read-backup-repositories shows the mirror as such"):
+            rows = [r for r in cluster.api_ok("read-backup-repositories") if r["path"] == path]
+            by_destination = {r["repository_id"]: r for r in rows}
+            assert by_destination[mirror]["mirror_of"] == [primary]
+            assert by_destination[primary]["mirror_of"] == []
+        restored = cluster.api_ok(
+            "cluster/restore-module",
+            {"node": 1, "repository": mirror, "path": path, "snapshot": ""},
+        )
+        with subtests.test("a restore from the mirror matches the source byte for byte"):
+            nodes = {n: node.settings for n, node in cluster.nodes.items()}
+            result = verify(connect(cluster.redis_url), nodes, wiki, restored["module_id"])
+            assert result["ok"], result["differences"]
+        cluster.api_ok("remove-module", {"module_id": restored["module_id"]})
+
+    # The mirror's server is gone: the backup itself succeeds, its copy does not.
+    code, output, stderr = cluster.api_json("run-backup", {"id": 1})
+    status = backups.status(redis_client, 1, 1, wiki)
+    with subtests.test("a mirror outage makes the run partial, never ok"):
+        assert code == 3, (output, stderr)
+        assert status["outcome"] == "partial" and status["snapshot_id"]
+        assert f"mirror {mirror}" in status["reason"] and status["mirrored"] == []
+        assert _listed(cluster, wiki)["newest_snapshot_copies"] == 1
+
+
+def backends_destination(redis_client: redis.Redis, url: str) -> str:
+    """A rest destination on the rclone-served restic REST server at url."""
+    return backups.add_destination(
+        redis_client,
+        "rest",
+        f"rest:{url}/mirror",
+        rest_user=backends.USER,
+        rest_password=backends.PASSWORD,
+    )
