@@ -152,8 +152,3 @@ def init_copy_args() -> list[str]:
     """`init` of a mirror with the chunker parameters of RESTIC_FROM_REPOSITORY, so that
     copied data deduplicates as it did in the source."""
     return ["init", "--json", "--copy-chunker-params"]
-
-
-def latest_snapshots_args(*, tags: Sequence[str] = ()) -> list[str]:
-    """The newest snapshot (of tags), as a JSON list, without locking; one group for all."""
-    return [*snapshots_args(tags=tags), "--latest", "1", "--group-by", ""]

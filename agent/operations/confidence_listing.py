@@ -26,16 +26,13 @@ def check_listing(redis: Redis, destination_id: str, path: str) -> dict[str, Any
     return record.listing() if record is not None else None
 
 
-def copies_of_newest(status_key: str, module_id: str, status_text: str) -> int | None:
-    """How many destinations hold the module's newest snapshot: its repository and the
-    mirrors its last run copied it to; None when the last run made no snapshot."""
+def _recorded(status_key: str, module_id: str, status_text: str) -> StatusRecord | None:
     if not status_text:
         return None
     try:
-        record = StatusRecord.from_json(f"{status_key} [{module_id}]", status_text)
+        return StatusRecord.from_json(f"{status_key} [{module_id}]", status_text)
     except StoredDataError:
         return None  # instance_status logs it
-    return 1 + len(record.mirrored) if record.snapshot_id else None
 
 
 def instance_confidence(
@@ -45,10 +42,15 @@ def instance_confidence(
     module_id: str,
     status: tuple[str, str],
 ) -> dict[str, Any]:
-    """The confidence fields of one instance of a backup in list-backups."""
+    """The confidence fields of one instance of a backup in list-backups: the last check of
+    its repository, and how many destinations hold the snapshot of its last run (its
+    repository and the mirrors that run copied it to; None when it made no snapshot)."""
+    record = _recorded(status[0], module_id, status[1])
+    snapshot_id = record.snapshot_id if record else ""
     return {
         "check": check_listing(redis, definition.repository, path),
-        "newest_snapshot_copies": copies_of_newest(status[0], module_id, status[1]),
+        "snapshot_id": snapshot_id,
+        "newest_snapshot_copies": 1 + len(record.mirrored) if record and snapshot_id else None,
     }
 
 

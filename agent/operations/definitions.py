@@ -327,6 +327,10 @@ def list_backups(step: Step, request: ListBackupsRequest) -> dict[str, Any]:
             if getattr(definition, name) is not None:
                 item[name] = getattr(definition, name)
         backups.append(item)
+    if request.refresh:
+        from agent.operations.freshness import refresh  # restic runs: only when asked
+
+        refresh(step.ctx, backups)
     unconfigured = [
         {"id": m, "ui_name": facts[m][1]}
         for m in sorted(placed)

@@ -8,6 +8,7 @@ import logging
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -210,13 +211,21 @@ def _probe_rest(destination: Destination, installed: dict[str, tuple[str, str, s
 
 # --- read-backup-snapshots -----------------------------------------------------------------
 def read_backup_snapshots(step: Step, request: RepositoryPathRequest) -> list[dict[str, Any]]:
-    repository = open_repository(step.ctx, request.repository, request.path)
+    return list_snapshots(step.ctx, request.repository, request.path)
+
+
+def list_snapshots(
+    ctx: Context, destination_id: str, path: str, tags: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """The snapshots (with tags) of the repository at path, as read-backup-snapshots lists
+    them; raises ActionFailed (or ValidationFailed) when they cannot be read."""
+    repository = open_repository(ctx, destination_id, path)
     check_reachable(repository)
     done = restic.run(
         repository.target,
         repository.password,
-        restic_args.snapshots_args(),
-        podman_env=step.ctx.settings.podman_env(),
+        restic_args.snapshots_args(tags=tags),
+        podman_env=ctx.settings.podman_env(),
         timeout=600,
     )
     if done.returncode != 0:

@@ -167,3 +167,28 @@ def backends_destination(redis_client: redis.Redis, url: str) -> str:
         rest_user=backends.USER,
         rest_password=backends.PASSWORD,
     )
+
+
+def test_refresh_reads_freshness_from_the_repository_and_flags_lost_snapshots(
+    cluster: ClusterHarness, redis_client: redis.Redis, wiki: str, tmp_path: Path
+) -> None:
+    target = backups.add_local_backup(redis_client, tmp_path, [wiki], retention=3)
+    repository = target / f"minwiki/{redis_client.hget(redis_keys.MODULE_UUID, wiki)}"
+    for _run in range(2):
+        cluster.api_ok("run-backup", {"id": 1})
+    snapshots = sorted(backups.snapshots(repository), key=lambda s: str(s["time"]))
+    assert "repository_freshness" not in _listed(cluster, wiki)  # only when asked
+
+    fresh = _listed(cluster, wiki, {"refresh": True})["repository_freshness"]
+    assert fresh["lost_snapshots"] is False and fresh["snapshots"] == 2
+    assert fresh["holding_newest"] == 1 and fresh["error"] == ""
+    newest = fresh["newest_snapshot"]
+
+    # Someone with the repository's password forgets the newest snapshot: the cluster's
+    # record still names it, the repository no longer holds it.
+    backups.restic(repository, "forget", snapshots[-1]["id"])
+    stale = _listed(cluster, wiki, {"refresh": True})["repository_freshness"]
+    assert stale["lost_snapshots"] is True and stale["snapshots"] == 1
+    assert stale["newest_snapshot"] < newest
+    # The record alone cannot tell: without refresh nothing looks wrong.
+    assert _listed(cluster, wiki)["snapshot_id"] == snapshots[-1]["id"]

@@ -8,9 +8,11 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from agent.adapters import restic
 from agent.core import restic_args
 from agent.core.models import AlterBackupRequest, CheckSettings, ListBackupsRequest
 from agent.core.restic_messages import parse_check
+from agent.operations import freshness, mirrors
 from agent.records.backups import BackupDefinition, CheckPolicy, DrillPolicy
 
 
@@ -86,3 +88,40 @@ def test_an_alter_tells_a_left_out_setting_from_a_removed_one() -> None:
 def test_list_backups_takes_null_or_refresh() -> None:
     assert not ListBackupsRequest.model_validate(None).refresh
     assert ListBackupsRequest.model_validate({"refresh": True}).refresh
+
+
+def test_a_copy_target_holds_both_repositories_by_name_only() -> None:
+    source = restic.ResticTarget(
+        "/srv/destination/minwiki/u", volumes=(("/backups/a", "/srv/destination"),)
+    )
+    mirror = restic.ResticTarget(
+        "rest:http://h:1/m/minwiki/u", env={"RESTIC_REST_PASSWORD": "secret-m"}
+    )
+    both = mirrors.copy_target(mirror, source)
+    assert both.repository == mirror.repository
+    assert both.env["RESTIC_FROM_REPOSITORY"] == "/srv/source/minwiki/u"
+    assert both.volumes == (("/backups/a", "/srv/source"),)
+    argv = restic.podman_run_argv(both, restic_args.copy_args(tags=["backup=1"]))
+    assert "--env=RESTIC_FROM_REPOSITORY" in argv and "secret-m" not in " ".join(argv)
+    clashing = restic.ResticTarget("rest:http://h:2/s", env={"RESTIC_REST_PASSWORD": "other"})
+    with pytest.raises(mirrors.MirrorFailed, match="RESTIC_REST_PASSWORD"):
+        mirrors.copy_target(mirror, clashing)
+
+
+def _snapshot(snapshot_id: str, timestamp: int) -> dict[str, object]:
+    return {"id": snapshot_id, "timestamp": timestamp}
+
+
+def test_freshness_judges_lost_snapshots_and_copies_of_the_newest() -> None:
+    primary = {"snapshots": [_snapshot("aa", 10), _snapshot("bb", 20)]}
+    mirror_ok = {"snapshots": [_snapshot("cc", 20)]}
+    mirror_behind = {"snapshots": [_snapshot("dd", 10)]}
+    verdict = freshness.judge(primary, {"m1": mirror_ok, "m2": mirror_behind}, "bb", 2)
+    assert (verdict["newest_snapshot"], verdict["holding_newest"]) == (20, 2)
+    assert verdict["lost_snapshots"] is False
+    assert freshness.judge(primary, {}, "ee", 2)["lost_snapshots"] is True  # id gone
+    assert freshness.judge(primary, {}, "bb", 3)["lost_snapshots"] is True  # fewer left
+    unread = freshness.judge({"error": "no repository"}, {}, "bb", 2)
+    assert unread["lost_snapshots"] is None and unread["error"] == "no repository"
+    down = freshness.judge(primary, {"m1": {"error": "unreachable"}}, "bb", 2)
+    assert down["holding_newest"] == 1 and "m1: unreachable" in down["error"]
