@@ -58,4 +58,6 @@ class StatusRecord(StoredRecord):
         data = self.model_dump(mode="json")
         data["outcome"] = self.resolved_outcome.value
         data["partial"] = self.resolved_outcome is Outcome.PARTIAL
+        if not self.mirrored:  # only backups with mirrors write it (issue #18)
+            del data["mirrored"]
         return json.dumps(data, sort_keys=True)
