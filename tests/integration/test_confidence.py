@@ -192,3 +192,44 @@ def test_refresh_reads_freshness_from_the_repository_and_flags_lost_snapshots(
     assert stale["newest_snapshot"] < newest
     # The record alone cannot tell: without refresh nothing looks wrong.
     assert _listed(cluster, wiki)["snapshot_id"] == snapshots[-1]["id"]
+
+
+def test_add_and_alter_backup_keep_check_drill_and_mirrors(
+    cluster: ClusterHarness, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    primary = backups.add_destination(redis_client, "local", f"local:{tmp_path}")
+    mirror = backups.add_destination(redis_client, "local", f"local:{tmp_path}/m")
+    base = {"name": "n", "instances": [], "schedule": "daily", "retention": 2, "enabled": True}
+    code, output, _ = cluster.api_json(
+        "add-backup",
+        {
+            **base,
+            "repository": primary,
+            "check": {"schedule": "never at all"},
+            "mirrors": [primary],
+        },
+    )
+    assert code == 2
+    assert {row["parameter"] for row in output} == {"check.schedule", "mirrors"}
+    backup_id = cluster.api_ok(
+        "add-backup",
+        {
+            **base,
+            "repository": primary,
+            "check": {"schedule": "Sun *-*-* 04:00", "read_data_subset": "1/4"},
+            "drill": {"schedule": "monthly", "node": 1},
+            "mirrors": [mirror],
+            "mirror_retention": 5,
+        },
+    )
+    # An alter that leaves them out (NS8's UI knows nothing of them) keeps them.
+    cluster.api_ok("alter-backup", {**base, "id": backup_id, "retention": 3})
+    [listed] = cluster.api_ok("list-backups")["backups"]
+    assert listed["check"] == {"schedule": "Sun *-*-* 04:00", "read_data_subset": "1/4"}
+    assert listed["drill"] == {"schedule": "monthly", "node": 1}
+    assert (listed["mirrors"], listed["mirror_retention"], listed["retention"]) == ([mirror], 5, 3)
+    # null and [] remove them.
+    cluster.api_ok("alter-backup", {**base, "id": backup_id, "check": None, "mirrors": []})
+    [listed] = cluster.api_ok("list-backups")["backups"]
+    assert listed["check"] is None and listed["mirrors"] == [] and listed["drill"]
+    assert not redis_client.hexists(redis_keys.backup(backup_id), "check")
