@@ -233,3 +233,8 @@ def test_add_and_alter_backup_keep_check_drill_and_mirrors(
     [listed] = cluster.api_ok("list-backups")["backups"]
     assert listed["check"] is None and listed["mirrors"] == [] and listed["drill"]
     assert not redis_client.hexists(redis_keys.backup(backup_id), "check")
+    # A destination removed leaves the backups that only mirror to it, without it.
+    cluster.api_ok("alter-backup", {**base, "id": backup_id, "mirrors": [mirror]})
+    cluster.api_ok("remove-backup-repository", {"id": mirror})
+    [listed] = cluster.api_ok("list-backups")["backups"]
+    assert listed["id"] == backup_id and listed["mirrors"] == []
