@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from agent.adapters.redis_store import connect
 from agent.core import redis_keys
 from agent.operations.verify_restore import verify
 from agent.records.backups import CheckPolicy
+from tests.integration.test_notifications import Receiver, add_target
 from tests.support import backends, backups
 from tests.support.cluster import ClusterHarness
 
@@ -49,8 +51,21 @@ def _listed(cluster: ClusterHarness, module_id: str, data: Any = None) -> dict[s
     raise AssertionError(f"{module_id} not in list-backups")
 
 
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 def test_rolling_check_finds_a_flipped_bit_and_fails_like_a_backup(
-    cluster: ClusterHarness, redis_client: redis.Redis, wiki: str, tmp_path: Path
+    cluster: ClusterHarness,
+    redis_client: redis.Redis,
+    wiki: str,
+    tmp_path: Path,
+    receiver: Receiver,
 ) -> None:
     target = tmp_path / "backups"
     target.mkdir()
@@ -68,6 +83,8 @@ def test_rolling_check_finds_a_flipped_bit_and_fails_like_a_backup(
     cluster.api_ok("run-check", {"id": 1})
     assert _check(redis_client, destination, path)["subset"] == "2/2"
 
+    code, _, stderr = add_target(cluster, "ops", receiver.url("hook"), ["failure"])
+    assert code == 0, stderr
     _flip_a_bit(target / path)
     # Two more runs read both halves again: one of them holds the damaged pack.
     verdicts = []
@@ -80,6 +97,9 @@ def test_rolling_check_finds_a_flipped_bit_and_fails_like_a_backup(
     assert failed, verdicts  # two if the flipped pack holds trees (read by every check)
     assert failed[0]["num_errors"] >= 1 and failed[0]["broken_packs"]
     assert "restic check found" in failed[0]["reason"]
+    message = receiver.next()  # what a failed backup sends, for each failed check
+    assert message["type"] == "failure" and "integrity check" in message["title"]
+    assert f"{wiki} (node 1): failed" in message["message"]
     record = _check(redis_client, destination, path)
     assert record["runs"] == 4 and record["subset"] == "2/2"
 
