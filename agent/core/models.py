@@ -6,7 +6,6 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     RootModel,
@@ -16,6 +15,12 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from agent.core.confidence_models import CheckSettings, DrillSettings
+from agent.core.confidence_models import ListBackupsRequest as ListBackupsRequest
+from agent.core.confidence_models import NodeRunCheckRequest as NodeRunCheckRequest
+from agent.core.confidence_models import Request as Request
+from agent.core.confidence_models import RunCheckRequest as RunCheckRequest
 
 ModuleId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]*[0-9]+$", max_length=64)]
 Uuid = Annotated[
@@ -30,10 +35,6 @@ ImageUrl = Annotated[
 
 NodeId = Annotated[int, Field(ge=1, le=100000)]
 BackupId = Annotated[StrictInt, Field(ge=1, le=2**31)]
-
-
-class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class AddModuleRequest(Request):
@@ -110,44 +111,6 @@ class NoInput(Request):
 PingUrl = Annotated[str, StringConstraints(max_length=2048, pattern=r"^(https?://[^\x00-\x20]+)?$")]
 
 
-CalendarSpec = Annotated[
-    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\n\r\t\x00]+$")
-]
-# restic's --read-data-subset: "n/t" (rolled: run k reads part (k mod t)+1 of t) or "x%".
-DataSubset = Annotated[
-    str,
-    StringConstraints(
-        max_length=16, pattern=r"^([1-9][0-9]{0,5}/[1-9][0-9]{0,5}|[0-9]{1,3}(\.[0-9]{1,3})?%)$"
-    ),
-]
-
-
-class CheckSettings(Request):
-    """A scheduled `restic check` of each module repository of the backup (issue #18)."""
-
-    schedule: CalendarSpec
-    read_data_subset: DataSubset = "1/1"
-
-    @model_validator(mode="after")
-    def _share(self) -> CheckSettings:
-        share = self.read_data_subset
-        if share.endswith("%"):
-            if not 0 < float(share[:-1]) <= 100:
-                raise ValueError("read_data_subset: a percentage above 0 and at most 100")
-        else:
-            part, total = (int(n) for n in share.split("/"))
-            if part > total:
-                raise ValueError("read_data_subset: n/t needs n <= t")
-        return self
-
-
-class DrillSettings(Request):
-    """A scheduled restore drill of the backup's modules (run-drill), on node if given."""
-
-    schedule: CalendarSpec
-    node: NodeId | None = None
-
-
 class BackupRequest(Request):
     name: DestinationName
     instances: Annotated[list[ModuleId], Field(max_length=1000)]
@@ -187,24 +150,6 @@ class BackupIdRequest(Request):
 
 class RunBackupRequest(Request):
     id: int = Field(ge=1, le=2**31)
-
-
-class RunCheckRequest(RunBackupRequest):
-    """Check the backup's module repositories now (issue #18)."""
-
-
-class NodeRunCheckRequest(RunBackupRequest):
-    """notify=false: the cluster run that started this node run sends one report for all."""
-
-    notify: StrictBool = True
-
-
-class ListBackupsRequest(NoInput):
-    """refresh: read each module's newest snapshot from its repositories (issue #18)."""
-
-    # api-cli sends null when given no --data: the schema must take it, as before.
-    model_config = ConfigDict(json_schema_extra={"type": ["object", "null"]})
-    refresh: StrictBool = False
 
 
 # --- restore (issue #5) ---------------------------------------------------------------
