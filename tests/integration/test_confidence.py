@@ -258,3 +258,30 @@ def test_add_and_alter_backup_keep_check_drill_and_mirrors(
     cluster.api_ok("remove-backup-repository", {"id": mirror})
     [listed] = cluster.api_ok("list-backups")["backups"]
     assert listed["id"] == backup_id and listed["mirrors"] == []
+
+
+def test_a_mirror_on_s3_holds_the_snapshot_and_refresh_counts_both_copies(
+    cluster: ClusterHarness, redis_client: redis.Redis, wiki: str, tmp_path: Path
+) -> None:
+    target = tmp_path / "backups"
+    target.mkdir()
+    primary = backups.add_destination(redis_client, "local", f"local:{target}")
+    path = f"minwiki/{redis_client.hget(redis_keys.MODULE_UUID, wiki)}"
+    with backends.moto_s3(tmp_path) as s3:
+        mirror = backups.add_destination(
+            redis_client,
+            "generic-s3",
+            f"s3:{s3.url}/bucket1/base",
+            aws_access_key_id="AKIAEXAMPLE",
+            aws_secret_access_key="s3-Secret-Key-Value",
+            aws_default_region="us-east-1",
+        )
+        backups.add_backup(redis_client, 1, primary, [wiki], mirrors=(mirror,))
+        cluster.api_ok("run-backup", {"id": 1})
+        assert backups.status(redis_client, 1, 1, wiki)["mirrored"] == [mirror]
+        source = cluster.api_ok("read-backup-snapshots", {"repository": primary, "path": path})
+        copied = cluster.api_ok("read-backup-snapshots", {"repository": mirror, "path": path})
+        assert [s["timestamp"] for s in copied] == [s["timestamp"] for s in source]
+        assert copied[0]["id"] != source[0]["id"]  # a copy is a snapshot of its own
+        fresh = _listed(cluster, wiki, {"refresh": True})["repository_freshness"]
+        assert fresh["holding_newest"] == 2 and fresh["lost_snapshots"] is False
