@@ -26,6 +26,7 @@ from agent.core.errors import AgentError, StoredDataError
 from agent.core.restic_messages import parse_check
 from agent.operations import repositories_known, repository_lease
 from agent.operations.module_backup import StepFailed, repo_path
+from agent.operations.reachability import unreachable_reason
 from agent.operations.run_backup import local_modules, read_definition
 from agent.records import run_history, run_report
 from agent.records.backup_status import write_atomic
@@ -122,7 +123,8 @@ def run_node_check(ctx: Context, backup_id: int) -> CheckRun:
             )
             log.info("check of %s: %s %s", module_id, record.outcome.value, record.reason)
         run.records[module_id] = record
-        _store(ctx, destination.id, path, module_id, record, collected.lines)
+        secrets = [destination.password, *destination.parameters.values()]
+        _store(ctx, destination.id, path, module_id, record, collected.lines, secrets)
     write_atomic(prometheus_path(ctx, backup_id), render_prometheus(run))
     return run
 
@@ -132,6 +134,9 @@ def _check_one(
 ) -> CheckRecord | None:
     """The check's verdict as a record (times filled in by the caller); None when the
     repository was never made (a module not backed up yet)."""
+    unreachable = unreachable_reason(destination)
+    if unreachable:  # at once, not after restic's quarter of an hour of retries
+        return CheckRecord(reason=unreachable, runs=runs)
     try:
         opened = repository_lease.open_lease(
             ctx.redis,
@@ -180,12 +185,13 @@ def _store(
     module_id: str,
     record: CheckRecord,
     lines: list[str],
+    secrets: list[str],
 ) -> None:
     try:
         with ctx.redis.pipeline(transaction=True) as pipe:
             record.to_redis(pipe, destination_id, path)
             pipe.execute()
-        run_history.append(ctx.redis, module_id, run_history.check_record(record, lines))
+        run_history.append(ctx.redis, module_id, run_history.check_record(record, lines, secrets))
     except REDIS_ERRORS as exc:
         log.warning("check of %s: not recorded: %s", module_id, exc)
 

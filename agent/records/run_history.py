@@ -72,22 +72,26 @@ def make_record(
     )
 
 
-def check_record(record: CheckRecord, log: list[str]) -> RunRecord:
-    """A repository check as a history entry (its texts are restic's and the agent's)."""
+def check_record(record: CheckRecord, log: list[str], secrets: list[str]) -> RunRecord:
+    """A repository check as a history entry, every secret value masked out of its texts."""
+
+    def clean(text: str) -> str:
+        return redact_text(text, secrets)
+
     return RunRecord(
         backup_id=record.backup_id,
         node=record.node,
         start=record.start,
         end=record.end,
         outcome=record.outcome.value,
-        reason=record.reason[:2000],
+        reason=clean(record.reason)[:2000],
         snapshot_id="",
         total_size=0,
         bytes_added=0,
         total_file_count=0,
         snapshots_count=0,
-        unreadable=[e[:LOG_LINE_CHARS] for e in record.errors[:50]],
-        log=[line[:LOG_LINE_CHARS] for line in log[-LOG_LINES:]],
+        unreadable=[clean(e)[:LOG_LINE_CHARS] for e in record.errors[:50]],
+        log=[clean(line)[:LOG_LINE_CHARS] for line in log[-LOG_LINES:]],
         kind="check",
     )
 

@@ -13,7 +13,9 @@ from agent.core import restic_args
 from agent.core.models import AlterBackupRequest, CheckSettings, ListBackupsRequest
 from agent.core.restic_messages import parse_check
 from agent.operations import freshness, mirrors
+from agent.records import run_history
 from agent.records.backups import BackupDefinition, CheckPolicy, DrillPolicy
+from agent.records.repository_checks import CheckRecord
 
 
 def test_an_n_of_t_subset_rolls_over_every_part_once_per_t_runs() -> None:
@@ -125,3 +127,16 @@ def test_freshness_judges_lost_snapshots_and_copies_of_the_newest() -> None:
     assert unread["lost_snapshots"] is None and unread["error"] == "no repository"
     down = freshness.judge(primary, {"m1": {"error": "unreachable"}}, "bb", 2)
     assert down["holding_newest"] == 1 and "m1: unreachable" in down["error"]
+
+
+def test_a_check_in_the_history_is_masked_and_kind_check() -> None:
+    record = CheckRecord(
+        backup_id=1, node=2, start=10, end=15, reason="denied for pw-Secret-1", errors=("x",)
+    )
+    entry = run_history.check_record(record, ["line with pw-Secret-1"], ["pw-Secret-1"])
+    listed = entry.listing()
+    assert listed["kind"] == "check" and listed["duration"] == 5
+    assert "pw-Secret-1" not in json.dumps(listed)
+    # Entries written before checks existed have no kind: they read as backups.
+    older = {k: v for k, v in json.loads(entry.to_json()).items() if k != "kind"}
+    assert run_history.RunRecord(**older).kind == "backup"
