@@ -174,7 +174,7 @@ def test_mirror_holds_the_snapshots_restores_byte_for_byte_and_an_outage_is_part
     with subtests.test("a mirror outage makes the run partial, never ok"):
         assert code == 3, (output, stderr)
         assert status["outcome"] == "partial" and status["snapshot_id"]
-        assert f"mirror {mirror}" in status["reason"] and status["mirrored"] == []
+        assert f"mirror {mirror}" in status["reason"] and not status.get("mirrored")
         assert _listed(cluster, wiki)["newest_snapshot_copies"] == 1
 
 
