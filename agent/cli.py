@@ -142,6 +142,19 @@ def run_backup_command(
     sys.exit(command_run_backup(Context.open(load_settings(root)), backup))
 
 
+@agent_app.command("run-check")
+def run_check_command(
+    backup: Annotated[int, typer.Option("--backup", min=1, help="backup id")],
+    root: RootOption = None,
+) -> None:
+    """Check this node's module repositories of a backup now (what the check timers run)."""
+    from agent.adapters.redis_store import Context
+    from agent.operations.check_actions import command_run_check
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    sys.exit(command_run_check(Context.open(load_settings(root)), backup))
+
+
 @agent_app.command("timers")
 def timers(
     root: RootOption = None,

@@ -6,7 +6,6 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     RootModel,
@@ -16,6 +15,12 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from agent.core.confidence_models import CheckSettings, DrillSettings
+from agent.core.confidence_models import ListBackupsRequest as ListBackupsRequest
+from agent.core.confidence_models import NodeRunCheckRequest as NodeRunCheckRequest
+from agent.core.confidence_models import Request as Request
+from agent.core.confidence_models import RunCheckRequest as RunCheckRequest
 
 ModuleId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]*[0-9]+$", max_length=64)]
 Uuid = Annotated[
@@ -30,10 +35,6 @@ ImageUrl = Annotated[
 
 NodeId = Annotated[int, Field(ge=1, le=100000)]
 BackupId = Annotated[StrictInt, Field(ge=1, le=2**31)]
-
-
-class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class AddModuleRequest(Request):
@@ -128,14 +129,11 @@ class BackupRequest(Request):
         Annotated[str, StringConstraints(max_length=32, pattern=r"^([0-9]{1,6}[ymdh])+$")] | None
     ) = None
     ping_url: PingUrl | None = None
-
-
-# Restore drill of a backup (issue #18): when, and on which node (None: the leader).
-class DrillSettings(Request):
-    schedule: Annotated[
-        str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\n\r\t\x00]+$")
-    ]
-    node: NodeId | None = None
+    # Issue #18. Left out of an alter: the stored value stays (null / [] removes it).
+    check: CheckSettings | None = None
+    drill: DrillSettings | None = None
+    mirrors: Annotated[list[Uuid], Field(max_length=8)] | None = None
+    mirror_retention: KeepCount | None = None
 
 
 class RunDrillRequest(Request):
@@ -394,6 +392,9 @@ SCHEMAS: dict[str, type[Request]] = {
     "actions/node/add-module/validate-input.json": NodeAddModuleRequest,
     "actions/node/remove-module/validate-input.json": RemoveModuleRequest,
     "actions/cluster/run-backup/validate-input.json": RunBackupRequest,
+    "actions/cluster/run-check/validate-input.json": RunCheckRequest,
+    "actions/node/run-check/validate-input.json": NodeRunCheckRequest,
+    "actions/cluster/list-backups/validate-input.json": ListBackupsRequest,
     "actions/node/run-backup/validate-input.json": NodeRunBackupRequest,
     "actions/cluster/add-backup-repository/validate-input.json": AddBackupRepositoryRequest,
     "actions/cluster/alter-backup-repository/validate-input.json": AlterBackupRepositoryRequest,

@@ -275,6 +275,12 @@ def repository_lease(destination_id: str, repo_path: str) -> str:
     return f"cluster/repository_lease/{destination_id}/{repo_path}"
 
 
+def repository_check(destination_id: str) -> str:
+    """Hash: repository path → JSON of its last `restic check` (agent/records/
+    repository_checks.py), with the run count that rolls the read data subset."""
+    return f"cluster/repository_check/{destination_id}"
+
+
 def written_repositories(destination_id: str) -> str:
     """Hash: repository path → restic config id ('' when not read) of each repository this
     cluster has written on a destination; one that then reads as missing has vanished."""

@@ -114,3 +114,38 @@ def dump_args(snapshot: str, item: str, archive: str = "raw") -> list[str]:
     if archive != "raw":
         args += ["--archive", archive]
     return [*args, snapshot_arg(snapshot), item]
+
+
+def rolling_subset(share: str, run: int) -> str:
+    """The --read-data-subset of check run number run (0, 1, …): "n/t" rolls so that t runs
+    read every pack once (run k reads part (k mod t)+1 of t); "x%" stays as it is."""
+    if share.endswith("%"):
+        return share
+    _part, _, total_text = share.partition("/")
+    total = int(total_text)
+    if total < 1:
+        raise ValueError(f"not a subset: {share!r}")
+    return f"{run % total + 1}/{total}"
+
+
+def check_args(subset: str) -> list[str]:
+    """`check` reading subset of the data packs ("" reads none, only the structure)."""
+    args = ["check", "--json"]
+    if subset:
+        args.append(f"--read-data-subset={subset}")
+    return args
+
+
+def copy_args(*, tags: Sequence[str] = (), snapshots: Sequence[str] = ()) -> list[str]:
+    """`copy` from the repository in RESTIC_FROM_REPOSITORY (password RESTIC_FROM_PASSWORD)
+    of the snapshots with tags that the target lacks (restic skips those it already has)."""
+    args = ["copy"]
+    for tag in tags:
+        args += ["--tag", tag]
+    return [*args, *snapshots]
+
+
+def init_copy_args() -> list[str]:
+    """`init` of a mirror with the chunker parameters of RESTIC_FROM_REPOSITORY, so that
+    copied data deduplicates as it did in the source."""
+    return ["init", "--json", "--copy-chunker-params"]

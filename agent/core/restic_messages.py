@@ -189,3 +189,34 @@ def parse_time(text: str) -> float:
     if moment.tzinfo is None:
         raise ValueError(f"no time zone in {text!r}")
     return moment.timestamp()
+
+
+@dataclass(frozen=True)
+class CheckVerdict:
+    """What `check --json` found: its summary's error count and damaged packs, and the
+    error messages it printed (restic's own words, none from the data)."""
+
+    summarized: bool  # False: no summary (restic ended before the check's end)
+    num_errors: int
+    broken_packs: tuple[str, ...]
+    errors: tuple[str, ...]
+
+
+def parse_check(stdout: str, stderr: str) -> CheckVerdict:
+    """The verdict of `check --json` from its two outputs."""
+    summarized, count = False, 0
+    broken: tuple[str, ...] = ()
+    for fields in parse_json_lines(stdout):
+        if _text(fields, "message_type") == "summary":
+            summarized = True
+            count = int(_number(fields, "num_errors"))
+            packs = fields.get("broken_packs")
+            if isinstance(packs, list):
+                broken = tuple(str(p) for p in packs if isinstance(p, str))
+    errors = []
+    for fields in parse_json_lines(stderr):
+        if _text(fields, "message_type") in ("error", "exit_error"):
+            message = _text(fields, "message").strip()
+            if message:
+                errors.append(message[:500])
+    return CheckVerdict(summarized, count, broken, tuple(errors))

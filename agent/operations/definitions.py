@@ -20,10 +20,18 @@ from agent.core.models import (
     BackupIdRequest,
     BackupRequest,
     BackupRunsRequest,
-    NoInput,
+    ListBackupsRequest,
 )
+from agent.operations.backup_confidence import confidence_errors, confidence_fields
+from agent.operations.confidence_listing import definition_confidence, instance_confidence
 from agent.records import drills, run_history
-from agent.records.backups import KEEP_FIELDS, BackupDefinition, BackupSecrets, backup_ids
+from agent.records.backups import (
+    CONFIDENCE_FIELDS,
+    KEEP_FIELDS,
+    BackupDefinition,
+    BackupSecrets,
+    backup_ids,
+)
 from agent.records.statuses import StatusRecord
 from agent.runtime.overdue import Watch
 from agent.runtime.steps import Step
@@ -55,10 +63,16 @@ def missing_modules(redis: Redis, instances: list[str]) -> list[str]:
 
 
 def make_definition(
-    request: BackupRequest, backup_id: int, repository: str, uinstances: str = ""
+    request: BackupRequest,
+    backup_id: int,
+    repository: str,
+    uinstances: str = "",
+    stored: dict[str, str] | None = None,
 ) -> BackupDefinition:
-    """The definition a request asks for (repository and uinstances are not its to set)."""
+    """The definition a request asks for (repository and uinstances are not its to set);
+    the confidence fields it leaves out keep their stored values."""
     return BackupDefinition(
+        **confidence_fields(request, stored or {}),
         id=backup_id,
         name=request.name or f"Backup {backup_id}",
         repository=repository,
@@ -77,7 +91,7 @@ def make_definition(
 
 
 def schedule_and_instance_errors(
-    redis: Redis, schedule: str, instances: list[str]
+    redis: Redis, schedule: str, instances: list[str], request: BackupRequest | None = None
 ) -> list[dict[str, Any]]:
     """NS8 rows for a schedule systemd refuses and for instances that are not modules."""
     errors = []
@@ -85,6 +99,8 @@ def schedule_and_instance_errors(
         errors.append(error_row("schedule", "bad_schedule_format", schedule))
     for module_id in missing_modules(redis, instances):
         errors.append(error_row("instances", "module_not_found", module_id))
+    if request is not None:
+        errors += confidence_errors(redis, request, schedule_is_valid)
     return errors
 
 
@@ -94,7 +110,9 @@ def add_backup(step: Step, request: AddBackupRequest) -> int:
     repository_key = redis_keys.backup_repository(request.repository)
     if not redis.exists(repository_key):
         errors.append(error_row("id", "backup_repository_not_found", request.repository))
-    errors += schedule_and_instance_errors(redis, request.schedule, request.instances)
+    errors += schedule_and_instance_errors(redis, request.schedule, request.instances, request)
+    if request.mirrors and request.repository in request.mirrors:
+        errors.append(error_row("mirrors", "mirror_is_the_repository", request.repository))
     if errors:
         raise ValidationFailed(errors, exit_code=2)
     for _attempt in range(10):
@@ -125,7 +143,7 @@ def alter_backup(step: Step, request: AlterBackupRequest) -> None:
     key = redis_keys.backup(request.id)
     if not redis.exists(key):
         raise ValidationFailed([error_row("id", "backup_object_not_found", request.id)], 2)
-    errors = schedule_and_instance_errors(redis, request.schedule, request.instances)
+    errors = schedule_and_instance_errors(redis, request.schedule, request.instances, request)
     if errors:
         raise ValidationFailed(errors, exit_code=3)
     with redis.pipeline(transaction=True) as pipe:
@@ -135,8 +153,16 @@ def alter_backup(step: Step, request: AlterBackupRequest) -> None:
             if not watched.exists(key):
                 raise ValidationFailed([error_row("id", "backup_object_not_found", request.id)], 2)
             # Only what the request does not set is read: an alter mends a malformed one.
-            repository, uinstances = watched.hmget(key, ["repository", "uinstances"])
-            definition = make_definition(request, request.id, repository or "", uinstances or "")
+            names = ["repository", "uinstances", *CONFIDENCE_FIELDS]
+            repository, uinstances, *kept = watched.hmget(key, names)
+            stored = {n: v for n, v in zip(CONFIDENCE_FIELDS, kept, strict=True) if v}
+            if request.mirrors and (repository or "") in request.mirrors:
+                raise ValidationFailed(
+                    [error_row("mirrors", "mirror_is_the_repository", repository)], 3
+                )
+            definition = make_definition(
+                request, request.id, repository or "", uinstances or "", stored
+            )
             pipe.multi()
             definition.to_redis(pipe)
             if request.ping_url is not None:  # absent keeps it, "" removes it
@@ -229,7 +255,7 @@ def _module_facts(redis: Redis, modules: list[str]) -> dict[str, tuple[str, str,
     }
 
 
-def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
+def list_backups(step: Step, request: ListBackupsRequest) -> dict[str, Any]:
     redis = step.ctx.redis
     uuids = redis.hgetall(redis_keys.MODULE_UUID)
     placed = redis.hgetall(redis_keys.MODULE_NODE)
@@ -293,6 +319,13 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
                     "status": instance_status(module_id, *statuses.get(module_id, ("", ""))),
                     **freshness(watches[backup_id].get(module_id)),
                     "drill": drill_listing(last_drills[backup_id].get(module_id)),
+                    **instance_confidence(
+                        redis,
+                        definition,
+                        f"{image}/{uuids[module_id]}",
+                        module_id,
+                        statuses.get(module_id, ("", "")),
+                    ),
                 }
             )
         item: dict[str, Any] = {
@@ -305,11 +338,16 @@ def list_backups(step: Step, _request: NoInput) -> dict[str, Any]:
             "enabled": definition.enabled,
             "instances": instances,
             "ping_url": masked_url(secrets[backup_id].ping_url),
+            **definition_confidence(definition),
         }
         for name in KEEP_FIELDS:
             if getattr(definition, name) is not None:
                 item[name] = getattr(definition, name)
         backups.append(item)
+    if request.refresh:
+        from agent.operations.freshness import refresh  # restic runs: only when asked
+
+        refresh(step.ctx, backups)
     unconfigured = [
         {"id": m, "ui_name": facts[m][1]}
         for m in sorted(placed)

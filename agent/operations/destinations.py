@@ -131,18 +131,25 @@ def remove_backup_repository(step: Step, request: DestinationIdRequest) -> None:
             pipe.watch(public_key, *(redis_keys.backup(backup_id) for backup_id in ids))
             if not pipe.exists(public_key):
                 raise validation_error("id", "backup_repository_not_found", request.id)
-            using = [b for b in read_backups(redis, ids) if b.repository == request.id]
+            stored = read_backups(redis, ids)
+            using = [b for b in stored if b.repository == request.id]
+            # Backups that only mirror to it keep going without that mirror (issue #18).
+            mirroring = [b for b in stored if request.id in b.mirrors and b not in using]
             pipe.multi()
             if using:
                 pipe.delete(*(backup.key for backup in using))
                 used = [str(backup.id) for backup in using]
                 pipe.publish(SCHEDULE_CHANGED, json.dumps({"backup_ids": used}))
+            for backup in mirroring:
+                kept = tuple(m for m in backup.mirrors if m != request.id)
+                backup.model_copy(update={"mirrors": kept}).to_redis(pipe)
             # Its record of written repositories goes too: the same destination added
             # again (same id) may rightly start with empty storage.
             pipe.delete(
                 public_key,
                 redis_keys.backup_repository_private(request.id),
                 redis_keys.written_repositories(request.id),
+                redis_keys.repository_check(request.id),
             )
             pipe.publish(DESTINATION_CHANGED, json.dumps({"destination_ids": [request.id]}))
             pipe.execute()

@@ -8,6 +8,7 @@ import logging
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from agent.core import redis_keys, restic_args, restic_messages
 from agent.core.errors import ActionFailed, AgentError
 from agent.core.image_names import image_name
 from agent.core.models import NoInput, RepositoryPathRequest, SnapshotRequest
+from agent.operations.mirrors import mirror_sources
 from agent.operations.restore_source import (
     check_reachable,
     explain_read_failure,
@@ -68,9 +70,12 @@ def read_backup_repositories(step: Step, _request: NoInput) -> list[dict[str, An
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="list") as pool:
         found = list(pool.map(lambda d: _repositories(ctx, d, installed), destinations))
     rows = []
+    mirrored = mirror_sources(ctx.redis)  # issue #18: a mirror's repositories say so
     for destination, repositories in zip(destinations, found, strict=True):
         for path, timestamp, meta in repositories:
-            rows.append(_row(destination, path, timestamp, meta, installed, cluster_uuid))
+            row = _row(destination, path, timestamp, meta, installed, cluster_uuid)
+            row["mirror_of"] = sorted(mirrored.get((destination.id, row["uuid"]), ()))
+            rows.append(row)
     return rows
 
 
@@ -206,13 +211,21 @@ def _probe_rest(destination: Destination, installed: dict[str, tuple[str, str, s
 
 # --- read-backup-snapshots -----------------------------------------------------------------
 def read_backup_snapshots(step: Step, request: RepositoryPathRequest) -> list[dict[str, Any]]:
-    repository = open_repository(step.ctx, request.repository, request.path)
+    return list_snapshots(step.ctx, request.repository, request.path)
+
+
+def list_snapshots(
+    ctx: Context, destination_id: str, path: str, tags: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """The snapshots (with tags) of the repository at path, as read-backup-snapshots lists
+    them; raises ActionFailed (or ValidationFailed) when they cannot be read."""
+    repository = open_repository(ctx, destination_id, path)
     check_reachable(repository)
     done = restic.run(
         repository.target,
         repository.password,
-        restic_args.snapshots_args(),
-        podman_env=step.ctx.settings.podman_env(),
+        restic_args.snapshots_args(tags=tags),
+        podman_env=ctx.settings.podman_env(),
         timeout=600,
     )
     if done.returncode != 0:

@@ -25,6 +25,7 @@ from agent.adapters.destinations import (
 from agent.adapters.redis_store import Context
 from agent.core import redis_keys
 from agent.core.errors import ActionFailed, AgentError, validation_error
+from agent.operations import mirrors
 from agent.operations.backup_retention import Retention
 from agent.operations.module_backup import BackupJob, ModuleBackup, repo_path
 from agent.records import run_history, run_report
@@ -112,6 +113,7 @@ def run_node_backup(
         with run_history.LogCollector() as collected:
             log.info("backup %s of %s to %r: started", backup_id, module_id, job.name)
             status = ModuleBackup(ctx, job, module_id, progress, cancelled).run()
+            status = mirrors.copy_to_mirrors(ctx, definition, destination, status, cancelled)
             log.info(
                 "backup %s of %s: %s %s", backup_id, module_id, status.outcome.value, status.reason
             )

@@ -37,6 +37,7 @@ class ModuleStatus:
     unreadable: tuple[str, ...] = ()
     last_success: int = 0  # end of the last ok/partial run, carried over failures
     coalesced: bool = False  # satisfied by a run of the same backup that finished meanwhile
+    mirrored: tuple[str, ...] = ()  # mirror destinations that got this run's snapshot
     finished: float = field(default_factory=time.time)  # precise end, for coalescing
 
     @property
@@ -66,6 +67,7 @@ class ModuleStatus:
             errors=record.errors,
             unreadable=record.unreadable,
             last_success=record.last_success,
+            mirrored=record.mirrored,
             finished=record.finished if record.finished is not None else float(record.end),
         )
 

@@ -10,12 +10,12 @@ from pydantic import BeforeValidator, Field, StrictBool
 
 from agent.adapters.redis_api import Pipeline, Redis
 from agent.core import redis_keys
-from agent.core.models import DrillSettings
 from agent.records.stored import StoredRecord, parse_stored
 
 KEEP_FIELDS = ("keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within")
 # Fields a rewrite removes when the definition no longer has them (HSET alone keeps them).
-OPTIONAL_FIELDS = (*KEEP_FIELDS, "uinstances", "drill")
+CONFIDENCE_FIELDS = ("check", "drill", "mirrors", "mirror_retention")  # issue #18
+OPTIONAL_FIELDS = (*KEEP_FIELDS, "uinstances", *CONFIDENCE_FIELDS)
 
 
 def _blank_is_none(value: object) -> object:
@@ -51,6 +51,25 @@ KeepCount = Annotated[Annotated[int, Field(ge=0)] | None, BeforeValidator(_blank
 Words = Annotated[tuple[str, ...], BeforeValidator(_words)]
 
 
+class CheckPolicy(StoredRecord):
+    """When each module repository of the backup gets `restic check`, and how much of its
+    data that reads ("n/t": rolled over t runs; "x%": a random share each time)."""
+
+    schedule: str
+    read_data_subset: str = "1/1"
+
+
+class DrillPolicy(StoredRecord):
+    """When the backup's modules get a restore drill (run-drill), and on which node."""
+
+    schedule: str
+    node: int | None = None
+
+
+def _policy_json(policy: StoredRecord) -> str:
+    return json.dumps(policy.model_dump(mode="json"), sort_keys=True)
+
+
 class BackupDefinition(StoredRecord):
     """What is backed up, when, where to and for how long (cluster/backup/<id>)."""
 
@@ -71,8 +90,10 @@ class BackupDefinition(StoredRecord):
     keep_monthly: KeepCount = None
     keep_yearly: KeepCount = None
     keep_within: Annotated[str | None, BeforeValidator(_blank_is_none)] = None
-    # Restore drills (issue #18): JSON {"schedule", "node"} in the hash.
-    drill: Annotated[DrillSettings | None, BeforeValidator(_json_or_none)] = None
+    check: Annotated[CheckPolicy | None, BeforeValidator(_json_or_none)] = None
+    drill: Annotated[DrillPolicy | None, BeforeValidator(_json_or_none)] = None
+    mirrors: Words = ()  # further destination ids that get a copy of every snapshot
+    mirror_retention: KeepCount = None  # --keep-last on the mirrors (None: retention)
 
     @property
     def key(self) -> str:
@@ -110,8 +131,14 @@ class BackupDefinition(StoredRecord):
             value = getattr(self, name)
             if value is not None:
                 fields[name] = str(value)
+        if self.check is not None:
+            fields["check"] = _policy_json(self.check)
         if self.drill is not None:
-            fields["drill"] = self.drill.model_dump_json()
+            fields["drill"] = _policy_json(self.drill)
+        if self.mirrors:
+            fields["mirrors"] = " ".join(self.mirrors)
+        if self.mirror_retention is not None:
+            fields["mirror_retention"] = str(self.mirror_retention)
         return fields
 
     def to_redis(self, pipe: Pipeline) -> None:

@@ -12,6 +12,7 @@ from agent.adapters.redis_api import Redis
 from agent.core import redis_keys
 from agent.core.masking import redact_text
 from agent.records.backup_status import ModuleStatus
+from agent.records.repository_checks import CheckRecord
 
 HISTORY_LENGTH = 200  # runs kept per module
 LOG_LINES = 200  # lines kept per run
@@ -33,9 +34,8 @@ class RunRecord:
     snapshots_count: int
     unreadable: list[str]
     log: list[str]
-    # "drill": a restore drill (agent/operations/drills.py): total_size and
-    # total_file_count are what was restored, restore_seconds the measured RTO.
-    kind: str = "backup"
+    kind: str = "backup"  # or "check" (an integrity check) or "drill" (a restore drill:
+    # total_size and total_file_count are what was restored, restore_seconds the RTO)
     restore_seconds: float | None = None
 
     @property
@@ -71,6 +71,30 @@ def make_record(
         snapshots_count=status.snapshots_count,
         unreadable=[clean(u)[:LOG_LINE_CHARS] for u in status.unreadable[:50]],
         log=[clean(line)[:LOG_LINE_CHARS] for line in log[-LOG_LINES:]],
+    )
+
+
+def check_record(record: CheckRecord, log: list[str], secrets: list[str]) -> RunRecord:
+    """A repository check as a history entry, every secret value masked out of its texts."""
+
+    def clean(text: str) -> str:
+        return redact_text(text, secrets)
+
+    return RunRecord(
+        backup_id=record.backup_id,
+        node=record.node,
+        start=record.start,
+        end=record.end,
+        outcome=record.outcome.value,
+        reason=clean(record.reason)[:2000],
+        snapshot_id="",
+        total_size=0,
+        bytes_added=0,
+        total_file_count=0,
+        snapshots_count=0,
+        unreadable=[clean(e)[:LOG_LINE_CHARS] for e in record.errors[:50]],
+        log=[clean(line)[:LOG_LINE_CHARS] for line in log[-LOG_LINES:]],
+        kind="check",
     )
 
 

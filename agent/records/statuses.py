@@ -38,6 +38,7 @@ class StatusRecord(StoredRecord):
     unreadable: tuple[str, ...] = ()
     last_success: int = 0  # end of the last ok/partial run, carried over failures
     coalesced: bool = False
+    mirrored: tuple[str, ...] = ()  # mirror destinations holding snapshot_id's copy
     finished: float | None = None  # precise end; NS8's records have only `end`
     partial: bool = False  # written for NS8-style readers; the outcome says it too
 
@@ -57,4 +58,6 @@ class StatusRecord(StoredRecord):
         data = self.model_dump(mode="json")
         data["outcome"] = self.resolved_outcome.value
         data["partial"] = self.resolved_outcome is Outcome.PARTIAL
+        if not self.mirrored:  # only backups with mirrors write it (issue #18)
+            del data["mirrored"]
         return json.dumps(data, sort_keys=True)

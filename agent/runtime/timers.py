@@ -54,9 +54,7 @@ def node_units(settings: Settings) -> systemd.NodeUnits:
     )
 
 
-def node_schedules(redis: Redis, node_id: int) -> list[systemd.BackupSchedule]:
-    """Enabled backups with at least one instance on node_id, by id."""
-    module_node: dict[str, str] = redis.hgetall(redis_keys.MODULE_NODE)
+def _enabled_backups(redis: Redis) -> list[BackupDefinition]:
     found = []
     for backup_id in backup_ids(redis):
         try:
@@ -64,15 +62,46 @@ def node_schedules(redis: Redis, node_id: int) -> list[systemd.BackupSchedule]:
         except StoredDataError as exc:  # one bad definition must not stop the others' timers
             log.error("%s", exc)
             continue
-        if backup is None or not backup.enabled or not backup.schedule:
-            continue
-        if any(module_node.get(module) == str(node_id) for module in backup.instances):
-            found.append(systemd.BackupSchedule(backup_id, backup.name, backup.schedule))
+        if backup is not None and backup.enabled:
+            found.append(backup)
     return found
 
 
+def node_schedules(redis: Redis, node_id: int) -> list[systemd.BackupSchedule]:
+    """Enabled backups with at least one instance on node_id, by id."""
+    module_node: dict[str, str] = redis.hgetall(redis_keys.MODULE_NODE)
+    return [
+        systemd.BackupSchedule(backup.id, backup.name, backup.schedule)
+        for backup in _enabled_backups(redis)
+        if backup.schedule
+        and any(module_node.get(module) == str(node_id) for module in backup.instances)
+    ]
+
+
+def node_jobs(redis: Redis, node_id: int) -> list[systemd.JobSchedule]:
+    """The checks and drills this node's timers run. A check runs where the backup runs
+    (each node checks the repositories of its own modules); a drill, a cluster action,
+    from one node only: the drill's node, else the leader's."""
+    module_node: dict[str, str] = redis.hgetall(redis_keys.MODULE_NODE)
+    leader = redis.hget(redis_keys.CLUSTER_ENVIRONMENT, "NODE_ID") or "1"
+    jobs = []
+    for backup in _enabled_backups(redis):
+        here = any(module_node.get(module) == str(node_id) for module in backup.instances)
+        if backup.check is not None and backup.check.schedule and here:
+            jobs.append(systemd.JobSchedule("check", backup.id, backup.name, backup.check.schedule))
+        if backup.drill is not None and backup.drill.schedule:
+            runner = str(backup.drill.node) if backup.drill.node else leader
+            if runner == str(node_id):
+                jobs.append(
+                    systemd.JobSchedule("drill", backup.id, backup.name, backup.drill.schedule)
+                )
+    return jobs
+
+
 def render_node_units(
-    schedules: list[systemd.BackupSchedule], settings: Settings
+    schedules: list[systemd.BackupSchedule],
+    settings: Settings,
+    jobs: list[systemd.JobSchedule] | None = None,
 ) -> dict[str, str]:
     """Every unit file this node should have: name → text (pure but for the settings)."""
     units: dict[str, str] = {}
@@ -83,6 +112,11 @@ def render_node_units(
             units.update(systemd.render_backup_units(backup, node, templates))
         except Exception as exc:  # one bad definition must not stop the others' timers
             log.error("backup %s: cannot render its units: %s", backup.backup_id, exc)
+    for job in jobs or ():
+        try:
+            units.update(systemd.render_job_units(job, node, templates))
+        except Exception as exc:  # one bad definition must not stop the others' timers
+            log.error("backup %s: cannot render its %s units: %s", job.backup_id, job.kind, exc)
     return units
 
 
@@ -129,7 +163,8 @@ def sync_timers(redis: Redis, settings: Settings, start_all: bool = False) -> Sy
     """Render this node's backup units from Redis and apply them."""
     with _sync_lock(settings):
         schedules = node_schedules(redis, settings.node_id)
-        return apply_units(render_node_units(schedules, settings), settings, start_all)
+        jobs = node_jobs(redis, settings.node_id)
+        return apply_units(render_node_units(schedules, settings, jobs), settings, start_all)
 
 
 class TimerKeeper:

@@ -15,7 +15,7 @@ from agent.adapters.destinations import load_destination
 from agent.adapters.redis_store import Context
 from agent.core import redis_keys
 from agent.core.errors import StoredDataError
-from agent.core.models import AlterBackupRequest, NoInput
+from agent.core.models import AlterBackupRequest, ListBackupsRequest
 from agent.core.settings import Settings
 from agent.operations import definitions
 from agent.operations.run_backup import run_node_backup
@@ -74,7 +74,7 @@ def test_list_backups_names_a_malformed_definition(step: Step, redis_client: red
     backups.add_backup(redis_client, 1, DESTINATION, ["wiki1"])
     redis_client.hset(redis_keys.backup(1), "retention", "many")
     with pytest.raises(StoredDataError, match=r"malformed cluster/backup/1: retention"):
-        definitions.list_backups(step, NoInput())
+        definitions.list_backups(step, ListBackupsRequest())
 
 
 def test_a_malformed_status_shows_as_none_and_is_logged_with_its_key(
@@ -88,7 +88,7 @@ def test_a_malformed_status_shows_as_none_and_is_logged_with_its_key(
     )
     redis_client.hset(redis_keys.backup_private(1), "ping_url", "https://hc.example/secret")
     with caplog.at_level(logging.WARNING):
-        (listed,) = definitions.list_backups(step, NoInput())["backups"]
+        (listed,) = definitions.list_backups(step, ListBackupsRequest())["backups"]
     assert listed["ping_url"] == "https://hc.example/…"
     statuses = {item["module_id"]: item["status"] for item in listed["instances"]}
     assert statuses["wiki1"] is None

@@ -24,11 +24,18 @@ CASES = {
     "weekday-time": systemd.BackupSchedule(12, "Nightly 100% of it", "Mon *-*-* 03:00"),
 }
 
+JOBS = (
+    systemd.JobSchedule("check", 1, "mybackup", "Sun *-*-* 04:00"),
+    systemd.JobSchedule("drill", 12, "Nightly 100% of it", "monthly"),
+)
+
 
 def _rendered() -> dict[str, str]:
     files: dict[str, str] = {}
     for backup in CASES.values():
         files.update(systemd.render_backup_units(backup, NODE, TEMPLATES))
+    for job in JOBS:
+        files.update(systemd.render_job_units(job, NODE, TEMPLATES))
     files["agent.service"] = systemd.render_agent_service(
         "/usr/local/bin/agent", "/var/lib/backup-agent", TEMPLATES
     )
@@ -56,6 +63,10 @@ def test_rendered_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     names = []
     for backup in CASES.values():
         for name, text in systemd.render_backup_units(backup, node, TEMPLATES).items():
+            (tmp_path / name).write_text(text)
+            names.append(name)
+    for job in JOBS:
+        for name, text in systemd.render_job_units(job, node, TEMPLATES).items():
             (tmp_path / name).write_text(text)
             names.append(name)
     agent_service = systemd.render_agent_service(str(bin_dir / "agent"), "/srv/n", TEMPLATES)

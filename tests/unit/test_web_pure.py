@@ -140,7 +140,7 @@ def test_action_requests_use_the_actions_models() -> None:
     assert actions.model_for("cluster", "restore-module") is RestoreModuleRequest
     assert actions.model_for("node/1", "run-backup") is not None
     assert actions.model_for("module/minwiki1", "restore-module") is not None
-    assert actions.model_for("cluster", "list-backups") is None
+    assert actions.model_for("cluster", "list-backup-repositories") is None
     with pytest.raises(ValidationFailed) as refused:
         actions.check_request("cluster", "restore-module", {"repository": "x"})
     assert {row["parameter"] for row in refused.value.errors} >= {"repository", "path"}
