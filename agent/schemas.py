@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agent.core.models import SCHEMAS
+from agent.core.schema_table import SCHEMAS
 from agent.core.settings import share_dir
 
 

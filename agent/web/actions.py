@@ -12,7 +12,8 @@ from agent.adapters.redis_api import Redis
 from agent.core import redis_keys
 from agent.core.errors import UnknownAgent, ValidationFailed
 from agent.core.masking import mask_secrets
-from agent.core.models import SCHEMAS, Request
+from agent.core.models import Request
+from agent.core.schema_table import SCHEMAS
 from agent.runtime import tasks
 from agent.runtime.steps import pydantic_errors
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from agent.adapters.redis_store import Context
 from agent.core import redis_keys
 from agent.core.errors import AgentError, ValidationFailed
-from agent.core.models import SCHEMAS
+from agent.core.schema_table import SCHEMAS
 from agent.core.settings import Settings, share_dir
 from agent.core.validation import load_schema, validate
 from agent.operations import definitions, destinations, probe
