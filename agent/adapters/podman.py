@@ -120,6 +120,20 @@ def image_id(image: str, env: dict[str, str]) -> str | None:
     return found if done.returncode == 0 and found and "/" not in found else None
 
 
+def image_label_argv(image: str, label: str) -> list[str]:
+    return [PODMAN, "image", "inspect", "--format", f'{{{{index .Labels "{label}"}}}}', image]
+
+
+def image_label(image: str, label: str, env: dict[str, str]) -> str:
+    """The value of an image's label ('' when it has none); AgentError when the image is
+    not on this node (install_imageroot pulls it)."""
+    done = proc.run(image_label_argv(image, label), env=env, timeout=60)
+    if done.returncode != 0:
+        raise AgentError(f"cannot read the labels of image {image}: {done.error_text.strip()}")
+    value = done.text.strip()
+    return "" if value == "<no value>" else value
+
+
 def install_imageroot(
     image: str, base: Path, target: Path, env: dict[str, str], cache: Path | None = None
 ) -> None:

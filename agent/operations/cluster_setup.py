@@ -18,6 +18,7 @@ from agent.adapters.redis_store import REDIS_ERRORS, connect, connect_binary
 from agent.core import filemodes, redis_keys
 from agent.core.errors import AgentError, ConfigError
 from agent.core.settings import Settings, load_settings, share_dir, write_settings
+from agent.operations import agent_acls
 from agent.runtime import lease
 from agent.web import auth as web_auth
 
@@ -245,6 +246,8 @@ def up(settings: Settings) -> UpResult:
     if fixed:
         log.warning("made %d path(s) under %s readable by root only", len(fixed), settings.root)
     started_redis, redis_state = start_redis(settings) if settings.embedded_redis else (False, "")
+    # Redis keeps its keys over a restart (AOF), not its ACL: the users come from the record.
+    agent_acls.apply_acls(connect(settings.redis_url))
     started_daemon, pid = start_daemon(settings)
     daemon_state = f"{'started' if started_daemon else 'already running'} (pid {pid})"
     web_url = start_web(settings) if is_leader(settings) and settings.web_listen else ""

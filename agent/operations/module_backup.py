@@ -82,6 +82,8 @@ class ModuleBackup:
         self.requested = time.time()
         self.start = int(self.requested)
         self.previous = read_status(ctx, job.backup_id, module_id)
+        # Lines of its include/exclude files that named more than the module.
+        self.ignored: tuple[str, ...] = ()
 
     def failed(self, reason: str) -> ModuleStatus:
         last = self.previous.last_success if self.previous else 0
@@ -93,6 +95,7 @@ class ModuleBackup:
             # A hook's own words rarely name the cause when the node's disk is full.
             reason=reason + disk_space.full_disk_note(self.ctx.settings.root),
             errors=1,
+            ignored=self.ignored,
             last_success=last,
             snapshots_count=self.previous.snapshots_count if self.previous else 0,
         )
@@ -153,7 +156,11 @@ class ModuleBackup:
             podman.list_module_volumes(
                 self.module_id, self.ctx.redis.hkeys(redis_keys.MODULE_NODE), podman_env
             ),
+            settings.run_dir / "backup-excludes" / f"{self.module_id}.conf",
         )
+        self.ignored = layout.ignored
+        for line in layout.ignored:
+            log.warning("%s: ignored, names more than the module: %s", self.module_id, line)
         labels = dump_labels(self.ctx, self.module_id, state_dir)
         sources = BackupSources(dump, state_dir / "environment", lambda: layout.sources(labels))
         args = restic_args.backup_args(
@@ -230,6 +237,7 @@ class ModuleBackup:
             bytes_added=summary.count("data_added"),
             errors=len(result.unreadable),
             unreadable=tuple(result.unreadable),
+            ignored=self.ignored,
             last_success=int(time.time()),
         )
 

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 from agent.adapters import podman
 from agent.adapters.redis_store import Redis
-from agent.core import filemodes, redis_keys
+from agent.core import filemodes, redis_acl, redis_keys
 from agent.core.errors import AgentError, validation_error
 from agent.core.image_names import image_name
 from agent.core.models import AddModuleRequest, NodeAddModuleRequest, RemoveModuleRequest
+from agent.operations import agent_acls
 from agent.operations.module_hold import held_from_backups
 from agent.records.backups import backup_ids, read_backups
 from agent.runtime import tasks
@@ -181,6 +184,7 @@ def _remove_module_everywhere(step: Step, module_id: str, preserve_data: bool) -
 
 def forget_module(redis: Redis, module_id: str) -> None:
     agent_id = redis_keys.module_agent(module_id)
+    agent_acls.remove_agent_user(redis, agent_id)  # first: its credentials stop working
     keys = [
         *redis.scan_iter(match=redis_keys.module_key_pattern(module_id), count=500),
         *redis.scan_iter(match=redis_keys.module_task_pattern(module_id), count=500),
@@ -240,7 +244,22 @@ def node_add_module(step: Step, request: NodeAddModuleRequest) -> None:
     environment = state / "environment"
     environment.write_text(format_env_file(env))
     environment.chmod(filemodes.PRIVATE_FILE)
+    write_agent_env(step, request.module_id, request.image_url, state)
     step.set_progress(100)
+
+
+def write_agent_env(step: Step, module_id: str, image_url: str, state: Path) -> None:
+    """The module's own Redis user, live and recorded, and its credentials in its
+    state/agent.env (NS8's names), the only place its password is kept."""
+    settings = step.ctx.settings
+    label = podman.image_label(image_url, redis_acl.AUTHORIZATIONS_LABEL, settings.podman_env())
+    granted = redis_acl.parse_authorizations(label, settings.node_id)
+    agent_id = redis_keys.module_agent(module_id)
+    password = agent_acls.create_agent_user(step.ctx.redis, agent_id, granted)
+    text = format_env_file({"REDIS_USER": agent_id, "REDIS_PASSWORD": password})
+    fd = os.open(state / "agent.env", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, filemodes.PRIVATE_FILE)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
 
 
 def node_remove_module(step: Step, request: RemoveModuleRequest) -> None:

@@ -36,6 +36,7 @@ class StatusRecord(StoredRecord):
     bytes_added: int = Count
     errors: int = Count
     unreadable: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()  # include/exclude lines naming more than the module
     last_success: int = 0  # end of the last ok/partial run, carried over failures
     coalesced: bool = False
     finished: float | None = None  # precise end; NS8's records have only `end`

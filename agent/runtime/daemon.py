@@ -18,6 +18,7 @@ from agent.core.errors import AgentError
 from agent.core.masking import mask_secrets
 from agent.core.redis_keys import Event
 from agent.core.settings import Settings
+from agent.operations import agent_acls
 from agent.runtime import lease, module_pending, overdue, recovery, task_withdraw
 from agent.runtime.actiondirs import action_dirs, list_actions, merge_actions
 from agent.runtime.agentenv import agent_environment
@@ -116,6 +117,7 @@ class Daemon:
             raise AgentError(f"node {self.node_id} is already served by {who}")
         try:
             self._register_node()
+            agent_acls.apply_acls(self.redis)
             if self.settings.warm_steps:  # forked before any thread starts
                 self.warm = WarmSteps(self.warm_registry)
             # Renewed from now on: the recovery's steps get a grace longer than the lease.
@@ -145,6 +147,8 @@ class Daemon:
             while not self.stopping.is_set():
                 try:
                     if missed:
+                        # Redis may have restarted: its keys come back, its ACL does not.
+                        agent_acls.apply_acls(self.redis)
                         self.sync_workers()
                         timers.sync(self.redis)
                         missed = False
