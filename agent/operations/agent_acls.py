@@ -3,7 +3,10 @@ and the Redis's ACL made again from cluster/acls when it restarted without it.""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+
+from redis import exceptions as redis_errors
 
 from agent.adapters.redis_api import Redis
 from agent.core import redis_acl
@@ -25,6 +28,7 @@ def create_agent_user(redis: Redis, agent_id: str, granted: tuple[str, ...] = ()
         write_acl(pipe, acl)
         pipe.execute()
     redis.execute_command("ACL", "SETUSER", *acl.setuser_args())
+    save_acl_file(redis)
     return password
 
 
@@ -35,6 +39,14 @@ def remove_agent_user(redis: Redis, agent_id: str) -> None:
         delete_acl(pipe, user)
         pipe.execute()
     redis.execute_command("ACL", "DELUSER", user)
+    save_acl_file(redis)
+
+
+def save_acl_file(redis: Redis) -> None:
+    """ACL SAVE, for a Redis run with an aclfile (an operator's): it then keeps the users
+    over a restart by itself. Without one (the embedded Redis) the record is what counts."""
+    with contextlib.suppress(redis_errors.ResponseError):
+        redis.execute_command("ACL", "SAVE")
 
 
 def apply_acls(redis: Redis) -> int:

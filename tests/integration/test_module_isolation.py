@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from agent.core import redis_keys
+from agent.operations import cluster_setup
 from agent.runtime import tasks
 from agent.runtime.agentenv import read_env_file
 from tests.conftest import file_lock, host_podman_env
@@ -160,6 +161,13 @@ def test_module_credentials_reach_only_what_the_module_owns(
     assert not admin.hexists(redis_keys.CLUSTER_ACLS, f"module/{wiki}")
     assert f"module/{wiki}" not in node.redis().acl_users()
 
+    # A module installed before modules had users gets one when its daemon starts.
+    (node.settings.state_dir(f"module/{other}") / "agent.env").unlink()
+    node.kill_daemon()
+    up = node.agent("cluster", "up")
+    assert up.returncode == 0, up.stderr
+    assert module_client(node, other).get(f"module/{other}/secret") == "theirs"
+
 
 def test_include_lines_outside_the_module_are_ignored_and_reported(
     node: EmbeddedNode, minwiki_image: str, restic_image: str, tmp_path: Path
@@ -180,3 +188,16 @@ def test_include_lines_outside_the_module_are_ignored_and_reported(
     listing = backups.listing(wiki.repository)
     assert not any("shadow" in path or "other-module-data" in path for path in listing)
     assert "volumes/pages/" in "\n".join(listing)  # its own volume is still there
+
+
+def test_a_joining_node_gets_a_redis_user_of_its_own(node: EmbeddedNode, tmp_path: Path) -> None:
+    joined = cluster_setup.init(tmp_path / "node2", 2, node.settings.redis_url)
+    client = redis.Redis.from_url(joined.redis_url, decode_responses=True)
+    assert client.acl_whoami() == "node/2"
+    assert node.settings.redis_url not in joined.redis_url  # not node 1's password
+    recorded = json.loads(node.redis().hget(redis_keys.CLUSTER_ACLS, "node/2"))
+    assert recorded["password_sha256"] and recorded["granted"] == []
+    # Full rights, as a node has.
+    client.hset("private/nodes/check", "x", "1")
+    assert client.hget("private/nodes/check", "x") == "1"
+    assert "node/2" in client.acl_users()
