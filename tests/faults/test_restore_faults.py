@@ -28,7 +28,8 @@ STALL = """#!/bin/bash
 me="$AGENT_TASK_ACTION/$AGENT_TASK_STEP"
 for _ in $(seq 1200); do
     now=$(ME="$me" python3 -c 'import json, os, redis
-r = redis.Redis.from_url(json.load(open(os.environ["AGENT_ROOT"] + "/agent.json"))["redis_url"], decode_responses=True)
+url = json.load(open(os.environ["AGENT_ROOT"] + "/agent.json"))["redis_url"]
+r = redis.Redis.from_url(url, decode_responses=True)
 if r.get("test/stall") == os.environ["ME"]:
     r.set("test/stalled", os.environ["ME"])
     print("stall")')

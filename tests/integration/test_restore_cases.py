@@ -24,12 +24,14 @@ HOOK = """#!/bin/bash
 # Test hook: the test steers this restore step through the Redis key test/restore-hook,
 # read with the node's credentials (agent.json): the module's own may not read test/*.
 mode=$(python3 -c 'import json, os, redis
-r = redis.Redis.from_url(json.load(open(os.environ["AGENT_ROOT"] + "/agent.json"))["redis_url"], decode_responses=True)
+url = json.load(open(os.environ["AGENT_ROOT"] + "/agent.json"))["redis_url"]
+r = redis.Redis.from_url(url, decode_responses=True)
 print(r.get("test/restore-hook") or "")')
 case $mode in
     fail) echo "restore hook: failing on purpose" >&2; exit 1 ;;
     slow) python3 -c 'import json, os, redis
-redis.Redis.from_url(json.load(open(os.environ["AGENT_ROOT"] + "/agent.json"))["redis_url"]).set("test/hook-started", "1")'
+url = json.load(open(os.environ["AGENT_ROOT"] + "/agent.json"))["redis_url"]
+redis.Redis.from_url(url).set("test/hook-started", "1")'
           sleep 60 ;;
 esac
 """
