@@ -10,6 +10,7 @@ from redis import exceptions as redis_errors
 
 from agent.adapters.redis_api import Redis
 from agent.core import redis_acl
+from agent.core.errors import StoredDataError
 from agent.records.acls import AgentAcl, delete_acl, read_acls, write_acl
 
 log = logging.getLogger("agent.acl")
@@ -52,7 +53,15 @@ def save_acl_file(redis: Redis) -> None:
 def apply_acls(redis: Redis) -> int:
     """Make every recorded user live as recorded (after a Redis restart, or a rule that
     changed with this agent's version); the number applied."""
-    acls = read_acls(redis)
-    for acl in acls:
-        redis.execute_command("ACL", "SETUSER", *acl.setuser_args())
+    try:
+        acls = read_acls(redis)
+    except StoredDataError as exc:  # only nodes write it; still, the daemon must start
+        log.error("cluster/acls not applied: %s", exc)
+        return 0
+    try:
+        for acl in acls:
+            redis.execute_command("ACL", "SETUSER", *acl.setuser_args())
+    except redis_errors.ResponseError as exc:  # this node may not manage users there
+        log.error("cannot apply the agents' Redis users from cluster/acls: %s", exc)
+        return 0
     return len(acls)

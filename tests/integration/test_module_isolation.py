@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from agent.adapters.redis_store import connect
 from agent.core import redis_keys
-from agent.operations import cluster_setup
+from agent.operations import agent_acls, cluster_setup
 from agent.runtime import tasks
 from agent.runtime.agentenv import read_env_file
 from tests.conftest import file_lock, host_podman_env
@@ -201,3 +202,20 @@ def test_a_joining_node_gets_a_redis_user_of_its_own(node: EmbeddedNode, tmp_pat
     client.hset("private/nodes/check", "x", "1")
     assert client.hget("private/nodes/check", "x") == "1"
     assert "node/2" in client.acl_users()
+
+
+def test_apply_acls_makes_recorded_users_live_again(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    client = connect(redis_url)
+    password = agent_acls.create_agent_user(client, "module/gone1", ("cluster",))
+    redis_client.acl_deluser("module/gone1")  # as a Redis restart without an ACL file
+    assert agent_acls.apply_acls(client) == 1
+    module = redis.Redis.from_url(redis_url, username="module/gone1", password=password)
+    module.lpush("cluster/tasks", "x")
+    assert refused(lambda: module.lrange("cluster/tasks", 0, -1))
+    # A malformed record is said in the log; it never stops the daemon that applies it.
+    redis_client.hset(redis_keys.CLUSTER_ACLS, "module/bad1", "not json")
+    assert agent_acls.apply_acls(client) == 0
+    agent_acls.remove_agent_user(client, "module/gone1")
+    assert "module/gone1" not in redis_client.acl_users()
