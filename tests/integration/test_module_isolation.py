@@ -20,7 +20,7 @@ from agent.runtime import tasks
 from agent.runtime.agentenv import read_env_file
 from tests.conftest import file_lock, host_podman_env
 from tests.support import backups
-from tests.support.embedded_node import EmbeddedNode, wiki_with_backup
+from tests.support.embedded_node import EmbeddedNode, wait_until, wiki_with_backup
 
 AUTHORIZED_TAG = "localhost/minwiki-authorized:latest"
 
@@ -167,6 +167,8 @@ def test_module_credentials_reach_only_what_the_module_owns(
     node.kill_daemon()
     up = node.agent("cluster", "up")
     assert up.returncode == 0, up.stderr
+    other_env = node.settings.state_dir(f"module/{other}") / "agent.env"
+    wait_until("the new daemon making the user", lambda: read_env_file(other_env))
     assert module_client(node, other).get(f"module/{other}/secret") == "theirs"
 
 
