@@ -108,6 +108,9 @@ def task_progress_channel(agent_id: str, task_id: str) -> str:
 CLUSTER_ENVIRONMENT = "cluster/environment"  # NODE_ID of the leader
 CLUSTER_UUID = "cluster/uuid"
 CLUSTER_NODES = "cluster/nodes"  # set of node ids
+# Hash: agent id (its Redis user) → JSON {password_sha256, granted}: every agent's Redis
+# ACL user, from which the Redis's own ACL is (re)applied (agent/records/acls.py).
+CLUSTER_ACLS = "cluster/acls"
 
 
 def node_daemon_lease(node_id: int) -> str:

@@ -83,6 +83,8 @@ class ModuleBackup:
         self.requested = time.time()
         self.start = int(self.requested)
         self.previous = read_status(ctx, job.backup_id, module_id)
+        # Lines of its include/exclude files that named more than the module.
+        self.ignored: tuple[str, ...] = ()
 
     def failed(self, reason: str) -> ModuleStatus:
         last = self.previous.last_success if self.previous else 0
@@ -94,6 +96,7 @@ class ModuleBackup:
             # A hook's own words rarely name the cause when the node's disk is full.
             reason=reason + disk_space.full_disk_note(self.ctx.settings.root),
             errors=1,
+            ignored=self.ignored,
             last_success=last,
             snapshots_count=self.previous.snapshots_count if self.previous else 0,
         )
@@ -160,8 +163,12 @@ class ModuleBackup:
             settings.agent_home(agent_id),
             state_dir,
             volume_names,
+            settings.run_dir / "backup-excludes" / f"{self.module_id}.conf",
             rootless=user is not None,
         )
+        self.ignored = layout.ignored
+        for line in layout.ignored:
+            log.warning("%s: ignored, names more than the module: %s", self.module_id, line)
         labels = dump_labels(self.ctx, self.module_id, state_dir, owner=user)
         sources = BackupSources(dump, state_dir / "environment", lambda: layout.sources(labels))
         args = restic_args.backup_args(
@@ -240,6 +247,7 @@ class ModuleBackup:
             bytes_added=summary.count("data_added"),
             errors=len(result.unreadable),
             unreadable=tuple(result.unreadable),
+            ignored=self.ignored,
             last_success=int(time.time()),
         )
 

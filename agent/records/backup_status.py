@@ -35,6 +35,7 @@ class ModuleStatus:
     bytes_added: int = 0
     errors: int = 0
     unreadable: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()  # include/exclude lines that named more than the module
     last_success: int = 0  # end of the last ok/partial run, carried over failures
     coalesced: bool = False  # satisfied by a run of the same backup that finished meanwhile
     mirrored: tuple[str, ...] = ()  # mirror destinations that got this run's snapshot
@@ -66,6 +67,7 @@ class ModuleStatus:
             bytes_added=record.bytes_added,
             errors=record.errors,
             unreadable=record.unreadable,
+            ignored=record.ignored,
             last_success=record.last_success,
             mirrored=record.mirrored,
             finished=record.finished if record.finished is not None else float(record.end),

@@ -36,6 +36,7 @@ class StatusRecord(StoredRecord):
     bytes_added: int = Count
     errors: int = Count
     unreadable: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()  # include/exclude lines naming more than the module
     last_success: int = 0  # end of the last ok/partial run, carried over failures
     coalesced: bool = False
     mirrored: tuple[str, ...] = ()  # mirror destinations holding snapshot_id's copy

@@ -9,7 +9,7 @@ import re
 import stat
 from pathlib import Path
 
-from agent.core import redis_keys
+from agent.core import redis_acl, redis_keys
 from agent.core.redis_address import url_address
 from agent.core.settings import Settings
 from agent.runtime.actiondirs import action_dirs
@@ -125,6 +125,17 @@ def task_variables(task_id: str, action: str, user: object = "") -> dict[str, st
     }
 
 
+def module_redis_url(node_url: str, agent_env: dict[str, str]) -> str:
+    """The Redis URL a module's steps, hooks and processes connect with: its own ACL user
+    from its agent.env, never the node's credentials. Without them (a broken or missing
+    agent.env) it is Redis's `default` user, which the embedded Redis refuses."""
+    user, password = agent_env.get("REDIS_USER", ""), agent_env.get("REDIS_PASSWORD", "")
+    if user and password:
+        return redis_acl.agent_url(node_url, user, password)
+    log.warning("no Redis credentials in the module's agent.env: connecting as 'default'")
+    return redis_acl.anonymous_url(node_url)
+
+
 def agent_environment(settings: Settings, agent_id: str) -> dict[str, str]:
     """os.environ + node settings + what the agent's env files may set (AGENT_ENV_NAMES
     of agent.env, module_variable names of environment) + AGENT_* variables."""
@@ -140,6 +151,8 @@ def agent_environment(settings: Settings, agent_id: str) -> dict[str, str]:
     )
     agent_env = read_env_file(state / "agent.env")
     env.update({k: v for k, v in agent_env.items() if k in AGENT_ENV_NAMES})
+    if redis_keys.AgentId.parse(agent_id).kind == "module":
+        env["REDIS_URL"] = module_redis_url(settings.redis_url, agent_env)
     module_env = read_env_file(state / "environment")
     env.update({k: v for k, v in module_env.items() if module_variable(k)})
     home = settings.agent_home(agent_id)

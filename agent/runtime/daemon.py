@@ -13,12 +13,13 @@ from typing import Any
 
 from agent.adapters.module_users import module_user_of
 from agent.adapters.redis_api import BinaryRedis
-from agent.adapters.redis_store import REDIS_ERRORS, connect, connect_binary
+from agent.adapters.redis_store import REDIS_ERRORS, Context, connect, connect_binary
 from agent.core import redis_keys
 from agent.core.errors import AgentError
 from agent.core.masking import mask_secrets
 from agent.core.redis_keys import Event
 from agent.core.settings import Settings
+from agent.operations import agent_acls
 from agent.runtime import lease, module_pending, overdue, recovery, task_withdraw
 from agent.runtime.actiondirs import Action, action_dirs, list_actions, merge_actions
 from agent.runtime.agentenv import agent_environment, task_variables
@@ -120,6 +121,8 @@ class Daemon:
             raise AgentError(f"node {self.node_id} is already served by {who}")
         try:
             self._register_node()
+            agent_acls.apply_acls(self.redis)
+            self._ensure_module_credentials()
             if self.settings.warm_steps:  # forked before any thread starts
                 self.warm = WarmSteps(self.warm_registry)
             # Renewed from now on: the recovery's steps get a grace longer than the lease.
@@ -149,6 +152,8 @@ class Daemon:
             while not self.stopping.is_set():
                 try:
                     if missed:
+                        # Redis may have restarted: its keys come back, its ACL does not.
+                        agent_acls.apply_acls(self.redis)
                         self.sync_workers()
                         timers.sync(self.redis)
                         missed = False
@@ -178,6 +183,16 @@ class Daemon:
             pipe.hsetnx(redis_keys.CLUSTER_ENVIRONMENT, "NODE_ID", self.node_id)
             pipe.setnx(redis_keys.CLUSTER_UUID, str(uuid.uuid4()))
             pipe.execute()
+
+    def _ensure_module_credentials(self) -> None:
+        """Modules of this node installed before modules had Redis users get theirs."""
+        from agent.operations.modules import ensure_credentials  # the step layer's
+
+        ctx = Context(self.settings, self.redis)
+        for agent_id in self.served_agents():
+            agent = redis_keys.AgentId.parse(agent_id)
+            if agent.kind == "module" and ensure_credentials(ctx, agent.module_id):
+                log.warning("%s had no Redis user of its own: made one", agent_id)
 
     def _heartbeat(self) -> None:
         while not self.stopping.wait(lease.HEARTBEAT_SECONDS):

@@ -1,0 +1,152 @@
+"""Redis ACL users of the agents: the rules each kind of agent gets, built in one place.
+
+A module agent (its steps, hooks and module-side processes) connects as `module/<id>` and
+can do only what module_rules grants. Every key pattern it may touch is listed here: a
+new key a module step needs is granted here or not at all (NS8 ≥ 3.20's model, narrowed
+to the keys this agent's module steps really use).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from agent.core import redis_keys
+
+# What any module may read: the public cluster keys its steps and the task client use.
+# Never a key family that also holds task data (cluster/tasks, node/N/tasks) or a secret.
+MODULE_PUBLIC_READS = (
+    redis_keys.CLUSTER_ENVIRONMENT,  # the leader: where cluster tasks go
+    redis_keys.CLUSTER_NODES,
+    redis_keys.CLUSTER_UUID,
+    redis_keys.MODULE_NODE,  # which node serves an agent (task client)
+    redis_keys.MODULE_UUID,
+    redis_keys.BACKUP_REPOSITORY_PATTERN,  # destination names and urls (no secret)
+    "node/*/daemon",  # daemon leases: is an agent served (task client)
+    "node/*/environment",
+)
+
+# KNOWN GAP, goes when the storage gateway lands (issue #16 item 2): the module-side
+# restore step (restore-module/10restore) opens the destination itself, so it reads the
+# destination's secrets. This is the one rule that lets a module read under private/.
+MODULE_RESTORE_GAP_READS = (redis_keys.backup_repository_private("*"),)
+
+# Also only while the module-side restore step opens the repository itself: it takes the
+# repository's lease (a cluster key) and notes the repository as written.
+MODULE_RESTORE_GAP_WRITES = (
+    redis_keys.repository_lease("*", "*"),
+    redis_keys.written_repositories("*"),
+)
+
+# Command categories: reads and writes of the granted keys, MULTI, pub/sub, scripts,
+# connection commands. Never admin commands (ACL, CONFIG, CLIENT LIST/KILL, DEBUG …),
+# never the other dangerous ones (FLUSHALL, KEYS, MIGRATE, SORT …), never SCAN/RANDOMKEY:
+# those reach key names beyond the granted patterns (task ids, private key names). Then
+# back: TIME (leases are timed by Redis's clock), RESTORE (20label puts ui_name/ui_note
+# back from their DUMP, into its own keys only; the embedded Redis sanitizes payloads).
+MODULE_COMMANDS = (
+    *("-@all", "+@read", "+@write", "+@transaction", "+@connection", "+@pubsub"),
+    *("+@scripting", "-@admin", "-@dangerous", "-scan", "-randomkey", "-keys"),
+    *("+time", "+restore"),
+)
+NODE_RULES = ("allkeys", "allchannels", "+@all")
+
+# NS8's org.nethserver.authorizations label: "agent:role" words, agent one of cluster,
+# node, self, <image>@node, <image>@any (roles are NS8's api-server matter, not Redis's).
+AUTHORIZATIONS_LABEL = "org.nethserver.authorizations"
+_IMAGE_AGENT = re.compile(r"([a-z][a-z0-9_-]*)@(node|any|cluster)")
+_ROLE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def new_password() -> str:
+    return secrets.token_hex(32)
+
+
+def password_sha256(password: str) -> str:
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
+def acl_user(agent_id: str) -> str:
+    """The Redis user of an agent: its agent id (NS8 names: module/<id>, node/<N>)."""
+    redis_keys.AgentId.parse(agent_id)  # raises NotAnAgentId
+    return agent_id
+
+
+def parse_authorizations(label: str, node_id: int) -> tuple[str, ...]:
+    """Queue owners a module's authorizations label lets it push tasks to: agent ids
+    (cluster, node/<N>) and module globs (module/<image>[0-9]*). `self` is always granted
+    (its own queue); an unreadable word grants nothing."""
+    granted: list[str] = []
+    for word in label.split():
+        agent, sep, role = word.partition(":")
+        if not sep or not _ROLE.fullmatch(role):
+            continue
+        if agent == "cluster":
+            owner = redis_keys.CLUSTER
+        elif agent == "node":
+            owner = redis_keys.node_agent(node_id)
+        elif match := _IMAGE_AGENT.fullmatch(agent):
+            # Every instance of that image (module ids are <image><number>). Redis
+            # patterns cannot tell "on this node" apart: @node grants as @any does.
+            owner = redis_keys.module_agent(f"{match.group(1)}[0-9]*")
+        else:
+            continue  # self (always granted) or a word this agent does not know
+        if owner not in granted:
+            granted.append(owner)
+    return tuple(granted)
+
+
+def module_rules(module_id: str, granted: Iterable[str]) -> list[str]:
+    """ACL SETUSER rules of module/<module_id> (after `reset on #<hash>`)."""
+    agent_id = redis_keys.module_agent(module_id)
+    rules = [
+        *MODULE_COMMANDS,
+        f"~{redis_keys.module_key_pattern(module_id)}",  # own keys, its queue among them
+        f"~{redis_keys.module_task_pattern(module_id)}",  # own task records
+        *(f"%R~{pattern}" for pattern in MODULE_PUBLIC_READS),
+        *(f"%R~{pattern}" for pattern in MODULE_RESTORE_GAP_READS),
+        *(f"~{pattern}" for pattern in MODULE_RESTORE_GAP_WRITES),
+        "resetchannels",
+        f"&progress/{agent_id}/*",
+        f"&{agent_id}/event/*",
+    ]
+    for owner in granted:
+        if owner == agent_id:
+            continue
+        # Push only (no reading the queue: queued tasks carry their data in clear), and
+        # follow and collect what it pushed.
+        rules += [
+            f"%W~{redis_keys.task_queue(owner)}",
+            f"%R~task/{owner}/*",
+            f"&{redis_keys.task_progress_channel(owner, '*')}",
+        ]
+    return rules
+
+
+def setuser_args(user: str, password_hash: str, rules: Sequence[str]) -> list[str]:
+    """Arguments of `ACL SETUSER` that make user exactly this (reset first: idempotent)."""
+    if not re.fullmatch(r"[0-9a-f]{64}", password_hash):
+        raise ValueError("a password hash is 64 hex digits")
+    return [user, "reset", "on", f"#{password_hash}", *rules]
+
+
+def agent_url(base_url: str, user: str, password: str) -> str:
+    """base_url (the node's Redis URL) with user and password in place of its own."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def anonymous_url(base_url: str) -> str:
+    """base_url without credentials: the `default` user (NS8's unprivileged connection)."""
+    parts = urlsplit(base_url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
