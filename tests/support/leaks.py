@@ -73,6 +73,7 @@ CACHED_IMAGES = frozenset(
         "localhost/hostile-snapshots/minwiki",  # test_hostile_snapshots: this checkout's
         "localhost/otherwiki",  # test_hostile_snapshots: a second name for the same image
         "localhost/nsprobe",  # test_ns8_api: a module written to NS8's conventions
+        "localhost/ns8-fixtures/dokuwiki",  # test_ns8_dokuwiki: a real module's imageroot
     }
 )
 
