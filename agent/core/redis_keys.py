@@ -200,6 +200,10 @@ def cluster_default_instance(image_name: str) -> str:
     return f"cluster/default_instance/{image_name}"
 
 
+# Every default-instance key, cluster and node: remove-module clears those naming it.
+DEFAULT_INSTANCE_PATTERNS = ("cluster/default_instance/*", "node/*/default_instance/*")
+
+
 # Hash: module id → JSON list of "agent:role" from the image's org.nethserver.authorizations
 # label, "self:selfadm" always first. A cluster key: a module must not grant itself roles.
 MODULE_AUTHORIZATIONS = "cluster/module_authorizations"

@@ -83,6 +83,10 @@ def install_module(
         pipe.hset(redis_keys.MODULE_NODE, module_id, node)
         pipe.hset(redis_keys.MODULE_UUID, module_id, module_uuid)
         pipe.hset(redis_keys.module_environment(module_id), mapping=environment)
+        # As NS8's add-module: the first instance of an image becomes its default, in
+        # the cluster and on its node (agent.resolve_agent_id("traefik@node") reads them).
+        pipe.setnx(redis_keys.cluster_default_instance(name), module_id)
+        pipe.setnx(redis_keys.node_default_instance(node, name), module_id)
         pipe.execute()
     try:
         node_result = run_subtask(
@@ -185,6 +189,20 @@ def _remove_module_everywhere(step: Step, module_id: str, preserve_data: bool) -
         )
 
 
+# Compare and delete in one step: an add-module may set the key between our GET and DEL.
+_DELETE_IF_NAMES = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
+
+
+def clear_default_instances(redis: Redis, module_id: str) -> None:
+    """Delete the cluster and node default-instance keys that name module_id (a default
+    naming a removed module would make resolve_agent_id("X@node") point at nothing)."""
+    for pattern in redis_keys.DEFAULT_INSTANCE_PATTERNS:
+        for key in list(redis.scan_iter(match=pattern, count=500)):
+            redis.eval(_DELETE_IF_NAMES, 1, key, module_id)
+
+
 def forget_module(redis: Redis, module_id: str) -> None:
     agent_id = redis_keys.module_agent(module_id)
     agent_acls.remove_agent_user(redis, agent_id)  # first: its credentials stop working
@@ -202,6 +220,7 @@ def forget_module(redis: Redis, module_id: str) -> None:
     status_keys = list(redis.scan_iter(match=redis_keys.BACKUP_STATUS_PATTERN, count=500))
     status_keys += redis.scan_iter(match=redis_keys.BACKUP_DRILL_PATTERN, count=500)
     undone_uuid = pending_modules(redis).get(module_id, {}).get("restore_uuid")
+    clear_default_instances(redis, module_id)
     with redis.pipeline(transaction=True) as pipe:
         pipe.hdel(redis_keys.MODULE_PENDING, module_id)
         if undone_uuid:  # a restore that never completed: its uuid mapping goes too

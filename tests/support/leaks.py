@@ -74,6 +74,9 @@ CACHED_IMAGES = frozenset(
         "localhost/hostile-snapshots/minwiki",  # test_hostile_snapshots: this checkout's
         "localhost/otherwiki",  # test_hostile_snapshots: a second name for the same image
         "localhost/nsprobe",  # test_ns8_api: a module written to NS8's conventions
+        "localhost/ns8-fixtures/dokuwiki",  # test_ns8_dokuwiki: a real module's imageroot
+        "localhost/nsrestore",  # test_ns8_restore_steps: NS8-style restore steps
+        "localhost/ns8-standin/traefik",  # test_ns8_restore_steps: Traefik's stand-in
     }
 )
 
