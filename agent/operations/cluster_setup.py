@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.adapters import podman_store, proc
+from agent.adapters import gateway, podman_store, proc
 from agent.adapters.redis_store import REDIS_ERRORS, connect, connect_binary
 from agent.core import filemodes, redis_keys
 from agent.core.errors import AgentError, ConfigError
@@ -28,6 +28,7 @@ DAEMON_PID = "agent.pid"
 REDIS_PID = "redis.pid"
 WEB_PID = "web.pid"
 WEB_PORT = 9311
+GATEWAY_PORT = 4694  # NS8's rclone-gateway port
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,12 @@ class UpResult:
     redis_state: str = ""  # what up found and did about the private Redis, for the operator
     daemon_state: str = ""
     web_url: str = ""  # the console's address, when this node (the leader) serves it
+    gateway_state: str = ""
 
     def report(self) -> list[str]:
         lines = [f"redis: {self.redis_state}"] if self.redis_state else []
-        return [*lines, f"daemon: {self.daemon_state}"]
+        gateway = [f"storage gateway: {self.gateway_state}"] if self.gateway_state else []
+        return [*lines, f"daemon: {self.daemon_state}", *gateway]
 
 
 def free_port() -> int:
@@ -101,6 +104,9 @@ def init(
         containers_conf=str(store.containers_conf) if store else "",
         local_roots=local_roots,
         web_listen=f"127.0.0.1:{WEB_PORT if port_is_free(WEB_PORT) else free_port()}",
+        gateway_listen=(
+            f"127.0.0.1:{GATEWAY_PORT if port_is_free(GATEWAY_PORT) else free_port()}",
+        ),
     )
     for path in (
         root,
@@ -252,8 +258,26 @@ def up(settings: Settings) -> UpResult:
     daemon_state = f"{'started' if started_daemon else 'already running'} (pid {pid})"
     web_url = start_web(settings) if is_leader(settings) and settings.web_listen else ""
     return UpResult(
-        settings, started_redis, started_daemon, pid, redis_state, daemon_state, web_url
+        settings,
+        started_redis,
+        started_daemon,
+        pid,
+        redis_state,
+        daemon_state,
+        web_url,
+        start_gateway(settings),
     )
+
+
+def start_gateway(settings: Settings) -> str:
+    """The node's storage gateway, started unless it runs (none without gateway_listen)."""
+    if not settings.gateway_listen:
+        return ""
+    loopback = gateway.published(settings.gateway_listen, settings.gateway_address)["loopback"]
+    started, pid = gateway.start_gateway(
+        settings.root, settings.run_dir, settings.log_dir, loopback or settings.gateway_listen[0]
+    )
+    return f"{'started' if started else 'already running'} (pid {pid})"
 
 
 def is_leader(settings: Settings) -> bool:
@@ -330,6 +354,8 @@ def down(settings: Settings, timeout: float = 90.0) -> list[str]:
     stopped = []
     if stop_pid(settings.run_dir / WEB_PID, 10):
         stopped.append("web console")
+    if stop_pid(settings.run_dir / gateway.PID_FILE, 10):
+        stopped.append("storage gateway")
     if stop_pid(settings.run_dir / DAEMON_PID, timeout):
         stopped.append("agent daemon")
     if settings.embedded_redis and read_pid(settings.run_dir / REDIS_PID) is not None:
