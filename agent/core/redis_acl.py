@@ -42,13 +42,16 @@ MODULE_RESTORE_GAP_WRITES = (
     redis_keys.written_repositories("*"),
 )
 
-# Command categories: reads and writes of the granted keys, MULTI, pub/sub, connection
-# commands. Never admin commands (ACL, CONFIG, CLIENT LIST/KILL, DEBUG …), never
-# dangerous ones (FLUSHALL, KEYS, MIGRATE …), never SCAN/RANDOMKEY: those list key names
-# beyond the granted patterns (task ids, private key names).
+# Command categories: reads and writes of the granted keys, MULTI, pub/sub, scripts,
+# connection commands. Never admin commands (ACL, CONFIG, CLIENT LIST/KILL, DEBUG …),
+# never the other dangerous ones (FLUSHALL, KEYS, MIGRATE, SORT …), never SCAN/RANDOMKEY:
+# those reach key names beyond the granted patterns (task ids, private key names). Then
+# back: TIME (leases are timed by Redis's clock), RESTORE (20label puts ui_name/ui_note
+# back from their DUMP, into its own keys only; the embedded Redis sanitizes payloads).
 MODULE_COMMANDS = (
     *("-@all", "+@read", "+@write", "+@transaction", "+@connection", "+@pubsub"),
     *("+@scripting", "-@admin", "-@dangerous", "-scan", "-randomkey", "-keys"),
+    *("+time", "+restore"),
 )
 NODE_RULES = ("allkeys", "allchannels", "+@all")
 

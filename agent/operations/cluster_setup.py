@@ -152,6 +152,8 @@ def write_redis_conf(settings: Settings, password: str) -> None:
             f"logfile {settings.log_dir / 'redis.log'}",
             "appendonly yes",
             "save 60 1",
+            # RESTORE payloads come from snapshots (module labels): checked, never trusted.
+            "sanitize-dump-payload yes",
             "",
         ]
     )

@@ -70,6 +70,7 @@ CACHED_IMAGES = frozenset(
         "localhost/minwiki",  # examples/minwiki/build: the sample module (:latest, :1.0)
         "localhost/minwiki-hooked",  # test_restore_cases: a restore step tests steer
         "localhost/minwiki-stall",  # faults/test_restore_faults: steps a test can hold
+        "localhost/minwiki-authorized",  # test_module_isolation: an authorizations label
         "localhost/hostile-snapshots/minwiki",  # test_hostile_snapshots: this checkout's
         "localhost/otherwiki",  # test_hostile_snapshots: a second name for the same image
     }

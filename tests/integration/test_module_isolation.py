@@ -1,0 +1,182 @@
+"""A module's Redis credentials, taken from its env file, reach its own keys and queue,
+the queues its image's authorizations grant, and nothing else; its include lines reach
+only its own data. On the embedded node (the `default` user needs the node's password)."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from agent.core import redis_keys
+from agent.runtime import tasks
+from agent.runtime.agentenv import read_env_file
+from tests.conftest import file_lock, host_podman_env
+from tests.support import backups
+from tests.support.embedded_node import EmbeddedNode, wiki_with_backup
+
+AUTHORIZED_TAG = "localhost/minwiki-authorized:latest"
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[EmbeddedNode]:
+    embedded = EmbeddedNode(tmp_path / "node1")
+    try:
+        init = embedded.agent("cluster", "init", "--private-storage", "--local-root", str(tmp_path))
+        assert init.returncode == 0, init.stderr
+        up = embedded.agent("cluster", "up")
+        assert up.returncode == 0, up.stderr
+        yield embedded
+    finally:
+        embedded.down()
+
+
+@pytest.fixture(scope="session")
+def authorized_image(minwiki_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """minwiki whose authorizations label grants its node's agent (as NS8's fwadm role)."""
+    context = tmp_path_factory.mktemp("authorized")
+    (context / "Containerfile").write_text(
+        f'FROM {minwiki_image}\nLABEL org.nethserver.authorizations="node:fwadm"\n'
+    )
+    with file_lock("build-minwiki-authorized"):
+        subprocess.run(
+            ["podman", "build", "--tag", AUTHORIZED_TAG, str(context)],
+            env=host_podman_env(),
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    return AUTHORIZED_TAG
+
+
+def module_client(node: EmbeddedNode, module_id: str) -> redis.Redis:
+    """A client as the module's own processes connect: credentials from its agent.env."""
+    env_file = node.settings.state_dir(f"module/{module_id}") / "agent.env"
+    credentials = read_env_file(env_file)
+    base = redis.Redis.from_url(node.settings.redis_url).connection_pool.connection_kwargs
+    return redis.Redis(
+        host=base["host"],
+        port=base["port"],
+        username=credentials["REDIS_USER"],
+        password=credentials["REDIS_PASSWORD"],
+        decode_responses=True,
+    )
+
+
+def refused(call: object) -> bool:
+    try:
+        call()  # type: ignore[operator]
+    except redis.exceptions.NoPermissionError:
+        return True
+    return False
+
+
+def test_module_credentials_reach_only_what_the_module_owns(
+    node: EmbeddedNode, authorized_image: str, restic_image: str, tmp_path: Path
+) -> None:
+    wiki = node.api_ok("add-module", {"image": authorized_image, "node": 1})["module_id"]
+    other = node.api_ok("add-module", {"image": authorized_image, "node": 1})["module_id"]
+    admin = node.redis()
+    env_file = node.settings.state_dir(f"module/{wiki}") / "agent.env"
+    credentials = read_env_file(env_file)
+    assert credentials["REDIS_USER"] == f"module/{wiki}"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    recorded = json.loads(admin.hget(redis_keys.CLUSTER_ACLS, f"module/{wiki}"))
+    assert credentials["REDIS_PASSWORD"] not in json.dumps(recorded)
+    assert recorded["granted"] == ["node/1"]
+
+    admin.hset("private/notification_target/ops", "url", "mailto://secret")
+    admin.hset("private/backup_repository/d1", "password", "gap")
+    admin.set(f"module/{other}/secret", "theirs")
+    admin.set("task/cluster/t1/output", '"cluster result"')
+    admin.set(f"task/module/{other}/t1/output", '"other result"')
+    module = module_client(node, wiki)
+
+    # Refused: secrets, another module's keys, other agents' task records and queues.
+    assert refused(lambda: module.hgetall("private/notification_target/ops"))
+    assert refused(lambda: module.hgetall(redis_keys.RESTORE_UUID))
+    assert refused(lambda: module.get(f"module/{other}/secret"))
+    assert refused(lambda: module.hgetall(f"module/{other}/environment"))
+    assert refused(lambda: module.get("task/cluster/t1/output"))
+    assert refused(lambda: module.get(f"task/module/{other}/t1/output"))
+    assert refused(lambda: module.lpush("cluster/tasks", "{}"))
+    assert refused(lambda: module.lpush(f"module/{other}/tasks", "{}"))
+    assert refused(lambda: module.lrange("node/1/tasks", 0, -1))  # push only
+    assert refused(lambda: module.keys("*"))
+    assert refused(lambda: module.scan(0))
+    assert refused(lambda: module.acl_list())
+    assert refused(lambda: module.flushall())
+    assert admin.llen("cluster/tasks") == 0
+
+    # Allowed: its own keys, its own queue and the one its label grants, the public keys.
+    module.set(f"module/{wiki}/note", "mine")
+    assert module.get(f"module/{wiki}/note") == "mine"
+    assert module.hget(redis_keys.MODULE_UUID, wiki)
+    own = tasks.run(module, tasks.TaskRequest(f"module/{wiki}", "list-actions"))  # type: ignore[arg-type]
+    assert own.exit_code == 0 and "restore-module" in own.output
+    granted = tasks.run(module, tasks.TaskRequest("node/1", "list-actions"))  # type: ignore[arg-type]
+    assert granted.exit_code == 0 and "run-backup" in granted.output
+    # KNOWN GAP until the storage gateway: the module-side restore reads this.
+    assert module.hget("private/backup_repository/d1", "password") == "gap"
+
+    # Without credentials (Redis's `default` user) nothing at all.
+    anonymous = redis.Redis(**{**module.connection_pool.connection_kwargs, "username": None})
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        anonymous.ping()
+    # The node's credentials still do everything.
+    assert admin.hget("private/notification_target/ops", "url") == "mailto://secret"
+    assert f"module/{wiki}" in admin.acl_users()
+
+    # A step of the module runs with the module's credentials, not the node's.
+    step = node.settings.agent_home(f"module/{wiki}") / "actions" / "whoami" / "10whoami"
+    step.parent.mkdir(parents=True)
+    step.write_text(
+        "#!/usr/bin/env python3\nimport json, os, redis\n"
+        "c = redis.Redis.from_url(os.environ['REDIS_URL'], decode_responses=True)\n"
+        "try:\n    c.hgetall('private/notification_target/ops'); secret = 'read'\n"
+        "except redis.exceptions.NoPermissionError:\n    secret = 'refused'\n"
+        "print(json.dumps([c.connection_pool.connection_kwargs['username'], secret]))\n"
+    )
+    step.chmod(0o755)
+    assert node.api_ok(f"module/{wiki}/whoami") == [f"module/{wiki}", "refused"]
+
+    # A Redis restart keeps the users (applied again from cluster/acls at `cluster up`).
+    node.kill_redis()
+    up = node.agent("cluster", "up")
+    assert up.returncode == 0, up.stderr
+    module = module_client(node, wiki)
+    assert module.get(f"module/{wiki}/note") == "mine"
+    assert refused(lambda: module.get(f"module/{other}/secret"))
+
+    # remove-module takes its user and its record with it.
+    node.api_ok("remove-module", {"module_id": wiki, "preserve_data": False})
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        module.ping()
+    assert not admin.hexists(redis_keys.CLUSTER_ACLS, f"module/{wiki}")
+    assert f"module/{wiki}" not in node.redis().acl_users()
+
+
+def test_include_lines_outside_the_module_are_ignored_and_reported(
+    node: EmbeddedNode, minwiki_image: str, restic_image: str, tmp_path: Path
+) -> None:
+    wiki = wiki_with_backup(node, minwiki_image, tmp_path / "dest")
+    include = node.settings.agent_home(f"module/{wiki.module_id}") / "etc" / "state-include.conf"
+    include.write_text(include.read_text() + "/etc/shadow\nvolumes/other-module-data\n")
+
+    output = node.api_ok("run-backup", {"id": 1})
+    status = wiki.status(node)
+    expected = [
+        "state-include.conf: /etc/shadow",
+        "state-include.conf: volumes/other-module-data",
+    ]
+    assert status["ignored"] == expected
+    assert status["outcome"] == "ok", status
+    assert json.dumps(expected)[1:-1] in json.dumps(output)  # the run's output says it too
+    listing = backups.listing(wiki.repository)
+    assert not any("shadow" in path or "other-module-data" in path for path in listing)
+    assert "volumes/pages/" in "\n".join(listing)  # its own volume is still there
