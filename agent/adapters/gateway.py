@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,6 +27,7 @@ from agent.adapters.redis_store import Redis
 from agent.adapters.restic import ResticTarget
 from agent.core import filemodes, redis_keys
 from agent.core.errors import ActionFailed, AgentError, ConfigError
+from agent.core.settings import Settings
 
 PID_FILE = "gateway.pid"
 PROBE_SECONDS = 5.0
@@ -182,6 +184,34 @@ def published(listen: Sequence[str], cluster_address: str) -> dict[str, str]:
         "",
     )
     return {"loopback": loopback, "cluster": outside}
+
+
+def start_node_gateway(settings: Settings) -> tuple[bool, int] | None:
+    """The node's gateway, started unless it runs: (started now, pid); None when the node
+    has none (gateway_listen empty)."""
+    if not settings.gateway_listen:
+        return None
+    loopback = published(settings.gateway_listen, settings.gateway_address)["loopback"]
+    return start_gateway(
+        settings.root, settings.run_dir, settings.log_dir, loopback or settings.gateway_listen[0]
+    )
+
+
+def stop_node_gateway(settings: Settings, timeout: float = 10.0) -> bool:
+    """SIGTERM the node's gateway (it stops its rclone children) and wait; True if it ran."""
+    pid_file = settings.run_dir / PID_FILE
+    pid = read_pid(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while read_pid(pid_file) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if read_pid(pid_file) is not None:
+        os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    return True
 
 
 def gateway_argv() -> list[str]:

@@ -28,7 +28,6 @@ DAEMON_PID = "agent.pid"
 REDIS_PID = "redis.pid"
 WEB_PID = "web.pid"
 WEB_PORT = 9311
-GATEWAY_PORT = 4694  # NS8's rclone-gateway port
 
 
 @dataclass(frozen=True)
@@ -104,9 +103,9 @@ def init(
         containers_conf=str(store.containers_conf) if store else "",
         local_roots=local_roots,
         web_listen=f"127.0.0.1:{WEB_PORT if port_is_free(WEB_PORT) else free_port()}",
-        gateway_listen=(
-            f"127.0.0.1:{GATEWAY_PORT if port_is_free(GATEWAY_PORT) else free_port()}",
-        ),
+        # A port of its own: nodes sharing a machine (tests, trials) must not race for
+        # one; where it listens is published in node/<N>/gateway, so no port is assumed.
+        gateway_listen=(f"127.0.0.1:{free_port()}",),
     )
     for path in (
         root,
@@ -273,13 +272,10 @@ def up(settings: Settings) -> UpResult:
 
 def start_gateway(settings: Settings) -> str:
     """The node's storage gateway, started unless it runs (none without gateway_listen)."""
-    if not settings.gateway_listen:
+    state = gateway.start_node_gateway(settings)
+    if state is None:
         return ""
-    loopback = gateway.published(settings.gateway_listen, settings.gateway_address)["loopback"]
-    started, pid = gateway.start_gateway(
-        settings.root, settings.run_dir, settings.log_dir, loopback or settings.gateway_listen[0]
-    )
-    return f"{'started' if started else 'already running'} (pid {pid})"
+    return f"{'started' if state[0] else 'already running'} (pid {state[1]})"
 
 
 def is_leader(settings: Settings) -> bool:
@@ -356,7 +352,7 @@ def down(settings: Settings, timeout: float = 90.0) -> list[str]:
     stopped = []
     if stop_pid(settings.run_dir / WEB_PID, 10):
         stopped.append("web console")
-    if stop_pid(settings.run_dir / gateway.PID_FILE, 10):
+    if gateway.stop_node_gateway(settings):
         stopped.append("storage gateway")
     if stop_pid(settings.run_dir / DAEMON_PID, timeout):
         stopped.append("agent daemon")

@@ -20,6 +20,7 @@ from agent.core.models import ModuleRestoreRequest, RestoreFilesRequest
 from agent.core.restic_messages import ExitError, ItemError, Message, Status, Summary, VerboseStatus
 from agent.core.settings import Settings
 from agent.core.volumes import included_volumes
+from agent.operations.module_storage import open_module_repository
 from agent.operations.restore_source import (
     INSTANCE_PATHS,
     Repository,
@@ -95,6 +96,7 @@ def run_restore(
             on_message=on_message,
             mounts=mounts,
             podman_args=ctx.settings.restic_podman_args,
+            workdir=RESTORE_ROOT,  # always mounted (a gateway's repository mounts nothing)
         )
     if code != 0 or restored.errors:
         detail = "; ".join(restored.errors[:3]) or stderr
@@ -129,7 +131,8 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
             raise validation_error("paths", "path_is_module_identity", path)
         if parts[1] == "volumes" and (len(parts) < 3 or parts[2] not in volumes):
             raise validation_error("paths", "volume_not_restorable", path)
-    repository = open_repository(ctx, request.repository, request.path)
+    # Through a gateway, with the module's own credentials: no destination secret here.
+    repository = open_module_repository(ctx, agent_id, request.repository, request.path)
     if paths:
         env = agent_environment(ctx.settings, agent_id)
         hook = shutil.which(PRE_RESTORE_HOOK, path=env["PATH"])

@@ -11,6 +11,7 @@ import time
 import uuid
 from typing import Any
 
+from agent.adapters import gateway
 from agent.adapters.redis_api import BinaryRedis
 from agent.adapters.redis_store import REDIS_ERRORS, connect, connect_binary
 from agent.core import redis_keys
@@ -115,11 +116,13 @@ class Daemon:
             other = lease.current_holder(self.redis, self.node_id)
             who = f"pid {other.pid} on {other.host}" if other else "another daemon"
             raise AgentError(f"node {self.node_id} is already served by {who}")
+        started_gateway = False
         try:
             self._register_node()
             agent_acls.apply_acls(self.redis)
             if self.settings.warm_steps:  # forked before any thread starts
                 self.warm = WarmSteps(self.warm_registry)
+            started_gateway = self._start_gateway()
             # Renewed from now on: the recovery's steps get a grace longer than the lease.
             threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
             served = self.served_agents()
@@ -168,9 +171,21 @@ class Daemon:
         finally:
             if self.warm is not None:
                 self.warm.close()
+            if started_gateway:
+                gateway.stop_node_gateway(self.settings)
             with contextlib.suppress(*REDIS_ERRORS):
                 lease.release(self.redis, self.node_id, self.holder)
             self.records.binary.close()
+
+    def _start_gateway(self) -> bool:
+        """This node's storage gateway, unless it runs already; True when started here.
+        A gateway that cannot start fails module-side storage only, not the daemon."""
+        try:
+            state = gateway.start_node_gateway(self.settings)
+        except (AgentError, OSError) as exc:
+            log.error("storage gateway of node %s not started: %s", self.node_id, exc)
+            return False
+        return state is not None and state[0]
 
     def _register_node(self) -> None:
         with self.redis.pipeline() as pipe:
