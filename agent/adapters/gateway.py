@@ -186,15 +186,14 @@ def published(listen: Sequence[str], cluster_address: str) -> dict[str, str]:
     return {"loopback": loopback, "cluster": outside}
 
 
-def start_node_gateway(settings: Settings) -> tuple[bool, int] | None:
+def start_node_gateway(settings: Settings, watch_pid: int | None = None) -> tuple[bool, int] | None:
     """The node's gateway, started unless it runs: (started now, pid); None when the node
     has none (gateway_listen empty)."""
     if not settings.gateway_listen:
         return None
     loopback = published(settings.gateway_listen, settings.gateway_address)["loopback"]
-    return start_gateway(
-        settings.root, settings.run_dir, settings.log_dir, loopback or settings.gateway_listen[0]
-    )
+    address = loopback or settings.gateway_listen[0]
+    return start_gateway(settings.root, settings.run_dir, settings.log_dir, address, watch_pid)
 
 
 def stop_node_gateway(settings: Settings, timeout: float = 10.0) -> bool:
@@ -214,11 +213,16 @@ def stop_node_gateway(settings: Settings, timeout: float = 10.0) -> bool:
     return True
 
 
-def gateway_argv() -> list[str]:
-    return [sys.executable, "-m", "agent.cli", "gateway"]
+def gateway_argv(watch_pid: int | None = None) -> list[str]:
+    """`agent gateway`, ending by itself once watch_pid (the daemon that started it) is
+    gone: a daemon killed outright leaves no gateway behind."""
+    argv = [sys.executable, "-m", "agent.cli", "gateway"]
+    return [*argv, f"--watch-pid={watch_pid}"] if watch_pid else argv
 
 
-def start_gateway(root: Path, run_dir: Path, log_dir: Path, loopback: str) -> tuple[bool, int]:
+def start_gateway(
+    root: Path, run_dir: Path, log_dir: Path, loopback: str, watch_pid: int | None = None
+) -> tuple[bool, int]:
     """Start `agent gateway` for the node at root unless it runs; wait until it answers
     at loopback (host:port). (started, pid)."""
     pid_file = run_dir / PID_FILE
@@ -230,7 +234,7 @@ def start_gateway(root: Path, run_dir: Path, log_dir: Path, loopback: str) -> tu
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, filemodes.PRIVATE_FILE)
     with os.fdopen(fd, "ab") as log_file:
         child = proc.spawn(
-            gateway_argv(),
+            gateway_argv(watch_pid),
             env=env,
             stdin=proc.DEVNULL,
             stdout=log_file,

@@ -6,7 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
 
 from agent.adapters.gateway import parse_address, published
 from agent.adapters.redis_store import connect
@@ -32,10 +37,9 @@ def bound_sockets(listen: Sequence[str]) -> list[socket.socket]:
     return sockets
 
 
-def serve(settings: Settings) -> None:
-    """Serve every destination to this node's agents until SIGTERM or SIGINT."""
-    import uvicorn
-
+def serve(settings: Settings, watch_pid: int | None = None) -> None:
+    """Serve every destination to this node's agents until SIGTERM or SIGINT, or until
+    watch_pid is gone."""
     if not settings.gateway_listen:
         raise ConfigError("gateway_listen is empty in agent.json: no gateway on this node")
     redis = connect(settings.redis_url)
@@ -52,7 +56,26 @@ def serve(settings: Settings) -> None:
     log.info(
         "storage gateway of node %d on %s", settings.node_id, ", ".join(settings.gateway_listen)
     )
+    server = uvicorn.Server(config)
+    if watch_pid:
+        threading.Thread(target=_watch, args=(server, watch_pid), daemon=True).start()
     try:
-        asyncio.run(uvicorn.Server(config).serve(sockets=sockets))
+        asyncio.run(server.serve(sockets=sockets))
     finally:
         backends.close()  # when uvicorn failed before its lifespan ended
+
+
+def _watch(server: uvicorn.Server, pid: int) -> None:
+    """Stop server once pid no longer runs (its daemon was killed outright)."""
+    while _alive(pid):
+        time.sleep(1.0)
+    log.warning("the daemon (pid %d) is gone: stopping the storage gateway", pid)
+    server.should_exit = True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -181,7 +182,7 @@ class Daemon:
         """This node's storage gateway, unless it runs already; True when started here.
         A gateway that cannot start fails module-side storage only, not the daemon."""
         try:
-            state = gateway.start_node_gateway(self.settings)
+            state = gateway.start_node_gateway(self.settings, watch_pid=os.getpid())
         except (AgentError, OSError) as exc:
             log.error("storage gateway of node %s not started: %s", self.node_id, exc)
             return False

@@ -23,6 +23,7 @@ from agent.core import redis_keys
 from agent.core.settings import Settings
 from agent.operations import cluster_setup
 from agent.records.destinations import Destination
+from tests.support.cluster import ClusterHarness
 
 IMAGE_URL = "localhost/minwiki:latest"
 UUID_A = "0b5d6a1e-0000-4000-8000-00000000000a"
@@ -283,3 +284,23 @@ def test_a_failed_destination_fails_alone(node: GatewayNode, tmp_path: Path) -> 
         os.kill(pid, signal.SIGKILL)
     listed = node.restic("module/minwiki1", UUID_A, "snapshots", destination=node.other_destination)
     assert listed.returncode == 0, listed.stderr
+
+
+def test_the_daemon_starts_the_gateway_and_a_killed_daemon_leaves_none(
+    cluster: ClusterHarness, redis_client: redis.Redis
+) -> None:
+    node = cluster.nodes[1]
+    address = node.settings.gateway_listen[0]
+    deadline = time.monotonic() + 30
+    while not gateway.answers(address):
+        assert time.monotonic() < deadline, "the daemon did not start the gateway"
+        time.sleep(0.1)
+    assert redis_client.hget(redis_keys.node_gateway(1), "loopback") == address
+    pid = gateway.read_pid(node.settings.run_dir / gateway.PID_FILE)
+    assert pid is not None
+    node.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while gateway.read_pid(node.settings.run_dir / gateway.PID_FILE) is not None:
+        assert time.monotonic() < deadline, "the gateway outlived its daemon"
+        time.sleep(0.2)
+    assert not gateway.answers(address)
