@@ -9,13 +9,16 @@ with its reason; the gateway and the other destinations go on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 from agent.adapters import proc
@@ -96,12 +99,17 @@ class Backends:
     """Upstreams by destination id; rclone children started on demand, restarted when
     they died or the destination changed, all stopped by close()."""
 
-    def __init__(self, redis: Redis, policy: LocalPolicy, log_dir: str) -> None:
+    def __init__(self, redis: Redis, policy: LocalPolicy, log_dir: str, run_dir: str) -> None:
         self._redis = redis
         self._policy = policy
         self._log_dir = log_dir
+        # One pid file per child: a gateway killed outright leaves children that the next
+        # one stops before starting its own.
+        self._pid_dir = os.path.join(run_dir, "gateway-children")
         self._children: dict[str, _Child] = {}
         self._lock = asyncio.Lock()
+        os.makedirs(self._pid_dir, mode=0o700, exist_ok=True)
+        stop_leftovers(self._pid_dir)
 
     async def upstream(self, destination_id: str) -> Upstream:
         destination = await asyncio.to_thread(self._load, destination_id)
@@ -150,6 +158,7 @@ class Backends:
                 stderr=handle,
             )
         child = _Child(spec, process, address, log_path)
+        Path(self._pid_dir, f"{process.pid}.pid").write_text(f"{process.pid}\n")
         deadline = time.monotonic() + START_SECONDS
         host, _, port = address.rpartition(":")
         while not await _answers(host, int(port)):
@@ -171,6 +180,8 @@ class Backends:
             except proc.TimeoutExpired:
                 child.process.kill()
                 child.process.wait()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self._pid_dir, f"{child.process.pid}.pid"))
 
     def close(self) -> None:
         for child in self._children.values():
@@ -184,6 +195,26 @@ class Backends:
             for dest, child in self._children.items()
             if child.process.poll() is None
         }
+
+
+def stop_leftovers(pid_dir: str) -> None:
+    """Kill the `rclone serve` children an earlier gateway left (their pid files say who)."""
+    for name in os.listdir(pid_dir):
+        path = os.path.join(pid_dir, name)
+        pid = int(name.removesuffix(".pid")) if name.removesuffix(".pid").isdigit() else 0
+        if pid and _is_rclone_serve(pid):
+            log.warning("stopping rclone pid %d left by an earlier gateway", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        os.unlink(path)
+
+
+def _is_rclone_serve(pid: int) -> bool:
+    try:
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")  # noqa: SIM115
+    except OSError:
+        return False
+    return argv[:3] == [b"rclone", b"serve", b"restic"]
 
 
 async def _answers(host: str, port: int) -> bool:

@@ -45,7 +45,9 @@ def serve(settings: Settings, watch_pid: int | None = None) -> None:
     redis = connect(settings.redis_url)
     sockets = bound_sockets(settings.gateway_listen)
     settings.log_dir.mkdir(parents=True, exist_ok=True)
-    backends = Backends(redis, settings.local_policy(), str(settings.log_dir))
+    backends = Backends(
+        redis, settings.local_policy(), str(settings.log_dir), str(settings.run_dir)
+    )
     gateway = Gateway(redis, backends, settings.node_id)
     key = redis_keys.node_gateway(settings.node_id)
     redis.delete(key)

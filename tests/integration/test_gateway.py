@@ -304,3 +304,26 @@ def test_the_daemon_starts_the_gateway_and_a_killed_daemon_leaves_none(
         assert time.monotonic() < deadline, "the gateway outlived its daemon"
         time.sleep(0.2)
     assert not gateway.answers(address)
+
+
+def test_a_gateway_killed_outright_has_its_children_stopped_by_the_next(
+    node: GatewayNode, tmp_path: Path
+) -> None:
+    _seed(node, tmp_path)
+    children = _rclone_children(tmp_path)
+    assert len(children) == 1
+    pid = gateway.read_pid(node.settings.run_dir / gateway.PID_FILE)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while gateway.read_pid(node.settings.run_dir / gateway.PID_FILE) is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert _rclone_children(tmp_path) == children  # orphaned, still serving
+    assert cluster_setup.start_gateway(node.settings).startswith("started")
+    deadline = time.monotonic() + 30
+    while children[0] in _rclone_children(tmp_path):
+        assert time.monotonic() < deadline, "the leftover rclone child still runs"
+        time.sleep(0.1)
+    listed = node.restic("module/minwiki1", UUID_A, "snapshots")
+    assert listed.returncode == 0, listed.stderr
