@@ -20,9 +20,12 @@ import redis
 
 from agent.adapters import gateway
 from agent.core import redis_keys
+from agent.core.errors import ActionFailed
 from agent.core.settings import Settings
 from agent.operations import cluster_setup
 from agent.records.destinations import Destination
+from agent.runtime.agentenv import read_env_file
+from tests.support.backups import PASSWORD, add_local_backup
 from tests.support.cluster import ClusterHarness
 
 IMAGE_URL = "localhost/minwiki:latest"
@@ -327,3 +330,50 @@ def test_a_gateway_killed_outright_has_its_children_stopped_by_the_next(
         time.sleep(0.1)
     listed = node.restic("module/minwiki1", UUID_A, "snapshots")
     assert listed.returncode == 0, listed.stderr
+
+
+def test_a_modules_credentials_from_its_env_file_reach_its_repository_only(
+    cluster: ClusterHarness, minwiki_image: str, restic_image: str, redis_client: redis.Redis
+) -> None:
+    modules = [
+        str(cluster.api_ok("add-module", {"image": minwiki_image, "node": 1})["module_id"])
+        for _ in range(2)
+    ]
+    target = add_local_backup(redis_client, cluster.base, modules)
+    destination = redis_client.hget(redis_keys.backup(1), "repository")
+    assert destination
+    cluster.api_ok("run-backup", {"id": 1})
+    settings = cluster.nodes[1].settings
+    env = read_env_file(settings.state_dir(f"module/{modules[0]}") / "agent.env")
+    credentials = gateway.Credentials.from_env(env)
+    assert credentials.user == f"module/{modules[0]}"
+    own, other = (f"minwiki/{redis_client.hget(redis_keys.MODULE_UUID, m)}" for m in modules)
+    deadline = time.monotonic() + 30
+    while not gateway.answers(settings.gateway_listen[0]):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    found = gateway.module_restic_target(redis_client, 1, credentials, destination, own)
+    assert found.node_id == 1
+    assert found.password == PASSWORD
+    env = dict(
+        os.environ,
+        RESTIC_REPOSITORY=found.target.repository,
+        RESTIC_PASSWORD=found.password,
+        RESTIC_CACHE_DIR=str(cluster.base / "restic-cache"),
+        **found.target.env,
+    )
+    listed = subprocess.run(
+        ["restic", "snapshots", "--json"], env=env, capture_output=True, text=True, check=False
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 1
+
+    with pytest.raises(ActionFailed, match="refused"):
+        gateway.module_restic_target(redis_client, 1, credentials, destination, other)
+    auth = (credentials.user, credentials.password)
+    base = f"http://{settings.gateway_listen[0]}/{destination}"
+    assert httpx.get(f"{base}/{other}/config", auth=auth).status_code == 403
+    snapshot = next((target / own / "snapshots").iterdir()).name
+    assert httpx.delete(f"{base}/{own}/snapshots/{snapshot}", auth=auth).status_code == 403
+    assert (target / own / "snapshots" / snapshot).is_file()
