@@ -3,10 +3,14 @@ and the Redis's ACL made again from cluster/acls when it restarted without it.""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+
+from redis import exceptions as redis_errors
 
 from agent.adapters.redis_api import Redis
 from agent.core import redis_acl
+from agent.core.errors import StoredDataError
 from agent.records.acls import AgentAcl, delete_acl, read_acls, write_acl
 
 log = logging.getLogger("agent.acl")
@@ -25,6 +29,7 @@ def create_agent_user(redis: Redis, agent_id: str, granted: tuple[str, ...] = ()
         write_acl(pipe, acl)
         pipe.execute()
     redis.execute_command("ACL", "SETUSER", *acl.setuser_args())
+    save_acl_file(redis)
     return password
 
 
@@ -35,12 +40,28 @@ def remove_agent_user(redis: Redis, agent_id: str) -> None:
         delete_acl(pipe, user)
         pipe.execute()
     redis.execute_command("ACL", "DELUSER", user)
+    save_acl_file(redis)
+
+
+def save_acl_file(redis: Redis) -> None:
+    """ACL SAVE, for a Redis run with an aclfile (an operator's): it then keeps the users
+    over a restart by itself. Without one (the embedded Redis) the record is what counts."""
+    with contextlib.suppress(redis_errors.ResponseError):
+        redis.execute_command("ACL", "SAVE")
 
 
 def apply_acls(redis: Redis) -> int:
     """Make every recorded user live as recorded (after a Redis restart, or a rule that
     changed with this agent's version); the number applied."""
-    acls = read_acls(redis)
-    for acl in acls:
-        redis.execute_command("ACL", "SETUSER", *acl.setuser_args())
+    try:
+        acls = read_acls(redis)
+    except StoredDataError as exc:  # only nodes write it; still, the daemon must start
+        log.error("cluster/acls not applied: %s", exc)
+        return 0
+    try:
+        for acl in acls:
+            redis.execute_command("ACL", "SETUSER", *acl.setuser_args())
+    except redis_errors.ResponseError as exc:  # this node may not manage users there
+        log.error("cannot apply the agents' Redis users from cluster/acls: %s", exc)
+        return 0
     return len(acls)

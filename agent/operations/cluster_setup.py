@@ -13,9 +13,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from redis import exceptions as redis_errors
+
 from agent.adapters import gateway, podman_store, proc
 from agent.adapters.redis_store import REDIS_ERRORS, connect, connect_binary
-from agent.core import filemodes, redis_keys
+from agent.core import filemodes, redis_acl, redis_keys
 from agent.core.errors import AgentError, ConfigError
 from agent.core.settings import Settings, load_settings, share_dir, write_settings
 from agent.operations import agent_acls
@@ -92,7 +94,9 @@ def init(
         port = free_port()
         password = secrets.token_hex(24)
         redis_url = f"redis://:{password}@127.0.0.1:{port}/0"
-    assert redis_url is not None
+    else:
+        assert redis_url is not None
+        redis_url = own_node_url(redis_url, node_id)
     settings = Settings(
         root=root,
         node_id=node_id,
@@ -122,6 +126,22 @@ def init(
     filemodes.apply_private_modes(settings)  # mkdir's mode is cut by the umask
     web_auth.create_first_password(root)
     return settings
+
+
+def own_node_url(url: str, node_id: int) -> str:
+    """url with a Redis user of the node's own (node/<N>, full rights) in place of the
+    credentials it carries, which made that user. A Redis whose given user may not manage
+    users keeps the given credentials (said in the log)."""
+    agent_id = redis_keys.node_agent(node_id)
+    client = connect(url)
+    try:
+        password = agent_acls.create_agent_user(client, agent_id)
+    except redis_errors.ResponseError as exc:  # NOPERM, or ACL disabled on that server
+        log.warning("node %s keeps the credentials it was given: %s", node_id, exc)
+        return url
+    finally:
+        client.close()
+    return redis_acl.agent_url(url, agent_id, password)
 
 
 def port_is_free(port: int) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 from agent.adapters import gateway
 from agent.adapters.redis_api import BinaryRedis
-from agent.adapters.redis_store import REDIS_ERRORS, connect, connect_binary
+from agent.adapters.redis_store import REDIS_ERRORS, Context, connect, connect_binary
 from agent.core import redis_keys
 from agent.core.errors import AgentError
 from agent.core.masking import mask_secrets
@@ -121,6 +121,7 @@ class Daemon:
         try:
             self._register_node()
             agent_acls.apply_acls(self.redis)
+            self._ensure_module_credentials()
             if self.settings.warm_steps:  # forked before any thread starts
                 self.warm = WarmSteps(self.warm_registry)
             started_gateway = self._start_gateway()
@@ -194,6 +195,16 @@ class Daemon:
             pipe.hsetnx(redis_keys.CLUSTER_ENVIRONMENT, "NODE_ID", self.node_id)
             pipe.setnx(redis_keys.CLUSTER_UUID, str(uuid.uuid4()))
             pipe.execute()
+
+    def _ensure_module_credentials(self) -> None:
+        """Modules of this node installed before modules had Redis users get theirs."""
+        from agent.operations.modules import ensure_credentials  # the step layer's
+
+        ctx = Context(self.settings, self.redis)
+        for agent_id in self.served_agents():
+            agent = redis_keys.AgentId.parse(agent_id)
+            if agent.kind == "module" and ensure_credentials(ctx, agent.module_id):
+                log.warning("%s had no Redis user of its own: made one", agent_id)
 
     def _heartbeat(self) -> None:
         while not self.stopping.wait(lease.HEARTBEAT_SECONDS):

@@ -24,10 +24,12 @@ from tests.support.cluster import ClusterHarness
 pytestmark = pytest.mark.podman
 STALL = """#!/bin/bash
 # Test step: while Redis key test/stall names this step, say so and wait (at most 2 min).
+# The node's credentials (agent.json): the module's own may not read test/*.
 me="$AGENT_TASK_ACTION/$AGENT_TASK_STEP"
 for _ in $(seq 1200); do
-    now=$(ME="$me" python3 -c 'import os, redis
-r = redis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True)
+    now=$(ME="$me" python3 -c 'import json, os, redis
+url = json.load(open(os.environ["AGENT_ROOT"] + "/agent.json"))["redis_url"]
+r = redis.Redis.from_url(url, decode_responses=True)
 if r.get("test/stall") == os.environ["ME"]:
     r.set("test/stalled", os.environ["ME"])
     print("stall")')

@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import redis
 
+from agent.adapters.redis_store import connect
 from agent.core import redis_keys
+from agent.operations import agent_acls, cluster_setup
 from agent.runtime import tasks
 from agent.runtime.agentenv import read_env_file
 from tests.conftest import file_lock, host_podman_env
 from tests.support import backups
-from tests.support.embedded_node import EmbeddedNode, wiki_with_backup
+from tests.support.embedded_node import EmbeddedNode, wait_until, wiki_with_backup
 
 AUTHORIZED_TAG = "localhost/minwiki-authorized:latest"
 
@@ -160,6 +162,15 @@ def test_module_credentials_reach_only_what_the_module_owns(
     assert not admin.hexists(redis_keys.CLUSTER_ACLS, f"module/{wiki}")
     assert f"module/{wiki}" not in node.redis().acl_users()
 
+    # A module installed before modules had users gets one when its daemon starts.
+    (node.settings.state_dir(f"module/{other}") / "agent.env").unlink()
+    node.kill_daemon()
+    up = node.agent("cluster", "up")
+    assert up.returncode == 0, up.stderr
+    other_env = node.settings.state_dir(f"module/{other}") / "agent.env"
+    wait_until("the new daemon making the user", lambda: read_env_file(other_env))
+    assert module_client(node, other).get(f"module/{other}/secret") == "theirs"
+
 
 def test_include_lines_outside_the_module_are_ignored_and_reported(
     node: EmbeddedNode, minwiki_image: str, restic_image: str, tmp_path: Path
@@ -180,3 +191,33 @@ def test_include_lines_outside_the_module_are_ignored_and_reported(
     listing = backups.listing(wiki.repository)
     assert not any("shadow" in path or "other-module-data" in path for path in listing)
     assert "volumes/pages/" in "\n".join(listing)  # its own volume is still there
+
+
+def test_a_joining_node_gets_a_redis_user_of_its_own(node: EmbeddedNode, tmp_path: Path) -> None:
+    joined = cluster_setup.init(tmp_path / "node2", 2, node.settings.redis_url)
+    client = redis.Redis.from_url(joined.redis_url, decode_responses=True)
+    assert client.acl_whoami() == "node/2"
+    assert node.settings.redis_url not in joined.redis_url  # not node 1's password
+    recorded = json.loads(node.redis().hget(redis_keys.CLUSTER_ACLS, "node/2"))
+    assert recorded["password_sha256"] and recorded["granted"] == []
+    # Full rights, as a node has.
+    client.hset("private/nodes/check", "x", "1")
+    assert client.hget("private/nodes/check", "x") == "1"
+    assert "node/2" in client.acl_users()
+
+
+def test_apply_acls_makes_recorded_users_live_again(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    client = connect(redis_url)
+    password = agent_acls.create_agent_user(client, "module/gone1", ("cluster",))
+    redis_client.acl_deluser("module/gone1")  # as a Redis restart without an ACL file
+    assert agent_acls.apply_acls(client) == 1
+    module = redis.Redis.from_url(redis_url, username="module/gone1", password=password)
+    module.lpush("cluster/tasks", "x")
+    assert refused(lambda: module.lrange("cluster/tasks", 0, -1))
+    # A malformed record is said in the log; it never stops the daemon that applies it.
+    redis_client.hset(redis_keys.CLUSTER_ACLS, "module/bad1", "not json")
+    assert agent_acls.apply_acls(client) == 0
+    agent_acls.remove_agent_user(client, "module/gone1")
+    assert "module/gone1" not in redis_client.acl_users()

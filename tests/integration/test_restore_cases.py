@@ -21,14 +21,17 @@ pytestmark = pytest.mark.podman
 PAGE = "topic-0/section-0/sub-0/page-0.md"
 OTHER = "topic-1/section-1/sub-1/page-1.md"
 HOOK = """#!/bin/bash
-# Test hook: the test steers this restore step through the Redis key test/restore-hook.
-mode=$(python3 -c 'import os, redis
-r = redis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True)
+# Test hook: the test steers this restore step through the Redis key test/restore-hook,
+# read with the node's credentials (agent.json): the module's own may not read test/*.
+mode=$(python3 -c 'import json, os, redis
+url = json.load(open(os.environ["AGENT_ROOT"] + "/agent.json"))["redis_url"]
+r = redis.Redis.from_url(url, decode_responses=True)
 print(r.get("test/restore-hook") or "")')
 case $mode in
     fail) echo "restore hook: failing on purpose" >&2; exit 1 ;;
-    slow) python3 -c 'import os, redis
-redis.Redis.from_url(os.environ["REDIS_URL"]).set("test/hook-started", "1")'
+    slow) python3 -c 'import json, os, redis
+url = json.load(open(os.environ["AGENT_ROOT"] + "/agent.json"))["redis_url"]
+redis.Redis.from_url(url).set("test/hook-started", "1")'
           sleep 60 ;;
 esac
 """

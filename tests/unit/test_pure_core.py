@@ -143,13 +143,16 @@ def test_a_module_id_never_takes_a_longer_ids_volumes() -> None:
 
 def test_backup_mounts_are_read_only(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
-    (tmp_path / "etc" / "state-exclude.conf").write_text("x\n")
-    layout = backup_layout("foo1", tmp_path, tmp_path / "state", ["foo1-data", "foo1-restic-x"])
+    (tmp_path / "etc" / "state-exclude.conf").write_text("state/x\n")
+    copy = tmp_path / "run" / "foo1.conf"
+    layout = backup_layout(
+        "foo1", tmp_path, tmp_path / "state", ["foo1-data", "foo1-restic-x"], copy
+    )
     flags = [mount.flag() for mount in layout.mounts]
     assert flags == [
         f"--volume={tmp_path / 'state'}:/srv/state:ro",
         "--volume=foo1-data:/srv/volumes/data:ro",
-        f"--volume={tmp_path / 'etc' / 'state-exclude.conf'}:/etc/state-exclude.conf:ro",
+        f"--volume={copy}:/etc/state-exclude.conf:ro",
     ]
 
 

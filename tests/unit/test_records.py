@@ -157,6 +157,7 @@ def test_module_status_record_keeps_its_stored_format() -> None:
     )  # fmt: skip
     assert json.loads(status.to_record()) == {
         "bytes_added": 512, "coalesced": False, "end": 160, "errors": 1, "finished": 160.5,
+        "ignored": [],
         "last_success": 160, "outcome": "partial", "partial": True, "reason": "1 unreadable",
         "snapshot_id": "ab12", "snapshots_count": 2, "start": 100, "total_file_count": 3,
         "total_size": 2048, "unreadable": ["state/x"],
