@@ -45,8 +45,8 @@ class UpResult:
 
     def report(self) -> list[str]:
         lines = [f"redis: {self.redis_state}"] if self.redis_state else []
-        gateway = [f"storage gateway: {self.gateway_state}"] if self.gateway_state else []
-        return [*lines, f"daemon: {self.daemon_state}", *gateway]
+        served = [f"storage gateway: {self.gateway_state}"] if self.gateway_state else []
+        return [*lines, f"daemon: {self.daemon_state}", *served]
 
 
 def free_port() -> int:
