@@ -286,13 +286,27 @@ def up(settings: Settings) -> UpResult:
         redis_state,
         daemon_state,
         web_url,
-        start_gateway(settings),
+        start_gateway(settings, pid, started_daemon),
     )
 
 
-def start_gateway(settings: Settings) -> str:
-    """The node's storage gateway, started unless it runs (none without gateway_listen)."""
-    state = gateway.start_node_gateway(settings)
+def start_gateway(settings: Settings, daemon_pid: int = 0, daemon_started: bool = False) -> str:
+    """The node's storage gateway (none without gateway_listen): a daemon just started
+    starts its own, waited for here; otherwise started unless it runs, tied to daemon_pid."""
+    if not settings.gateway_listen:
+        return ""
+    if daemon_started:
+        loopback = gateway.published(settings.gateway_listen, settings.gateway_address)
+        address = loopback["loopback"] or settings.gateway_listen[0]
+        deadline = time.monotonic() + gateway.START_SECONDS + 5
+        while not gateway.answers(address):
+            if time.monotonic() > deadline:
+                return f"not running: see {settings.log_dir}/agent.log and gateway.log"
+            time.sleep(0.1)
+        return (
+            f"started by the daemon (pid {gateway.read_pid(settings.run_dir / gateway.PID_FILE)})"
+        )
+    state = gateway.start_node_gateway(settings, watch_pid=daemon_pid or None)
     if state is None:
         return ""
     return f"{'started' if state[0] else 'already running'} (pid {state[1]})"
