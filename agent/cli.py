@@ -170,6 +170,20 @@ def timers(
     print(format_timer_table(timer_rows(ctx.redis, ctx.settings)))
 
 
+@agent_app.command("gateway")
+def gateway_command(
+    root: RootOption = None,
+    watch_pid: Annotated[
+        int | None, typer.Option(help="stop once this process (the daemon) is gone")
+    ] = None,
+) -> None:
+    """Serve this node's storage gateway in the foreground (the daemon starts it)."""
+    from agent.gateway.server import serve as serve_gateway
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    serve_gateway(load_settings(root), watch_pid)
+
+
 @agent_app.command("verify-restore")
 def verify_restore_command(
     source: Annotated[str, typer.Option(help="module id of the original")],

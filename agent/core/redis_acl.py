@@ -27,6 +27,7 @@ MODULE_PUBLIC_READS = (
     redis_keys.BACKUP_REPOSITORY_PATTERN,  # destination names and urls (no secret)
     "node/*/daemon",  # daemon leases: is an agent served (task client)
     "node/*/environment",
+    "node/*/gateway",  # where the storage gateways listen (agent/adapters/gateway.py)
 )
 
 # KNOWN GAP, goes when the storage gateway lands (issue #16 item 2): the module-side

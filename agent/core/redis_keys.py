@@ -122,6 +122,16 @@ def node_environment(node_id: int) -> str:
     return f"node/{node_id}/environment"
 
 
+def node_gateway(node_id: int) -> str:
+    """Hash: where the node's storage gateway listens (`loopback`, `cluster`: host:port)."""
+    return f"node/{node_id}/gateway"
+
+
+# Hash: module id → JSON {destination, path}: the repository a restore in progress lets
+# that module read through the storage gateway (written by the node that dispatches it).
+GATEWAY_RESTORE_GRANTS = "private/gateway_restore_grants"
+
+
 # --- modules -------------------------------------------------------------------------
 MODULE_NODE = "cluster/module_node"
 MODULE_UUID = "cluster/module_uuid"

@@ -75,6 +75,11 @@ class Settings:
     local_roots: tuple[str, ...] = ()
     # The web console's address on the leader ("host:port"; "" = not started by cluster up).
     web_listen: str = "127.0.0.1:9311"
+    # The storage gateway's addresses ("host:port" each: loopback for this node's modules,
+    # the cluster address for the others; empty = no gateway) and the one other nodes
+    # reach it at, when not the first non-loopback listen address.
+    gateway_listen: tuple[str, ...] = ()
+    gateway_address: str = ""
 
     def __post_init__(self) -> None:
         """The checks of every Settings, loaded or made (dataclasses.replace included)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from redis import exceptions as redis_errors
 
-from agent.adapters import podman_store, proc
+from agent.adapters import gateway, podman_store, proc
 from agent.adapters.redis_store import REDIS_ERRORS, connect, connect_binary
 from agent.core import filemodes, redis_acl, redis_keys
 from agent.core.errors import AgentError, ConfigError
@@ -41,10 +41,12 @@ class UpResult:
     redis_state: str = ""  # what up found and did about the private Redis, for the operator
     daemon_state: str = ""
     web_url: str = ""  # the console's address, when this node (the leader) serves it
+    gateway_state: str = ""
 
     def report(self) -> list[str]:
         lines = [f"redis: {self.redis_state}"] if self.redis_state else []
-        return [*lines, f"daemon: {self.daemon_state}"]
+        served = [f"storage gateway: {self.gateway_state}"] if self.gateway_state else []
+        return [*lines, f"daemon: {self.daemon_state}", *served]
 
 
 def free_port() -> int:
@@ -105,6 +107,9 @@ def init(
         containers_conf=str(store.containers_conf) if store else "",
         local_roots=local_roots,
         web_listen=f"127.0.0.1:{WEB_PORT if port_is_free(WEB_PORT) else free_port()}",
+        # A port of its own: nodes sharing a machine (tests, trials) must not race for
+        # one; where it listens is published in node/<N>/gateway, so no port is assumed.
+        gateway_listen=(f"127.0.0.1:{free_port()}",),
     )
     for path in (
         root,
@@ -274,8 +279,37 @@ def up(settings: Settings) -> UpResult:
     daemon_state = f"{'started' if started_daemon else 'already running'} (pid {pid})"
     web_url = start_web(settings) if is_leader(settings) and settings.web_listen else ""
     return UpResult(
-        settings, started_redis, started_daemon, pid, redis_state, daemon_state, web_url
+        settings,
+        started_redis,
+        started_daemon,
+        pid,
+        redis_state,
+        daemon_state,
+        web_url,
+        start_gateway(settings, pid, started_daemon),
     )
+
+
+def start_gateway(settings: Settings, daemon_pid: int = 0, daemon_started: bool = False) -> str:
+    """The node's storage gateway (none without gateway_listen): a daemon just started
+    starts its own, waited for here; otherwise started unless it runs, tied to daemon_pid."""
+    if not settings.gateway_listen:
+        return ""
+    if daemon_started:
+        loopback = gateway.published(settings.gateway_listen, settings.gateway_address)
+        address = loopback["loopback"] or settings.gateway_listen[0]
+        deadline = time.monotonic() + gateway.START_SECONDS + 5
+        while not gateway.answers(address):
+            if time.monotonic() > deadline:
+                return f"not running: see {settings.log_dir}/agent.log and gateway.log"
+            time.sleep(0.1)
+        return (
+            f"started by the daemon (pid {gateway.read_pid(settings.run_dir / gateway.PID_FILE)})"
+        )
+    state = gateway.start_node_gateway(settings, watch_pid=daemon_pid or None)
+    if state is None:
+        return ""
+    return f"{'started' if state[0] else 'already running'} (pid {state[1]})"
 
 
 def is_leader(settings: Settings) -> bool:
@@ -352,6 +386,8 @@ def down(settings: Settings, timeout: float = 90.0) -> list[str]:
     stopped = []
     if stop_pid(settings.run_dir / WEB_PID, 10):
         stopped.append("web console")
+    if gateway.stop_node_gateway(settings):
+        stopped.append("storage gateway")
     if stop_pid(settings.run_dir / DAEMON_PID, timeout):
         stopped.append("agent daemon")
     if settings.embedded_redis and read_pid(settings.run_dir / REDIS_PID) is not None:

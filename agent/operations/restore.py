@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agent.adapters import proc
+from agent.adapters import gateway, proc
 from agent.adapters.redis_store import Redis
 from agent.core import redis_keys
 from agent.core.errors import ActionFailed, AgentError, validation_error
@@ -23,6 +23,7 @@ from agent.operations.modules import (
 )
 from agent.operations.restore_source import (
     open_repository,
+    parse_repo_path,
     refuse_foreign_identity,
     settle_lease,
     snapshot_environment,
@@ -157,8 +158,11 @@ def _run_module_restore(
     request = tasks.TaskRequest(
         redis_keys.module_agent(module_id), "restore-module", data, step.task_id
     )
+    # The new module reads its source through the gateway for as long as this runs.
+    source = parse_repo_path(job.path).path
     try:
-        result = run_subtask(step, request, step.progress_range(*span), cancelled)
+        with gateway.restore_grant(step.ctx.redis, module_id, job.repository, source):
+            result = run_subtask(step, request, step.progress_range(*span), cancelled)
     except AgentError as exc:
         raise ActionFailed(f"restore of {job.path} {exc}; {module_id} removed") from None
     if result.exit_code != 0:
@@ -220,7 +224,11 @@ def restore_paths(
     )
     # A backup of the module waits: it must not read files half-restored, nor make a
     # newer snapshot that "latest" would then name.
-    with held_from_backups(redis, module_id, cancelled):
+    source = parse_repo_path(request.path).path
+    with (
+        held_from_backups(redis, module_id, cancelled),
+        gateway.restore_grant(redis, module_id, request.repository, source),
+    ):
         result = run_subtask(step, subtask, step.progress_range(0, 100), cancelled)
     if result.exit_code != 0:
         raise ActionFailed(

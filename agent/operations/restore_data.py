@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +13,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from agent.adapters import module_users, proc, restic
-from agent.adapters.module_storage import module_restic_target
 from agent.adapters.redis_store import Context
 from agent.core import redis_keys, restic_args, restic_messages, restored_files
 from agent.core.errors import ActionFailed, ValidationFailed, validation_error
@@ -22,6 +20,7 @@ from agent.core.models import ModuleRestoreRequest, RestoreFilesRequest
 from agent.core.restic_messages import ExitError, ItemError, Message, Status, Summary, VerboseStatus
 from agent.core.settings import Settings
 from agent.core.volumes import included_volumes
+from agent.operations.module_storage import open_module_repository
 from agent.operations.restore_source import (
     INSTANCE_PATHS,
     Repository,
@@ -98,22 +97,16 @@ def run_restore(
         if isinstance(message, Status | Summary):
             restored.last = dict(message.fields)
 
-    with (
-        module_restic_target(repository.destination, repository.path.path, user) as target,
-        repository_lease(
-            ctx.redis,
-            dataclasses.replace(repository, target=target),
-            podman_env,
-            ctx.settings.storage_retry_seconds,
-            run_as=user,
-        ) as lease,
-    ):
+    with repository_lease(
+        ctx.redis, repository, podman_env, ctx.settings.storage_retry_seconds, run_as=user
+    ) as lease:
         code, stderr = lease.stream(
             restore_args(snapshot, paths, whole=whole, volumes=volumes),
             on_message=on_message,
             mounts=mounts,
             podman_args=ctx.settings.restic_podman_args,
-            # Below the mounts, so it exists: rootless podman does not make a missing one.
+            # Below the mounts, so it exists (a gateway's repository mounts nothing, and
+            # rootless podman does not make a missing workdir).
             workdir=RESTORE_ROOT,
         )
     if code != 0 or restored.errors:
@@ -153,7 +146,9 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
             raise validation_error("paths", "path_is_module_identity", path)
         if parts[1] == "volumes" and (len(parts) < 3 or parts[2] not in volumes):
             raise validation_error("paths", "volume_not_restorable", path)
-    repository = open_repository(ctx, request.repository, request.path)
+    # Through a gateway, with the module's own credentials: no destination secret here.
+    # A rootless module's restic reaches it on the loopback (--network=host) as well.
+    repository = open_module_repository(ctx, agent_id, request.repository, request.path)
     user = module_users.module_user(ctx.settings, module_id)
     if user is not None:
         module_users.image_in_user_store(
@@ -252,15 +247,14 @@ def refuse_missing_paths(
     others and pass over it in silence. A dry run lists what the restore would write."""
     check_reachable(repository)
     args = restore_args(snapshot, paths, whole=False, dry_run=True)
-    with module_restic_target(repository.destination, repository.path.path, user) as target:
-        done = restic.run(
-            target,
-            repository.password,
-            args,
-            podman_env=ctx.settings.podman_env(),
-            timeout=3600,
-            run_as=user,
-        )
+    done = restic.run(
+        repository.target,
+        repository.password,
+        args,
+        podman_env=ctx.settings.podman_env(),
+        timeout=3600,
+        run_as=user,
+    )
     if done.returncode != 0:
         raise ActionFailed(
             "restic restore --dry-run failed: "

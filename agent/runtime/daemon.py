@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
 import uuid
 from typing import Any
 
+from agent.adapters import gateway
 from agent.adapters.module_users import module_user_of
 from agent.adapters.redis_api import BinaryRedis
 from agent.adapters.redis_store import REDIS_ERRORS, Context, connect, connect_binary
@@ -119,12 +121,14 @@ class Daemon:
             other = lease.current_holder(self.redis, self.node_id)
             who = f"pid {other.pid} on {other.host}" if other else "another daemon"
             raise AgentError(f"node {self.node_id} is already served by {who}")
+        started_gateway = False
         try:
             self._register_node()
             agent_acls.apply_acls(self.redis)
             self._ensure_module_credentials()
             if self.settings.warm_steps:  # forked before any thread starts
                 self.warm = WarmSteps(self.warm_registry)
+            started_gateway = self._start_gateway()
             # Renewed from now on: the recovery's steps get a grace longer than the lease.
             threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
             served = self.served_agents()
@@ -173,9 +177,21 @@ class Daemon:
         finally:
             if self.warm is not None:
                 self.warm.close()
+            if started_gateway:
+                gateway.stop_node_gateway(self.settings)
             with contextlib.suppress(*REDIS_ERRORS):
                 lease.release(self.redis, self.node_id, self.holder)
             self.records.binary.close()
+
+    def _start_gateway(self) -> bool:
+        """This node's storage gateway, unless it runs already; True when started here.
+        A gateway that cannot start fails module-side storage only, not the daemon."""
+        try:
+            state = gateway.start_node_gateway(self.settings, watch_pid=os.getpid())
+        except (AgentError, OSError) as exc:
+            log.error("storage gateway of node %s not started: %s", self.node_id, exc)
+            return False
+        return state is not None and state[0]
 
     def _register_node(self) -> None:
         with self.redis.pipeline() as pipe:

@@ -1,0 +1,240 @@
+"""The storage gateway's authorizing proxy: HTTP basic with an agent's own credentials,
+the rules of agent/core/gateway_rules.py, then the request streamed to the destination's
+restic server (agent/gateway/backends.py). restic's REST protocol itself is rclone's.
+
+Paths: `/<destination>/<image>/<uuid>/…` (restic REST, see gateway_rules) and
+`/_gateway/health` (no credentials), `/_gateway/restic-password/<destination>` (any
+agent: restic's password only, which NS8 also lets every agent read; the destination's
+other secrets never leave the node).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from agent.adapters.destinations import load_destination
+from agent.adapters.redis_store import REDIS_ERRORS, Redis
+from agent.core import redis_keys
+from agent.core.errors import DestinationNotFound
+from agent.core.gateway_rules import (
+    Grants,
+    PathRefused,
+    Role,
+    StoragePath,
+    parse_storage_path,
+    refusal,
+)
+from agent.core.image_names import image_name
+from agent.gateway.backends import Backends, Unavailable
+
+log = logging.getLogger("agent.gateway")
+REALM = 'Basic realm="backup-agent storage gateway"'
+# Hop-by-hop headers (RFC 9110 §7.6.1) and the client's credentials stay at the proxy.
+_DROPPED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "authorization",
+        "host",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Agent:
+    user: str
+    role: Role
+    module_id: str = ""
+
+
+class Gateway:
+    """The proxy's state: node-credentialed Redis, the upstreams, one HTTP client."""
+
+    def __init__(self, redis: Redis, backends: Backends, node_id: int) -> None:
+        self.redis = redis
+        self.backends = backends
+        self.node_id = node_id
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=10.0))
+
+    def authenticate(self, header: str) -> Agent | None:
+        """The agent whose own password header carries, per cluster/acls; None otherwise."""
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            user, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        if not sep:
+            return None
+        try:
+            agent = redis_keys.AgentId.parse(user)
+        except redis_keys.NotAnAgentId:
+            return None
+        if agent.kind not in ("module", "node"):
+            return None
+        recorded = self.redis.hget(redis_keys.CLUSTER_ACLS, user)
+        expected = _recorded_hash(recorded)
+        given = hashlib.sha256(password.encode()).hexdigest()
+        if not expected or not hmac.compare_digest(expected, given):
+            return None
+        if agent.kind == "node":
+            return Agent(user, Role.NODE)
+        return Agent(user, Role.MODULE, agent.module_id)
+
+    def grants(self, agent: Agent) -> Grants:
+        """The module's own repository path and the restore source granted to it, if any."""
+        if agent.role is Role.NODE:
+            return Grants("")
+        module_uuid = self.redis.hget(redis_keys.MODULE_UUID, agent.module_id)
+        image_url = self.redis.hget(redis_keys.module_environment(agent.module_id), "IMAGE_URL")
+        own = f"{image_name(image_url)}/{module_uuid}" if module_uuid and image_url else ""
+        sources: list[tuple[str, str]] = []
+        grant = _json_object(self.redis.hget(redis_keys.GATEWAY_RESTORE_GRANTS, agent.module_id))
+        destination, path = (grant or {}).get("destination"), (grant or {}).get("path")
+        if isinstance(destination, str) and isinstance(path, str):
+            sources.append((destination, path))
+        return Grants(own, sources)
+
+
+def _recorded_hash(text: str | None) -> str:
+    record = _json_object(text)
+    value = record.get("password_sha256") if record else None
+    return value if isinstance(value, str) else ""
+
+
+def _json_object(text: str | None) -> dict[str, object] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _denied(status: int, reason: str) -> Response:
+    headers = {"WWW-Authenticate": REALM} if status == 401 else {}
+    return PlainTextResponse(reason + "\n", status_code=status, headers=headers)
+
+
+async def _authenticated(gateway: Gateway, request: Request) -> Agent | Response:
+    try:
+        agent = await asyncio.to_thread(
+            gateway.authenticate, request.headers.get("authorization", "")
+        )
+    except REDIS_ERRORS as exc:
+        return _denied(503, f"the gateway cannot read its credentials: {exc}")
+    return agent if agent is not None else _denied(401, "an agent's own credentials are needed")
+
+
+def make_app(gateway: Gateway) -> Starlette:
+    async def health(request: Request) -> Response:
+        return PlainTextResponse(f"node {gateway.node_id}\n")
+
+    async def restic_password(request: Request) -> Response:
+        agent = await _authenticated(gateway, request)
+        if isinstance(agent, Response):
+            return agent
+        destination_id = request.path_params["destination"]
+        try:
+            destination = await asyncio.to_thread(load_destination, gateway.redis, destination_id)
+        except DestinationNotFound:
+            return _denied(404, f"no destination {destination_id}")
+        return PlainTextResponse(destination.password, headers={"Cache-Control": "no-store"})
+
+    async def storage(request: Request) -> Response:
+        agent = await _authenticated(gateway, request)
+        if isinstance(agent, Response):
+            return agent
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        try:
+            target = parse_storage_path(raw.decode("ascii", errors="replace"))
+        except PathRefused as exc:
+            return _denied(403, f"refused: {exc}")
+        try:
+            grants = await asyncio.to_thread(gateway.grants, agent)
+        except REDIS_ERRORS as exc:
+            return _denied(503, f"the gateway cannot read its grants: {exc}")
+        reason = refusal(agent.role, grants, request.method, target)
+        if reason:
+            log.warning("%s %s %s refused: %s", agent.user, request.method, target, reason)
+            return _denied(403, f"refused: {reason}")
+        return await _forward(gateway, request, target)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Here, not after uvicorn returns: it re-raises the stopping signal once it is done.
+        try:
+            yield
+        finally:
+            gateway.backends.close()
+            await gateway.client.aclose()
+
+    return Starlette(
+        lifespan=lifespan,
+        routes=[
+            Route("/_gateway/health", health, methods=["GET", "HEAD"]),
+            Route("/_gateway/restic-password/{destination}", restic_password, methods=["GET"]),
+            Route(
+                "/{path:path}",
+                storage,
+                methods=["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PROPFIND"],
+            ),
+        ],
+    )
+
+
+async def _forward(gateway: Gateway, request: Request, target: StoragePath) -> Response:
+    try:
+        upstream = await gateway.backends.upstream(target.destination)
+    except DestinationNotFound:
+        return _denied(404, f"no destination {target.destination}")
+    except Unavailable as exc:
+        return _denied(503, f"destination {target.destination}: {exc}")
+    except REDIS_ERRORS as exc:
+        return _denied(503, f"the gateway cannot read destination {target.destination}: {exc}")
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROPPED]
+    url = upstream.base_url + target.backend_path()
+    if request.url.query:
+        url += "?" + request.url.query
+    body = request.stream() if request.method in ("POST", "PUT") else None
+    outgoing = gateway.client.build_request(request.method, url, headers=headers, content=body)
+    try:
+        answer = await gateway.client.send(outgoing, stream=True, auth=upstream.auth)
+    except httpx.HTTPError as exc:
+        return _denied(502, f"destination {target.destination}: storage server failed: {exc}")
+    kept = {k: v for k, v in answer.headers.items() if k.lower() not in _DROPPED}
+    return StreamingResponse(
+        _raw(answer),
+        status_code=answer.status_code,
+        headers=kept,
+        background=BackgroundTask(answer.aclose),
+    )
+
+
+async def _raw(answer: httpx.Response) -> AsyncIterator[bytes]:
+    async for chunk in answer.aiter_raw():
+        yield chunk

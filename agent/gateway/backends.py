@@ -1,0 +1,237 @@
+"""The gateway's upstreams: one `rclone serve restic` child per destination, started on
+first use over the destination's rclone remote; a `rest` destination is itself a restic
+REST server and is reached directly.
+
+A child that cannot start (a detached disk, a bad key) fails that destination's requests
+with its reason; the gateway and the other destinations go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from agent.adapters import proc
+from agent.adapters.destinations import (
+    Destination,
+    check_destination,
+    load_destination,
+    local_directory,
+    rclone_target,
+    url_body,
+)
+from agent.adapters.redis_store import Redis
+from agent.core.destination_rules import DestinationNotAllowed, LocalPolicy
+from agent.core.errors import AgentError
+
+log = logging.getLogger("agent.gateway")
+START_SECONDS = 15.0
+# Bounded failures: a dead storage answers an error in seconds, restic retries it.
+SERVE_FLAGS = (
+    "--contimeout=10s",
+    "--timeout=60s",
+    "--low-level-retries=2",
+    "--log-level=NOTICE",
+)
+
+
+class Unavailable(AgentError):
+    """This destination cannot be served now (the reason says why)."""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    base_url: str  # http://127.0.0.1:<port> or a rest destination's own URL (no slash)
+    auth: tuple[str, str] | None = None  # a rest destination's own user and password
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """What an rclone child serves, from the destination as stored now."""
+
+    remote: str
+    env: dict[str, str] = field(hash=False)
+
+    @property
+    def fingerprint(self) -> str:
+        text = json.dumps([self.remote, sorted(self.env.items())])
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def serve_restic_argv(address: str, remote: str) -> list[str]:
+    """`rclone serve restic` of remote on address (host:port); secrets stay in the env."""
+    return ["rclone", "serve", "restic", f"--addr={address}", *SERVE_FLAGS, remote]
+
+
+def child_spec(destination: Destination) -> ChildSpec:
+    """The rclone remote serving destination from this host (a local one: its directory)."""
+    if destination.provider == "local":
+        return ChildSpec(local_directory(destination), {})
+    remote, env = rclone_target(destination)
+    return ChildSpec(remote, env)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class _Child:
+    spec: ChildSpec
+    process: proc.Popen[bytes]
+    address: str
+    log_path: str
+
+
+class Backends:
+    """Upstreams by destination id; rclone children started on demand, restarted when
+    they died or the destination changed, all stopped by close()."""
+
+    def __init__(self, redis: Redis, policy: LocalPolicy, log_dir: str, run_dir: str) -> None:
+        self._redis = redis
+        self._policy = policy
+        self._log_dir = log_dir
+        # One pid file per child: a gateway killed outright leaves children that the next
+        # one stops before starting its own.
+        self._pid_dir = os.path.join(run_dir, "gateway-children")
+        self._children: dict[str, _Child] = {}
+        self._lock = asyncio.Lock()
+        os.makedirs(self._pid_dir, mode=0o700, exist_ok=True)
+        stop_leftovers(self._pid_dir)
+
+    async def upstream(self, destination_id: str) -> Upstream:
+        destination = await asyncio.to_thread(self._load, destination_id)
+        if destination.provider == "rest":
+            params = destination.parameters
+            user = params.get("rest_user", "")
+            auth = (user, params.get("rest_password", "")) if user else None
+            return Upstream(url_body(destination.url).rstrip("/"), auth)
+        spec = child_spec(destination)
+        async with self._lock:
+            child = self._children.get(destination_id)
+            if child is None or child.process.poll() is not None or child.spec != spec:
+                if child is not None:
+                    self._stop(child)
+                child = await self._start(destination_id, destination, spec)
+                self._children[destination_id] = child
+        return Upstream(f"http://{child.address}")
+
+    def _load(self, destination_id: str) -> Destination:
+        try:
+            destination = load_destination(self._redis, destination_id)
+            check_destination(destination, self._policy)
+        except DestinationNotAllowed as exc:
+            raise Unavailable(f"not served by this node: {exc}") from None
+        if destination.provider == "local" and not os.path.isdir(local_directory(destination)):
+            raise Unavailable(f"{local_directory(destination)} is missing on this node")
+        return destination
+
+    async def _start(
+        self, destination_id: str, destination: Destination, spec: ChildSpec
+    ) -> _Child:
+        address = f"127.0.0.1:{free_port()}"
+        log_path = os.path.join(self._log_dir, f"gateway-{destination_id[:8]}.log")
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "RCLONE_CONFIG": "/dev/null",  # the remote is defined by the environment only
+            **spec.env,
+        }
+        handle: IO[bytes]
+        with open(log_path, "ab") as handle:
+            process = proc.spawn(
+                serve_restic_argv(address, spec.remote),
+                env=env,
+                stdin=proc.DEVNULL,
+                stdout=handle,
+                stderr=handle,
+            )
+        child = _Child(spec, process, address, log_path)
+        Path(self._pid_dir, f"{process.pid}.pid").write_text(f"{process.pid}\n")
+        deadline = time.monotonic() + START_SECONDS
+        host, _, port = address.rpartition(":")
+        while not await _answers(host, int(port)):
+            if process.poll() is not None or time.monotonic() > deadline:
+                self._stop(child)
+                raise Unavailable(
+                    f"the storage server of {destination.name or destination_id} did not "
+                    f"start: {_tail(log_path)}"
+                )
+            await asyncio.sleep(0.05)
+        log.info("destination %s served by rclone pid %d", destination_id, process.pid)
+        return child
+
+    def _stop(self, child: _Child) -> None:
+        if child.process.poll() is None:
+            child.process.terminate()
+            try:
+                child.process.wait(5)
+            except proc.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self._pid_dir, f"{child.process.pid}.pid"))
+
+    def close(self) -> None:
+        for child in self._children.values():
+            self._stop(child)
+        self._children.clear()
+
+    def pids(self) -> dict[str, int]:
+        """Running children by destination id (tests stop one to see only it fail)."""
+        return {
+            dest: child.process.pid
+            for dest, child in self._children.items()
+            if child.process.poll() is None
+        }
+
+
+def stop_leftovers(pid_dir: str) -> None:
+    """Kill the `rclone serve` children an earlier gateway left (their pid files say who)."""
+    for name in os.listdir(pid_dir):
+        path = os.path.join(pid_dir, name)
+        pid = int(name.removesuffix(".pid")) if name.removesuffix(".pid").isdigit() else 0
+        if pid and _is_rclone_serve(pid):
+            log.warning("stopping rclone pid %d left by an earlier gateway", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        os.unlink(path)
+
+
+def _is_rclone_serve(pid: int) -> bool:
+    try:
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")  # noqa: SIM115
+    except OSError:
+        return False
+    return argv[:3] == [b"rclone", b"serve", b"restic"]
+
+
+async def _answers(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection(host, port)
+    except OSError:
+        return False
+    writer.close()
+    return True
+
+
+def _tail(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 2000))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return "no log"
+    return proc.last_line(text)
