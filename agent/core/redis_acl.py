@@ -30,14 +30,11 @@ MODULE_PUBLIC_READS = (
     "node/*/gateway",  # where the storage gateways listen (agent/adapters/gateway.py)
 )
 
-# KNOWN GAP, goes when the storage gateway lands (issue #16 item 2): the module-side
-# restore step (restore-module/10restore) opens the destination itself, so it reads the
-# destination's secrets. This is the one rule that lets a module read under private/.
-MODULE_RESTORE_GAP_READS = (redis_keys.backup_repository_private("*"),)
-
-# Also only while the module-side restore step opens the repository itself: it takes the
-# repository's lease (a cluster key) and notes the repository as written.
-MODULE_RESTORE_GAP_WRITES = (
+# A module-side restore (restore-module/10restore, NS8's agent.run_restic) holds the
+# repository's lease, as every restic run on a repository does, and notes the repository
+# as written. Limit: a module can write any repository's lease key, so it could hold
+# another repository's lease (delaying its backups); it reads no secret by it.
+MODULE_REPOSITORY_LEASE_WRITES = (
     redis_keys.repository_lease("*", "*"),
     redis_keys.written_repositories("*"),
 )
@@ -108,8 +105,7 @@ def module_rules(module_id: str, granted: Iterable[str]) -> list[str]:
         f"~{redis_keys.module_key_pattern(module_id)}",  # own keys, its queue among them
         f"~{redis_keys.module_task_pattern(module_id)}",  # own task records
         *(f"%R~{pattern}" for pattern in MODULE_PUBLIC_READS),
-        *(f"%R~{pattern}" for pattern in MODULE_RESTORE_GAP_READS),
-        *(f"~{pattern}" for pattern in MODULE_RESTORE_GAP_WRITES),
+        *(f"~{pattern}" for pattern in MODULE_REPOSITORY_LEASE_WRITES),
         "resetchannels",
         f"&progress/{agent_id}/*",
         f"&{agent_id}/event/*",

@@ -94,20 +94,23 @@ def get_existing_volume_args() -> list[str]:
 
 def storage_target(rdb: Any, repository: str, repo_path: str) -> tuple[Any, str]:
     """(restic target, restic password) of repo_path on destination repository: the one
-    place where module-side restic reaches storage."""
-    import redis
+    place where module-side restic reaches storage. A module goes through a node's storage
+    gateway with its own credentials (REDIS_USER/REDIS_PASSWORD of its agent.env) and never
+    sees a destination secret; node and cluster agents open the destination itself."""
+    if os.environ.get("MODULE_ID"):
+        from agent.adapters import gateway
 
-    from agent.adapters.destinations import check_destination, load_destination, restic_target
-    from agent.ns8api.redisconn import redis_connect
-
-    try:
-        destination = load_destination(rdb, repository)
-    except redis.exceptions.NoPermissionError:
-        print(
-            f"{SD_WARNING}no permission to read the destination: retrying privileged",
-            file=sys.stderr,
+        found = gateway.module_restic_target(
+            rdb,
+            int(os.environ["NODE_ID"]),
+            gateway.Credentials.from_env(os.environ),
+            repository,
+            repo_path,
         )
-        destination = load_destination(redis_connect(privileged=True), repository)
+        return found.target, found.password
+    from agent.adapters.destinations import check_destination, load_destination, restic_target
+
+    destination = load_destination(rdb, repository)
     check_destination(destination, _settings().local_policy())
     return restic_target(destination, repo_path), destination.password
 
