@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import dataset, scenarios
+from bench import dataset, roundtrip, scale, scenarios
 from bench.harness import REPO, Cluster, RawRestic, base_env, run
 from bench.report import render_markdown
 
@@ -107,13 +107,13 @@ def main() -> None:
         if "restore" in items:
             scenarios.restore(bench)
         if "roundtrip" in items:
-            scenarios.round_trips(bench)
+            roundtrip.round_trips(bench)
         time.sleep(2)
         scenarios.daemon_rss(bench, "idle_after_tasks")
         if "scale" in items:
-            scenarios.scale(bench, args.modules, args.scale_repeat)
+            scale.scale(bench, args.modules, args.scale_repeat)
         if "schedule" in items:
-            scenarios.schedules(bench)
+            scale.schedules(bench)
         scenarios.daemon_rss(bench, "idle_at_end")
         bench.results["daemon_rss_mib"]["peak_during_runs"] = bench.rss_peak_kib / 1024
         bench.results["agent_memory_mib"]["peak_pss_during_runs"] = bench.pss_peak_kib / 1024
