@@ -32,6 +32,10 @@ def round_trips(bench: Bench, calls: int = 50) -> None:
     # Where api-cli's time goes: the interpreter, then its imports (redis; typer, which
     # pulls in pydantic), then the task itself (in-process figures below).
     trip("python_startup_only", [python, "-c", "pass"])
+    # The package's top holds NS8's module-author API and must stay light; api-cli's imports
+    # are its start-up beyond the interpreter.
+    trip("import_agent", [python, "-c", "import agent"])
+    trip("import_apicli", [python, "-c", "import agent.apicli"])
     trip("import_redis_agent_tasks", [python, "-c", "import agent.runtime.tasks"])
     trip("import_agent_cli_typer", [python, "-c", "import agent.cli, typer.main, typer._adapters"])
     trip("import_step_models", [python, "-c", "import agent.core.models, agent.runtime.steps"])
