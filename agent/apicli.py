@@ -12,14 +12,12 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NoReturn
 
 from agent.adapters import resp
 from agent.adapters.redis_api import TaskClient, describe_url
 from agent.core import redis_keys
 from agent.core.errors import AgentError, RedisUnavailable
-from agent.core.settings import load_settings
 from agent.runtime import tasks
 
 
@@ -50,6 +48,10 @@ def client_redis(connect: Connect = resp.client) -> TaskClient:
     alone costs more than the rest of a small round trip (bench/README.md, item 4)."""
     url = os.environ.get("REDIS_URL")
     if not url:
+        from pathlib import Path
+
+        from agent.core.settings import load_settings  # only without REDIS_URL
+
         root = os.environ.get("AGENT_ROOT")
         url = load_settings(Path(root) if root else None).redis_url
     try:

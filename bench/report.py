@@ -82,6 +82,12 @@ def render_markdown(results: dict[str, Any]) -> str:
             )
         start = trips["python_startup_only"]
         rows.append(f"| (venv `python -c pass`) | p50 {_ms(start['p50'])} | — | — |")
+        for name, code in (("import_agent", "agent"), ("import_apicli", "agent.apicli")):
+            if name in trips:
+                rows.append(
+                    f"| (venv `python -c 'import {code}'`) | p50 {_ms(trips[name]['p50'])} "
+                    "| — | — |"
+                )
     scale = results.get("scale")
     if scale:
         for concurrency in (1, 2):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,13 +45,13 @@ class Bench:
     def sampled(self, action: Callable[[], object]) -> float:
         _settle()
         with RssSampler(self.cluster.daemon_pid()) as sampler:
-            seconds = _timed(action)
+            seconds = timed(action)
         self.rss_peak_kib = max(self.rss_peak_kib, sampler.peak_kib)
         self.pss_peak_kib = max(self.pss_peak_kib, sampler.peak_pss_kib)
         return seconds
 
 
-def _timed(action: Callable[[], object]) -> float:
+def timed(action: Callable[[], object]) -> float:
     start = time.perf_counter()
     action()
     return time.perf_counter() - start
@@ -69,7 +67,7 @@ def _settle() -> None:
 
 def _settled(action: Callable[[], object]) -> float:
     _settle()
-    return _timed(action)
+    return timed(action)
 
 
 def _cpu_times() -> tuple[int, int]:
@@ -295,205 +293,6 @@ def _restore(bench: Bench) -> None:
         "ratio_unrecorded": unrecorded.median / plain.median,
         "ratio_unrecorded_paired": _paired(unrecorded, plain),
     }
-
-
-def round_trips(bench: Bench, calls: int = 50) -> None:
-    """Item 4: api-cli round trip (process start included) of no-op actions and list-backups."""
-    cluster = bench.cluster
-    noop = cluster.root / "cluster" / "actions" / "noop"
-    noop.mkdir(parents=True, exist_ok=True)
-    (noop / "10noop").write_text("#!/bin/sh\nexit 0\n")
-    (noop / "10noop").chmod(0o755)
-    api = str(VENV_BIN / "api-cli")
-    results: dict[str, Any] = {}
-
-    def trip(name: str, argv: list[str]) -> None:
-        series = Series(name)
-        for _ in range(calls):
-            series.samples.append(_timed(lambda: run(argv, cluster.env)))
-        p50, p95 = series.percentile(50), series.percentile(95)
-        results[name] = series.to_json() | {"p50": p50, "p95": p95}
-        bench.log(f"{name}: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms")
-
-    python = str(VENV_BIN / "python")
-    # Where api-cli's time goes: the interpreter, then its imports (redis; typer, which
-    # pulls in pydantic), then the task itself (in-process figures below).
-    trip("python_startup_only", [python, "-c", "pass"])
-    trip("import_redis_agent_tasks", [python, "-c", "import agent.runtime.tasks"])
-    trip("import_agent_cli_typer", [python, "-c", "import agent.cli, typer.main, typer._adapters"])
-    trip("import_step_models", [python, "-c", "import agent.core.models, agent.runtime.steps"])
-    trip("list-actions", [api, "run", "list-actions"])
-    trip("noop_step", [api, "run", "noop"])
-    destination, _ = cluster.add_destination(bench.work / "listed")
-    existing = len(cluster.api("list-backups")["backups"])
-    for number in range(max(0, 100 - existing)):
-        cluster.add_backup(destination, [bench.module], f"listed{number}")
-    results["backups_defined"] = len(cluster.api("list-backups")["backups"])
-    trip("list-backups", [api, "run", "list-backups"])
-    results["clients"] = _client_trips(bench, calls)
-    results["in_process"] = _in_process_trips(bench, calls)
-    bench.results["round_trip"] = results
-
-
-def _client_trips(bench: Bench, calls: int) -> dict[str, Any]:
-    """api-cli on agent/resp.py beside api-cli on redis-py, call after call in turns (so
-    the machine's drift lands on both): what resp.py saves, or not."""
-    script = str(Path(__file__).with_name("apicli_with.py"))
-    python = str(VENV_BIN / "python")
-    found: dict[str, Any] = {}
-    for action in ("list-actions", "noop", "list-backups"):
-        series = {client: Series(f"{action} {client}") for client in ("resp", "redis-py")}
-        for number in range(calls):
-            order = ("resp", "redis-py") if number % 2 == 0 else ("redis-py", "resp")
-            for client in order:
-                argv = [python, script, client, "run", action]
-                series[client].samples.append(_timed(partial(run, argv, bench.cluster.env)))
-        found[action] = {
-            client: s.to_json() | {"p50": s.percentile(50), "p95": s.percentile(95)}
-            for client, s in series.items()
-        }
-        bench.log(
-            f"{action}: resp p50 {series['resp'].percentile(50) * 1000:.0f} ms, redis-py p50 "
-            f"{series['redis-py'].percentile(50) * 1000:.0f} ms"
-        )
-    return found
-
-
-def _in_process_trips(bench: Bench, calls: int) -> dict[str, Any]:
-    """The same trips without api-cli's interpreter start: what the agent itself costs."""
-    from agent.adapters.redis_store import connect
-    from agent.core.settings import load_settings
-    from agent.runtime import tasks
-
-    redis = connect(load_settings(bench.cluster.root).redis_url)
-    found: dict[str, Any] = {}
-    for action in ("list-actions", "noop", "list-backups"):
-        series = Series(action)
-        for _ in range(calls):
-            request = tasks.TaskRequest("cluster", action, None)
-            series.samples.append(_timed(partial(tasks.run, redis, request, timeout=60)))
-        found[action] = {"p50": series.percentile(50), "p95": series.percentile(95)}
-        bench.log(f"in-process {action}: p50 {series.percentile(50) * 1000:.0f} ms")
-    return found
-
-
-def scale(bench: Bench, modules: int, repeat: int = 1) -> None:
-    """Item 5: one backup naming `modules` small modules, backup_concurrency 1 and 2."""
-    cluster, raw = bench.cluster, bench.raw
-    start = time.perf_counter()
-    names = []
-    for _ in range(modules):
-        names.append(cluster.api("add-module", {"image": MODULE_IMAGE, "node": 1})["module_id"])
-    bench.log(f"scale: {modules} modules added in {time.perf_counter() - start:.0f}s")
-    repo = bench.work / "scale"
-    destination, password = cluster.add_destination(repo)
-    backup_id = cluster.add_backup(destination, names, "scale")
-    results: dict[str, Any] = {"modules": modules}
-    # First run creates the repositories (init included): counted apart, at concurrency 2.
-    cluster.set_setting("backup_concurrency", 2)
-    results["first_run_concurrency_2"] = bench.sampled(
-        lambda: cluster.api("run-backup", {"id": backup_id})
-    )
-    bench.log(f"scale: first run (repositories created) {results['first_run_concurrency_2']:.1f}s")
-    totals = {1: Series("concurrency 1"), 2: Series("concurrency 2")}
-    for rep in range(repeat):
-        for concurrency in (1, 2) if rep % 2 == 0 else (2, 1):
-            cluster.set_setting("backup_concurrency", concurrency)
-            seconds = bench.sampled(lambda: cluster.api("run-backup", {"id": backup_id}))
-            totals[concurrency].samples.append(seconds)
-            bench.log(f"scale: concurrency {concurrency}: {seconds:.1f}s")
-    cluster.set_setting("backup_concurrency", 1)
-    # restic's own cost per module: one raw `podman run restic backup` of a module's data.
-    module_repo = repo / "minwiki" / cluster.module_uuid(names[0])
-    data = cluster.volume_path(f"{names[0]}-pages")
-    env = raw.env | {"RESTIC_PASSWORD": password}
-    parts = _component_times(raw, module_repo, data, env)
-    per_restic = parts["restic_backup_nochange"]
-    results["raw_components_s"] = parts
-    for concurrency, series in totals.items():
-        # module-seconds: at concurrency 2 two modules share the wall clock
-        per_module = series.median * concurrency / modules
-        results[f"concurrency_{concurrency}"] = series.to_json() | {
-            "per_module": series.median / modules,
-            "module_seconds": per_module,
-            "overhead_per_module": per_module - per_restic,
-        }
-    results["speedup_2_over_1"] = totals[1].median / totals[2].median
-    bench.results["scale"] = results
-
-
-def _component_times(
-    raw: RawRestic, repo: Path, data: Path, env: dict[str, str]
-) -> dict[str, float]:
-    """Median of 5 of each container run the agent makes per module, run raw."""
-
-    def median(argv: list[str], input: str | None = None) -> float:
-        series = Series("x")
-        for _ in range(5):
-            series.samples.append(_timed(lambda: run(argv, env, input)))
-        return series.median
-
-    backup = raw.argv(repo, data, ["backup", "--host", "bench", "/data"])
-    forget = raw.argv(repo, None, ["forget", "--json", "--keep-last=3", "--tag=none", "--prune"])
-    version = ["podman", "run", "--rm", "localhost/backup-agent-restic:latest", "version"]
-    rclone = [
-        "podman",
-        "run",
-        "--rm",
-        "-i",
-        "--entrypoint=/usr/bin/rclone",
-        "-v",
-        f"{repo.parent}:/d",
-    ]
-    rclone += ["localhost/backup-agent-restic:latest", "rcat", "/d/bench.json"]
-    return {
-        "container_start_restic_version": median(version),
-        "restic_backup_nochange": median(backup),
-        "restic_forget_prune": median(forget),
-        "rclone_rcat_metadata": median(rclone, "{}"),
-    }
-
-
-def schedules(bench: Bench, count: int = 1000) -> None:
-    """Item 6: render and apply the units of `count` backups (systemctl stood in by `true`)."""
-    from agent.adapters.redis_store import connect
-    from agent.core import redis_keys
-    from agent.core.settings import load_settings
-    from agent.runtime import timers as schedule
-
-    settings = load_settings(bench.cluster.root)
-    redis = connect(settings.redis_url)
-    first = 1_000_000
-    with redis.pipeline(transaction=False) as pipe:
-        for number in range(count):
-            pipe.hset(
-                redis_keys.backup(first + number),
-                mapping={
-                    "name": f"sync{number}",
-                    "repository": "bench",
-                    "schedule": "daily",
-                    "retention": "3",
-                    "enabled": "1",
-                    "instances": bench.module,
-                },
-            )
-        pipe.execute()
-    results: dict[str, Any] = {"backups": count}
-    with tempfile.TemporaryDirectory(dir=bench.work) as units:
-        # Only render + write is measured: `true` stands in for systemctl (no systemd here).
-        local = dataclasses.replace(settings, unit_dir=units, systemctl="true", timers="on")
-        results["first_sync_s"] = _timed(lambda: schedule.sync_timers(redis, local))
-        results["unchanged_sync_s"] = _timed(lambda: schedule.sync_timers(redis, local))
-        redis.hset(redis_keys.backup(first), "schedule", "weekly")
-        results["one_changed_sync_s"] = _timed(lambda: schedule.sync_timers(redis, local))
-        results["unit_files"] = len(list(Path(units).iterdir()))
-        results["backups_synced"] = len(schedule.node_schedules(redis, settings.node_id))
-    redis.delete(*[redis_keys.backup(first + n) for n in range(count)])
-    bench.log(
-        f"schedule sync of {count}: first {results['first_sync_s']:.2f}s, "
-        f"unchanged {results['unchanged_sync_s']:.2f}s"
-    )
-    bench.results["schedule_sync"] = results
 
 
 def daemon_rss(bench: Bench, when: str) -> None:

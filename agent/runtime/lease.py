@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +68,8 @@ class Holder:
 
 
 def new_holder() -> Holder:
+    import uuid  # only a daemon takes a lease; api-cli reads them
+
     return Holder(socket.gethostname(), os.getpid(), uuid.uuid4().hex)
 
 

@@ -7,7 +7,6 @@ from typing import Any
 
 from agent.adapters.redis_api import BinaryRedis
 from agent.core import redis_keys
-from agent.runtime.task_input import Rejected, parse_task
 
 CANCEL_ACTION = "cancel-task"
 NOT_STARTED = "cancelled before it started\n"
@@ -29,6 +28,8 @@ def jumps_the_queue(action: str) -> bool:
 
 def find_queued(entries: list[bytes], task_id: str) -> Withdrawn | None:
     """The runnable entry whose id is task_id (hostile entries are skipped, never raised)."""
+    from agent.runtime.task_input import Rejected, parse_task  # api-cli never withdraws
+
     needle = task_id.encode()
     for entry in entries:
         if needle not in entry:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.adapters.redis_api import Redis, TaskClient, connection_errors
 from agent.core import redis_keys
 from agent.core.errors import AgentError, AgentNotRunning, RedisUnavailable, UnknownAgent
 from agent.records.tasks import QueuedTask, TaskRecord
 from agent.runtime import lease, task_withdraw
+
+if TYPE_CHECKING:
+    import threading
 
 TERMINAL = ("completed", "aborted", "validation-failed")
 # A watcher rides out a Redis restart (the daemon keeps the task's result for when Redis is
@@ -248,6 +250,8 @@ def run_parallel(
     cancel_event: threading.Event | None = None,
 ) -> list[TaskResult]:
     """Run requests at once; progress is the mean of theirs; cancel_event cancels them all."""
+    import threading  # steps fan out with it; api-cli never does
+
     watchers = [start(redis, request) for request in requests]
     percents = [0] * len(watchers)
     results: list[TaskResult | None] = [None] * len(watchers)
