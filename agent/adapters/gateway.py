@@ -121,11 +121,17 @@ def module_restic_target(
                 )
             if answer.status_code != 404:
                 problems.append(f"node {node}'s gateway: HTTP {answer.status_code} {_text(answer)}")
-    if problems:
-        raise ActionFailed(
-            f"{repo_path} on {destination_id} is on no reachable gateway: " + "; ".join(problems)
-        )
-    raise ActionFailed(f"no restic repository {repo_path} on {destination_id}")
+        if problems:
+            raise ActionFailed(
+                f"{repo_path} on {destination_id} is on no reachable gateway: "
+                + "; ".join(problems)
+            )
+        # No gateway holds it yet: a new repository is made through this node's gateway
+        # (NS8's module-backup runs `restic init` itself); anything else restic refuses.
+        node, address = addresses[0]
+        password = _restic_password(client, address, destination_id)
+        target = gateway_target(address, destination_id, repo_path, credentials)
+        return GatewayRepository(target, password, node, address)
 
 
 def _restic_password(client: httpx.Client, address: str, destination_id: str) -> str:

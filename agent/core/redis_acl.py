@@ -28,6 +28,7 @@ MODULE_PUBLIC_READS = (
     "node/*/daemon",  # daemon leases: is an agent served (task client)
     "node/*/environment",
     "node/*/gateway",  # where the storage gateways listen (agent/adapters/gateway.py)
+    *redis_keys.DEFAULT_INSTANCE_PATTERNS,  # NS8's resolve_agent_id("traefik@node")
 )
 
 # A module-side restore (restore-module/10restore, NS8's agent.run_restic) holds the

@@ -29,7 +29,10 @@ def redis_address(env: Mapping[str, str], use_replica: bool) -> tuple[str, int]:
 def redis_credentials(env: Mapping[str, str], privileged: bool) -> tuple[str | None, str | None]:
     """(user, password) for a privileged or a default connection (see the module doc;
     None: no AUTH). KeyError, as in NS8, when a privileged one has no credentials at all."""
-    if privileged and "REDIS_USER" in env:
+    if "REDIS_USER" in env:
+        # Unprivileged too: NS8's `default` user reads every cluster/*, node/* and module/*
+        # key, which this cluster's isolation refuses (no module reads another's keys), so
+        # the embedded Redis's `default` reads nothing and a module reads with its own user.
         return env["REDIS_USER"], env["REDIS_PASSWORD"]
     if "REDIS_URL" in env:  # the node's connection
         node_url = urlsplit(env["REDIS_URL"])

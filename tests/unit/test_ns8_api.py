@@ -210,7 +210,8 @@ def test_redis_address_and_credentials_choices() -> None:
     )
     module = {"REDIS_USER": "module/mail1", "REDIS_PASSWORD": "secret"}
     assert redisconn.redis_credentials(module, True) == ("module/mail1", "secret")
-    assert redisconn.redis_credentials(module, False) == ("default", "nopass")
+    # unprivileged too: the embedded Redis's `default` user reads nothing
+    assert redisconn.redis_credentials(module, False) == ("module/mail1", "secret")
     node = {"REDIS_URL": "redis://:pw@127.0.0.1:7000/0"}
     assert redisconn.redis_credentials(node, True) == ("default", "pw")
     assert redisconn.redis_credentials({"REDIS_URL": "redis://h/0"}, True) == (None, None)
@@ -363,4 +364,5 @@ def test_redis_dump_and_restore_connect_as_ns8s_helpers_in_a_step() -> None:
         "REDIS_PASSWORD": "s/cret",
     }
     assert client_url(step, privileged=True) == "redis://module%2Fmail1:s%2Fcret@leader:6379/0"
-    assert client_url(step, privileged=False) == "redis://default:nopass@127.0.0.1:6380/0"
+    # from the replica address, with the module's own user (`default` reads nothing here)
+    assert client_url(step, privileged=False) == "redis://module%2Fmail1:s%2Fcret@127.0.0.1:6380/0"
