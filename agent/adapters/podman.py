@@ -50,6 +50,20 @@ def create_bind_volume(
         )
 
 
+def volume_place_argv(name: str) -> list[str]:
+    """A volume's mount point, its device and its mount options, tab-separated."""
+    fields = '{{.Mountpoint}}\t{{index .Options "device"}}\t{{index .Options "o"}}'
+    return [PODMAN, "volume", "inspect", "--format", fields, name]
+
+
+def parse_volume_place(text: str) -> tuple[str, str | None]:
+    """volume_place_argv's output → (mount point, the directory it binds, or None)."""
+    mountpoint, _, rest = text.strip("\n").partition("\t")
+    device, _, options = rest.partition("\t")
+    bound = device not in ("", "<no value>") and "bind" in options.split(",")
+    return mountpoint, device if bound else None
+
+
 def volume_rm_argv(names: list[str]) -> list[str]:
     return [PODMAN, "volume", "rm", "--force", *names]
 

@@ -138,12 +138,15 @@ def snapshot_tree(
 
 
 def volume_dir(settings: Settings, name: str, user: proc.RunAs | None = None) -> Path:
-    """The host directory of a volume (user: of that user's own store)."""
-    argv = [podman.PODMAN, "volume", "inspect", "--format", "{{.Mountpoint}}", name]
+    """The host directory of a volume (user: of that user's own store); a rootfull volume
+    placed on another directory (NS8's `volumes`) is that directory."""
+    argv = podman.volume_place_argv(name)
     done = proc.run(argv, env=settings.podman_env(), timeout=60, run_as=user)
     if done.returncode != 0:
         raise AgentError(f"volume {name} not found: {done.error_text.strip()}")
-    return Path(done.text.strip())
+    mountpoint, device = podman.parse_volume_place(done.text)
+    # A rootless store is its user's to write: a device it names is not taken on trust.
+    return Path(device if device and user is None else mountpoint)
 
 
 def module_tree(
