@@ -233,15 +233,15 @@ def forget_module(redis: Redis, module_id: str) -> None:
 # --- node side -------------------------------------------------------------------------
 def node_add_module(step: Step, request: NodeAddModuleRequest) -> None:
     settings = step.ctx.settings
-    placed = volume_placement.check_placement(settings, request.volumes)
     home = settings.module_entry(request.module_id)
     if home.exists() or home.is_symlink():
         raise validation_error("module_id", "module_dir_exists", request.module_id)
-    home.parent.mkdir(parents=True, exist_ok=True)
-    step.set_progress(10)
     rootfull = module_users.is_rootfull(
         podman.image_label(request.image_url, module_users.ROOTFULL_LABEL, settings.podman_env())
     )
+    placed = volume_placement.check_placement(settings, request.volumes, rootless=not rootfull)
+    home.parent.mkdir(parents=True, exist_ok=True)
+    step.set_progress(10)
     if rootfull:
         # Placed volumes first: what the module's create-module and a restore write to.
         volume_placement.create_placed_volumes(settings, request.module_id, placed, None)
@@ -249,12 +249,13 @@ def node_add_module(step: Step, request: NodeAddModuleRequest) -> None:
         return
     user = module_users.create_user(settings, request.module_id)
     try:
-        volume_placement.create_placed_volumes(settings, request.module_id, placed, user)
         # The user's ~/.config holds the image's imageroot only: the agent's base steps
         # run from the node's own copy, as root (they start restic as the user).
         install = Path(user.home) / module_users.INSTALL_DIR
         install_files(step, request, install, base=False)
         module_users.give_tree(install, user)
+        # After the install: podman's first use as the user makes its ~/.config.
+        volume_placement.create_placed_volumes(settings, request.module_id, placed, user)
     except BaseException:
         module_users.remove_user(settings, request.module_id, preserve_data=False)
         raise

@@ -8,6 +8,7 @@ operator's: remove-module removes the volume, never the directory nor what is in
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
@@ -55,9 +56,18 @@ def refused_reason(path: PurePosixPath, data_dir: PurePosixPath) -> str | None:
     return None
 
 
-def check_placement(settings: Settings, volumes: Mapping[str, str]) -> dict[str, str]:
+def reachable_by_anyone(path: Path) -> bool:
+    """Every directory above path lets others through: a rootless module's new user (no
+    group of its own yet but its own) must reach the directory it is given."""
+    return all(os.stat(parent).st_mode & stat.S_IXOTH for parent in path.parents)
+
+
+def check_placement(
+    settings: Settings, volumes: Mapping[str, str], *, rootless: bool = False
+) -> dict[str, str]:
     """Each volume's directory, resolved (links followed, so a link cannot send a volume
-    into /etc); ValidationFailed (exit 10) naming every bad one, before anything changes."""
+    into /etc); ValidationFailed (exit 10) naming every bad one, before anything changes.
+    rootless: the directory's parents must let the module's user through."""
     data_dir = PurePosixPath(os.path.realpath(settings.root))
     placed: dict[str, str] = {}
     rows = []
@@ -71,6 +81,8 @@ def check_placement(settings: Settings, volumes: Mapping[str, str]) -> dict[str,
         else:
             error = refused_reason(PurePosixPath(resolved), data_dir)
             error = f"volume_path_{error}" if error else None
+            if error is None and rootless and not reachable_by_anyone(Path(resolved)):
+                error = "volume_path_not_reachable"
         if error is not None:
             rows += validation_error("volumes", error, given, parameter=name).errors
         placed[name] = resolved
