@@ -284,6 +284,8 @@ def test_rootless_restore_places_a_volume_on_a_directory(
             p.relative_to(user_volume(source, "db")) for p in user_volume(source, "db").rglob("*")
         )
         assert sorted(p.relative_to(disk) for p in disk.rglob("*")) == original
+        report = verify(connect(cluster.redis_url), {1: cluster.nodes[1].settings}, source, copy)
+        assert report["ok"], report["differences"]  # the placed volume read from disk
         cluster.api_ok("remove-module", {"module_id": copy})
         modules.remove(copy)
         assert (disk / "www-data.txt").read_text() == "served by www-data\n"
