@@ -30,6 +30,40 @@ def volume_owners_argv() -> list[str]:
     ]
 
 
+def volume_bind_argv(name: str, device: str, module_id: str) -> list[str]:
+    """A volume whose data is the host directory device (NS8's volume on another disk)."""
+    return [
+        *(PODMAN, "volume", "create", "--label", f"{MODULE_LABEL}={module_id}"),
+        *("--opt", "type=none", "--opt", "o=bind", "--opt", f"device={device}", name),
+    ]
+
+
+def create_bind_volume(
+    name: str, device: str, module_id: str, env: dict[str, str], run_as: proc.RunAs | None = None
+) -> None:
+    """Create volume name on device (run_as: in that user's own store); AgentError when
+    podman refuses (a volume of that name exists already, among others)."""
+    done = proc.run(volume_bind_argv(name, device, module_id), env=env, timeout=60, run_as=run_as)
+    if done.returncode != 0:
+        raise AgentError(
+            f"cannot create volume {name} on {device}: {proc.last_line(done.error_text)}"
+        )
+
+
+def volume_place_argv(name: str) -> list[str]:
+    """A volume's mount point, its device and its mount options, tab-separated."""
+    fields = '{{.Mountpoint}}\t{{index .Options "device"}}\t{{index .Options "o"}}'
+    return [PODMAN, "volume", "inspect", "--format", fields, name]
+
+
+def parse_volume_place(text: str) -> tuple[str, str | None]:
+    """volume_place_argv's output → (mount point, the directory it binds, or None)."""
+    mountpoint, _, rest = text.strip("\n").partition("\t")
+    device, _, options = rest.partition("\t")
+    bound = device not in ("", "<no value>") and "bind" in options.split(",")
+    return mountpoint, device if bound else None
+
+
 def volume_rm_argv(names: list[str]) -> list[str]:
     return [PODMAN, "volume", "rm", "--force", *names]
 

@@ -37,16 +37,43 @@ NodeId = Annotated[int, Field(ge=1, le=100000)]
 BackupId = Annotated[StrictInt, Field(ge=1, le=2**31)]
 
 
+# A volume as podman names it, and as a module names it in state-include.conf ('pages'
+# for minwiki1-pages): taken literally by restic (no pattern characters), never a path.
+VolumeName = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+]
+
+
+def _no_dot_dot(path: str) -> str:
+    if ".." in path.split("/"):
+        raise PydanticCustomError("path_has_dot_dot", "{path} climbs with '..'", {"path": path})
+    return path
+
+
+# Where a volume goes (NS8's add-module/restore-module `volumes`, another disk): an
+# absolute host directory, one line; the node checks it exists and is no system directory.
+PlacementPath = Annotated[
+    str,
+    StringConstraints(min_length=2, max_length=4096, pattern=r"^/[^\x00\n\r]*$"),
+    AfterValidator(_no_dot_dot),
+]
+# NS8's `volumes`: volume name → the directory that volume is created on before the module
+# is (every volume is restored as usual; these ones land on that directory).
+VolumePlacement = Annotated[dict[VolumeName, PlacementPath], Field(max_length=100)]
+
+
 class AddModuleRequest(Request):
     image: ImageUrl
     node: NodeId
     module_uuid: Uuid | None = None
+    volumes: VolumePlacement = Field(default_factory=dict)
 
 
 class NodeAddModuleRequest(Request):
     module_id: ModuleId
     module_uuid: Uuid
     image_url: ImageUrl
+    volumes: VolumePlacement = Field(default_factory=dict)
 
 
 class RemoveModuleRequest(Request):
@@ -206,14 +233,6 @@ SnapshotPath = Annotated[
     AfterValidator(_not_instance_file),
 ]
 EnvName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^=]+$")]
-# A module volume as state-include.conf names it ('pages' for minwiki1-pages): taken
-# literally by restic (no pattern characters), never a path.
-VolumeName = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-]
-# NS8's optional `volumes` of a whole restore: which of the module's volumes come back
-# (absent or empty: every volume of state-include.conf). The state dir always does.
-RestoreVolumes = Annotated[list[VolumeName], Field(max_length=100)]
 
 
 class RepositoryPathRequest(Request):
@@ -226,12 +245,12 @@ class SnapshotRequest(RepositoryPathRequest):
 
 
 class RestoreModuleRequest(SnapshotRequest):
-    """Whole restore: node (+ replace, volumes). Partial: module_id + paths into that
-    instance."""
+    """Whole restore: node (+ replace, volumes: where some of them are placed). Partial:
+    module_id + paths into that instance."""
 
     node: int | None = Field(default=None, ge=1)
     replace: bool = False
-    volumes: RestoreVolumes = Field(default_factory=list)
+    volumes: VolumePlacement = Field(default_factory=dict)
     module_id: ModuleId | None = None
     paths: Annotated[list[SnapshotPath], Field(max_length=1000)] = Field(default_factory=list)
 
@@ -243,7 +262,7 @@ class RestoreModuleRequest(SnapshotRequest):
             if self.replace:
                 raise ValueError("a partial restore cannot replace")
             if self.volumes:
-                raise ValueError("a partial restore names paths, not volumes")
+                raise ValueError("a partial restore writes into existing volumes: no volumes")
         elif self.node is None:
             raise ValueError("node is required")
         return self
@@ -265,14 +284,7 @@ class ModuleRestoreRequest(SnapshotRequest):
     replace: bool = False
     # A restore drill's scratch instance: a module's own steps start no service for it.
     drill: StrictBool = False
-    volumes: RestoreVolumes = Field(default_factory=list)
     paths: Annotated[list[SnapshotPath], Field(max_length=1000)] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _volumes_or_paths(self) -> ModuleRestoreRequest:
-        if self.volumes and self.paths:
-            raise ValueError("a partial restore names paths, not volumes")
-        return self
 
 
 class RestoreFilesRequest(SnapshotRequest):

@@ -8,16 +8,17 @@ import os
 import shutil
 import threading
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from agent.adapters import module_users, podman
 from agent.adapters.redis_store import Context, Redis
 from agent.core import filemodes, redis_acl, redis_keys
-from agent.core.errors import AgentError, validation_error
+from agent.core.errors import AgentError, ValidationFailed, validation_error
 from agent.core.image_names import image_name
 from agent.core.models import AddModuleRequest, NodeAddModuleRequest, RemoveModuleRequest
-from agent.operations import agent_acls, module_image, module_ports
+from agent.operations import agent_acls, module_image, module_ports, volume_placement
 from agent.operations.module_hold import held_from_backups
 from agent.records.backups import backup_ids, read_backups
 from agent.runtime import tasks
@@ -48,7 +49,7 @@ def cluster_add_module(step: Step, request: AddModuleRequest) -> dict[str, Any]:
     module_uuid = request.module_uuid or str(uuid.uuid4())
     if module_uuid in redis.hvals(redis_keys.MODULE_UUID):
         raise validation_error("module_uuid", "module_uuid_in_use", module_uuid)
-    added = install_module(step, request.image, request.node, module_uuid)
+    added = install_module(step, request.image, request.node, module_uuid, volumes=request.volumes)
     settle_module(redis, added["module_id"])
     return added
 
@@ -61,10 +62,12 @@ def install_module(
     cancelled: threading.Event | None = None,
     progress: tuple[int, int] = (0, 100),
     restore_uuid: bool = False,
+    volumes: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Add an instance (ids, node files, create-module); on any failure or cancel, none.
     It stays pending (removed by a daemon that finds this task dead) until the caller
-    settles it; restore_uuid: its RESTORE_UUID entry goes with it if it is undone.
+    settles it; restore_uuid: its RESTORE_UUID entry goes with it if it is undone;
+    volumes: NS8's placement of some volumes on directories (the node checks them).
 
     No check that module_uuid is unused: a restore that replaces keeps the uuid.
     """
@@ -94,12 +97,19 @@ def install_module(
             tasks.TaskRequest(
                 redis_keys.node_agent(node),
                 "add-module",
-                {"module_id": module_id, "module_uuid": module_uuid, "image_url": image_url},
+                {
+                    "module_id": module_id,
+                    "module_uuid": module_uuid,
+                    "image_url": image_url,
+                    "volumes": dict(volumes or {}),
+                },
                 step.task_id,
             ),
             step.progress_range(low + (high - low) * 5 // 100, low + (high - low) // 2),
             cancelled,
         )
+        if node_result.exit_code == 10 and isinstance(node_result.output, list):
+            raise ValidationFailed(node_result.output)  # the node refused a placement
         if node_result.exit_code != 0:
             raise AgentError(
                 f"node {node} could not install {module_id}: "
@@ -250,12 +260,15 @@ def node_add_module(step: Step, request: NodeAddModuleRequest) -> None:
     home = settings.module_entry(request.module_id)
     if home.exists() or home.is_symlink():
         raise validation_error("module_id", "module_dir_exists", request.module_id)
-    home.parent.mkdir(parents=True, exist_ok=True)
-    step.set_progress(10)
     rootfull = module_users.is_rootfull(
         podman.image_label(request.image_url, module_users.ROOTFULL_LABEL, settings.podman_env())
     )
+    placed = volume_placement.check_placement(settings, request.volumes, rootless=not rootfull)
+    home.parent.mkdir(parents=True, exist_ok=True)
+    step.set_progress(10)
     if rootfull:
+        # Placed volumes first: what the module's create-module and a restore write to.
+        volume_placement.create_placed_volumes(settings, request.module_id, placed, None)
         install_files(step, request, home)
         return
     user = module_users.create_user(settings, request.module_id)
@@ -265,6 +278,8 @@ def node_add_module(step: Step, request: NodeAddModuleRequest) -> None:
         install = Path(user.home) / module_users.INSTALL_DIR
         install_files(step, request, install, base=False)
         module_users.give_tree(install, user)
+        # After the install: podman's first use as the user makes its ~/.config.
+        volume_placement.create_placed_volumes(settings, request.module_id, placed, user)
     except BaseException:
         module_users.remove_user(settings, request.module_id, preserve_data=False)
         raise

@@ -46,7 +46,8 @@ class WholeRestore:
     # left pending (a daemon that finds the drill's task dead removes it); the caller
     # removes it once verified.
     drill: bool = False
-    volumes: tuple[str, ...] = ()  # NS8's `volumes`: only these come back (none: all)
+    # NS8's `volumes`: volume name → the directory it is created on (every volume restored)
+    volumes: tuple[tuple[str, str], ...] = ()
 
 
 def cluster_restore_module(step: Step, request: RestoreModuleRequest) -> dict[str, Any]:
@@ -60,7 +61,7 @@ def cluster_restore_module(step: Step, request: RestoreModuleRequest) -> dict[st
         request.snapshot,
         request.node,
         request.replace,
-        volumes=tuple(request.volumes),
+        volumes=tuple(request.volumes.items()),
     )
     return restore_whole(step, job, cancelled)
 
@@ -103,6 +104,7 @@ def restore_whole(
             cancelled,
             progress=(at(2), at(15)),
             restore_uuid=not keep_uuid,
+            volumes=dict(job.volumes),
         )
         module_id = added["module_id"]
         try:
@@ -151,8 +153,6 @@ def _run_module_restore(
         "environment": environment,
         "replace": job.replace,
     }
-    if job.volumes:
-        data["volumes"] = list(job.volumes)
     if job.drill:
         data["drill"] = True
     request = tasks.TaskRequest(
@@ -166,7 +166,7 @@ def _run_module_restore(
     except AgentError as exc:
         raise ActionFailed(f"restore of {job.path} {exc}; {module_id} removed") from None
     if result.exit_code != 0:
-        # A refused input (volumes the module does not have) is told in the output rows.
+        # A refused input is told in the output rows.
         detail = result.error if result.error.strip() or not result.output else result.raw_output
         raise ActionFailed(
             f"restore-module of {module_id} failed (exit {result.exit_code}): "

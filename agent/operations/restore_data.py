@@ -47,17 +47,13 @@ def restore_args(
     paths: Sequence[str],
     *,
     whole: bool,
-    volumes: Sequence[str] = (),
     dry_run: bool = False,
 ) -> list[str]:
     """`restic restore` of paths (all with none) under RESTORE_ROOT. A whole restore adds
     to what the new instance's create-module made, as NS8's does: it deletes nothing, and
-    never writes the instance's identity and credentials (INSTANCE_PATHS); with volumes,
-    of the snapshot's volumes only those come back."""
+    never writes the instance's identity and credentials (INSTANCE_PATHS)."""
     if whole:
         excludes = list(INSTANCE_PATHS)
-        if volumes:  # every volume out, then the chosen ones back in (literal names)
-            excludes += ["/volumes/*", *(f"!/volumes/{name}" for name in volumes)]
         return restic_args.restore_args(snapshot, RESTORE_ROOT, excludes=excludes, dry_run=dry_run)
     # restic takes includes or excludes, not both: callers keep environment out of paths.
     return restic_args.restore_args(snapshot, RESTORE_ROOT, includes=paths, dry_run=dry_run)
@@ -79,7 +75,6 @@ def run_restore(
     *,
     whole: bool,
     user: proc.RunAs | None = None,
-    volumes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run `restic restore` (see restore_args) under the repository lease; the summary
     message, or raise. user: a rootless module's, whose podman restic runs in."""
@@ -101,7 +96,7 @@ def run_restore(
         ctx.redis, repository, podman_env, ctx.settings.storage_retry_seconds, run_as=user
     ) as lease:
         code, stderr = lease.stream(
-            restore_args(snapshot, paths, whole=whole, volumes=volumes),
+            restore_args(snapshot, paths, whole=whole),
             on_message=on_message,
             mounts=mounts,
             podman_args=ctx.settings.restic_podman_args,
@@ -135,10 +130,6 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
     state = ctx.settings.state_dir(agent_id)
     include = home / "etc" / "state-include.conf"
     volumes = included_volumes(include.read_text()) if include.is_file() else []
-    for name in request.volumes:
-        if name not in volumes:
-            raise validation_error("volumes", "volume_not_restorable", name)
-    chosen = list(dict.fromkeys(request.volumes)) or volumes
     paths = snapshot_paths(request.paths)
     for path in paths:
         parts = path.split("/")
@@ -161,11 +152,12 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
             refuse_missing_paths(ctx, repository, request.snapshot, paths, request.paths, user)
         if hook is not None:
             _run_pre_restore(hook, env, state, paths, user)
-    # A rootless module's volumes are its own store's, named bare (podman makes them).
+    # A rootless module's volumes are its own store's, named bare; podman makes those
+    # missing and reuses those the node placed on another disk at add-module.
     mounts = [restic.Mount(str(state), f"{RESTORE_ROOT}/state")]
     mounts += [
         restic.Mount(name if user else f"{module_id}-{name}", f"{RESTORE_ROOT}/volumes/{name}")
-        for name in chosen
+        for name in volumes
     ]
     with _state_tree(ctx.settings, agent_id) as state_fd:
         summary = run_restore(
@@ -177,7 +169,6 @@ def module_restore(step: Step, request: ModuleRestoreRequest) -> dict[str, Any]:
             step.set_progress,
             whole=not paths,
             user=user,
-            volumes=request.volumes,
         )
         # setuid/setgid files are kept only in the module's volumes, never in its state.
         restored_files.strip_setid(state_fd)

@@ -138,12 +138,28 @@ def snapshot_tree(
 
 
 def volume_dir(settings: Settings, name: str, user: proc.RunAs | None = None) -> Path:
-    """The host directory of a volume (user: of that user's own store)."""
-    argv = [podman.PODMAN, "volume", "inspect", "--format", "{{.Mountpoint}}", name]
+    """The host directory of a volume (user: of that user's own store); a volume placed on
+    another directory (NS8's `volumes`) is that directory."""
+    argv = podman.volume_place_argv(name)
     done = proc.run(argv, env=settings.podman_env(), timeout=60, run_as=user)
     if done.returncode != 0:
         raise AgentError(f"volume {name} not found: {done.error_text.strip()}")
-    return Path(done.text.strip())
+    mountpoint, device = podman.parse_volume_place(done.text)
+    if device is None:
+        return Path(mountpoint)
+    # A rootless store is its user's to write: a device it names counts only when it is a
+    # directory the user owns anyway (the node gives it the directory it places).
+    if user is not None and not _owned_by(Path(device), user.uid):
+        return Path(mountpoint)
+    return Path(device)
+
+
+def _owned_by(path: Path, uid: int) -> bool:
+    try:
+        seen = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(seen.st_mode) and seen.st_uid == uid
 
 
 def module_tree(

@@ -3,6 +3,7 @@ and failures that must leave no half-made module behind."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -299,7 +300,32 @@ def test_module_pre_restore_hook_gets_the_paths_and_never_runs_for_a_refused_req
     assert calls.read_text() == f"{state} /volumes/pages/{PAGE}\n"
 
 
-def test_whole_restore_adds_to_the_new_instance_and_volumes_choose_what_comes_back(
+def _tree(top: Path) -> dict[str, tuple[int, bytes | str]]:
+    """Every file, directory and link below top: mode and content (target of a link)."""
+    entries: dict[str, tuple[int, bytes | str]] = {}
+    for item in sorted(top.rglob("*")):
+        info = item.lstat()
+        if item.is_symlink():
+            content: bytes | str = str(item.readlink())
+        else:
+            content = item.read_bytes() if item.is_file() else b""
+        entries[str(item.relative_to(top))] = (info.st_mode, content)
+    return entries
+
+
+def _volume_names(cluster: ClusterHarness) -> set[str]:
+    env = {**os.environ, **cluster.nodes[1].settings.podman_env()}
+    done = subprocess.run(
+        ["podman", "volume", "ls", "--format", "{{.Name}}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return set(done.stdout.split())
+
+
+def test_whole_restore_adds_to_the_new_instance_and_volumes_place_them(
     cluster: ClusterHarness,
     redis_client: redis.Redis,
     hooked_image: str,
@@ -308,14 +334,55 @@ def test_whole_restore_adds_to_the_new_instance_and_volumes_choose_what_comes_ba
     subtests: pytest.Subtests,
 ) -> None:
     """NS8's 10restore deletes nothing: what the new instance's create-module wrote and the
-    snapshot lacks stays; its own state/environment is never the snapshot's."""
+    snapshot lacks stays; its own state/environment is never the snapshot's. NS8's
+    `volumes` places a volume on another directory; every volume comes back."""
     wiki, destination, path = setup_wiki(cluster, redis_client, hooked_image, tmp_path / "dest")
     (cluster.volume_dir(1, wiki, "pages") / PAGE).write_text("# edited before the backup\n")
     (cluster.volume_dir(1, wiki, "db") / "marker").write_text("only in the source's db\n")
     cluster.api_ok("run-backup", {"id": 1})
     source = {"repository": destination, "path": path, "snapshot": "", "node": 1}
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "someone's").write_text("kept\n")
+    (tmp_path / "to-etc").symlink_to("/etc")
+    inside = cluster.nodes[1].root / "placed"
+    inside.mkdir()
 
-    copy = cluster.api_ok("cluster/restore-module", {**source, "volumes": ["pages"]})["module_id"]
+    modules_dir = cluster.nodes[1].root / "modules"
+    before = (
+        set(redis_client.hkeys("cluster/module_node")),
+        {p.name for p in modules_dir.iterdir()},
+        _volume_names(cluster),
+    )
+    bad = {
+        "relative": {"pages": "disk"},
+        "dot-dot": {"pages": f"{disk}/../disk"},
+        "newline": {"pages": f"{disk}\n"},
+        "missing": {"pages": str(tmp_path / "no-such-dir")},
+        "a file": {"pages": str(tmp_path / "full" / "someone's")},
+        "not empty": {"pages": str(tmp_path / "full")},
+        "system": {"pages": "/etc"},
+        "a link to a system dir": {"pages": str(tmp_path / "to-etc")},
+        "in the data dir": {"pages": str(inside)},
+        "a bad volume name": {"-pages": str(disk)},
+        "two volumes on one dir": {"pages": str(disk), "db": str(disk)},
+    }
+    for case, volumes in bad.items():
+        with subtests.test("refused, nothing changed", case=case):
+            code, output, _ = api(cluster, "cluster/restore-module", {**source, "volumes": volumes})
+            assert code == 10, (code, output)
+            after = (
+                set(redis_client.hkeys("cluster/module_node")),
+                {p.name for p in modules_dir.iterdir()},
+                _volume_names(cluster),
+            )
+            assert after == before
+            assert not any(disk.iterdir())
+            assert (tmp_path / "full" / "someone's").read_text() == "kept\n"
+
+    placed = {"pages": str(disk)}
+    copy = cluster.api_ok("cluster/restore-module", {**source, "volumes": placed})["module_id"]
     state = cluster.nodes[1].settings.state_dir(f"module/{copy}")
     with subtests.test("a state file the snapshot lacks stays"):
         assert (state / "nginx.conf").read_text() == f"server_name {copy};\n"
@@ -323,20 +390,33 @@ def test_whole_restore_adds_to_the_new_instance_and_volumes_choose_what_comes_ba
         environment = (state / "environment").read_text().splitlines()
         assert f"NGINX_FOR={copy}" in environment and f"MODULE_ID={copy}" in environment
         assert f"NGINX_FOR={wiki}" not in environment
-    with subtests.test("volumes: only the named volume comes back, and the state dir"):
-        pages = cluster.volume_dir(1, copy, "pages") / PAGE
-        assert pages.read_text() == "# edited before the backup\n"
-        assert not (cluster.volume_dir(1, copy, "db") / "marker").exists()
+    with subtests.test("the placed volume's files are in the directory, byte for byte"):
+        assert (disk / PAGE).read_text() == "# edited before the backup\n"
+        backed_up = _tree(cluster.volume_dir(1, wiki, "pages"))
+        excluded = [name for name in backed_up if name.endswith(".tmp")]  # state-exclude.conf
+        assert excluded and _tree(disk) == {
+            name: entry for name, entry in backed_up.items() if name not in excluded
+        }
+    with subtests.test("the other volumes and the state dir come back as usual"):
+        assert (cluster.volume_dir(1, copy, "db") / "marker").read_text() == (
+            "only in the source's db\n"
+        )
         assert (state / "wiki.env").is_file()
 
-    code, _, error = api(cluster, "cluster/restore-module", {**source, "volumes": ["cache"]})
-    with subtests.test("a volume the module does not back up is refused"):
-        assert code == 1 and "volume_not_restorable" in error, error
-        assert set(redis_client.hkeys("cluster/module_node")) == {wiki, copy}
-        assert {p.name for p in (cluster.nodes[1].root / "modules").iterdir()} == {wiki, copy}
+    restored = _tree(disk)
+    cluster.api_ok("remove-module", {"module_id": copy})
+    with subtests.test("remove-module removes the volume, never the directory"):
+        assert f"{copy}-pages" not in _volume_names(cluster)
+        assert _tree(disk) == restored
+
+    with subtests.test("a directory that holds files is refused: nothing overwritten"):
+        code, output, _ = api(cluster, "cluster/restore-module", {**source, "volumes": placed})
+        assert code == 10 and output[0]["error"] == "volume_path_not_empty", output
+        assert _tree(disk) == restored
 
     every = cluster.api_ok("cluster/restore-module", source)["module_id"]
-    with subtests.test("without volumes, every volume comes back"):
+    with subtests.test("without volumes, every volume comes back in the node's store"):
         assert (cluster.volume_dir(1, every, "db") / "marker").is_file()
+        assert (cluster.volume_dir(1, every, "pages") / PAGE).is_file()
         assert (cluster.nodes[1].settings.state_dir(f"module/{every}") / "nginx.conf").is_file()
     backups.restic(tmp_path / "dest" / path, "check")

@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 import pwd
 import random
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -223,4 +225,72 @@ def test_rootless_backup_on_node_1_restores_on_node_2_with_owners(
     finally:
         for module_id in modules:
             cluster.api_ok("remove-module", {"module_id": module_id})
+    assert not any(user_exists(module_id) for module_id in modules)
+
+
+def test_rootless_restore_places_a_volume_on_a_directory(
+    cluster: ClusterHarness, redis_client: redis.Redis, rootless_image: str, tmp_path: Path
+) -> None:
+    """NS8's `volumes` for a rootless module: the volume, bare-named in the user's store,
+    is bound to the directory, which the restore fills with the owners inside the user
+    namespace; remove-module leaves the directory and its files."""
+    unique_ids(redis_client)
+    source = cluster.api_ok("add-module", {"image": rootless_image, "node": 1})["module_id"]
+    modules = [source]
+    # pytest's own directories are root's alone: the module's user could not reach one.
+    base = Path(tempfile.mkdtemp(prefix="agent-placement-", dir="/var/tmp"))
+    base.chmod(0o711)
+    disk = base / "disk"
+    disk.mkdir()
+    unreachable = tmp_path / "unreachable"
+    unreachable.mkdir()
+    try:
+        users = {entry.pw_name for entry in pwd.getpwall()}
+        code, output, _ = cluster.api_json(
+            "add-module",
+            {"image": rootless_image, "node": 1, "volumes": {"db": str(unreachable)}},
+            timeout=300,
+        )
+        assert code == 10 and output[0]["error"] == "volume_path_not_reachable", output
+        assert {entry.pw_name for entry in pwd.getpwall()} == users
+        assert set(redis_client.hkeys(redis_keys.MODULE_NODE)) == {source}
+
+        www = user_volume(source, "db") / "www-data.txt"
+        as_user(source, "sh", "-c", f"echo served by www-data > {www}")
+        as_user(source, "podman", "unshare", "chown", "33:33", str(www))
+        target = tmp_path / "dest"
+        target.mkdir()
+        repository = backups.add_destination(redis_client, "local", f"local:{target}")
+        backups.add_backup(redis_client, 1, repository, [source], retention=5)
+        cluster.api_ok("run-backup", {"id": 1})
+        path = f"minwiki/{redis_client.hget(redis_keys.MODULE_UUID, source)}"
+        restored = cluster.api_ok(
+            "cluster/restore-module",
+            {
+                **{"node": 1, "repository": repository, "path": path, "snapshot": ""},
+                "volumes": {"db": str(disk)},
+            },
+        )
+        copy = restored["module_id"]
+        modules.append(copy)
+        assert (disk / "www-data.txt").read_text() == "served by www-data\n"
+        inside = as_user(
+            copy, "podman", "unshare", "stat", "-c", "%u:%g", str(disk / "www-data.txt")
+        )
+        assert inside.stdout.strip() == "33:33"
+        pages = user_volume(copy, "pages")
+        assert not pages.is_relative_to(disk) and (pages / "user-upload.md").is_file()
+        original = sorted(
+            p.relative_to(user_volume(source, "db")) for p in user_volume(source, "db").rglob("*")
+        )
+        assert sorted(p.relative_to(disk) for p in disk.rglob("*")) == original
+        report = verify(connect(cluster.redis_url), {1: cluster.nodes[1].settings}, source, copy)
+        assert report["ok"], report["differences"]  # the placed volume read from disk
+        cluster.api_ok("remove-module", {"module_id": copy})
+        modules.remove(copy)
+        assert (disk / "www-data.txt").read_text() == "served by www-data\n"
+    finally:
+        for module_id in modules:
+            cluster.api_ok("remove-module", {"module_id": module_id})
+        shutil.rmtree(base)
     assert not any(user_exists(module_id) for module_id in modules)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
+import pydantic
 import pytest
 
+from agent.adapters.podman import parse_volume_place, volume_bind_argv
 from agent.core.errors import ValidationFailed
 from agent.core.models import RestoreModuleRequest
 from agent.operations.repositories import epoch, snapshot_row
 from agent.operations.restore_data import restore_args
 from agent.operations.restore_source import parse_repo_path, snapshot_paths
 from agent.operations.verify_restore import pattern_regex
+from agent.operations.volume_placement import refused_reason
 from agent.runtime.agentenv import parse_env_text
 
 UUID = "48ce000a-79b7-5fe6-8558-177fd70c27b4"
@@ -43,12 +48,8 @@ def test_restore_argv_whole_and_partial() -> None:
         *("--exclude-xattr", "security.*", "--exclude", "/state/environment"),
         *("--exclude", "/state/agent.env", "--exclude", "/state/apitoken.cache"),
     ]
-    chosen = restore_args("", [], whole=True, volumes=["pages"])
-    assert chosen[-6:] == [
-        *("--exclude", "/state/apitoken.cache", "--exclude", "/volumes/*"),
-        *("--exclude", "!/volumes/pages"),
-    ]
-    assert "--delete" not in chosen, "a whole restore adds to the new instance, never deletes"
+    whole = restore_args("", [], whole=True)
+    assert "--delete" not in whole, "a whole restore adds to the new instance, never deletes"
     partial = restore_args("abc123", ["/volumes/pages/a.md"], whole=False)
     assert partial == [
         *("restore", "--json", "abc123", "--target", "/restore"),
@@ -63,16 +64,15 @@ def test_restore_request_whole_or_partial() -> None:
     assert RestoreModuleRequest.model_validate({**base, "node": 2}).node == 2
     partial = {**base, "module_id": "minwiki1", "paths": ["volumes/pages/a.md"]}
     assert RestoreModuleRequest.model_validate(partial).paths == ["volumes/pages/a.md"]
-    assert RestoreModuleRequest.model_validate({**base, "node": 1, "volumes": ["db"]}).volumes == [
-        "db"
-    ]
+    placed = {**base, "node": 1, "volumes": {"db": "/mnt/disk1"}}
+    assert RestoreModuleRequest.model_validate(placed).volumes == {"db": "/mnt/disk1"}
     for bad in (
         base,
         {**base, "paths": ["state/x"]},
         {**partial, "replace": True},
-        {**partial, "volumes": ["db"]},
-        {**base, "node": 1, "volumes": ["../db"]},
-        {**base, "node": 1, "volumes": ["db*"]},
+        {**partial, "volumes": {"db": "/mnt/disk1"}},
+        {**base, "node": 1, "volumes": {"../db": "/mnt/disk1"}},
+        {**base, "node": 1, "volumes": {"db*": "/mnt/disk1"}},
     ):
         with pytest.raises(ValueError):
             RestoreModuleRequest.model_validate(bad)
@@ -106,3 +106,50 @@ def test_exclude_patterns_as_restic_reads_them() -> None:
     assert journal.match("volumes/db/wiki.db-journal")
     assert not journal.match("volumes/db/sub/wiki.db-journal")
     assert pattern_regex("state/wiki-dump.*").match("state/wiki-dump.sqlite")
+
+
+# --- NS8's `volumes`: placement on another directory -------------------------------------
+def test_restore_volumes_is_a_placement_object() -> None:
+    base = {"repository": UUID, "path": f"dokuwiki/{UUID}", "snapshot": "", "node": 1}
+    request = RestoreModuleRequest.model_validate({**base, "volumes": {"data": "/mnt/disk1/d"}})
+    assert request.volumes == {"data": "/mnt/disk1/d"}
+    refused = [
+        ["data"],  # the old list of names
+        {"data": "mnt/disk1"},
+        {"data": "/mnt/../etc"},
+        {"data": "/mnt/disk1/.."},
+        {"data": "/mnt/a\nb"},
+        {"data": "/mnt/a\n"},
+        {"data": "/mnt/a\x00"},
+        {"-data": "/mnt/disk1"},
+        {"da/ta": "/mnt/disk1"},
+        {"": "/mnt/disk1"},
+    ]
+    for volumes in refused:
+        with pytest.raises(pydantic.ValidationError):
+            RestoreModuleRequest.model_validate({**base, "volumes": volumes})
+    partial = {**base, "node": None, "module_id": "dokuwiki1", "paths": ["volumes/data/x"]}
+    with pytest.raises(pydantic.ValidationError):
+        RestoreModuleRequest.model_validate({**partial, "volumes": {"data": "/mnt/disk1"}})
+
+
+def test_placement_refuses_system_and_data_directories() -> None:
+    data = PurePosixPath("/var/lib/backup-agent")
+    for path in ("/", "/etc", "/etc/x", "/usr/lib/y", "/proc/1", "/tmp", "/var", "/home"):
+        assert refused_reason(PurePosixPath(path), data) == "system_directory", path
+    for path in ("/var/lib/backup-agent", "/var/lib/backup-agent/modules/x"):
+        assert refused_reason(PurePosixPath(path), data) == "agent_data_directory", path
+    assert refused_reason(PurePosixPath("/srv"), PurePosixPath("/srv/node1")) is not None
+    assert refused_reason(PurePosixPath("/srv/a"), PurePosixPath("/srv/node1")) is None
+    for path in ("/mnt/disk1", "/home/disk/x", "/tmp/p/disk", "/var/lib/backup-agent2"):
+        assert refused_reason(PurePosixPath(path), data) is None, path
+
+
+def test_bind_volume_argv_and_its_inspection() -> None:
+    assert volume_bind_argv("mail1-data", "/mnt/d", "mail1") == [
+        *("podman", "volume", "create", "--label", "org.nethserver.module=mail1"),
+        *("--opt", "type=none", "--opt", "o=bind", "--opt", "device=/mnt/d", "mail1-data"),
+    ]
+    assert parse_volume_place("/v/x/_data\t/mnt/d\tbind\n") == ("/v/x/_data", "/mnt/d")
+    assert parse_volume_place("/v/x/_data\t<no value>\t<no value>\n") == ("/v/x/_data", None)
+    assert parse_volume_place("/v/x/_data\t/dev/sdb1\tnoatime\n") == ("/v/x/_data", None)
