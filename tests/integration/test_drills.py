@@ -176,9 +176,11 @@ def test_a_drill_whose_verify_hook_fails_is_recorded_failed_and_notified(
     try:
         wiki = backed_up(cluster, redis_client, drill_images["drill"], tmp_path / "dest")
         add_target(cluster, "ops", receiver.url("drills"), ["failure"])
-        # Behind the module's back: a page its database indexes is gone, and the backup
-        # takes the damage as it is.
-        (cluster.volume_dir(1, wiki, "pages") / PAGE).unlink()
+        # Behind the module's back: a page its database indexes is overwritten, and the
+        # backup takes the damage as it is. (Not deleted: a whole restore adds to what the
+        # scratch instance's create-module made, as NS8's does, so a deleted page would
+        # come back as create-module wrote it.)
+        (cluster.volume_dir(1, wiki, "pages") / PAGE).write_text("damaged\n")
         cluster.api_ok("run-backup", {"id": 1})
         before = source_state(cluster, redis_client, wiki)
 
@@ -188,7 +190,7 @@ def test_a_drill_whose_verify_hook_fails_is_recorded_failed_and_notified(
         record = output["modules"][wiki]
         assert record["outcome"] == "failed" and record["hook_exit_code"] == 1
         assert record["reason"].startswith("module-verify-restore failed (exit 1): ")
-        assert "1 indexed page(s) missing" in record["reason"] and PAGE in record["reason"]
+        assert "1 page(s) differ from the index" in record["reason"] and PAGE in record["reason"]
         assert record["restored_bytes"] > 0 and record["scratch_module_id"]
         assert f"{wiki}: module-verify-restore failed" in stderr
         assert_settled(cluster, redis_client, {wiki})
@@ -198,7 +200,7 @@ def test_a_drill_whose_verify_hook_fails_is_recorded_failed_and_notified(
         message = receiver.next()
         assert message["type"] == "failure", message
         assert f"Restore drill of {wiki}" in message["title"]
-        assert "1 indexed page(s) missing" in message["message"]
+        assert "1 page(s) differ from the index" in message["message"]
     finally:
         receiver.close()
 
