@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,13 +103,13 @@ def backup_layout(
     install_dir: Path,
     state_dir: Path,
     volume_names: list[str],
-    exclude_copy: Path,
+    write_exclude: Callable[[bytes], Path],
     *,
     rootless: bool = False,
 ) -> BackupLayout:
     """Mounts and restic path arguments for one module's backup. Only the confined lines
     of the module's include and exclude files reach restic; the exclude file restic reads
-    is their copy, written at exclude_copy (a node-only path)."""
+    is their copy, which write_exclude writes and says where."""
     volumes = volume_mounts(module_id, volume_names, rootless=rootless)
     own = {mount.target.removeprefix(f"{VOLUMES_MOUNT}/") for mount in volumes}
     mounts = [Mount(str(state_dir), STATE_MOUNT, read_only=True), *volumes]
@@ -117,10 +117,7 @@ def backup_layout(
     exclude = confine_lines("state-exclude.conf", _module_text(install_dir, "exclude"), own)
     exclude_file = None
     if exclude.text:
-        exclude_copy.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        partial = exclude_copy.with_name(f".{exclude_copy.name}.{os.getpid()}")
-        partial.write_bytes(exclude.text.encode(errors="surrogateescape"))
-        partial.replace(exclude_copy)
+        exclude_copy = write_exclude(exclude.text.encode(errors="surrogateescape"))
         mounts.append(Mount(str(exclude_copy), EXCLUDE_MOUNT, read_only=True))
         exclude_file = EXCLUDE_MOUNT
     return BackupLayout(

@@ -1,16 +1,20 @@
-"""A module's UI label and note, carried in its backup as Redis DUMPs."""
+"""Files a module's backup writes for restic: its UI label and note as Redis DUMPs, and
+the confined copy of its state-exclude.conf."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from agent.adapters import proc
 from agent.adapters.module_users import INSTALL_DIR
 from agent.adapters.redis_store import Context, connect_binary
 from agent.core import redis_keys, restored_files
+from agent.core.settings import Settings
 
+EXCLUDE_COPY = ".backup-exclude.conf"  # in a rootless module's install dir
 LABEL_KEYS = (("ui_name", redis_keys.module_ui_name), ("ui_note", redis_keys.module_ui_note))
 
 
@@ -42,6 +46,33 @@ def dump_labels(
     finally:
         raw.close()
     return paths
+
+
+def exclude_writer(
+    settings: Settings, module_id: str, owner: proc.RunAs | None
+) -> Callable[[bytes], Path]:
+    """Where a backup's confined copy of state-exclude.conf is written for restic: a
+    node-only file for a rootfull module; for a rootless one, whose podman must read it
+    and cannot cross the node's data dir, a file of the module's user in its install dir
+    (never backed up), written without following a link it may have put there."""
+
+    def node_copy(text: bytes) -> Path:
+        copy = settings.run_dir / "backup-excludes" / f"{module_id}.conf"
+        copy.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        partial = copy.with_name(f".{copy.name}.{os.getpid()}")
+        partial.write_bytes(text)
+        partial.replace(copy)
+        return copy
+
+    def user_copy(text: bytes) -> Path:
+        assert owner is not None
+        with restored_files.directory(Path(owner.home), (INSTALL_DIR,)) as install_fd:
+            restored_files.write_replacing(
+                install_fd, EXCLUDE_COPY, text, owner=(owner.uid, owner.gid)
+            )
+        return Path(owner.home) / INSTALL_DIR / EXCLUDE_COPY
+
+    return node_copy if owner is None else user_copy
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from agent.core.errors import AgentError
 from agent.core.image_names import image_name
 from agent.core.volumes import ENVIRONMENT, backup_layout
 from agent.operations import repositories_known, repository_lease
-from agent.operations.backup_labels import dump_labels, removed_afterwards
+from agent.operations.backup_labels import dump_labels, exclude_writer, removed_afterwards
 from agent.operations.backup_retention import (
     Retention,
     apply_retention,
@@ -163,7 +163,7 @@ class ModuleBackup:
             settings.agent_home(agent_id),
             state_dir,
             volume_names,
-            settings.run_dir / "backup-excludes" / f"{self.module_id}.conf",
+            exclude_writer(settings, self.module_id, user),
             rootless=user is not None,
         )
         self.ignored = layout.ignored

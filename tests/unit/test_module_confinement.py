@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,9 @@ def test_backup_layout_passes_only_confined_lines(tmp_path: Path) -> None:
     (install / "etc" / "state-include.conf").write_text("volumes/pages\n/etc/shadow\n")
     (install / "etc" / "state-exclude.conf").write_text("state/*.tmp\n/etc\n")
     copy = tmp_path / "run" / "wiki1.conf"
-    layout = backup_layout("wiki1", install, state, ["wiki1-pages", "other1-data"], copy)
+    layout = backup_layout(
+        "wiki1", install, state, ["wiki1-pages", "other1-data"], file_writer(copy)
+    )
     assert layout.include_text == "volumes/pages\n"
     assert copy.read_text() == "state/*.tmp\n"
     assert layout.ignored == ("state-include.conf: /etc/shadow", "state-exclude.conf: /etc")
@@ -80,7 +83,7 @@ def test_a_linked_include_file_is_not_read(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_text("root:hash\n")
     (install / "etc" / "state-include.conf").symlink_to(secret)
-    layout = backup_layout("wiki1", install, tmp_path, [], tmp_path / "x.conf")
+    layout = backup_layout("wiki1", install, tmp_path, [], file_writer(tmp_path / "x.conf"))
     assert layout.include_text == "" and layout.ignored == ()
 
 
@@ -120,3 +123,14 @@ def test_agent_url_replaces_the_credentials() -> None:
     assert redis_acl.anonymous_url("redis://:nodepw@127.0.0.1:6380/0") == (
         "redis://127.0.0.1:6380/0"
     )
+
+
+def file_writer(copy: Path) -> Callable[[bytes], Path]:
+    """A backup_layout exclude writer that writes the copy at copy (as the node's does)."""
+
+    def write(text: bytes) -> Path:
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(text)
+        return copy
+
+    return write

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -146,7 +147,7 @@ def test_backup_mounts_are_read_only(tmp_path: Path) -> None:
     (tmp_path / "etc" / "state-exclude.conf").write_text("state/x\n")
     copy = tmp_path / "run" / "foo1.conf"
     layout = backup_layout(
-        "foo1", tmp_path, tmp_path / "state", ["foo1-data", "foo1-restic-x"], copy
+        "foo1", tmp_path, tmp_path / "state", ["foo1-data", "foo1-restic-x"], file_writer(copy)
     )
     flags = [mount.flag() for mount in layout.mounts]
     assert flags == [
@@ -257,3 +258,14 @@ def test_a_cold_step_gets_its_comfd_as_descriptor_3() -> None:
 
     argv = at_step_comfd(Path("/x/10step"), 14)
     assert argv[:2] == ["/bin/bash", "-c"] and argv[-2:] == ["14", "/x/10step"]
+
+
+def file_writer(copy: Path) -> Callable[[bytes], Path]:
+    """A backup_layout exclude writer that writes the copy at copy (as the node's does)."""
+
+    def write(text: bytes) -> Path:
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(text)
+        return copy
+
+    return write
