@@ -11,6 +11,7 @@ read); the gateway decides what it may do there (agent/core/gateway_rules.py).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -32,6 +33,8 @@ from agent.core.settings import Settings
 PID_FILE = "gateway.pid"
 PROBE_SECONDS = 5.0
 START_SECONDS = 15.0
+
+log = logging.getLogger("agent.gateway")
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,18 @@ def start_node_gateway(settings: Settings, watch_pid: int | None = None) -> tupl
     loopback = published(settings.gateway_listen, settings.gateway_address)["loopback"]
     address = loopback or settings.gateway_listen[0]
     return start_gateway(settings.root, settings.run_dir, settings.log_dir, address, watch_pid)
+
+
+def start_for_daemon(settings: Settings) -> bool:
+    """The node's gateway for its daemon (stopped with it), unless it runs already; True
+    when started here. One that cannot start fails module-side storage only, never the
+    daemon."""
+    try:
+        state = start_node_gateway(settings, watch_pid=os.getpid())
+    except (AgentError, OSError) as exc:
+        log.error("storage gateway of node %s not started: %s", settings.node_id, exc)
+        return False
+    return state is not None and state[0]
 
 
 def stop_node_gateway(settings: Settings, timeout: float = 10.0) -> bool:

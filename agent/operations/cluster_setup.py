@@ -20,8 +20,7 @@ from agent.adapters.redis_store import REDIS_ERRORS, connect, connect_binary
 from agent.core import filemodes, redis_acl, redis_keys
 from agent.core.errors import AgentError, ConfigError
 from agent.core.settings import Settings, load_settings, share_dir, write_settings
-from agent.operations import agent_acls
-from agent.runtime import lease
+from agent.runtime import agent_acls, lease
 from agent.web import auth as web_auth
 
 log = logging.getLogger("agent.cluster")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import threading
 import uuid
@@ -13,16 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from agent.adapters import module_users, podman
-from agent.adapters.redis_store import Context, Redis
+from agent.adapters.redis_store import Redis
 from agent.core import filemodes, redis_acl, redis_keys
 from agent.core.errors import AgentError, ValidationFailed, validation_error
 from agent.core.image_names import image_name
 from agent.core.models import AddModuleRequest, NodeAddModuleRequest, RemoveModuleRequest
-from agent.operations import agent_acls, module_image, module_ports, volume_placement
+from agent.operations import module_image, module_ports, volume_placement
 from agent.operations.module_hold import held_from_backups
 from agent.records.backups import backup_ids, read_backups
-from agent.runtime import tasks
-from agent.runtime.agentenv import format_env_file, read_env_file
+from agent.runtime import agent_acls, tasks
+from agent.runtime.agentenv import format_env_file
 from agent.runtime.module_pending import pending_modules
 from agent.runtime.steps import Step
 
@@ -317,47 +316,7 @@ def write_agent_env(step: Step, module_id: str, image_url: str, state: Path) -> 
     settings = step.ctx.settings
     label = podman.image_label(image_url, redis_acl.AUTHORIZATIONS_LABEL, settings.podman_env())
     granted = redis_acl.parse_authorizations(label or "", settings.node_id)
-    write_credentials(step.ctx, module_id, granted)
-
-
-def ensure_credentials(ctx: Context, module_id: str) -> bool:
-    """Give a module of this node installed before modules had Redis users (no
-    credentials in its agent.env, or none recorded) its user now; did it need one?"""
-    agent_id = redis_keys.module_agent(module_id)
-    state = ctx.settings.state_dir(agent_id)
-    env = read_env_file(state / "agent.env")
-    if not state.is_dir() or (
-        env.get("REDIS_USER") == agent_id
-        and env.get("REDIS_PASSWORD")
-        and ctx.redis.hexists(redis_keys.CLUSTER_ACLS, agent_id)
-    ):
-        return False
-    image_url = read_env_file(state / "environment").get("IMAGE_URL", "")
-    label = ""
-    try:
-        label = (
-            podman.image_label(image_url, redis_acl.AUTHORIZATIONS_LABEL, ctx.settings.podman_env())
-            or ""
-        )
-    except AgentError as exc:  # the image is gone: its user gets no grants
-        log.warning("%s: %s", module_id, exc)
-    write_credentials(ctx, module_id, redis_acl.parse_authorizations(label, ctx.settings.node_id))
-    return True
-
-
-def write_credentials(ctx: Context, module_id: str, granted: tuple[str, ...]) -> None:
-    state = ctx.settings.state_dir(redis_keys.module_agent(module_id))
-    agent_id = redis_keys.module_agent(module_id)
-    password = agent_acls.create_agent_user(ctx.redis, agent_id, granted)
-    text = format_env_file({"REDIS_USER": agent_id, "REDIS_PASSWORD": password})
-    # The state dir is the module's: a new file renamed over whatever agent.env is there
-    # (a link is replaced, never followed).
-    partial = state / f".agent.env.{os.getpid()}"
-    partial.unlink(missing_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-    with os.fdopen(os.open(partial, flags, filemodes.PRIVATE_FILE), "w") as handle:
-        handle.write(text)
-    partial.replace(state / "agent.env")
+    agent_acls.write_credentials(step.ctx, module_id, granted)
 
 
 def node_remove_module(step: Step, request: RemoveModuleRequest) -> None:

@@ -3,7 +3,7 @@
 One hash field per agent id (its Redis user name): the SHA-256 of its password (never the
 password: a module's lives in its own state/agent.env, a node's in its agent.json) and,
 for a module, the task queues its image's authorizations let it push to. The Redis's own
-ACL is made from this record (agent/operations/agent_acls.py), so a Redis restarted
+ACL is made from this record (agent/runtime/agent_acls.py), so a Redis restarted
 without its ACL gets it back from here.
 """
 

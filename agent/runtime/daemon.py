@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -21,8 +20,7 @@ from agent.core.errors import AgentError
 from agent.core.masking import mask_secrets
 from agent.core.redis_keys import Event
 from agent.core.settings import Settings
-from agent.operations import agent_acls
-from agent.runtime import lease, module_pending, overdue, recovery, task_withdraw
+from agent.runtime import agent_acls, lease, module_pending, overdue, recovery, task_withdraw
 from agent.runtime.actiondirs import Action, action_dirs, list_actions, merge_actions
 from agent.runtime.agentenv import agent_environment, task_variables
 from agent.runtime.runner import TaskOutcome, TaskRun
@@ -128,7 +126,7 @@ class Daemon:
             self._ensure_module_credentials()
             if self.settings.warm_steps:  # forked before any thread starts
                 self.warm = WarmSteps(self.warm_registry)
-            started_gateway = self._start_gateway()
+            started_gateway = gateway.start_for_daemon(self.settings)
             # Renewed from now on: the recovery's steps get a grace longer than the lease.
             threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
             served = self.served_agents()
@@ -183,16 +181,6 @@ class Daemon:
                 lease.release(self.redis, self.node_id, self.holder)
             self.records.binary.close()
 
-    def _start_gateway(self) -> bool:
-        """This node's storage gateway, unless it runs already; True when started here.
-        A gateway that cannot start fails module-side storage only, not the daemon."""
-        try:
-            state = gateway.start_node_gateway(self.settings, watch_pid=os.getpid())
-        except (AgentError, OSError) as exc:
-            log.error("storage gateway of node %s not started: %s", self.node_id, exc)
-            return False
-        return state is not None and state[0]
-
     def _register_node(self) -> None:
         with self.redis.pipeline() as pipe:
             pipe.sadd(redis_keys.CLUSTER_NODES, self.node_id)
@@ -202,12 +190,10 @@ class Daemon:
 
     def _ensure_module_credentials(self) -> None:
         """Modules of this node installed before modules had Redis users get theirs."""
-        from agent.operations.modules import ensure_credentials  # the step layer's
-
         ctx = Context(self.settings, self.redis)
         for agent_id in self.served_agents():
             agent = redis_keys.AgentId.parse(agent_id)
-            if agent.kind == "module" and ensure_credentials(ctx, agent.module_id):
+            if agent.kind == "module" and agent_acls.ensure_credentials(ctx, agent.module_id):
                 log.warning("%s had no Redis user of its own: made one", agent_id)
 
     def _heartbeat(self) -> None:

@@ -15,8 +15,8 @@ import redis
 
 from agent.adapters.redis_store import connect
 from agent.core import redis_keys
-from agent.operations import agent_acls, cluster_setup
-from agent.runtime import tasks
+from agent.operations import cluster_setup
+from agent.runtime import agent_acls, tasks
 from agent.runtime.agentenv import read_env_file
 from tests.conftest import file_lock, host_podman_env
 from tests.support import backups

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 
 from redis import exceptions as redis_errors
 
+from agent.adapters import podman
 from agent.adapters.redis_api import Redis
-from agent.core import redis_acl
-from agent.core.errors import StoredDataError
+from agent.adapters.redis_store import Context
+from agent.core import filemodes, redis_acl, redis_keys
+from agent.core.errors import AgentError, StoredDataError
 from agent.records.acls import AgentAcl, delete_acl, read_acls, write_acl
+from agent.runtime.agentenv import format_env_file, read_env_file
 
 log = logging.getLogger("agent.acl")
 
@@ -65,3 +69,43 @@ def apply_acls(redis: Redis) -> int:
         log.error("cannot apply the agents' Redis users from cluster/acls: %s", exc)
         return 0
     return len(acls)
+
+
+def ensure_credentials(ctx: Context, module_id: str) -> bool:
+    """Give a module of this node installed before modules had Redis users (no
+    credentials in its agent.env, or none recorded) its user now; did it need one?"""
+    agent_id = redis_keys.module_agent(module_id)
+    state = ctx.settings.state_dir(agent_id)
+    env = read_env_file(state / "agent.env")
+    if not state.is_dir() or (
+        env.get("REDIS_USER") == agent_id
+        and env.get("REDIS_PASSWORD")
+        and ctx.redis.hexists(redis_keys.CLUSTER_ACLS, agent_id)
+    ):
+        return False
+    image_url = read_env_file(state / "environment").get("IMAGE_URL", "")
+    label = ""
+    try:
+        label = (
+            podman.image_label(image_url, redis_acl.AUTHORIZATIONS_LABEL, ctx.settings.podman_env())
+            or ""
+        )
+    except AgentError as exc:  # the image is gone: its user gets no grants
+        log.warning("%s: %s", module_id, exc)
+    write_credentials(ctx, module_id, redis_acl.parse_authorizations(label, ctx.settings.node_id))
+    return True
+
+
+def write_credentials(ctx: Context, module_id: str, granted: tuple[str, ...]) -> None:
+    state = ctx.settings.state_dir(redis_keys.module_agent(module_id))
+    agent_id = redis_keys.module_agent(module_id)
+    password = create_agent_user(ctx.redis, agent_id, granted)
+    text = format_env_file({"REDIS_USER": agent_id, "REDIS_PASSWORD": password})
+    # The state dir is the module's: a new file renamed over whatever agent.env is there
+    # (a link is replaced, never followed).
+    partial = state / f".agent.env.{os.getpid()}"
+    partial.unlink(missing_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    with os.fdopen(os.open(partial, flags, filemodes.PRIVATE_FILE), "w") as handle:
+        handle.write(text)
+    partial.replace(state / "agent.env")
