@@ -8,13 +8,15 @@ agent.bind_user_domains and the cluster's LDAP domains, Traefik, and `systemctl 
 units running docker.io/dokuwiki/dokuwiki), the test does in their place, named as such:
 it writes the variables and secrets.env that configure-module leaves, through the same
 agent.set_env / agent.write_envfile calls, and fills the volume the dokuwiki container
-would use. Rootfull for now (the fixture's label); the rootless run is the lead's follow-up.
+would use. Rootless, as dokuwiki is: the module runs as its own Unix user with its own podman
+store, its volume under its bare name there, owners compared inside its user namespace.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,13 +24,14 @@ from typing import Any
 import pytest
 import redis
 
+from agent.adapters import module_users
 from agent.adapters.redis_store import connect
 from agent.core import redis_keys
-from agent.operations import restore_data
 from agent.operations.verify_restore import verify
 from tests.conftest import REPO_ROOT, file_lock, host_podman_env
 from tests.support import backups
 from tests.support.cluster import ClusterHarness
+from tests.support.rootless import as_user, inside_owner, unique_ids, user_exists
 
 pytestmark = pytest.mark.podman
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "ns8-dokuwiki"
@@ -95,14 +98,9 @@ def runagent(cluster: ClusterHarness, node: int, module_id: str, *argv: str) -> 
 
 def fill_volume(cluster: ClusterHarness, module_id: str) -> Path:
     """The data the dokuwiki container keeps in its volume (`podman run -v dokuwiki-data:…`
-    in its unit creates the volume; that unit cannot run here, so the test creates it)."""
-    podman_env = {**os.environ, **cluster.nodes[1].settings.podman_env()}
-    subprocess.run(
-        ["podman", "volume", "create", f"{module_id}-{VOLUME}"],
-        env=podman_env,
-        check=True,
-        capture_output=True,
-    )
+    in its user unit creates the volume in the module user's store; that unit cannot run
+    here, so the test creates it as the user)."""
+    as_user(module_id, "podman", "volume", "create", VOLUME)
     data = cluster.volume_dir(1, module_id, VOLUME)
     pages = data / "data" / "pages" / "wiki"
     pages.mkdir(parents=True)
@@ -117,8 +115,12 @@ def fill_volume(cluster: ClusterHarness, module_id: str) -> Path:
     os.chmod(conf / "users.auth.php", 0o640)
     (conf / "local.php").symlink_to("local.php.dist")
     (data / "data" / "cache").mkdir()  # empty, as a fresh dokuwiki leaves it
-    for path in [data, *data.rglob("*")]:  # the container's web user owns its data
-        os.lchown(path, 1001, 1001)
+    # The container's web user (1001 inside the namespace) owns its data: hand the tree to
+    # the module's user (0 inside), whose namespace then gives it to 1001.
+    entry = pwd.getpwnam(module_id)
+    for path in [data, *data.rglob("*")]:
+        os.lchown(path, entry.pw_uid, entry.pw_gid)
+    as_user(module_id, "podman", "unshare", "chown", "-R", "-h", "1001:1001", str(data))
     return data
 
 
@@ -134,12 +136,34 @@ def test_dokuwiki_imageroot_is_backed_up_on_one_node_and_restored_on_another(
     tmp_path: Path,
     subtests: pytest.Subtests,
 ) -> None:
+    unique_ids(redis_client, "dokuwiki")
     cluster.add_node(2)
     added = cluster.api_ok("add-module", {"image": dokuwiki_image, "node": 1})
     source = added["module_id"]
+    modules = [source]
+    try:
+        run_and_check(cluster, redis_client, source, modules, tmp_path, subtests)
+    finally:
+        for module_id in modules:
+            cluster.api_ok("remove-module", {"module_id": module_id})
+    assert not any(user_exists(module_id) for module_id in modules)
+
+
+def run_and_check(
+    cluster: ClusterHarness,
+    redis_client: redis.Redis,
+    source: str,
+    modules: list[str],
+    tmp_path: Path,
+    subtests: pytest.Subtests,
+) -> None:
     source_state = cluster.nodes[1].settings.state_dir(f"module/{source}")
-    with subtests.test("dokuwiki's create-module ran: secrets.env and its PHP defaults"):
-        assert source == "dokuwiki1"
+    with subtests.test("dokuwiki's create-module ran, as the module's user"):
+        assert source.startswith("dokuwiki") and source != "dokuwiki"
+        assert module_users.is_rootless(cluster.nodes[1].settings, source)
+        owner = pwd.getpwnam(source)
+        assert source_state == Path(owner.pw_dir) / ".config" / "state"
+        assert (source_state / "secrets.env").stat().st_uid == owner.pw_uid
         assert (source_state / "secrets.env").read_bytes() == b""
         created = environment(source_state / "environment")
         assert created["PHP_MEMORYLIMIT"] == "512M" and created["PHP_TIMEZONE"] == "UTC"
@@ -169,6 +193,7 @@ def test_dokuwiki_imageroot_is_backed_up_on_one_node_and_restored_on_another(
         {"node": 2, "repository": repository, "path": path, "snapshot": ""},
     )
     new = restored["module_id"]
+    modules.append(new)
     new_state = cluster.nodes[2].settings.state_dir(f"module/{new}")
     with subtests.test("the copy is the source, byte for byte, owners included"):
         report = verify(
@@ -181,7 +206,10 @@ def test_dokuwiki_imageroot_is_backed_up_on_one_node_and_restored_on_another(
         restored_volume = cluster.volume_dir(2, new, VOLUME)
         for name in ("data/media/logo.png", "data/pages/wiki/syntax.txt", "conf/users.auth.php"):
             assert (restored_volume / name).read_bytes() == (source_volume / name).read_bytes()
-            assert (restored_volume / name).stat().st_uid == 1001
+            assert inside_owner(new, restored_volume / name) == "1001:1001"
+            assert (restored_volume / name).stat().st_uid != 1001  # a subordinate id here
+        assert inside_owner(new, restored_volume / "conf" / "local.php") == "1001:1001"
+        assert pwd.getpwnam(new).pw_uid != pwd.getpwnam(source).pw_uid
         assert (new_state / "secrets.env").read_bytes() == b"DOKUWIKI_PASSWORD=pa=ss word\n"
     new_env = environment(new_state / "environment")
     with subtests.test("dokuwiki's 06copyenv (agent.set_env in a restore step) copied its keys"):
@@ -200,17 +228,12 @@ def test_dokuwiki_imageroot_is_backed_up_on_one_node_and_restored_on_another(
         # dokuwiki's create-module writes secrets.env (in the include list: restored from
         # the snapshot) and, through agent.set_env, environment (never restored) and its
         # lock file .environment.lock, which the snapshot does not hold.
-        kept = (new_state / ".environment.lock").exists()
-        if not kept and "--delete" in restore_data.restore_args("latest", [], whole=True):
-            pytest.xfail(
-                "this branch's whole restore still passes --delete, which removes what the "
-                "snapshot lacks; NS8's 10restore never deletes (branch faults-restore)"
-            )
-        assert kept
+        assert (new_state / ".environment.lock").exists()
 
     cluster.api_ok("remove-module", {"module_id": source})
+    modules.remove(source)
+    assert not user_exists(source)
     with subtests.test("remove-module clears the defaults that named it"):
         assert redis_client.get("cluster/default_instance/dokuwiki") is None
         assert redis_client.get("node/1/default_instance/dokuwiki") is None
         assert redis_client.get("node/2/default_instance/dokuwiki") == new
-    cluster.api_ok("remove-module", {"module_id": new})

@@ -18,7 +18,6 @@ import redis
 
 from agent.adapters.redis_store import connect
 from agent.core import redis_keys
-from agent.operations import restore_data
 from agent.operations.verify_restore import verify
 from tests.conftest import REPO_ROOT, file_lock, host_podman_env
 from tests.support import backups
@@ -152,12 +151,6 @@ def test_ns8_restore_steps_set_env_run_their_own_action_use_redis_exec_and_traef
     with subtests.test("40mark: a shell step's redis-exec"):
         assert redis_client.hgetall(f"module/{new}/restore_marks") == {"shell": CONFIG["greeting"]}
     with subtests.test("the file the new instance's create-module wrote is still there"):
-        kept = (new_state / "nginx.conf").exists()
-        if not kept and "--delete" in restore_data.restore_args("latest", [], whole=True):
-            pytest.xfail(
-                "this branch's whole restore still passes --delete, which removes what the "
-                "snapshot lacks; NS8's 10restore never deletes (branch faults-restore)"
-            )
         assert (new_state / "nginx.conf").read_text() == (
             f"server {{ listen 127.0.0.1:{new_env['TCP_PORT']}; }}\n"
         )

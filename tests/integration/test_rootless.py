@@ -4,9 +4,7 @@ another, owners inside the user namespace as they were."""
 
 from __future__ import annotations
 
-import os
 import pwd
-import random
 import shutil
 import stat
 import subprocess
@@ -22,7 +20,8 @@ from agent.adapters.redis_store import connect
 from agent.core import redis_keys
 from agent.operations.verify_restore import verify
 from tests.support import backups
-from tests.support.cluster import REPO, ClusterHarness
+from tests.support.cluster import ClusterHarness
+from tests.support.rootless import as_user, unique_ids, user_exists, user_volume
 
 pytestmark = pytest.mark.podman
 
@@ -33,47 +32,6 @@ ROOTLESS_IMAGE = "localhost/minwiki:rootless"
 def rootless_image(minwiki_image: str, restic_image: str) -> str:
     """The sample module's rootless tag (examples/minwiki/build makes both)."""
     return ROOTLESS_IMAGE
-
-
-def unique_ids(redis_client: redis.Redis) -> None:
-    """Module ids (and so user names) no other test run on this machine uses at once:
-    a Unix user is the machine's, not the test cluster's."""
-    redis_client.set(redis_keys.module_sequence("minwiki"), random.randrange(10_000, 90_000))
-
-
-def as_user(user: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """argv as the module's user, with its podman settings (as the node runs it)."""
-    entry = pwd.getpwnam(user)
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": entry.pw_dir,
-        "USER": user,
-        "XDG_RUNTIME_DIR": f"/run/user/{entry.pw_uid}",
-        "CONTAINERS_CONF": str(REPO / "containers" / "containers.conf"),
-    }
-    setpriv = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups"]
-    return subprocess.run(
-        [*setpriv, "--", *argv],
-        env=env,
-        cwd=entry.pw_dir,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=check,
-    )
-
-
-def user_volume(user: str, volume: str) -> Path:
-    done = as_user(user, "podman", "volume", "inspect", "--format", "{{.Mountpoint}}", volume)
-    return Path(done.stdout.strip())
-
-
-def user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
 
 
 def test_rootless_module_lives_and_dies_as_its_own_user(

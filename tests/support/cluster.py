@@ -18,6 +18,7 @@ from agent.adapters import module_users, podman_store
 from agent.core.settings import Settings
 from agent.operations import cluster_setup
 from agent.runtime import lease
+from tests.support import rootless
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -141,7 +142,10 @@ class ClusterHarness:
         return output
 
     def volume_dir(self, node: int, module_id: str, volume: str) -> Path:
-        """Host directory of a module's podman volume on a node."""
+        """Host directory of a module's podman volume on a node: `<id>-<volume>` in the
+        node's store, or the bare name in a rootless module's own store."""
+        if module_users.is_rootless(self.nodes[node].settings, module_id):
+            return rootless.user_volume(module_id, volume)
         env = {**os.environ, **self.nodes[node].settings.podman_env()}
         done = subprocess.run(
             ["podman", "volume", "inspect", "--format", "{{.Mountpoint}}", f"{module_id}-{volume}"],
