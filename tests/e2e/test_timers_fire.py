@@ -125,10 +125,16 @@ def test_timer_fires_by_itself_and_disabling_removes_it(
 def test_missed_run_is_caught_up_when_timers_start_again(
     systemd_node: SystemdNode, node_agent: Settings, redis_client: redis.Redis
 ) -> None:
-    _define(redis_client, 3, _at(5))
+    # Far enough ahead that the timer is installed and stopped before it is due, even on a
+    # busy machine (the sync and the container's systemd can take many seconds).
+    schedule = _at(40)
+    due = datetime.strptime(schedule, "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC)
+    _define(redis_client, 3, schedule)
     systemd_node.wait_for("backup3.timer", lambda: "backup3.timer" in _timers(systemd_node))
     systemd_node.exec("systemctl", "stop", "backup3.timer")
-    time.sleep(7)  # the scheduled time passes while the timer is stopped
+    assert datetime.now(UTC) < due, "the timer was installed only after it was due"
+    # the scheduled time passes while the timer is stopped
+    time.sleep((due - datetime.now(UTC)).total_seconds() + 2)
     assert not _ran(systemd_node, 3)
     systemd_node.exec("systemctl", "start", "backup3.timer")
     systemd_node.wait_for("the missed run (Persistent=true)", lambda: _ran(systemd_node, 3), 20)
