@@ -148,7 +148,10 @@ def _restic_password(client: httpx.Client, address: str, destination_id: str) ->
 
 
 def _text(answer: httpx.Response) -> str:
-    return proc.last_line(answer.text[:500]) if answer.text else f"HTTP {answer.status_code}"
+    """The gateway's reason for a refusal: its body, or for a HEAD its reason header."""
+    if answer.text:
+        return proc.last_line(answer.text[:500])
+    return answer.headers.get("X-Gateway-Reason") or f"HTTP {answer.status_code}"
 
 
 # --- restore grants --------------------------------------------------------------------

@@ -135,8 +135,13 @@ def _json_object(text: str | None) -> dict[str, object] | None:
     return value if isinstance(value, dict) else None
 
 
+REASON_HEADER = "X-Gateway-Reason"  # the reason again, for answers without a body (HEAD)
+
+
 def _denied(status: int, reason: str) -> Response:
     headers = {"WWW-Authenticate": REALM} if status == 401 else {}
+    # One line of printable ASCII in the header; the body keeps the reason as it is.
+    headers[REASON_HEADER] = "".join(c if " " <= c <= "~" else "?" for c in reason)[:500]
     return PlainTextResponse(reason + "\n", status_code=status, headers=headers)
 
 
@@ -216,6 +221,8 @@ async def _forward(gateway: Gateway, request: Request, target: StoragePath) -> R
         return _denied(503, f"destination {target.destination}: {exc}")
     except REDIS_ERRORS as exc:
         return _denied(503, f"the gateway cannot read destination {target.destination}: {exc}")
+    except OSError as exc:  # the node's own disk (logs, pid files) full or failing
+        return _denied(503, f"destination {target.destination}: the gateway's node: {exc}")
     headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROPPED]
     url = upstream.base_url + target.backend_path()
     if request.url.query:

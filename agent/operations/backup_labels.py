@@ -11,7 +11,7 @@ from pathlib import Path
 from agent.adapters import proc
 from agent.adapters.module_users import INSTALL_DIR
 from agent.adapters.redis_store import Context, connect_binary
-from agent.core import redis_keys, restored_files
+from agent.core import filemodes, redis_keys, restored_files
 from agent.core.settings import Settings
 
 EXCLUDE_COPY = ".backup-exclude.conf"  # in a rootless module's install dir
@@ -60,7 +60,10 @@ def exclude_writer(
         copy = settings.run_dir / "backup-excludes" / f"{module_id}.conf"
         copy.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         partial = copy.with_name(f".{copy.name}.{os.getpid()}")
-        partial.write_bytes(text)
+        partial.unlink(missing_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        with os.fdopen(os.open(partial, flags, filemodes.PRIVATE_FILE), "wb") as handle:
+            handle.write(text)
         partial.replace(copy)
         return copy
 

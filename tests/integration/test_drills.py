@@ -29,9 +29,11 @@ API_CLI = str(Path(sys.executable).parent / "api-cli")
 HOOK = REPO_ROOT / "examples" / "minwiki" / "imageroot" / "bin" / "module-verify-restore"
 PAGE = "topic-0/section-0/sub-0/page-0.md"
 # A verify hook a test can hold (as STALL holds a step): for cancelling a drill there.
+# The node's credentials (agent.json): the module's own may not write test/*.
 STALLING_HOOK = """#!/bin/bash
-python3 -c 'import os, redis
-redis.Redis.from_url(os.environ["REDIS_URL"]).set("test/stalled", "verify")'
+python3 -c 'import json, os, redis
+url = json.load(open(os.environ["AGENT_ROOT"] + "/agent.json"))["redis_url"]
+redis.Redis.from_url(url).set("test/stalled", "verify")'
 sleep 120
 """
 
