@@ -31,6 +31,7 @@ from agent.core.errors import ActionFailed, AgentError, ConfigError
 from agent.core.settings import Settings
 
 PID_FILE = "gateway.pid"
+WATCH_FILE = "gateway.watch"  # the pid of the daemon the gateway is tied to, if any
 PROBE_SECONDS = 5.0
 START_SECONDS = 15.0
 
@@ -222,7 +223,10 @@ def start_for_daemon(settings: Settings) -> bool:
 
 def stop_node_gateway(settings: Settings, timeout: float = 10.0) -> bool:
     """SIGTERM the node's gateway (it stops its rclone children) and wait; True if it ran."""
-    pid_file = settings.run_dir / PID_FILE
+    return _stop(settings.run_dir / PID_FILE, timeout)
+
+
+def _stop(pid_file: Path, timeout: float = 10.0) -> bool:
     pid = read_pid(pid_file)
     if pid is None:
         pid_file.unlink(missing_ok=True)
@@ -249,10 +253,14 @@ def start_gateway(
 ) -> tuple[bool, int]:
     """Start `agent gateway` for the node at root unless it runs; wait until it answers
     at loopback (host:port). (started, pid)."""
-    pid_file = run_dir / PID_FILE
+    pid_file, watch_file = run_dir / PID_FILE, run_dir / WATCH_FILE
     running = read_pid(pid_file)
     if running is not None:
-        return False, running
+        if read_pid(watch_file) is not None or not watch_file.exists():
+            return False, running
+        # Tied to a daemon that is gone (killed outright): it stops by itself within a
+        # second, so a new daemon must not count on it. Stop it now, then start anew.
+        _stop(pid_file)
     log_path = log_dir / "gateway.log"
     env = dict(os.environ, AGENT_ROOT=str(root))
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, filemodes.PRIVATE_FILE)
@@ -266,6 +274,10 @@ def start_gateway(
             umask=filemodes.PRIVATE_UMASK,
         )
     pid_file.write_text(f"{child.pid}\n")
+    if watch_pid:
+        watch_file.write_text(f"{watch_pid}\n")
+    else:
+        watch_file.unlink(missing_ok=True)
     deadline = time.monotonic() + START_SECONDS
     while not answers(loopback):
         if child.poll() is not None or time.monotonic() > deadline:
