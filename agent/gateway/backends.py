@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -99,7 +100,9 @@ class Backends:
     """Upstreams by destination id; rclone children started on demand, restarted when
     they died or the destination changed, all stopped by close()."""
 
-    def __init__(self, redis: Redis, policy: LocalPolicy, log_dir: str, run_dir: str) -> None:
+    def __init__(
+        self, redis: Redis, policy: Callable[[], LocalPolicy], log_dir: str, run_dir: str
+    ) -> None:
         self._redis = redis
         self._policy = policy
         self._log_dir = log_dir
@@ -131,7 +134,7 @@ class Backends:
     def _load(self, destination_id: str) -> Destination:
         try:
             destination = load_destination(self._redis, destination_id)
-            check_destination(destination, self._policy)
+            check_destination(destination, self._policy())
         except DestinationNotAllowed as exc:
             raise Unavailable(f"not served by this node: {exc}") from None
         if destination.provider == "local" and not os.path.isdir(local_directory(destination)):

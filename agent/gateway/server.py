@@ -17,7 +17,7 @@ from agent.adapters.gateway import parse_address, published
 from agent.adapters.redis_store import connect
 from agent.core import redis_keys
 from agent.core.errors import ConfigError
-from agent.core.settings import Settings
+from agent.core.settings import Settings, load_settings
 from agent.gateway.app import Gateway, make_app
 from agent.gateway.backends import Backends
 
@@ -45,8 +45,13 @@ def serve(settings: Settings, watch_pid: int | None = None) -> None:
     redis = connect(settings.redis_url)
     sockets = bound_sockets(settings.gateway_listen)
     settings.log_dir.mkdir(parents=True, exist_ok=True)
+    # agent.json read again at each check, as steps do: local_roots changed by the
+    # operator apply without a gateway restart.
     backends = Backends(
-        redis, settings.local_policy(), str(settings.log_dir), str(settings.run_dir)
+        redis,
+        lambda: load_settings(settings.root).local_policy(),
+        str(settings.log_dir),
+        str(settings.run_dir),
     )
     gateway = Gateway(redis, backends, settings.node_id)
     key = redis_keys.node_gateway(settings.node_id)
