@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,4 +87,8 @@ def test_a_cancel_between_claim_and_registration_cancels_the_task(
     )
     assert status == 1
     assert not redis_client.llen(redis_keys.task_processing(AGENT))
+    # The worker forgets the task just after it records the exit code the watcher read.
+    deadline = time.monotonic() + 30
+    while (daemon.claimed or daemon.running) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not daemon.claimed and not daemon.running
