@@ -83,19 +83,20 @@ def resolve_agent_id(agent_selector: str, node_id: int | str | None = None) -> s
     """'node' → node/<n>, 'self' → $AGENT_ID, 'X@node'/'X@cluster' → the default
     instance of X there, digits → node/<digits>, cluster|module/…|node/… unchanged,
     anything else → module/<selector>; None (and a warning) when nothing is found."""
+    from agent.core import redis_keys  # light: key names only
+
     node = str(node_id if node_id is not None else os.environ.get("NODE_ID", ""))
     if agent_selector == "node":
-        return f"node/{node}"
+        return redis_keys.node_agent(int(node)) if node.isdigit() else f"node/{node}"
     if agent_selector == "self":
         return os.environ["AGENT_ID"]
     if agent_selector.isdigit():
-        return f"node/{agent_selector}"
+        return redis_keys.node_agent(int(agent_selector))
     if agent_selector == "cluster" or agent_selector.startswith(("module/", "node/")):
         return agent_selector
     at = _AT.fullmatch(agent_selector)
     if at is None:
-        return f"module/{agent_selector}"
-    from agent.core import redis_keys
+        return redis_keys.module_agent(agent_selector)
     from agent.ns8api.redisconn import redis_connect
 
     if at["where"] == "node":
@@ -109,7 +110,7 @@ def resolve_agent_id(agent_selector: str, node_id: int | str | None = None) -> s
             file=sys.stderr,
         )
         return None
-    return f"module/{module_id}"
+    return redis_keys.module_agent(module_id)
 
 
 def get_image_name_from_url(image_url: str) -> str:
