@@ -4,16 +4,16 @@ and the Redis's ACL made again from cluster/acls when it restarted without it.""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 
 from redis import exceptions as redis_errors
 
-from agent.adapters import podman
 from agent.adapters.redis_api import Redis
 from agent.adapters.redis_store import Context
 from agent.core import filemodes, redis_acl, redis_keys
-from agent.core.errors import AgentError, StoredDataError
+from agent.core.errors import StoredDataError
 from agent.records.acls import AgentAcl, delete_acl, read_acls, write_acl
 from agent.runtime.agentenv import format_env_file, read_env_file
 
@@ -83,15 +83,15 @@ def ensure_credentials(ctx: Context, module_id: str) -> bool:
         and ctx.redis.hexists(redis_keys.CLUSTER_ACLS, agent_id)
     ):
         return False
-    image_url = read_env_file(state / "environment").get("IMAGE_URL", "")
-    label = ""
+    # The grants come from what add-module recorded in a cluster key, never from the
+    # module's own files: its state/environment (IMAGE_URL) is the module's to write, and
+    # an image it named would grant it whatever that image's label says.
+    recorded = ctx.redis.hget(redis_keys.MODULE_AUTHORIZATIONS, module_id) or "[]"
     try:
-        label = (
-            podman.image_label(image_url, redis_acl.AUTHORIZATIONS_LABEL, ctx.settings.podman_env())
-            or ""
-        )
-    except AgentError as exc:  # the image is gone: its user gets no grants
-        log.warning("%s: %s", module_id, exc)
+        words = json.loads(recorded)
+    except ValueError:
+        words = []
+    label = " ".join(w for w in words if isinstance(w, str)) if isinstance(words, list) else ""
     write_credentials(ctx, module_id, redis_acl.parse_authorizations(label, ctx.settings.node_id))
     return True
 
