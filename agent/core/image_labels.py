@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from agent.core.image_names import bare_name
+
 ROOTFULL = "org.nethserver.rootfull"
 TCP_PORTS_DEMAND = "org.nethserver.tcp-ports-demand"
 UDP_PORTS_DEMAND = "org.nethserver.udp-ports-demand"
@@ -96,9 +98,7 @@ def parse_inspect(text: str) -> ImageFacts:
 def image_variable(image_url: str) -> str:
     """NS8's create-module name for an image's variable: 'docker.io/library/redis:7' →
     'REDIS_IMAGE' (upper case, '-', '.', '+' and ' ' → '_', 'I' before a leading digit)."""
-    last = image_url.rstrip("/").rsplit("/", 1)[-1]
-    name = last.split("@", 1)[0].split(":", 1)[0]
-    name = re.sub(r"[-.+ ]", "_", name.upper())
+    name = re.sub(r"[-.+ ]", "_", bare_name(image_url).upper())
     name = re.sub(r"[^A-Z0-9_]", "", name)
     if name[:1].isdigit():
         name = "I" + name

@@ -116,14 +116,14 @@ def resolve_agent_id(agent_selector: str, node_id: int | str | None = None) -> s
 def get_image_name_from_url(image_url: str) -> str:
     """'ghcr.io/org/mail:1.2' → 'mail': the last path part without tag or digest.
     ValueError when the URL has no '/' or neither a tag nor a digest."""
+    from agent.core.image_names import bare_name  # light: string work only
+
     if "/" not in image_url:
         raise ValueError(f"image URL without a '/': {image_url!r}")
     last = image_url.rsplit("/", 1)[1]
-    if "@" in last:
-        return last.split("@", 1)[0]
-    if ":" in last:
-        return last.split(":", 1)[0]
-    raise ValueError(f"image URL without a tag or digest: {image_url!r}")
+    if "@" not in last and ":" not in last:
+        raise ValueError(f"image URL without a tag or digest: {image_url!r}")
+    return bare_name(image_url)
 
 
 def get_module_seq(module_id: str) -> int:
