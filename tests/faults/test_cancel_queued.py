@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +16,7 @@ import redis
 
 from agent.core import redis_keys
 from tests.support.cluster import ClusterHarness
-
-API_CLI = str(Path(sys.executable).parent / "api-cli")
+from tests.support.stalls import API_CLI
 
 
 def wait_for(what: str, condition: Callable[[], object], seconds: float = 60) -> None:

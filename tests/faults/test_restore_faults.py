@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +18,9 @@ from tests.conftest import file_lock, host_podman_env
 from tests.integration.test_restore_cases import PAGE, assert_only_modules, setup_wiki
 from tests.support import backups
 from tests.support.cluster import ClusterHarness
+from tests.support.stalls import STALL, interrupt_held_action, wait_for
 
 pytestmark = pytest.mark.podman
-STALL = """#!/bin/bash
-# Test step: while Redis key test/stall names this step, say so and wait (at most 2 min).
-# The node's credentials (agent.json): the module's own may not read test/*.
-me="$AGENT_TASK_ACTION/$AGENT_TASK_STEP"
-for _ in $(seq 1200); do
-    now=$(ME="$me" python3 -c 'import json, os, redis
-url = json.load(open(os.environ["AGENT_ROOT"] + "/agent.json"))["redis_url"]
-r = redis.Redis.from_url(url, decode_responses=True)
-if r.get("test/stall") == os.environ["ME"]:
-    r.set("test/stalled", os.environ["ME"])
-    print("stall")')
-    [ "$now" = stall ] || exit 0
-    sleep 0.1
-done
-"""
-API_CLI = str(Path(sys.executable).parent / "api-cli")
 # Where a restore can be stopped, by the step that holds it there.
 PHASES = {
     "create-module": "create-module/05stall",  # the new instance is being created
@@ -64,14 +47,6 @@ def stallable_image(minwiki_image: str, tmp_path_factory: pytest.TempPathFactory
             timeout=300,
         )
     return tag
-
-
-def wait_for(what: str, condition: Any, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"{what} never happened"
-        time.sleep(0.1)
-    return value
 
 
 def assert_settled(cluster: ClusterHarness, client: Any, modules: set[str]) -> None:
@@ -156,31 +131,18 @@ def test_restore_stopped_at_each_phase_leaves_the_source_and_nothing_else(
     page = live.read_bytes()
     redis_client.set("test/stall", PHASES[phase])
     request = {"repository": destination, "path": path, "snapshot": "", "node": 1}
-    client = subprocess.Popen(
-        [API_CLI, "run", "cluster/restore-module", "--data", json.dumps(request)],
-        env=cluster.nodes[1].env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    stopped = interrupt_held_action(
+        redis_client,
+        cluster.redis_url,
+        cluster.nodes[1].env(),
+        "cluster/restore-module",
+        request,
+        how,
+        timeout=60,
     )
-    try:
-        wait_for(f"the restore held at {phase}", lambda: redis_client.get("test/stalled"), 60)
-        [task_id] = [
-            key.split("/")[2]
-            for key in redis_client.keys("task/cluster/*/context")
-            if json.loads(redis_client.get(key))["action"] == "restore-module"
-        ]
-        if how == "ctrl-c":
-            client.send_signal(signal.SIGINT)
-        else:
-            tasks.cancel(connect(cluster.redis_url), "cluster", task_id)
-        out, err = client.communicate(timeout=180)
-    finally:
-        if client.poll() is None:
-            client.kill()
-            client.communicate()
-    assert client.returncode == 1, (out, err)
-    assert "cancelled" in err
+    task_id = stopped.task_id
+    assert stopped.returncode == 1, (stopped.out, stopped.err)
+    assert "cancelled" in stopped.err
     assert redis_client.get(f"task/cluster/{task_id}/exit_code") == "1"
     redis_client.delete("test/stall")
     assert_settled(cluster, redis_client, {wiki})

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,11 +33,11 @@ from tests.faults.test_restore_faults import assert_settled
 from tests.integration.test_restore_cases import setup_wiki
 from tests.support import backups
 from tests.support.cluster import ClusterHarness
+from tests.support.stalls import API_CLI
 
 pytestmark = pytest.mark.podman
 # The image's restic, reading at 64 KiB/s: 2 MB of data take half a minute to restore.
 SLOW_RESTORE = ['--entrypoint=["/usr/bin/restic","--limit-download=64"]']
-API_CLI = str(Path(sys.executable).parent / "api-cli")
 
 
 def kill_restic(env: dict[str, str]) -> None:

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.faults.test_restore_faults import assert_settled, stallable_image, wait_for  # noqa: F401
+from tests.faults.test_restore_faults import assert_settled, stallable_image  # noqa: F401
 from tests.integration.test_restore_cases import OTHER, PAGE, setup_wiki
 from tests.support import backups
 from tests.support.cluster import ClusterHarness
+from tests.support.stalls import wait_for
 
 pytestmark = pytest.mark.podman
 BIN = Path(sys.executable).parent

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,13 @@ from agent.adapters.redis_store import connect
 from agent.core import redis_keys
 from agent.runtime import tasks
 from tests.conftest import REPO_ROOT, file_lock, host_podman_env
-from tests.faults.test_restore_faults import STALL, assert_settled, wait_for
+from tests.faults.test_restore_faults import assert_settled
 from tests.integration.test_notifications import Receiver, add_target
 from tests.support import backups
 from tests.support.cluster import ClusterHarness
+from tests.support.stalls import STALL, interrupt_held_action, wait_for
 
 pytestmark = pytest.mark.podman
-API_CLI = str(Path(sys.executable).parent / "api-cli")
 HOOK = REPO_ROOT / "examples" / "minwiki" / "imageroot" / "bin" / "module-verify-restore"
 PAGE = "topic-0/section-0/sub-0/page-0.md"
 # A verify hook a test can hold (as STALL holds a step): for cancelling a drill there.
@@ -225,31 +224,11 @@ def test_a_cancelled_drill_leaves_nothing_behind(
     before = source_state(cluster, redis_client, wiki)
     if phase == "restore":
         redis_client.set("test/stall", "restore-module/05stall")
-    client = subprocess.Popen(
-        [API_CLI, "run", "run-drill", "--data", json.dumps({"id": 1})],
-        env=cluster.nodes[1].env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    stopped = interrupt_held_action(
+        redis_client, cluster.redis_url, cluster.nodes[1].env(), "run-drill", {"id": 1}, how
     )
-    try:
-        wait_for(f"the drill held at {phase}", lambda: redis_client.get("test/stalled"), 120)
-        [task_id] = [
-            key.split("/")[2]
-            for key in redis_client.keys("task/cluster/*/context")
-            if json.loads(redis_client.get(key))["action"] == "run-drill"
-        ]
-        if how == "ctrl-c":
-            client.send_signal(signal.SIGINT)
-        else:
-            tasks.cancel(connect(cluster.redis_url), "cluster", task_id)
-        out, err = client.communicate(timeout=180)
-    finally:
-        if client.poll() is None:
-            client.kill()
-            client.communicate()
-    assert client.returncode == 1, (out, err)
-    assert "cancelled" in err
+    assert stopped.returncode == 1, (stopped.out, stopped.err)
+    assert "cancelled" in stopped.err
     redis_client.delete("test/stall")
     assert_settled(cluster, redis_client, {wiki})
     assert source_state(cluster, redis_client, wiki) == before
