@@ -198,6 +198,26 @@ def _host_storage_conf() -> Path:
     return path
 
 
+def podman_build(tag: str, context: Path, lock: str, containerfile: Path | None = None) -> str:
+    """`podman build` of context (its Containerfile, or containerfile) into tag, in the
+    machine's store where every test store finds it; one build at a time per lock name."""
+    argv = ["podman", "build", "--tag", tag]
+    if containerfile is not None:
+        argv += ["--file", str(containerfile)]
+    with file_lock(lock):
+        done = subprocess.run(
+            [*argv, str(context)],
+            env=host_podman_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    if done.returncode != 0:
+        pytest.fail(f"podman build of {tag} failed:\n{done.stderr[-2000:]}", pytrace=False)
+    return tag
+
+
 def build_image(name: str) -> str:
     """Run containers/<name>/build and return the tag it prints.
 

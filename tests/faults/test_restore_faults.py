@@ -14,7 +14,7 @@ import pytest
 from agent.adapters.redis_store import connect
 from agent.core import redis_keys
 from agent.runtime import tasks
-from tests.conftest import file_lock, host_podman_env
+from tests.conftest import podman_build
 from tests.integration.test_restore_cases import PAGE, assert_only_modules, setup_wiki
 from tests.support import backups
 from tests.support.cluster import ClusterHarness
@@ -38,14 +38,7 @@ def stallable_image(minwiki_image: str, tmp_path_factory: pytest.TempPathFactory
     (context / "stall").chmod(0o755)
     copies = "".join(f"COPY stall /imageroot/actions/{step}\n" for step in PHASES.values())
     (context / "Containerfile").write_text(f"FROM {minwiki_image}\n{copies}")
-    with file_lock("build-minwiki-stall"):
-        subprocess.run(
-            ["podman", "build", "--tag", tag, str(context)],
-            env=host_podman_env(),
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
+    podman_build(tag, context, "build-minwiki-stall")
     return tag
 
 

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import redis
 from agent.adapters.redis_store import connect
 from agent.core import redis_keys
 from agent.runtime import tasks
-from tests.conftest import REPO_ROOT, file_lock, host_podman_env
+from tests.conftest import REPO_ROOT, podman_build
 from tests.faults.test_restore_faults import assert_settled
 from tests.integration.test_notifications import Receiver, add_target
 from tests.support import backups
@@ -63,14 +62,7 @@ def drill_images(minwiki_image: str, tmp_path_factory: pytest.TempPathFactory) -
         (context / "Containerfile").write_text(
             f"FROM {minwiki_image}\n" + copy_lines(context, copies)
         )
-        with file_lock("build-minwiki-drill"):
-            subprocess.run(
-                ["podman", "build", "--tag", tag, str(context)],
-                env=host_podman_env(),
-                check=True,
-                capture_output=True,
-                timeout=300,
-            )
+        podman_build(tag, context, "build-minwiki-drill")
     return {
         "drill": "localhost/minwiki-drill:latest",
         "stall": "localhost/minwiki-drillstall:latest",

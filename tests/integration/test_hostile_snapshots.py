@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import file_lock, host_podman_env
+from tests.conftest import file_lock, host_podman_env, podman_build
 from tests.support import backups
 from tests.support.cluster import ClusterHarness
 
@@ -50,14 +50,7 @@ def wiki_image() -> str:
     while the tests run."""
     tag = "localhost/hostile-snapshots/minwiki:latest"
     source = Path(__file__).resolve().parents[2] / "examples" / "minwiki"
-    with file_lock("build-hostile-minwiki"):
-        subprocess.run(
-            ["podman", "build", "--tag", tag, "--file", str(source / "Containerfile"), str(source)],
-            env=host_podman_env(),
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
+    podman_build(tag, source, "build-hostile-minwiki", containerfile=source / "Containerfile")
     return tag
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import stat
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from agent.core import redis_keys
 from agent.operations import cluster_setup
 from agent.runtime import agent_acls, tasks
 from agent.runtime.agentenv import read_env_file
-from tests.conftest import file_lock, host_podman_env
+from tests.conftest import podman_build
 from tests.support import backups
 from tests.support.embedded_node import EmbeddedNode, wait_until, wiki_with_backup
 
@@ -45,14 +44,7 @@ def authorized_image(minwiki_image: str, tmp_path_factory: pytest.TempPathFactor
     (context / "Containerfile").write_text(
         f'FROM {minwiki_image}\nLABEL org.nethserver.authorizations="node:fwadm"\n'
     )
-    with file_lock("build-minwiki-authorized"):
-        subprocess.run(
-            ["podman", "build", "--tag", AUTHORIZED_TAG, str(context)],
-            env=host_podman_env(),
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
+    podman_build(AUTHORIZED_TAG, context, "build-minwiki-authorized")
     return AUTHORIZED_TAG
 
 

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from agent.core import redis_keys
-from tests.conftest import REPO_ROOT, file_lock, host_podman_env
+from tests.conftest import REPO_ROOT, podman_build
 from tests.support import backups
 from tests.support.cluster import ClusterHarness
 
@@ -26,22 +26,7 @@ TAG = "localhost/nsprobe:latest"
 
 @pytest.fixture(scope="session")
 def nsprobe_image() -> str:
-    with file_lock("build-nsprobe"):
-        subprocess.run(
-            [
-                "podman",
-                "build",
-                "--tag",
-                TAG,
-                "--file",
-                str(FIXTURE / "Containerfile"),
-                str(FIXTURE),
-            ],
-            env=host_podman_env(),
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
+    podman_build(TAG, FIXTURE, "build-nsprobe", containerfile=FIXTURE / "Containerfile")
     return TAG
 
 
@@ -207,14 +192,7 @@ def test_add_module_refuses_an_image_whose_labels_ns8_could_not_use(
     (tmp_path / "Containerfile").write_text(
         f'FROM {nsprobe_image}\nLABEL org.nethserver.tcp-ports-demand="lots"\n'
     )
-    with file_lock("build-nsprobe"):
-        subprocess.run(
-            ["podman", "build", "--tag", tag, str(tmp_path)],
-            env=host_podman_env(),
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
+    podman_build(tag, tmp_path, "build-nsprobe")
     code, _, stderr = cluster.api_json("add-module", {"image": tag, "node": 1})
     assert code != 0
     assert "org.nethserver.tcp-ports-demand='lots'" in stderr

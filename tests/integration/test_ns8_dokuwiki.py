@@ -28,7 +28,7 @@ from agent.adapters import module_users
 from agent.adapters.redis_store import connect
 from agent.core import redis_keys
 from agent.operations.verify_restore import verify
-from tests.conftest import REPO_ROOT, file_lock, host_podman_env
+from tests.conftest import REPO_ROOT, podman_build
 from tests.support import backups
 from tests.support.cluster import ClusterHarness
 from tests.support.rootless import as_user, inside_owner, unique_ids, user_exists
@@ -64,22 +64,7 @@ agent.write_envfile("secrets.env", {"DOKUWIKI_PASSWORD": "pa=ss word"})
 
 @pytest.fixture(scope="session")
 def dokuwiki_image() -> str:
-    with file_lock("build-ns8-dokuwiki"):
-        subprocess.run(
-            [
-                "podman",
-                "build",
-                "--tag",
-                TAG,
-                "--file",
-                str(FIXTURE / "Containerfile"),
-                str(FIXTURE),
-            ],
-            env=host_podman_env(),
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
+    podman_build(TAG, FIXTURE, "build-ns8-dokuwiki", containerfile=FIXTURE / "Containerfile")
     return TAG
 
 

@@ -19,7 +19,7 @@ import redis
 from agent.adapters.redis_store import connect
 from agent.core import redis_keys
 from agent.operations.verify_restore import verify
-from tests.conftest import REPO_ROOT, file_lock, host_podman_env
+from tests.conftest import REPO_ROOT, podman_build
 from tests.support import backups
 from tests.support.cluster import ClusterHarness
 
@@ -31,15 +31,7 @@ CONFIG = {"host": "app.example.org", "greeting": "ciao, mondo"}
 
 
 def build(fixture: str, tag: str) -> str:
-    with file_lock(f"build-{fixture}"):
-        subprocess.run(
-            ["podman", "build", "--tag", tag, "--file", "Containerfile", "."],
-            cwd=FIXTURES / fixture,
-            env=host_podman_env(),
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
+    podman_build(tag, FIXTURES / fixture, f"build-{fixture}")
     return tag
 
 

@@ -14,7 +14,7 @@ import redis
 
 from agent.adapters.redis_store import connect
 from agent.runtime import tasks
-from tests.conftest import file_lock, host_podman_env
+from tests.conftest import podman_build
 from tests.support import backups
 from tests.support.cluster import ClusterHarness
 
@@ -58,14 +58,7 @@ def hooked_image(minwiki_image: str, tmp_path_factory: pytest.TempPathFactory) -
         f"FROM {minwiki_image}\nCOPY 15hook /imageroot/actions/restore-module/15hook\n"
         "COPY 15extra /imageroot/actions/create-module/15extra\n"
     )
-    with file_lock("build-minwiki-hooked"):
-        subprocess.run(
-            ["podman", "build", "--tag", tag, str(context)],
-            env=host_podman_env(),
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
+    podman_build(tag, context, "build-minwiki-hooked")
     return tag
 
 
