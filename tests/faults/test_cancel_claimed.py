@@ -21,7 +21,7 @@ from agent.adapters.redis_store import connect
 from agent.core import redis_keys
 from agent.core.settings import Settings, load_settings
 from agent.operations import cluster_setup
-from agent.runtime import tasks
+from agent.runtime import lease, tasks
 from agent.runtime.actiondirs import Action
 from agent.runtime.daemon import Daemon, Worker
 
@@ -47,9 +47,17 @@ def daemon(tmp_path: Path, redis_url: str, redis_client: redis.Redis) -> Iterato
     root = tmp_path / "node1"
     cluster_setup.init(root, 1, redis_url)
     held = HeldDaemon(load_settings(root))
+    # Served as a running daemon is: its lease held and renewed. Without it a watcher sees
+    # no daemon and withdraws the queued cancel-task (a loaded run waited long enough).
+    assert lease.acquire(held.redis, held.node_id, held.holder)
     held._register_node()
+    heartbeat = threading.Thread(target=held._heartbeat, daemon=True)
+    heartbeat.start()
     yield held
     held.release.set()
+    held.stopping.set()
+    heartbeat.join(timeout=30)
+    lease.release(held.redis, held.node_id, held.holder)
     for worker in held.workers.values():
         worker.stop()
         worker.join(timeout=40)
