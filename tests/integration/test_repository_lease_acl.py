@@ -10,14 +10,17 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import redis
 
 from agent.adapters.redis_api import Redis
-from agent.adapters.redis_store import connect
+from agent.adapters.redis_store import Context, connect
 from agent.core import redis_acl, redis_keys
+from agent.core.settings import Settings
 from agent.runtime import agent_acls, locks, restore_grants
+from agent.runtime.agentenv import read_env_file
 from agent.runtime.lease import Holder
 
 OWN_UUID = "0b6c4f7e-1111-4a1a-9d8e-000000000001"
@@ -94,7 +97,7 @@ def test_a_restore_grant_lends_the_source_lease_while_it_runs(
 
 CRASHING_RESTORE = """
 import sys, time
-from agent.adapters.redis_store import connect
+from agent.adapters.redis_store import Context, connect
 from agent.runtime import agent_acls
 with agent_acls.restore_grant(connect(sys.argv[1]), sys.argv[2], "d1", sys.argv[3]):
     print("granted", flush=True)
@@ -150,3 +153,36 @@ def test_a_grant_its_holder_stopped_renewing_goes_at_the_next_sweep(
     redis_client.hset(redis_keys.GATEWAY_RESTORE_GRANTS, module.id, old)
     assert agent_acls.apply_module_user(admin, module.id)
     assert not module.can_hold("d1", OTHER)
+
+
+def test_a_module_given_its_user_late_holds_its_uuid_lease(
+    redis_client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    ctx = Context(Settings(tmp_path, 1, redis_url), connect(redis_url))
+    state = ctx.settings.state_dir("module/minwiki3")
+    state.mkdir(parents=True)
+    redis_client.hset(redis_keys.MODULE_UUID, "minwiki3", OWN_UUID)
+    try:
+        # Installed before modules had users: one now, its uuid from the cluster's record
+        # (the image is known from nothing the module cannot write: any image's).
+        assert agent_acls.ensure_credentials(ctx, "minwiki3")
+        env = read_env_file(state / "agent.env")
+        module = Module(
+            "minwiki3",
+            connect(redis_acl.agent_url(redis_url, env["REDIS_USER"], env["REDIS_PASSWORD"])),
+        )
+        assert module.can_hold("d1", OWN)
+        assert not module.can_hold("d1", OTHER)
+        # A user recorded before records named the repository gets its uuid at the next
+        # daemon start, password unchanged.
+        recorded = json.loads(redis_client.hget(redis_keys.CLUSTER_ACLS, "module/minwiki3"))
+        del recorded["module_uuid"]
+        redis_client.hset(redis_keys.CLUSTER_ACLS, "module/minwiki3", json.dumps(recorded))
+        agent_acls.apply_acls(ctx.redis)
+        assert not module.can_hold("d1", OWN)
+        assert not agent_acls.ensure_credentials(ctx, "minwiki3")
+        assert module.can_hold("d1", OWN)
+        assert read_env_file(state / "agent.env") == env
+        module.client.close()
+    finally:
+        agent_acls.remove_agent_user(ctx.redis, "module/minwiki3")
