@@ -1,6 +1,6 @@
 """The node's storage gateway as the rest of the agent sees it: the process `cluster up`
-starts and `cluster down` stops, the restore grants nodes write, and the one function
-module-side restic reaches storage through (module_restic_target).
+starts and `cluster down` stops, and the one function module-side restic reaches storage
+through (module_restic_target). Restore grants: agent/runtime/agent_acls.restore_grant.
 
 A module never holds a destination secret: it names its destination and repository path,
 shows its own credentials (`REDIS_USER`/`REDIS_PASSWORD` of its agent.env) and gets a
@@ -10,14 +10,12 @@ read); the gateway decides what it may do there (agent/core/gateway_rules.py).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,21 +151,6 @@ def _text(answer: httpx.Response) -> str:
     if answer.text:
         return proc.last_line(answer.text[:500])
     return answer.headers.get("X-Gateway-Reason") or f"HTTP {answer.status_code}"
-
-
-# --- restore grants --------------------------------------------------------------------
-@contextmanager
-def restore_grant(
-    redis: Redis, module_id: str, destination_id: str, repo_path: str
-) -> Iterator[None]:
-    """Let module_id read repo_path on destination_id through the gateways while the
-    block runs (a restore from another module's repository)."""
-    grant = json.dumps({"destination": destination_id, "path": repo_path.strip("/")})
-    redis.hset(redis_keys.GATEWAY_RESTORE_GRANTS, module_id, grant)
-    try:
-        yield
-    finally:
-        redis.hdel(redis_keys.GATEWAY_RESTORE_GRANTS, module_id)
 
 
 # --- the gateway process ---------------------------------------------------------------

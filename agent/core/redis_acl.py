@@ -31,14 +31,12 @@ MODULE_PUBLIC_READS = (
     *redis_keys.DEFAULT_INSTANCE_PATTERNS,  # NS8's resolve_agent_id("traefik@node")
 )
 
-# A module-side restore (restore-module/10restore, NS8's agent.run_restic) holds the
-# repository's lease, as every restic run on a repository does, and notes the repository
-# as written. Limit: a module can write any repository's lease key, so it could hold
-# another repository's lease (delaying its backups); it reads no secret by it.
-MODULE_REPOSITORY_LEASE_WRITES = (
-    redis_keys.repository_lease("*", "*"),
-    redis_keys.written_repositories("*"),
-)
+# A module-side restic run (restore-module/10restore, NS8's agent.run_restic) holds the
+# repository's lease, as every restic run on a repository does: a module may write the
+# lease of its own repository (<image>/<uuid>, on any destination) and, while a restore
+# into it runs, of the restore's source (repository_lease_patterns). Never any other
+# lease: holding one would delay that repository's backups. It notes no repository as
+# written (cluster/backup_repository_written/*): only the node's backup and mirror runs do.
 
 # Command categories: reads and writes of the granted keys, MULTI, pub/sub, scripts,
 # connection commands. Never admin commands (ACL, CONFIG, CLIENT LIST/KILL, DEBUG …),
@@ -98,15 +96,49 @@ def parse_authorizations(label: str, node_id: int) -> tuple[str, ...]:
     return tuple(granted)
 
 
-def module_rules(module_id: str, granted: Iterable[str]) -> list[str]:
-    """ACL SETUSER rules of module/<module_id> (after `reset on #<hash>`)."""
+def glob_literal(text: str) -> str:
+    """text as a Redis glob that matches text only (its *, ?, [, ] and \\ escaped)."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
+
+
+def repository_lease_patterns(
+    image: str, module_uuid: str, restore_source: tuple[str, str] | None = None
+) -> list[str]:
+    """The lease keys a module may write: its own repository's (image/module_uuid) on any
+    destination, and restore_source's ((destination id, repository path) of a restore
+    in progress). An unknown image (a module given its user before this was recorded)
+    means any image with its uuid; an unknown uuid, no own lease at all."""
+    patterns = []
+    if module_uuid:
+        own = f"{glob_literal(image) if image else '*'}/{glob_literal(module_uuid)}"
+        patterns.append(redis_keys.repository_lease("*", own))
+    if restore_source is not None:
+        destination_id, repo_path = restore_source
+        patterns.append(
+            redis_keys.repository_lease(
+                glob_literal(destination_id), glob_literal(repo_path.strip("/"))
+            )
+        )
+    return patterns
+
+
+def module_rules(
+    module_id: str,
+    granted: Iterable[str],
+    *,
+    image: str = "",
+    module_uuid: str = "",
+    restore_source: tuple[str, str] | None = None,
+) -> list[str]:
+    """ACL SETUSER rules of module/<module_id> (after `reset on #<hash>`): the one place
+    a module's rules are made (see repository_lease_patterns for the last three)."""
     agent_id = redis_keys.module_agent(module_id)
     rules = [
         *MODULE_COMMANDS,
         f"~{redis_keys.module_key_pattern(module_id)}",  # own keys, its queue among them
         f"~{redis_keys.module_task_pattern(module_id)}",  # own task records
         *(f"%R~{pattern}" for pattern in MODULE_PUBLIC_READS),
-        *(f"~{pattern}" for pattern in MODULE_REPOSITORY_LEASE_WRITES),
+        *(f"~{p}" for p in repository_lease_patterns(image, module_uuid, restore_source)),
         "resetchannels",
         f"&progress/{agent_id}/*",
         f"&{agent_id}/event/*",

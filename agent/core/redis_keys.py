@@ -127,8 +127,9 @@ def node_gateway(node_id: int) -> str:
     return f"node/{node_id}/gateway"
 
 
-# Hash: module id → JSON {destination, path}: the repository a restore in progress lets
-# that module read through the storage gateway (written by the node that dispatches it).
+# Hash: module id → JSON {destination, path, holder, expires}: the repository a restore
+# in progress lets that module read through the storage gateway and hold the lease of
+# (written and renewed by the node that dispatches it; agent/runtime/restore_grants.py).
 GATEWAY_RESTORE_GRANTS = "private/gateway_restore_grants"
 
 

@@ -306,17 +306,21 @@ def install_files(
     environment = state / "environment"
     environment.write_text(format_env_file(env))
     environment.chmod(filemodes.PRIVATE_FILE)
-    write_agent_env(step, request.module_id, request.image_url, state)
+    write_agent_env(step, request.module_id, request.module_uuid, request.image_url, state)
     step.set_progress(100)
 
 
-def write_agent_env(step: Step, module_id: str, image_url: str, state: Path) -> None:
+def write_agent_env(
+    step: Step, module_id: str, module_uuid: str, image_url: str, state: Path
+) -> None:
     """The module's own Redis user, live and recorded, and its credentials in its
     state/agent.env (NS8's names), the only place its password is kept."""
     settings = step.ctx.settings
     label = podman.image_label(image_url, redis_acl.AUTHORIZATIONS_LABEL, settings.podman_env())
     granted = redis_acl.parse_authorizations(label or "", settings.node_id)
-    agent_acls.write_credentials(step.ctx, module_id, granted)
+    agent_acls.write_credentials(
+        step.ctx, module_id, granted, image=image_name(image_url), module_uuid=module_uuid
+    )
 
 
 def node_remove_module(step: Step, request: RemoveModuleRequest) -> None:

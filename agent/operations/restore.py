@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agent.adapters import gateway, proc
+from agent.adapters import proc
 from agent.adapters.redis_store import Redis
 from agent.core import redis_keys
 from agent.core.errors import ActionFailed, AgentError, validation_error
@@ -29,7 +29,7 @@ from agent.operations.restore_source import (
     snapshot_environment,
 )
 from agent.records.backups import backup_ids, read_backups
-from agent.runtime import tasks
+from agent.runtime import agent_acls, tasks
 from agent.runtime.steps import Step, cancel_on_sigterm
 
 log = logging.getLogger("agent.restore")
@@ -161,7 +161,7 @@ def _run_module_restore(
     # The new module reads its source through the gateway for as long as this runs.
     source = parse_repo_path(job.path).path
     try:
-        with gateway.restore_grant(step.ctx.redis, module_id, job.repository, source):
+        with agent_acls.restore_grant(step.ctx.redis, module_id, job.repository, source):
             result = run_subtask(step, request, step.progress_range(*span), cancelled)
     except AgentError as exc:
         raise ActionFailed(f"restore of {job.path} {exc}; {module_id} removed") from None
@@ -227,7 +227,7 @@ def restore_paths(
     source = parse_repo_path(request.path).path
     with (
         held_from_backups(redis, module_id, cancelled),
-        gateway.restore_grant(redis, module_id, request.repository, source),
+        agent_acls.restore_grant(redis, module_id, request.repository, source),
     ):
         result = run_subtask(step, subtask, step.progress_range(0, 100), cancelled)
     if result.exit_code != 0:

@@ -34,6 +34,7 @@ log = logging.getLogger("agent.daemon")
 # Which agents a node serves changes with these; the timers it keeps, with all of them.
 WORKER_EVENTS = (Event.MODULE_ADDED, Event.MODULE_REMOVED)
 TIMER_EVENTS = (*WORKER_EVENTS, Event.BACKUP_SCHEDULE_CHANGED)
+GRANT_SWEEP_SECONDS = 60.0
 
 
 class Worker(threading.Thread):
@@ -151,8 +152,14 @@ class Daemon:
             ).start()
             log.info("node %s serving %s", self.node_id, ", ".join(sorted(self.workers)))
             missed = False  # events published while Redis was away are lost: look again
+            next_sweep = time.monotonic() + GRANT_SWEEP_SECONDS
             while not self.stopping.is_set():
                 try:
+                    if time.monotonic() >= next_sweep:
+                        # A restore grant whose restore died (here or on another node)
+                        # must not widen its module's user until some daemon restarts.
+                        next_sweep = time.monotonic() + GRANT_SWEEP_SECONDS
+                        agent_acls.drop_stale_grants(self.redis)
                     if missed:
                         # Redis may have restarted: its keys come back, its ACL does not.
                         agent_acls.apply_acls(self.redis)

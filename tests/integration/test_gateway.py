@@ -24,6 +24,7 @@ from agent.core.errors import ActionFailed
 from agent.core.settings import Settings
 from agent.operations import cluster_setup
 from agent.records.destinations import Destination
+from agent.runtime import agent_acls
 from agent.runtime.agentenv import read_env_file
 from tests.support.backups import PASSWORD, add_local_backup
 from tests.support.cluster import ClusterHarness
@@ -253,7 +254,7 @@ def test_a_restore_grant_lets_read_only_the_granted_repository(
     node: GatewayNode, tmp_path: Path, redis_client: redis.Redis
 ) -> None:
     data = _seed(node, tmp_path)
-    with gateway.restore_grant(redis_client, "minwiki2", node.destination, f"minwiki/{UUID_A}"):
+    with agent_acls.restore_grant(redis_client, "minwiki2", node.destination, f"minwiki/{UUID_A}"):
         target = tmp_path / "restored"
         done = node.restic("module/minwiki2", UUID_A, "restore", "latest", "--target", str(target))
         assert done.returncode == 0, done.stderr

@@ -83,6 +83,9 @@ def test_module_credentials_reach_only_what_the_module_owns(
     recorded = json.loads(admin.hget(redis_keys.CLUSTER_ACLS, f"module/{wiki}"))
     assert credentials["REDIS_PASSWORD"] not in json.dumps(recorded)
     assert recorded["granted"] == ["node/1"]
+    # Its own repository as add-module installed it: the one lease it may hold.
+    own_uuid = admin.hget(redis_keys.MODULE_UUID, wiki)
+    assert (recorded["image"], recorded["module_uuid"]) == ("minwiki-authorized", own_uuid)
 
     admin.hset("private/notification_target/ops", "url", "mailto://secret")
     admin.hset("private/backup_repository/d1", "password", "gap")
@@ -115,6 +118,13 @@ def test_module_credentials_reach_only_what_the_module_owns(
     assert own.exit_code == 0 and "restore-module" in own.output
     granted = tasks.run(module, tasks.TaskRequest("node/1", "list-actions"))  # type: ignore[arg-type]
     assert granted.exit_code == 0 and "run-backup" in granted.output
+    lease = "return redis.call('HSET', KEYS[1], 'holder', 'x')"
+    assert module.eval(
+        lease, 1, redis_keys.repository_lease("d1", f"minwiki-authorized/{own_uuid}")
+    )
+    other_uuid = admin.hget(redis_keys.MODULE_UUID, other)
+    other_lease = redis_keys.repository_lease("d1", f"minwiki-authorized/{other_uuid}")
+    assert refused(lambda: module.eval(lease, 1, other_lease))
     # No destination secret either: module-side restic goes through the storage gateway.
     assert refused(lambda: module.hget("private/backup_repository/d1", "password"))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -134,3 +135,36 @@ def file_writer(copy: Path) -> Callable[[bytes], Path]:
         return copy
 
     return write
+
+
+def test_module_rules_grant_its_own_repository_lease_only() -> None:
+    rules = redis_acl.module_rules("wiki1", (), image="minwiki", module_uuid="u-1")
+    leases = [r for r in rules if "repository_lease" in r]
+    assert leases == ["~cluster/repository_lease/*/minwiki/u-1"]
+    assert not [r for r in rules if "backup_repository_written" in r]
+    restoring = redis_acl.module_rules(
+        "wiki1", (), image="minwiki", module_uuid="u-1", restore_source=("d1", "/minwiki/u-2/")
+    )
+    assert "~cluster/repository_lease/d1/minwiki/u-2" in restoring
+    # No uuid recorded: no lease of its own; no image: its uuid under any image.
+    assert not [r for r in redis_acl.module_rules("wiki1", ()) if "repository_lease" in r]
+    assert redis_acl.repository_lease_patterns("", "u-1") == ["cluster/repository_lease/*/*/u-1"]
+
+
+def test_glob_characters_in_names_match_only_themselves() -> None:
+    assert redis_acl.glob_literal("a*b?[c]\\") == "a\\*b\\?\\[c\\]\\\\"
+    patterns = redis_acl.repository_lease_patterns("img", "*", ("d*", "x/[y]"))
+    assert patterns == [
+        "cluster/repository_lease/*/img/\\*",
+        "cluster/repository_lease/d\\*/x/\\[y\\]",
+    ]
+
+
+def test_a_module_acl_record_keeps_its_repository() -> None:
+    digest = redis_acl.password_sha256("pw")
+    acl = AgentAcl(user="module/wiki1", password_sha256=digest, image="minwiki", module_uuid="u")
+    assert json.loads(acl.stored_value())["image"] == "minwiki"
+    assert "~cluster/repository_lease/*/minwiki/u" in acl.setuser_args()
+    assert "~cluster/repository_lease/d/p/q" in acl.setuser_args(("d", "p/q"))
+    node = AgentAcl(user="node/2", password_sha256=digest)
+    assert node.setuser_args(("d", "p/q"))[4:] == ["allkeys", "allchannels", "+@all"]
