@@ -5,27 +5,21 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
 from agent.adapters import systemd
-from agent.core.settings import Settings, write_settings
-from agent.operations.cluster_setup import init
-from tests.conftest import REPO_ROOT
-from tests.e2e.conftest import SystemdNode
+from agent.core.settings import Settings
+from tests.e2e.conftest import BIN, SystemdNode, node_agent_service
 from tests.support import backups
 
 pytestmark = pytest.mark.podman
-BIN = Path(sys.executable).parent
 EVENT = "cluster/event/backup-schedule-changed"
 
 
@@ -34,32 +28,8 @@ def node_agent(
     systemd_node: SystemdNode, redis_client: redis.Redis, redis_url: str
 ) -> Iterator[Settings]:
     """Node 1's daemon running as agent.service inside the systemd node."""
-    settings = init(
-        systemd_node.base / f"node-{uuid.uuid4().hex[:8]}",
-        1,
-        redis_url,
-        local_roots=(str(systemd_node.base),),  # the test keeps its repositories there
-    )
-    settings = replace(settings, timer_random_delay=0)  # fire on the second in tests
-    write_settings(settings)
-    unit = systemd.render_agent_service(
-        str(BIN / "agent"), str(settings.root), REPO_ROOT / "systemd", shutdown_timeout=10
-    )
-    systemd_node.exec("sh", "-c", "cat >/etc/systemd/system/agent.service", input=unit)
-    systemd_node.exec("systemctl", "daemon-reload")
-    systemd_node.exec("systemctl", "start", "agent.service")
-    systemd_node.wait_for("the daemon's lease", lambda: redis_client.exists("node/1/daemon"))
-    try:
+    with node_agent_service(systemd_node, redis_client, redis_url) as settings:
         yield settings
-    finally:
-        systemd_node.exec("systemctl", "stop", "agent.service", check=False)
-        systemd_node.exec(
-            "sh", "-c", "systemctl disable --now 'backup*.timer'; rm -f "
-            "/etc/systemd/system/backup*.timer /etc/systemd/system/backup*.service "
-            "/var/lib/systemd/timers/stamp-backup*; systemctl daemon-reload; "
-            "systemctl reset-failed",
-            check=False,
-        )  # fmt: skip
 
 
 def _at(seconds: float) -> str:
