@@ -280,13 +280,13 @@ def node_add_module(step: Step, request: NodeAddModuleRequest) -> None:
         module_users.give_tree(install, user)
         # After the install: podman's first use as the user makes its ~/.config.
         volume_placement.create_placed_volumes(settings, request.module_id, placed, user)
-        give_restic_image(settings, user)
+        load_restic_image(settings, user)
     except BaseException:
         module_users.remove_user(settings, request.module_id, preserve_data=False)
         raise
 
 
-def give_restic_image(settings: Settings, user: proc.RunAs) -> None:
+def load_restic_image(settings: Settings, user: proc.RunAs) -> None:
     """The restic image into a new rootless module's own store: its steps may run restic
     (agent.run_restic) before any backup of it puts the image there, and its user cannot
     reach the node's store (NS8 pulls a module's images when it installs it)."""

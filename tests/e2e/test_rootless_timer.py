@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import redis
 
+from agent.adapters import systemd
+from agent.core import redis_keys
 from agent.core.settings import Settings
 from tests.conftest import host_podman_env
 from tests.e2e.conftest import BIN, SystemdNode, node_agent_service
@@ -23,7 +25,7 @@ from tests.support.rootless import unique_ids
 
 pytestmark = pytest.mark.podman
 ROOTLESS_IMAGE = "localhost/minwiki:rootless"
-EVENT = "cluster/event/backup-schedule-changed"
+EVENT = redis_keys.cluster_event(redis_keys.Event.BACKUP_SCHEDULE_CHANGED)
 
 
 def _load_image(node: SystemdNode, image: str) -> None:
@@ -81,6 +83,9 @@ def _in_node_user(node: SystemdNode, user: str, *argv: str) -> str:
     return node.exec("sh", "-c", script, "sh", user, *argv).stdout
 
 
+# The node boots, two images are loaded and a rootless store is filled: more than the
+# default 300 s on a busy machine, and the waits below are bounded anyway.
+@pytest.mark.timeout(900)
 def test_timer_backs_up_a_rootless_module_as_its_user(
     own_podman_node: SystemdNode, rootless_node_agent: Settings, redis_client: redis.Redis
 ) -> None:
@@ -99,8 +104,7 @@ def test_timer_backs_up_a_rootless_module_as_its_user(
         target.mkdir()
         destination = backups.add_destination(redis_client, "local", f"local:{target}")
         # Far enough ahead that the timer is installed before it is due on a busy machine.
-        due = datetime.now(UTC) + timedelta(seconds=20)
-        redis_client.hset("cluster/module_node", module_id, "1")
+        due = datetime.now(UTC) + timedelta(seconds=30)
         backups.add_backup(
             redis_client,
             7,
@@ -110,6 +114,8 @@ def test_timer_backs_up_a_rootless_module_as_its_user(
             schedule=due.strftime("%Y-%m-%d %H:%M:%S UTC"),
         )
         redis_client.publish(EVENT, json.dumps({"backup_ids": [7]}))
+        node.wait_for("backup7.timer", lambda: "backup7.timer" in _timers(node), 60)
+        assert datetime.now(UTC) < due, "the timer was installed only after it was due"
         node.wait_for("backup7.service to run", lambda: _started(node, 7), 120)
         node.wait_for(
             "backup7.service to finish",
@@ -141,6 +147,11 @@ def test_timer_backs_up_a_rootless_module_as_its_user(
     finally:
         _api(rootless_node_agent, "remove-module", {"module_id": module_id})
     assert node.exec("getent", "passwd", module_id, check=False).returncode != 0
+
+
+def _timers(node: SystemdNode) -> dict[str, systemd.TimerState]:
+    listed = node.exec("systemctl", "list-timers", "--all", "--output=json", "backup*").stdout
+    return systemd.parse_list_timers(listed)
 
 
 def _started(node: SystemdNode, backup_id: int) -> bool:

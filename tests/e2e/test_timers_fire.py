@@ -66,7 +66,9 @@ def _ran(node: SystemdNode, backup_id: int) -> bool:
 def test_timer_fires_by_itself_and_disabling_removes_it(
     systemd_node: SystemdNode, node_agent: Settings, redis_client: redis.Redis
 ) -> None:
-    schedule = _at(6)
+    # Far enough ahead that the timer is listed before it fires, even on a busy machine
+    # (6 s was seen to pass before the daemon's sync had installed it).
+    schedule = _at(30)
     _define(redis_client, 1, schedule)
     _define(redis_client, 2, "*-*-* 03:15:00", instances="elsewhere1")  # not on node 1
     systemd_node.wait_for("backup1.timer", lambda: "backup1.timer" in _timers(systemd_node))
@@ -75,7 +77,7 @@ def test_timer_fires_by_itself_and_disabling_removes_it(
     expected = datetime.strptime(schedule, "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC)
     assert timers["backup1.timer"].next == expected.isoformat()
     assert not _ran(systemd_node, 1)
-    systemd_node.wait_for("backup1.service to run", lambda: _ran(systemd_node, 1), 30)
+    systemd_node.wait_for("backup1.service to run", lambda: _ran(systemd_node, 1), 90)
     journal = systemd_node.exec("journalctl", "--no-pager", "-u", "backup1.service").stdout
     assert "Backup 1 (b1)" in journal  # systemd started it (Description in the journal)
     assert _timers(systemd_node)["backup1.timer"].last is not None
