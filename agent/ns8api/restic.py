@@ -12,7 +12,8 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,45 @@ def _settings() -> Any:
     return load_settings(Path(root) if root else None)
 
 
+@dataclass(frozen=True)
+class ResticOptions:
+    """The node's settings a restic run from this process follows."""
+
+    podman_args: tuple[str, ...]  # extra `podman run` options (restic_podman_args)
+    podman_env: dict[str, str]  # for the podman calls that stop a crashed run's container
+    retry_seconds: float  # storage_retry_seconds
+
+
+def module_restic_options(env: Mapping[str, str]) -> ResticOptions:
+    """A module's options, from the variables the node gives its steps (a rootless
+    module's user cannot read agent.json); its podman settings are its environment's.
+    Without them (a process the node did not start), the settings' defaults."""
+    from agent.core.errors import ConfigError
+    from agent.core.settings import Settings
+    from agent.runtime.agentenv import RESTIC_PODMAN_ARGS, STORAGE_RETRY_SECONDS
+
+    args_text = env.get(RESTIC_PODMAN_ARGS, "[]")
+    retry_text = env.get(STORAGE_RETRY_SECONDS, str(Settings.storage_retry_seconds))
+    try:
+        args = json.loads(args_text)
+        retry = float(retry_text)
+    except ValueError:
+        raise ConfigError(f"{RESTIC_PODMAN_ARGS} or {STORAGE_RETRY_SECONDS} is malformed") from None
+    if not isinstance(args, list) or not all(isinstance(arg, str) for arg in args):
+        raise ConfigError(f"{RESTIC_PODMAN_ARGS} is not a JSON list of strings")
+    return ResticOptions(tuple(args), {}, retry)
+
+
+def restic_options() -> ResticOptions:
+    """module_restic_options for a module's process, else the node's settings."""
+    if os.environ.get("MODULE_ID"):
+        return module_restic_options(os.environ)
+    settings = _settings()
+    return ResticOptions(
+        settings.restic_podman_args, settings.podman_env(), settings.storage_retry_seconds
+    )
+
+
 def container_name(repository: str, repo_path: str) -> str:
     """restic-<lease hash>-<module>-<pid>: a holder that takes the repository's lease over
     from a crashed one finds and stops it by that prefix."""
@@ -165,7 +205,7 @@ def _prepared(
         target,
         list(restic_args),
         name=container_name(repository, repo_path),
-        podman_args=["--replace", *_settings().restic_podman_args, *podman_args],
+        podman_args=["--replace", *restic_options().podman_args, *podman_args],
     )
     env = {**restic.container_env(target, password), "RESTIC_CACHE_DIR": CACHE_DIR}
     return argv, env, target, password
@@ -197,15 +237,15 @@ def run_restic(
     kwargs.setdefault("stdout", sys.stdout)
     if os.environ.get("DEBUG") == "1":
         print("run_restic:", *argv, file=sys.stderr)
-    settings = _settings()
+    options = restic_options()
     with open_lease(
         rdb,
         redis_keys.repository_lease(repository, repo_path),
         target,
         password,
-        settings.podman_env(),
+        options.podman_env,
         wait_seconds=LEASE_WAIT_SECONDS,
-        retry_limit=settings.storage_retry_seconds,
+        retry_limit=options.retry_seconds,
     ) as lease:
         if progress_callback is not None and "--json" in restic_args:
             check = kwargs.pop("check", False)

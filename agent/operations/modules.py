@@ -11,12 +11,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.adapters import module_users, podman
+from agent.adapters import module_users, podman, proc, restic
 from agent.adapters.redis_store import Redis
 from agent.core import filemodes, redis_acl, redis_keys
 from agent.core.errors import AgentError, ValidationFailed, validation_error
 from agent.core.image_names import image_name
 from agent.core.models import AddModuleRequest, NodeAddModuleRequest, RemoveModuleRequest
+from agent.core.settings import Settings
 from agent.operations import module_image, module_ports, volume_placement
 from agent.operations.module_hold import held_from_backups
 from agent.records.backups import backup_ids, read_backups
@@ -279,9 +280,21 @@ def node_add_module(step: Step, request: NodeAddModuleRequest) -> None:
         module_users.give_tree(install, user)
         # After the install: podman's first use as the user makes its ~/.config.
         volume_placement.create_placed_volumes(settings, request.module_id, placed, user)
+        load_restic_image(settings, user)
     except BaseException:
         module_users.remove_user(settings, request.module_id, preserve_data=False)
         raise
+
+
+def load_restic_image(settings: Settings, user: proc.RunAs) -> None:
+    """The restic image into a new rootless module's own store: its steps may run restic
+    (agent.run_restic) before any backup of it puts the image there, and its user cannot
+    reach the node's store (NS8 pulls a module's images when it installs it)."""
+    env = settings.podman_env()
+    if podman.image_id(restic.IMAGE, env) is None:
+        log.warning("no %s on this node: %s's own restic cannot run yet", restic.IMAGE, user.name)
+        return
+    module_users.image_in_user_store(settings, user, restic.IMAGE, env)
 
 
 def install_files(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import re
@@ -116,6 +117,20 @@ def ns8_variables(settings: Settings, agent_id: str) -> dict[str, str]:
     return env
 
 
+# The node's settings a module's own restic runs (agent.run_restic) follow: a rootless
+# module's user may not read agent.json, so its steps get them in their environment.
+RESTIC_PODMAN_ARGS = "AGENT_RESTIC_PODMAN_ARGS"  # a JSON list of strings
+STORAGE_RETRY_SECONDS = "AGENT_STORAGE_RETRY_SECONDS"
+
+
+def restic_variables(settings: Settings) -> dict[str, str]:
+    """restic_podman_args and storage_retry_seconds as a module's step variables."""
+    return {
+        RESTIC_PODMAN_ARGS: json.dumps(list(settings.restic_podman_args)),
+        STORAGE_RETRY_SECONDS: str(settings.storage_retry_seconds),
+    }
+
+
 def task_variables(task_id: str, action: str, user: object = "") -> dict[str, str]:
     """NS8's per-task variables (AGENT_COMFD is per step: the runner sets it)."""
     return {
@@ -165,6 +180,8 @@ def agent_environment(settings: Settings, agent_id: str) -> dict[str, str]:
         }
     )
     env.update(ns8_variables(settings, agent_id))
+    if redis_keys.AgentId.parse(agent_id).kind == "module":
+        env.update(restic_variables(settings))
     # The node the daemon runs on is authoritative, whatever an env file says.
     env["NODE_ID"] = str(settings.node_id)
     return env

@@ -18,16 +18,35 @@ from agent.core import redis_keys
 from tests.conftest import REPO_ROOT, podman_build
 from tests.support import backups
 from tests.support.cluster import ClusterHarness
+from tests.support.rootless import unique_ids
 
 pytestmark = pytest.mark.podman
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "nsprobe"
 TAG = "localhost/nsprobe:latest"
+ROOTLESS_TAG = "localhost/nsprobe:rootless"
 
 
 @pytest.fixture(scope="session")
 def nsprobe_image() -> str:
     podman_build(TAG, FIXTURE, "build-nsprobe", containerfile=FIXTURE / "Containerfile")
     return TAG
+
+
+@pytest.fixture(scope="session")
+def nsprobe_rootless_image() -> str:
+    """The same imageroot without the rootfull label: its steps run as the module's user."""
+    with file_lock("build-nsprobe"):
+        subprocess.run(
+            [
+                *("podman", "build", "--tag", ROOTLESS_TAG),
+                *("--file", str(FIXTURE / "Containerfile.rootless"), str(FIXTURE)),
+            ],
+            env=host_podman_env(),
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    return ROOTLESS_TAG
 
 
 def test_a_module_written_to_ns8_conventions_gets_ns8s_api_and_environment(
@@ -151,16 +170,22 @@ def test_a_module_written_to_ns8_conventions_gets_ns8s_api_and_environment(
         assert not redis_client.exists(redis_keys.MODULE_AUTHORIZATIONS)
 
 
+@pytest.mark.parametrize("image", ["nsprobe_image", "nsprobe_rootless_image"])
 def test_run_restic_backs_up_in_the_modules_name(
     cluster: ClusterHarness,
     redis_client: redis.Redis,
-    nsprobe_image: str,
     restic_image: str,
     tmp_path: Path,
+    image: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     """NS8's agent.run_restic from a module step: init, backup --json with a progress
-    callback, snapshots on the action's output; under the repository's lease."""
-    module_id = cluster.api_ok("add-module", {"image": nsprobe_image, "node": 1})["module_id"]
+    callback, snapshots on the action's output; under the repository's lease; then
+    prepare_restic_command's command run by the step. A rootless module's step runs as its
+    user, which may not read the node's settings (agent.json)."""
+    unique_ids(redis_client, "nsprobe")
+    module_image = request.getfixturevalue(image)
+    module_id = cluster.api_ok("add-module", {"image": module_image, "node": 1})["module_id"]
     target = tmp_path / "backup"
     target.mkdir()
     destination = backups.add_destination(redis_client, "local", f"local:{target}")
@@ -175,6 +200,7 @@ def test_run_restic_backs_up_in_the_modules_name(
         assert (target / "nsprobe" / str(uuid) / "config").is_file()
         environment = redis_client.hgetall(redis_keys.module_environment(module_id))
         assert int(environment["BACKED_UP_FILES"]) >= 1
+        assert environment["REPOSITORY_VERSION"] == "2"
         assert not list(redis_client.scan_iter(match="cluster/repository_lease/*"))
     finally:
         cluster.api_ok("remove-module", {"module_id": module_id})

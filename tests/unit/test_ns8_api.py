@@ -366,3 +366,26 @@ def test_redis_dump_and_restore_connect_as_ns8s_helpers_in_a_step() -> None:
     assert client_url(step, privileged=True) == "redis://module%2Fmail1:s%2Fcret@leader:6379/0"
     # from the replica address, with the module's own user (`default` reads nothing here)
     assert client_url(step, privileged=False) == "redis://module%2Fmail1:s%2Fcret@127.0.0.1:6380/0"
+
+
+# --- restic options a module's step gets from its environment ---------------------------
+def test_a_modules_restic_options_come_from_its_step_variables(tmp_path: Path) -> None:
+    """A rootless module's user cannot read agent.json: the node's restic settings reach
+    agent.run_restic through the step's environment, and its podman settings are its own."""
+    from agent.core.settings import Settings
+    from agent.runtime.agentenv import restic_variables
+
+    settings = Settings(
+        root=tmp_path,
+        node_id=1,
+        redis_url="redis://127.0.0.1:1/0",
+        restic_podman_args=("--memory=512m", "--cpus=1"),
+        storage_retry_seconds=7.5,
+    )
+    options = restic.module_restic_options(restic_variables(settings))
+    assert options == restic.ResticOptions(("--memory=512m", "--cpus=1"), {}, 7.5)
+    assert restic.module_restic_options({}) == restic.ResticOptions((), {}, 120.0)
+    for bad in ({"AGENT_RESTIC_PODMAN_ARGS": '"--privileged"'}, {"AGENT_RESTIC_PODMAN_ARGS": "["},
+                {"AGENT_STORAGE_RETRY_SECONDS": "soon"}):  # fmt: skip
+        with pytest.raises(ConfigError):
+            restic.module_restic_options(bad)
