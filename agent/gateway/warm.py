@@ -90,20 +90,19 @@ class DestinationWatcher:
     def _run(self) -> None:
         missed = False
         while not self._stop.is_set():
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(DESTINATION_CHANGED)
                 if missed:  # changes published while Redis was away are lost: look again
                     self._submit(None)
                     missed = False
-                try:
-                    while not self._stop.is_set():
-                        message = pubsub.get_message(timeout=1.0)
-                        if message is not None:
-                            self._submit(changed_ids(message.get("data")))
-                finally:
-                    pubsub.close()
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._submit(changed_ids(message.get("data")))
             except REDIS_ERRORS as exc:
                 log.warning("destination events lost, subscribing again: %s", exc)
                 missed = True
                 self._stop.wait(1.0)
+            finally:
+                pubsub.close()
