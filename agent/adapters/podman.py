@@ -161,31 +161,19 @@ def image_id(image: str, env: dict[str, str], run_as: proc.RunAs | None = None) 
     return found if done.returncode == 0 and found and "/" not in found else None
 
 
-def image_label_argv(image: str, label: str) -> list[str]:
-    return [PODMAN, "image", "inspect", "--format", f'{{{{index .Labels "{label}"}}}}', image]
-
-
-def image_label(image: str, label: str, env: dict[str, str]) -> str | None:
-    """The value of one label of image (pulled first when it is not here); None when
-    the image has no such label."""
-    done = proc.run(image_label_argv(image, label), env=env, timeout=60)
-    if done.returncode != 0:
-        pulled = proc.run([PODMAN, "pull", "--quiet", image], env=env, timeout=900)
-        if pulled.returncode != 0:
-            raise AgentError(f"cannot use image {image}: {proc.last_line(pulled.error_text)}")
-        done = proc.run(image_label_argv(image, label), env=env, timeout=60, check=True)
-    value = done.text.strip()
-    return None if value in ("", "<no value>") else value
-
-
 def install_imageroot(
-    image: str, base: Path | None, target: Path, env: dict[str, str], cache: Path | None = None
+    image: str,
+    base: Path | None,
+    target: Path,
+    env: dict[str, str],
+    cache: Path | None = None,
+    known_id: str | None = None,
 ) -> None:
     """target = base imageroot (if any) overlaid by the image's own (the image's file
-    wins)."""
+    wins). known_id: the image's id when the caller has just inspected it."""
     staging = Path(tempfile.mkdtemp(prefix=".install-", dir=target.parent))
     try:
-        own = _image_imageroot(image, staging, env, cache)
+        own = _image_imageroot(image, staging, env, cache, known_id)
         tree = staging / "tree"
         if base is not None:
             shutil.copytree(base, tree, symlinks=True)
@@ -195,12 +183,14 @@ def install_imageroot(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _image_imageroot(image: str, staging: Path, env: dict[str, str], cache: Path | None) -> Path:
+def _image_imageroot(
+    image: str, staging: Path, env: dict[str, str], cache: Path | None, known_id: str | None
+) -> Path:
     """The image's /imageroot, to copy from and never to change: extracted under staging,
     or kept in cache/<id>. An image id names fixed content, so what was extracted once
     for an id serves the next install too (a restore, a second instance): no container
     to create, copy out of and remove."""
-    known = image_id(image, env) if cache is not None else None
+    known = (known_id or image_id(image, env)) if cache is not None else None
     if cache is None or known is None:  # not on this node yet: podman create pulls it
         return extract_imageroot(image, staging, env)
     kept = cache / known / "imageroot"
@@ -227,6 +217,18 @@ def _keep(known: str, entry: Path, env: dict[str, str]) -> None:
 
 def image_inspect_argv(image: str) -> list[str]:
     return [PODMAN, "image", "inspect", image]
+
+
+def inspect_pulled_image(image: str, env: dict[str, str]) -> str:
+    """`podman image inspect`'s JSON for image, pulled first when it is not here: one
+    podman call for every label and id add-module reads (each call costs ~0.2 s)."""
+    done = proc.run(image_inspect_argv(image), env=env, timeout=60)
+    if done.returncode != 0:
+        pulled = proc.run([PODMAN, "pull", "--quiet", image], env=env, timeout=900)
+        if pulled.returncode != 0:
+            raise AgentError(f"cannot use image {image}: {proc.last_line(pulled.error_text)}")
+        done = proc.run(image_inspect_argv(image), env=env, timeout=60, check=True)
+    return done.text
 
 
 def inspect_image(image: str, env: dict[str, str]) -> str:

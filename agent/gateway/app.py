@@ -42,6 +42,7 @@ from agent.core.gateway_rules import (
 )
 from agent.core.image_names import image_name
 from agent.gateway.backends import Backends, Unavailable
+from agent.gateway.warm import DestinationWatcher, refresh_all
 
 log = logging.getLogger("agent.gateway")
 REALM = 'Basic realm="backup-agent storage gateway"'
@@ -191,10 +192,18 @@ def make_app(gateway: Gateway) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Every destination's child ready before a module asks, and again on each change.
+        watcher = DestinationWatcher(gateway.redis, gateway.backends, asyncio.get_running_loop())
+        watcher.start()
+        warming = asyncio.create_task(refresh_all(gateway.backends, gateway.redis))
         # Here, not after uvicorn returns: it re-raises the stopping signal once it is done.
         try:
             yield
         finally:
+            watcher.stop()
+            warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warming
             gateway.backends.close()
             await gateway.client.aclose()
 
@@ -243,5 +252,13 @@ async def _forward(gateway: Gateway, request: Request, target: StoragePath) -> R
 
 
 async def _raw(answer: httpx.Response) -> AsyncIterator[bytes]:
+    pending: list[bytes] = []
+    size = 0
     async for chunk in answer.aiter_raw():
-        yield chunk
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= 1 << 20:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)

@@ -1,6 +1,9 @@
 """The gateway's upstreams: one `rclone serve restic` child per destination, started on
-first use over the destination's rclone remote; a `rest` destination is itself a restic
-REST server and is reached directly.
+first use (or ahead of it, see agent/gateway/warm.py) over the destination's rclone
+remote; a `rest` destination is itself a restic REST server and is reached directly.
+Each child listens on the loopback behind a user and password made for it, which only
+the gateway knows: a module (whose restic runs with --network=host) cannot reach a
+child around the gateway's checks.
 
 A child that cannot start (a detached disk, a bad key) fails that destination's requests
 with its reason; the gateway and the other destinations go on.
@@ -14,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
@@ -31,9 +35,9 @@ from agent.adapters.destinations import (
     rclone_target,
     url_body,
 )
-from agent.adapters.redis_store import Redis
+from agent.adapters.redis_store import REDIS_ERRORS, Redis
 from agent.core.destination_rules import DestinationNotAllowed, LocalPolicy
-from agent.core.errors import AgentError
+from agent.core.errors import AgentError, DestinationNotFound
 
 log = logging.getLogger("agent.gateway")
 START_SECONDS = 15.0
@@ -94,6 +98,7 @@ class _Child:
     process: proc.Popen[bytes]
     address: str
     log_path: str
+    auth: tuple[str, str]  # the child's own user and password (RCLONE_USER/RCLONE_PASS)
 
 
 class Backends:
@@ -110,7 +115,8 @@ class Backends:
         # one stops before starting its own.
         self._pid_dir = os.path.join(run_dir, "gateway-children")
         self._children: dict[str, _Child] = {}
-        self._lock = asyncio.Lock()
+        # One lock per destination: a slow start of one never holds up another's requests.
+        self._locks: dict[str, asyncio.Lock] = {}
         os.makedirs(self._pid_dir, mode=0o700, exist_ok=True)
         stop_leftovers(self._pid_dir)
 
@@ -122,14 +128,35 @@ class Backends:
             auth = (user, params.get("rest_password", "")) if user else None
             return Upstream(url_body(destination.url).rstrip("/"), auth)
         spec = child_spec(destination)
-        async with self._lock:
+        async with self._locks.setdefault(destination_id, asyncio.Lock()):
             child = self._children.get(destination_id)
             if child is None or child.process.poll() is not None or child.spec != spec:
                 if child is not None:
                     self._stop(child)
                 child = await self._start(destination_id, destination, spec)
                 self._children[destination_id] = child
-        return Upstream(f"http://{child.address}")
+        return Upstream(f"http://{child.address}", child.auth)
+
+    async def refresh(self, destination_id: str) -> None:
+        """The child of destination_id started (or restarted) as the destination is
+        stored now, or stopped when it is gone or no longer served here. Failures are
+        only logged: a request meets them again, with its reason."""
+        try:
+            await self.upstream(destination_id)
+            return
+        except DestinationNotFound:
+            log.info("destination %s removed", destination_id)
+        except Unavailable as exc:
+            log.info("destination %s not served: %s", destination_id, exc)
+        except REDIS_ERRORS as exc:
+            log.warning("destination %s not started ahead: %s", destination_id, exc)
+            return
+        except (AgentError, OSError) as exc:
+            log.warning("destination %s not started ahead: %s", destination_id, exc)
+        async with self._locks.setdefault(destination_id, asyncio.Lock()):
+            child = self._children.pop(destination_id, None)
+            if child is not None:
+                self._stop(child)
 
     def _load(self, destination_id: str) -> Destination:
         try:
@@ -146,10 +173,14 @@ class Backends:
     ) -> _Child:
         address = f"127.0.0.1:{free_port()}"
         log_path = os.path.join(self._log_dir, f"gateway-{destination_id[:8]}.log")
+        auth = (secrets.token_hex(8), secrets.token_hex(24))
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "RCLONE_CONFIG": "/dev/null",  # the remote is defined by the environment only
             **spec.env,
+            # After the remote's: no destination parameter can name the child's login.
+            "RCLONE_USER": auth[0],
+            "RCLONE_PASS": auth[1],
         }
         handle: IO[bytes]
         with open(log_path, "ab") as handle:
@@ -160,18 +191,21 @@ class Backends:
                 stdout=handle,
                 stderr=handle,
             )
-        child = _Child(spec, process, address, log_path)
+        child = _Child(spec, process, address, log_path, auth)
         Path(self._pid_dir, f"{process.pid}.pid").write_text(f"{process.pid}\n")
         deadline = time.monotonic() + START_SECONDS
         host, _, port = address.rpartition(":")
-        while not await _answers(host, int(port)):
-            if process.poll() is not None or time.monotonic() > deadline:
-                self._stop(child)
-                raise Unavailable(
-                    f"the storage server of {destination.name or destination_id} did not "
-                    f"start: {_tail(log_path)}"
-                )
-            await asyncio.sleep(0.05)
+        try:
+            while not await _answers(host, int(port)):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise Unavailable(
+                        f"the storage server of {destination.name or destination_id} did "
+                        f"not start: {_tail(log_path)}"
+                    )
+                await asyncio.sleep(0.02)
+        except BaseException:  # Unavailable, or cancelled (the gateway stopping)
+            self._stop(child)
+            raise
         log.info("destination %s served by rclone pid %d", destination_id, process.pid)
         return child
 

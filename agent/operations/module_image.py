@@ -15,10 +15,39 @@ from agent.operations import module_ports
 
 def read_image(image_url: str, podman_env: dict[str, str]) -> ImageFacts:
     """The image's facts (it must be on this node: install it first)."""
+    return parse_image(image_url, podman.inspect_image(image_url, podman_env))
+
+
+def parse_image(image_url: str, inspected: str) -> ImageFacts:
+    """The facts of `podman image inspect image_url`'s output."""
     try:
-        return image_labels.parse_inspect(podman.inspect_image(image_url, podman_env))
+        return image_labels.parse_inspect(inspected)
     except (image_labels.BadImageLabel, ValueError) as exc:
         raise AgentError(f"image {image_url}: {exc}") from None
+
+
+def raw_label(inspected: str, name: str) -> str | None:
+    """One label of `podman image inspect`'s output as `--format '{{index .Labels …}}'`
+    gives it (stripped; None when the image has no such label)."""
+    try:
+        entries = json.loads(inspected)
+    except ValueError:
+        return None
+    entry = entries[0] if isinstance(entries, list) and entries else None
+    labels = entry.get("Labels") if isinstance(entry, dict) else None
+    value = labels.get(name) if isinstance(labels, dict) else None
+    return value.strip() or None if isinstance(value, str) else None
+
+
+def image_id_of(inspected: str) -> str | None:
+    """The image id in `podman image inspect`'s output, as podman.image_id reads it."""
+    try:
+        entries = json.loads(inspected)
+    except ValueError:
+        return None
+    entry = entries[0] if isinstance(entries, list) and entries else None
+    found = entry.get("Id") if isinstance(entry, dict) else None
+    return found if isinstance(found, str) and found and "/" not in found else None
 
 
 def image_environment(facts: ImageFacts) -> dict[str, str]:

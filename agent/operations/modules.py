@@ -260,8 +260,9 @@ def node_add_module(step: Step, request: NodeAddModuleRequest) -> None:
     home = settings.module_entry(request.module_id)
     if home.exists() or home.is_symlink():
         raise validation_error("module_id", "module_dir_exists", request.module_id)
+    inspected = podman.inspect_pulled_image(request.image_url, settings.podman_env())
     rootfull = module_users.is_rootfull(
-        podman.image_label(request.image_url, module_users.ROOTFULL_LABEL, settings.podman_env())
+        module_image.raw_label(inspected, module_users.ROOTFULL_LABEL)
     )
     placed = volume_placement.check_placement(settings, request.volumes, rootless=not rootfull)
     home.parent.mkdir(parents=True, exist_ok=True)
@@ -269,14 +270,14 @@ def node_add_module(step: Step, request: NodeAddModuleRequest) -> None:
     if rootfull:
         # Placed volumes first: what the module's create-module and a restore write to.
         volume_placement.create_placed_volumes(settings, request.module_id, placed, None)
-        install_files(step, request, home)
+        install_files(step, request, home, inspected)
         return
     user = module_users.create_user(settings, request.module_id)
     try:
         # The user's ~/.config holds the image's imageroot only: the agent's base steps
         # run from the node's own copy, as root (they start restic as the user).
         install = Path(user.home) / module_users.INSTALL_DIR
-        install_files(step, request, install, base=False)
+        install_files(step, request, install, inspected, base=False)
         module_users.give_tree(install, user)
         # After the install: podman's first use as the user makes its ~/.config.
         volume_placement.create_placed_volumes(settings, request.module_id, placed, user)
@@ -298,9 +299,10 @@ def load_restic_image(settings: Settings, user: proc.RunAs) -> None:
 
 
 def install_files(
-    step: Step, request: NodeAddModuleRequest, home: Path, *, base: bool = True
+    step: Step, request: NodeAddModuleRequest, home: Path, inspected: str, *, base: bool = True
 ) -> None:
-    """The install dir (imageroot) and state/environment of a new module at home."""
+    """The install dir (imageroot) and state/environment of a new module at home;
+    inspected: `podman image inspect` of its image, read once for every label and id."""
     settings = step.ctx.settings
     podman.install_imageroot(
         request.image_url,
@@ -308,10 +310,11 @@ def install_files(
         home,
         settings.podman_env(),
         cache=settings.imageroot_cache,
+        known_id=module_image.image_id_of(inspected),
     )
     state = home / "state"
     state.mkdir(mode=0o700, exist_ok=True)
-    facts = module_image.read_image(request.image_url, settings.podman_env())
+    facts = module_image.parse_image(request.image_url, inspected)
     env = module_environment(
         request.module_id, request.module_uuid, request.image_url, settings.node_id
     )
@@ -319,20 +322,25 @@ def install_files(
     environment = state / "environment"
     environment.write_text(format_env_file(env))
     environment.chmod(filemodes.PRIVATE_FILE)
-    write_agent_env(step, request.module_id, request.module_uuid, request.image_url, state)
+    label = module_image.raw_label(inspected, redis_acl.AUTHORIZATIONS_LABEL)
+    write_agent_env(step, request, label, state)
     step.set_progress(100)
 
 
 def write_agent_env(
-    step: Step, module_id: str, module_uuid: str, image_url: str, state: Path
+    step: Step, request: NodeAddModuleRequest, label: str | None, state: Path
 ) -> None:
     """The module's own Redis user, live and recorded, and its credentials in its
-    state/agent.env (NS8's names), the only place its password is kept."""
+    state/agent.env (NS8's names), the only place its password is kept. label: the
+    image's authorizations label."""
     settings = step.ctx.settings
-    label = podman.image_label(image_url, redis_acl.AUTHORIZATIONS_LABEL, settings.podman_env())
     granted = redis_acl.parse_authorizations(label or "", settings.node_id)
     agent_acls.write_credentials(
-        step.ctx, module_id, granted, image=image_name(image_url), module_uuid=module_uuid
+        step.ctx,
+        request.module_id,
+        granted,
+        image=image_name(request.image_url),
+        module_uuid=request.module_uuid,
     )
 
 

@@ -315,7 +315,7 @@ def test_a_gateway_killed_outright_has_its_children_stopped_by_the_next(
 ) -> None:
     _seed(node, tmp_path)
     children = _rclone_children(tmp_path)
-    assert len(children) == 1
+    assert len(children) == 2  # one per destination, started with the gateway
     pid = gateway.read_pid(node.settings.run_dir / gateway.PID_FILE)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
@@ -326,7 +326,7 @@ def test_a_gateway_killed_outright_has_its_children_stopped_by_the_next(
     assert _rclone_children(tmp_path) == children  # orphaned, still serving
     assert cluster_setup.start_gateway(node.settings).startswith("started")
     deadline = time.monotonic() + 30
-    while children[0] in _rclone_children(tmp_path):
+    while set(children) & set(_rclone_children(tmp_path)):
         assert time.monotonic() < deadline, "the leftover rclone child still runs"
         time.sleep(0.1)
     listed = node.restic("module/minwiki1", UUID_A, "snapshots")
@@ -378,3 +378,41 @@ def test_a_modules_credentials_from_its_env_file_reach_its_repository_only(
     snapshot = next((target / own / "snapshots").iterdir()).name
     assert httpx.delete(f"{base}/{own}/snapshots/{snapshot}", auth=auth).status_code == 403
     assert (target / own / "snapshots" / snapshot).is_file()
+
+
+def _wait_for(condition: object, what: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_each_destination_is_served_ahead_of_its_first_request(
+    node: GatewayNode, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    # Both destinations got their child when the gateway started, before any request.
+    _wait_for(lambda: len(_rclone_children(tmp_path)) == 2, "no child per destination")
+    changed = redis_keys.cluster_event(redis_keys.Event.BACKUP_DESTINATION_CHANGED)
+    third = tmp_path / "third-disk"
+    third.mkdir()
+    _add_destination(redis_client, "third-dest", third)
+    redis_client.publish(changed, json.dumps({"destination_ids": ["third-dest"]}))
+    _wait_for(lambda: _rclone_children(third), "an added destination was not served ahead")
+    # Removed: its child stops; the others keep theirs.
+    redis_client.delete(redis_keys.backup_repository("third-dest"))
+    redis_client.delete(redis_keys.backup_repository_private("third-dest"))
+    redis_client.publish(changed, json.dumps({"destination_ids": ["third-dest"]}))
+    _wait_for(lambda: not _rclone_children(third), "a removed destination's child still runs")
+    assert len(_rclone_children(tmp_path)) == 2
+
+
+def test_a_child_answers_only_the_gateway(node: GatewayNode, tmp_path: Path) -> None:
+    _seed(node, tmp_path)
+    [pid] = _rclone_children(node.disk)
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    [address] = [arg.removeprefix("--addr=") for arg in argv if arg.startswith("--addr=")]
+    # A module's restic shares the host's network: the child's port alone must not do.
+    direct = httpx.get(f"http://{address}/minwiki/{UUID_A}/config", timeout=30)
+    assert direct.status_code == 401
+    through = node.http("module/minwiki1", "GET", f"/{node.destination}/minwiki/{UUID_A}/config")
+    assert through.status_code == 200

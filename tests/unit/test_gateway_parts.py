@@ -7,6 +7,7 @@ import pytest
 from agent.adapters import gateway
 from agent.core.errors import ActionFailed, ConfigError
 from agent.gateway.backends import child_spec, serve_restic_argv
+from agent.gateway.warm import changed_ids
 from agent.records.destinations import Destination
 
 
@@ -59,3 +60,12 @@ def test_rclone_children_get_secrets_by_environment_only() -> None:
     )
     assert child_spec(local).remote == "/srv/backup"
     assert child_spec(local).env == {}
+
+
+def test_destination_change_messages_name_ids_only() -> None:
+    assert changed_ids('{"destination_ids": ["a1", "b2"]}') == ["a1", "b2"]
+    assert changed_ids(b'{"destination_ids": ["a1"]}') == ["a1"]
+    # What Redis carries is anyone's: anything but a list of names is ignored.
+    for payload in (None, 7, "", "nope", "[]", '{"destination_ids": "a1"}', "{}"):
+        assert changed_ids(payload) == []
+    assert changed_ids('{"destination_ids": ["", 3, "a\\nb", "ok"]}') == ["ok"]
