@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
@@ -44,6 +45,18 @@ class Credentials:
 
     user: str
     password: str
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        return self.user, self.password
+
+    @classmethod
+    def from_redis_url(cls, url: str) -> Credentials | None:
+        """A node's own user and password, as its Redis URL carries them (`cluster init`
+        made them); None for a URL without a user of its own."""
+        parts = urlsplit(url)
+        user, password = unquote(parts.username or ""), unquote(parts.password or "")
+        return cls(user, password) if user and user != "default" and password else None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Credentials:
@@ -103,39 +116,60 @@ def module_restic_target(
     addresses = gateway_addresses(redis, node_id)
     if not addresses or addresses[0][0] != node_id:
         raise ActionFailed(f"node {node_id} has no storage gateway (agent cluster up starts it)")
-    auth = (credentials.user, credentials.password)
-    problems: list[str] = []
     candidates = addresses if provider == "local" else addresses[:1]
-    with httpx.Client(timeout=PROBE_SECONDS, auth=auth) as client:
-        for node, address in candidates:
-            url = f"http://{address}/{destination_id}/{repo_path.strip('/')}/config"
-            try:
-                answer = client.head(url)
-            except httpx.HTTPError as exc:
-                problems.append(f"node {node}'s gateway at {address} does not answer: {exc}")
-                continue
-            if answer.status_code == 200:
-                password = _restic_password(client, address, destination_id)
-                target = gateway_target(address, destination_id, repo_path, credentials)
-                return GatewayRepository(target, password, node, address)
-            if answer.status_code in (401, 403):
-                raise ActionFailed(
-                    f"node {node}'s gateway refused {repo_path} on {destination_id} "
-                    f"(HTTP {answer.status_code}): not this module's repository"
-                )
-            if answer.status_code != 404:
-                problems.append(f"node {node}'s gateway: HTTP {answer.status_code} {_text(answer)}")
-        if problems:
-            raise ActionFailed(
-                f"{repo_path} on {destination_id} is on no reachable gateway: "
-                + "; ".join(problems)
-            )
+    with httpx.Client(timeout=PROBE_SECONDS, auth=credentials.auth) as client:
         # No gateway holds it yet: a new repository is made through this node's gateway
         # (NS8's module-backup runs `restic init` itself); anything else restic refuses.
-        node, address = addresses[0]
+        node, address = _holder(client, candidates, destination_id, repo_path) or addresses[0]
         password = _restic_password(client, address, destination_id)
-        target = gateway_target(address, destination_id, repo_path, credentials)
-        return GatewayRepository(target, password, node, address)
+    target = gateway_target(address, destination_id, repo_path, credentials)
+    return GatewayRepository(target, password, node, address)
+
+
+def remote_holder(
+    redis: Redis, node_id: int, credentials: Credentials, destination_id: str, repo_path: str
+) -> tuple[int, str] | None:
+    """(node, gateway address) of the first other node whose gateway holds the repository
+    at repo_path of a `local` destination, for node-side restic on node_id when its own
+    disk does not: None when none does. ActionFailed when a gateway refuses, or none holds
+    it and one did not answer (which may be the one holding it)."""
+    others = [
+        (node, address) for node, address in gateway_addresses(redis, node_id) if node != node_id
+    ]
+    with httpx.Client(timeout=PROBE_SECONDS, auth=credentials.auth) as client:
+        return _holder(client, others, destination_id, repo_path)
+
+
+def _holder(
+    client: httpx.Client,
+    candidates: Sequence[tuple[int, str]],
+    destination_id: str,
+    repo_path: str,
+) -> tuple[int, str] | None:
+    """The first of candidates whose gateway has the repository's config file; None when
+    none has it and all answered."""
+    problems: list[str] = []
+    for node, address in candidates:
+        url = f"http://{address}/{destination_id}/{repo_path.strip('/')}/config"
+        try:
+            answer = client.head(url)
+        except httpx.HTTPError as exc:
+            problems.append(f"node {node}'s gateway at {address} does not answer: {exc}")
+            continue
+        if answer.status_code == 200:
+            return node, address
+        if answer.status_code in (401, 403):
+            raise ActionFailed(
+                f"node {node}'s gateway refused {repo_path} on {destination_id} "
+                f"(HTTP {answer.status_code}): not this module's repository"
+            )
+        if answer.status_code != 404:
+            problems.append(f"node {node}'s gateway: HTTP {answer.status_code} {_text(answer)}")
+    if problems:
+        raise ActionFailed(
+            f"{repo_path} on {destination_id} is on no reachable gateway: " + "; ".join(problems)
+        )
+    return None
 
 
 def _restic_password(client: httpx.Client, address: str, destination_id: str) -> str:
