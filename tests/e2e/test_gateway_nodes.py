@@ -198,7 +198,9 @@ def wait_until(what: str, condition: Callable[[], object], timeout: float = 120.
         time.sleep(0.25)
 
 
-def _start_node(node_id: int, base: Path, redis_url: str, image: str, images: Path) -> Node:
+def _start_node(node_id: int, base: Path, redis_url: str, image: str, started: list[str]) -> Node:
+    """Node node_id's data dir (in base) and container; its name is in started as soon
+    as the container may exist."""
     settings = cluster_setup.init(
         base / f"node{node_id}", node_id, redis_url, local_roots=("/srv",)
     )
@@ -222,10 +224,9 @@ def _start_node(node_id: int, base: Path, redis_url: str, image: str, images: Pa
     argv = ["podman", "run", "--detach", "--rm", "--privileged", "--network=host"]
     argv += ["--name", name, *disks, *(arg for mount in mounts for arg in ("--volume", mount))]
     argv += ["--entrypoint", "/usr/bin/sleep", image, "infinity"]
+    started.append(name)
     subprocess.run(argv, check=True, capture_output=True, timeout=120)
-    node = Node(name, settings)
-    node.run("podman", "load", "--input", str(images))
-    return node
+    return Node(name, settings)
 
 
 @pytest.fixture
@@ -246,18 +247,20 @@ def two_nodes(
         timeout=300,
     )
     # Node 2 leads: cluster tasks (the restore's reading of the repository) run there.
-    redis_client.hset(redis_keys.CLUSTER_ENVIRONMENT, "NODE_ID", LEADER)
+    redis_client.hset(redis_keys.CLUSTER_ENVIRONMENT, "NODE_ID", str(LEADER))
     nodes: dict[int, Node] = {}
+    started: list[str] = []
     try:
         for node_id in (1, 2):
-            nodes[node_id] = _start_node(node_id, base, redis_url, image, images)
+            nodes[node_id] = _start_node(node_id, base, redis_url, image, started)
         for node in nodes.values():
+            node.run("podman", "load", "--input", str(images))
             node.start_daemon()
         for node in nodes.values():
             wait_until(
                 f"node {node.node_id}'s daemon and gateway",
                 lambda node=node: (
-                    redis_client.exists(f"node/{node.node_id}/daemon")  # type: ignore[misc]
+                    redis_client.exists(redis_keys.node_daemon_lease(node.node_id))
                     and gateway.answers(node.address)
                 ),
             )
@@ -267,9 +270,9 @@ def two_nodes(
             # Removing the node below ends what a failed stop leaves.
             with contextlib.suppress(AssertionError, OSError, subprocess.SubprocessError):
                 node.stop_daemon()
-        for node in nodes.values():
+        for name in started:
             subprocess.run(
-                ["podman", "rm", "-f", "-t", "5", node.name], capture_output=True, timeout=120
+                ["podman", "rm", "-f", "-t", "5", name], capture_output=True, timeout=120
             )
         # The agents' Redis users outlive FLUSHALL: drop the ones this test made.
         for user in redis_client.hkeys(redis_keys.CLUSTER_ACLS):
