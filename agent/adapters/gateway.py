@@ -24,11 +24,12 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from agent.adapters import proc
+from agent.adapters import proc, rclone
 from agent.adapters.redis_store import Redis
 from agent.adapters.restic import ResticTarget
 from agent.core import filemodes, redis_keys
 from agent.core.errors import ActionFailed, AgentError, ConfigError
+from agent.core.gateway_rules import WEBDAV_PREFIX
 from agent.core.settings import Settings
 
 PID_FILE = "gateway.pid"
@@ -97,6 +98,22 @@ def gateway_target(
     (RESTIC_REST_USERNAME/PASSWORD: by name into the container, never on a command line)."""
     env = {"RESTIC_REST_USERNAME": credentials.user, "RESTIC_REST_PASSWORD": credentials.password}
     return ResticTarget(f"rest:http://{address}/{destination_id}/{repo_path.strip('/')}", env=env)
+
+
+def webdav_remote(
+    address: str, destination_id: str, credentials: Credentials
+) -> tuple[str, dict[str, str]]:
+    """(rclone remote spec, environment defining it) for the files of a destination
+    through a gateway's WebDAV: the credentials in the environment only (rclone wants the
+    password obscured)."""
+    options = {
+        "type": "webdav",
+        "url": f"http://{address}{WEBDAV_PREFIX}{destination_id}",
+        "vendor": "other",
+        "user": credentials.user,
+        "pass": rclone.obscure(credentials.password),
+    }
+    return f"{rclone.REMOTE}:", rclone.config_env(options)
 
 
 def module_restic_target(

@@ -297,6 +297,11 @@ def test_a_module_on_node_1_s_disk_is_restored_on_node_2_through_node_1_s_gatewa
     )
     assert missing.returncode == 1
 
+    # The leader (node 2) lists node 1's disk through node 1's gateway (WebDAV).
+    listed = two_nodes.api_ok("read-backup-repositories", None)
+    assert [(row["repository_id"], row["path"]) for row in listed] == [(disk, path)], listed
+    assert listed[0]["installed_instance"] == wiki
+
     restore = {"node": 2, "repository": disk, "path": path, "snapshot": ""}
     copy = two_nodes.api_ok("cluster/restore-module", restore)["module_id"]
     assert redis_client.hget(redis_keys.MODULE_NODE, copy) == "2"
