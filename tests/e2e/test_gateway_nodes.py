@@ -7,9 +7,10 @@ Each node is a privileged container of the node image with its own rootfs, its o
 /srv/disk, so the same destination, `local:/srv/disk`, holds different data on each. The
 working tree's Python and the host's rclone are bind-mounted, and the nodes share the
 host's network: the test's Redis and each other's gateway. Each node runs `agent serve`,
-which starts its gateway. Node 2 is the leader, so the cluster's restore steps (reading
-the snapshot's environment, finding the repository) run on node 2, as does the module's
-own restore step.
+which starts its gateway. Node 2 is the leader, so the cluster's steps (listing the
+destination's repositories, reading the snapshot's environment, finding the repository)
+run on node 2, as does the module's own restore step: each must reach node 1's disk
+through node 1's gateway (restic REST, or WebDAV for the listing).
 """
 
 from __future__ import annotations
