@@ -18,14 +18,16 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from agent.adapters import proc
+from agent.adapters import proc, rclone
 from agent.adapters.redis_store import Redis
 from agent.adapters.restic import ResticTarget
 from agent.core import filemodes, redis_keys
 from agent.core.errors import ActionFailed, AgentError, ConfigError
+from agent.core.gateway_rules import WEBDAV_PREFIX
 from agent.core.settings import Settings
 
 PID_FILE = "gateway.pid"
@@ -42,6 +44,18 @@ class Credentials:
 
     user: str
     password: str
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        return self.user, self.password
+
+    @classmethod
+    def from_redis_url(cls, url: str) -> Credentials | None:
+        """A node's own user and password, as its Redis URL carries them (`cluster init`
+        made them); None for a URL without a user of its own."""
+        parts = urlsplit(url)
+        user, password = unquote(parts.username or ""), unquote(parts.password or "")
+        return cls(user, password) if user and user != "default" and password else None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Credentials:
@@ -84,6 +98,22 @@ def gateway_target(
     return ResticTarget(f"rest:http://{address}/{destination_id}/{repo_path.strip('/')}", env=env)
 
 
+def webdav_remote(
+    address: str, destination_id: str, credentials: Credentials
+) -> tuple[str, dict[str, str]]:
+    """(rclone remote spec, environment defining it) for the files of a destination
+    through a gateway's WebDAV: the credentials in the environment only (rclone wants the
+    password obscured)."""
+    options = {
+        "type": "webdav",
+        "url": f"http://{address}{WEBDAV_PREFIX}{destination_id}",
+        "vendor": "other",
+        "user": credentials.user,
+        "pass": rclone.obscure(credentials.password),
+    }
+    return f"{rclone.REMOTE}:", rclone.config_env(options)
+
+
 def module_restic_target(
     redis: Redis,
     node_id: int,
@@ -101,39 +131,60 @@ def module_restic_target(
     addresses = gateway_addresses(redis, node_id)
     if not addresses or addresses[0][0] != node_id:
         raise ActionFailed(f"node {node_id} has no storage gateway (agent cluster up starts it)")
-    auth = (credentials.user, credentials.password)
-    problems: list[str] = []
     candidates = addresses if provider == "local" else addresses[:1]
-    with plain_http_client(auth) as client:
-        for node, address in candidates:
-            url = f"http://{address}/{destination_id}/{repo_path.strip('/')}/config"
-            try:
-                answer = client.head(url)
-            except httpx.HTTPError as exc:
-                problems.append(f"node {node}'s gateway at {address} does not answer: {exc}")
-                continue
-            if answer.status_code == 200:
-                password = _restic_password(client, address, destination_id)
-                target = gateway_target(address, destination_id, repo_path, credentials)
-                return GatewayRepository(target, password, node, address)
-            if answer.status_code in (401, 403):
-                raise ActionFailed(
-                    f"node {node}'s gateway refused {repo_path} on {destination_id} "
-                    f"(HTTP {answer.status_code}): not this module's repository"
-                )
-            if answer.status_code != 404:
-                problems.append(f"node {node}'s gateway: HTTP {answer.status_code} {_text(answer)}")
-        if problems:
-            raise ActionFailed(
-                f"{repo_path} on {destination_id} is on no reachable gateway: "
-                + "; ".join(problems)
-            )
+    with plain_http_client(credentials.auth) as client:
         # No gateway holds it yet: a new repository is made through this node's gateway
         # (NS8's module-backup runs `restic init` itself); anything else restic refuses.
-        node, address = addresses[0]
+        node, address = _holder(client, candidates, destination_id, repo_path) or addresses[0]
         password = _restic_password(client, address, destination_id)
-        target = gateway_target(address, destination_id, repo_path, credentials)
-        return GatewayRepository(target, password, node, address)
+    target = gateway_target(address, destination_id, repo_path, credentials)
+    return GatewayRepository(target, password, node, address)
+
+
+def remote_holder(
+    redis: Redis, node_id: int, credentials: Credentials, destination_id: str, repo_path: str
+) -> tuple[int, str] | None:
+    """(node, gateway address) of the first other node whose gateway holds the repository
+    at repo_path of a `local` destination, for node-side restic on node_id when its own
+    disk does not: None when none does. ActionFailed when a gateway refuses, or none holds
+    it and one did not answer (which may be the one holding it)."""
+    others = [
+        (node, address) for node, address in gateway_addresses(redis, node_id) if node != node_id
+    ]
+    with plain_http_client(credentials.auth) as client:
+        return _holder(client, others, destination_id, repo_path)
+
+
+def _holder(
+    client: httpx.Client,
+    candidates: Sequence[tuple[int, str]],
+    destination_id: str,
+    repo_path: str,
+) -> tuple[int, str] | None:
+    """The first of candidates whose gateway has the repository's config file; None when
+    none has it and all answered."""
+    problems: list[str] = []
+    for node, address in candidates:
+        url = f"http://{address}/{destination_id}/{repo_path.strip('/')}/config"
+        try:
+            answer = client.head(url)
+        except httpx.HTTPError as exc:
+            problems.append(f"node {node}'s gateway at {address} does not answer: {exc}")
+            continue
+        if answer.status_code == 200:
+            return node, address
+        if answer.status_code in (401, 403):
+            raise ActionFailed(
+                f"node {node}'s gateway refused {repo_path} on {destination_id} "
+                f"(HTTP {answer.status_code}): not this module's repository"
+            )
+        if answer.status_code != 404:
+            problems.append(f"node {node}'s gateway: HTTP {answer.status_code} {_text(answer)}")
+    if problems:
+        raise ActionFailed(
+            f"{repo_path} on {destination_id} is on no reachable gateway: " + "; ".join(problems)
+        )
+    return None
 
 
 def plain_http_client(auth: tuple[str, str] | None = None) -> httpx.Client:

@@ -104,3 +104,61 @@ def refusal(role: Role, grants: Grants, method: str, target: StoragePath) -> str
             return ""
         return "a restore source is read only"
     return f"repository {target.repository} is not this module's"
+
+
+# --- WebDAV: the small files beside the repositories ---------------------------------
+WEBDAV_PREFIX = "/_webdav/"
+WEBDAV_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND"})
+
+
+@dataclass(frozen=True)
+class WebdavPath:
+    """`/_webdav/<destination>/<segment>…[/]`: any file or directory of the destination,
+    each segment checked as in a repository path (no '.', '..', empty or encoded ones)."""
+
+    destination: str
+    parts: tuple[str, ...]
+    directory: bool = False
+
+    def backend_path(self) -> str:
+        """The path on the destination's own WebDAV server, which serves under the same
+        base (`/_webdav/<destination>`)."""
+        tail = "/".join(self.parts)
+        return f"{WEBDAV_PREFIX}{self.destination}/{tail}" + (
+            "/" if self.directory and tail else ""
+        )
+
+
+def parse_webdav_path(path: str) -> WebdavPath:
+    """A request path (as sent, not yet percent-decoded) → WebdavPath, or PathRefused."""
+    if "%" in path or "\\" in path:
+        raise PathRefused("encoded characters are not served")
+    if not path.startswith(WEBDAV_PREFIX):
+        raise PathRefused(f"not {WEBDAV_PREFIX}<destination>/…")
+    parts = path.removeprefix(WEBDAV_PREFIX).split("/")
+    directory = len(parts) > 1 and parts[-1] == ""
+    if directory:
+        parts = parts[:-1]
+    for segment in parts:
+        if not _SEGMENT.fullmatch(segment):
+            raise PathRefused(f"bad path segment {segment[:40]!r}")
+    return WebdavPath(parts[0], tuple(parts[1:]), directory or len(parts) == 1)
+
+
+def webdav_refusal(role: Role, grants: Grants, method: str, target: WebdavPath) -> str:
+    """Why the WebDAV request is refused, or "" when it is allowed: nodes do anything,
+    a module only reads below its own `<image>/<uuid>` (and its `<uuid>.json` beside it)
+    or a restore source's."""
+    if role is Role.NODE:
+        return ""
+    if method not in WEBDAV_READ_METHODS:
+        return f"modules only read metadata ({method} not allowed)"
+    if len(target.parts) >= 2:
+        image, name = target.parts[0], target.parts[1].removesuffix(".json")
+        repository = f"{image}/{name}"
+        if len(target.parts) == 2 or name == target.parts[1]:
+            if grants.own and repository == grants.own:
+                return ""
+            if (target.destination, repository) in grants.sources:
+                return ""
+    return "not this module's files"

@@ -33,12 +33,14 @@ from agent.adapters.redis_store import REDIS_ERRORS, Redis
 from agent.core import redis_keys
 from agent.core.errors import DestinationNotFound
 from agent.core.gateway_rules import (
+    WEBDAV_PREFIX,
     Grants,
     PathRefused,
     Role,
-    StoragePath,
     parse_storage_path,
+    parse_webdav_path,
     refusal,
+    webdav_refusal,
 )
 from agent.core.image_names import image_name
 from agent.gateway.backends import Backends, Unavailable
@@ -73,9 +75,12 @@ class Agent:
 class Gateway:
     """The proxy's state: node-credentialed Redis, the upstreams, one HTTP client."""
 
-    def __init__(self, redis: Redis, backends: Backends, node_id: int) -> None:
+    def __init__(
+        self, redis: Redis, backends: Backends, node_id: int, webdav: Backends | None = None
+    ) -> None:
         self.redis = redis
         self.backends = backends
+        self.webdav = webdav  # `rclone serve webdav` children: metadata beside repositories
         self.node_id = node_id
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=10.0))
 
@@ -136,6 +141,11 @@ def _json_object(text: str | None) -> dict[str, object] | None:
     return value if isinstance(value, dict) else None
 
 
+# What rclone's WebDAV server answers; which of them an agent may send: webdav_refusal.
+WEBDAV_METHODS = (
+    *("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "PROPFIND", "PROPPATCH"),
+    *("MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK"),
+)
 REASON_HEADER = "X-Gateway-Reason"  # the reason again, for answers without a body (HEAD)
 
 
@@ -188,7 +198,32 @@ def make_app(gateway: Gateway) -> Starlette:
         if reason:
             log.warning("%s %s %s refused: %s", agent.user, request.method, target, reason)
             return _denied(403, f"refused: {reason}")
-        return await _forward(gateway, request, target)
+        return await _forward(
+            gateway, request, target.destination, target.backend_path(), gateway.backends
+        )
+
+    async def webdav(request: Request) -> Response:
+        agent = await _authenticated(gateway, request)
+        if isinstance(agent, Response):
+            return agent
+        if gateway.webdav is None:
+            return _denied(404, "this gateway serves no WebDAV")
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        try:
+            target = parse_webdav_path(raw.decode("ascii", errors="replace"))
+        except PathRefused as exc:
+            return _denied(403, f"refused: {exc}")
+        try:
+            grants = await asyncio.to_thread(gateway.grants, agent)
+        except REDIS_ERRORS as exc:
+            return _denied(503, f"the gateway cannot read its grants: {exc}")
+        reason = webdav_refusal(agent.role, grants, request.method, target)
+        if reason:
+            log.warning("%s WebDAV %s %s refused: %s", agent.user, request.method, target, reason)
+            return _denied(403, f"refused: {reason}")
+        return await _forward(
+            gateway, request, target.destination, target.backend_path(), gateway.webdav
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -205,6 +240,8 @@ def make_app(gateway: Gateway) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await warming
             gateway.backends.close()
+            if gateway.webdav is not None:
+                gateway.webdav.close()
             await gateway.client.aclose()
 
     return Starlette(
@@ -212,6 +249,11 @@ def make_app(gateway: Gateway) -> Starlette:
         routes=[
             Route("/_gateway/health", health, methods=["GET", "HEAD"]),
             Route("/_gateway/restic-password/{destination}", restic_password, methods=["GET"]),
+            Route(
+                f"{WEBDAV_PREFIX}{{path:path}}",
+                webdav,
+                methods=list(WEBDAV_METHODS),
+            ),
             Route(
                 "/{path:path}",
                 storage,
@@ -221,27 +263,30 @@ def make_app(gateway: Gateway) -> Starlette:
     )
 
 
-async def _forward(gateway: Gateway, request: Request, target: StoragePath) -> Response:
+async def _forward(
+    gateway: Gateway, request: Request, destination: str, path: str, backends: Backends
+) -> Response:
     try:
-        upstream = await gateway.backends.upstream(target.destination)
+        upstream = await backends.upstream(destination)
     except DestinationNotFound:
-        return _denied(404, f"no destination {target.destination}")
+        return _denied(404, f"no destination {destination}")
     except Unavailable as exc:
-        return _denied(503, f"destination {target.destination}: {exc}")
+        return _denied(503, f"destination {destination}: {exc}")
     except REDIS_ERRORS as exc:
-        return _denied(503, f"the gateway cannot read destination {target.destination}: {exc}")
+        return _denied(503, f"the gateway cannot read destination {destination}: {exc}")
     except OSError as exc:  # the node's own disk (logs, pid files) full or failing
-        return _denied(503, f"destination {target.destination}: the gateway's node: {exc}")
+        return _denied(503, f"destination {destination}: the gateway's node: {exc}")
     headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROPPED]
-    url = upstream.base_url + target.backend_path()
+    url = upstream.base_url + path
     if request.url.query:
         url += "?" + request.url.query
-    body = request.stream() if request.method in ("POST", "PUT") else None
+    # restic's POST and PUT, WebDAV's PUT, PROPFIND, PROPPATCH and LOCK carry a body.
+    body = request.stream() if request.method not in ("GET", "HEAD", "DELETE", "OPTIONS") else None
     outgoing = gateway.client.build_request(request.method, url, headers=headers, content=body)
     try:
         answer = await gateway.client.send(outgoing, stream=True, auth=upstream.auth)
     except httpx.HTTPError as exc:
-        return _denied(502, f"destination {target.destination}: storage server failed: {exc}")
+        return _denied(502, f"destination {destination}: storage server failed: {exc}")
     kept = {k: v for k, v in answer.headers.items() if k.lower() not in _DROPPED}
     return StreamingResponse(
         _raw(answer),

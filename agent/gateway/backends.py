@@ -38,6 +38,7 @@ from agent.adapters.destinations import (
 from agent.adapters.redis_store import REDIS_ERRORS, Redis
 from agent.core.destination_rules import DestinationNotAllowed, LocalPolicy
 from agent.core.errors import AgentError, DestinationNotFound
+from agent.core.gateway_rules import WEBDAV_PREFIX
 
 log = logging.getLogger("agent.gateway")
 START_SECONDS = 15.0
@@ -78,6 +79,14 @@ def serve_restic_argv(address: str, remote: str) -> list[str]:
     return ["rclone", "serve", "restic", f"--addr={address}", *SERVE_FLAGS, remote]
 
 
+def serve_webdav_argv(address: str, remote: str, destination_id: str) -> list[str]:
+    """`rclone serve webdav` of remote on address, the small files beside repositories,
+    under the gateway's own path for the destination (so the hrefs it answers are those
+    the client asked)."""
+    base = f"--baseurl={WEBDAV_PREFIX}{destination_id}"
+    return ["rclone", "serve", "webdav", f"--addr={address}", base, *SERVE_FLAGS, remote]
+
+
 def child_spec(destination: Destination) -> ChildSpec:
     """The rclone remote serving destination from this host (a local one: its directory)."""
     if destination.provider == "local":
@@ -106,14 +115,23 @@ class Backends:
     they died or the destination changed, all stopped by close()."""
 
     def __init__(
-        self, redis: Redis, policy: Callable[[], LocalPolicy], log_dir: str, run_dir: str
+        self,
+        redis: Redis,
+        policy: Callable[[], LocalPolicy],
+        log_dir: str,
+        run_dir: str,
+        # (address, remote, destination id) → argv; None: serve_restic_argv
+        serve_argv: Callable[[str, str, str], list[str]] | None = None,
+        kind: str = "",  # "" restic's children, "webdav" the WebDAV ones
     ) -> None:
         self._redis = redis
         self._policy = policy
         self._log_dir = log_dir
+        self._serve_argv = serve_argv
+        self._suffix = f"-{kind}" if kind else ""
         # One pid file per child: a gateway killed outright leaves children that the next
         # one stops before starting its own.
-        self._pid_dir = os.path.join(run_dir, "gateway-children")
+        self._pid_dir = os.path.join(run_dir, f"gateway-children{self._suffix}")
         self._children: dict[str, _Child] = {}
         # One lock per destination: a slow start of one never holds up another's requests.
         self._locks: dict[str, asyncio.Lock] = {}
@@ -172,7 +190,8 @@ class Backends:
         self, destination_id: str, destination: Destination, spec: ChildSpec
     ) -> _Child:
         address = f"127.0.0.1:{free_port()}"
-        log_path = os.path.join(self._log_dir, f"gateway-{destination_id[:8]}.log")
+        log_name = f"gateway{self._suffix}-{destination_id[:8]}.log"
+        log_path = os.path.join(self._log_dir, log_name)
         auth = (secrets.token_hex(8), secrets.token_hex(24))
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -185,7 +204,9 @@ class Backends:
         handle: IO[bytes]
         with open(log_path, "ab") as handle:
             process = proc.spawn(
-                serve_restic_argv(address, spec.remote),
+                self._serve_argv(address, spec.remote, destination_id)
+                if self._serve_argv
+                else serve_restic_argv(address, spec.remote),
                 env=env,
                 stdin=proc.DEVNULL,
                 stdout=handle,
@@ -251,7 +272,7 @@ def _is_rclone_serve(pid: int) -> bool:
         argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")  # noqa: SIM115
     except OSError:
         return False
-    return argv[:3] == [b"rclone", b"serve", b"restic"]
+    return argv[:2] == [b"rclone", b"serve"] and argv[2:3] in ([b"restic"], [b"webdav"])
 
 
 async def _answers(host: str, port: int) -> bool:

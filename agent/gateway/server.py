@@ -19,7 +19,7 @@ from agent.core import redis_keys
 from agent.core.errors import ConfigError
 from agent.core.settings import Settings, load_settings
 from agent.gateway.app import Gateway, make_app
-from agent.gateway.backends import Backends
+from agent.gateway.backends import Backends, serve_webdav_argv
 
 log = logging.getLogger("agent.gateway")
 
@@ -53,7 +53,15 @@ def serve(settings: Settings, watch_pid: int | None = None) -> None:
         str(settings.log_dir),
         str(settings.run_dir),
     )
-    gateway = Gateway(redis, backends, settings.node_id)
+    webdav = Backends(
+        redis,
+        lambda: load_settings(settings.root).local_policy(),
+        str(settings.log_dir),
+        str(settings.run_dir),
+        serve_webdav_argv,
+        "webdav",
+    )
+    gateway = Gateway(redis, backends, settings.node_id, webdav)
     key = redis_keys.node_gateway(settings.node_id)
     redis.delete(key)
     redis.hset(key, mapping=published(settings.gateway_listen, settings.gateway_address))
@@ -70,6 +78,7 @@ def serve(settings: Settings, watch_pid: int | None = None) -> None:
         asyncio.run(server.serve(sockets=sockets))
     finally:
         backends.close()  # when uvicorn failed before its lifespan ended
+        webdav.close()
 
 
 def _watch(server: uvicorn.Server, pid: int) -> None:

@@ -14,12 +14,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent.adapters import rclone, restic
+from agent.adapters import gateway, rclone, restic
 from agent.adapters.destinations import (
     Destination,
     check_destination,
     destination_volumes,
     load_destination,
+    local_directory,
     rclone_target,
     url_body,
 )
@@ -61,7 +62,8 @@ def read_backup_repositories(step: Step, _request: NoInput) -> list[dict[str, An
     for destination_id in ids:
         try:
             destination = load_destination(ctx.redis, destination_id)
-            check_destination(destination, ctx.settings.local_policy())
+            if destination.provider != "local":  # a local one: per disk, _list_local_disks
+                check_destination(destination, ctx.settings.local_policy())
             destinations.append(destination)
         except AgentError as exc:
             log.warning("skipping destination %s: %s", destination_id, exc)
@@ -137,19 +139,56 @@ def _repositories(
     try:
         if destination.provider == "rest":
             return _probe_rest(destination, installed)
+        if destination.provider == "local":
+            return _list_local_disks(ctx, destination)
         return _list_storage(ctx, destination)
     except (AgentError, OSError) as exc:
         log.warning("cannot list destination %s: %s", destination.name or destination.id, exc)
         return []
 
 
+def _list_local_disks(ctx: Context, destination: Destination) -> Found:
+    """The repositories of a `local` destination on this node's disk (when this node may
+    read it) and, through their gateways' WebDAV, on the other nodes' disks at that path:
+    the first node's row of a repository is kept. A node that cannot be listed is logged
+    and skipped."""
+    found: Found = []
+    try:
+        check_destination(destination, ctx.settings.local_policy())
+        if Path(local_directory(destination)).is_dir():
+            found += _list_storage(ctx, destination)
+    except AgentError as exc:
+        log.warning("cannot list %s on this node: %s", destination.name or destination.id, exc)
+    credentials = gateway.Credentials.from_redis_url(ctx.settings.redis_url)
+    addresses = gateway.gateway_addresses(ctx.redis, ctx.settings.node_id) if credentials else []
+    for node, address in addresses:
+        if node == ctx.settings.node_id or credentials is None:
+            continue
+        spec, env = gateway.webdav_remote(address, destination.id, credentials)
+        try:
+            found += _copy_listing(ctx, spec, env, ())
+        except AgentError as exc:
+            name = destination.name or destination.id
+            log.warning("cannot list %s on node %s's disk: %s", name, node, exc)
+    first: dict[str, tuple[str, int, dict[str, Any] | None]] = {}
+    for row in found:
+        first.setdefault(row[0], row)
+    return list(first.values())
+
+
 def _list_storage(ctx: Context, destination: Destination) -> Found:
-    """One rclone container copies every `<image>/<uuid>/config` and `<image>/<uuid>.json`
-    (modification times kept) into a scratch dir, read here."""
     spec, env = rclone_target(destination)
+    return _copy_listing(ctx, spec, env, destination_volumes(destination))
+
+
+def _copy_listing(
+    ctx: Context, spec: str, env: dict[str, str], volumes: tuple[tuple[str, str], ...]
+) -> Found:
+    """One rclone container copies every `<image>/<uuid>/config` and `<image>/<uuid>.json`
+    of spec (modification times kept) into a scratch dir, read here."""
     ctx.settings.run_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="listing-", dir=ctx.settings.run_dir) as scratch:
-        volumes = (*destination_volumes(destination), (scratch, LIST_MOUNT))
+        volumes = (*volumes, (scratch, LIST_MOUNT))
         target = restic.ResticTarget(repository="", env=env, volumes=volumes)
         done = restic.run(
             target,

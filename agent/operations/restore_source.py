@@ -7,18 +7,21 @@ import posixpath
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
-from agent.adapters import proc, restic
+from agent.adapters import gateway, proc, restic
 from agent.adapters.destinations import (
     Destination,
     check_destination,
     load_destination,
+    local_directory,
     local_snapshot_names,
     restic_target,
 )
 from agent.adapters.redis_store import REDIS_ERRORS, Context, Redis
 from agent.adapters.restic_errors import Exit, explain_restic_failure, is_snapshot_missing
 from agent.core import redis_keys, restic_args
+from agent.core.destination_rules import DestinationNotAllowed
 from agent.core.errors import ActionFailed, DestinationNotFound, ValidationFailed, validation_error
 from agent.core.image_names import image_name
 from agent.core.models import INSTANCE_FILES
@@ -75,6 +78,8 @@ class Repository:
     destination: Destination
     path: RepoPath
     target: restic.ResticTarget
+    # (node, address) of the gateway serving it: a `local` disk only another node holds
+    gateway: tuple[int, str] | None = None
 
     @property
     def password(self) -> str:
@@ -95,11 +100,51 @@ def open_repository(ctx: Context, destination_id: str, path: str) -> Repository:
         raise validation_error(
             "repository", "backup_repository_not_found", destination_id
         ) from None
+    if destination.provider == "local" and not _on_this_node(ctx, destination, repo_path.path):
+        served = _through_other_gateway(ctx, destination, repo_path)
+        if served is not None:
+            return served
     check_destination(destination, ctx.settings.local_policy())
     return Repository(destination, repo_path, restic_target(destination, repo_path.path))
 
 
+def _on_this_node(ctx: Context, destination: Destination, path: str) -> bool:
+    """Whether this node may read the `local` destination and its disk has the repository."""
+    try:
+        check_destination(destination, ctx.settings.local_policy())
+    except DestinationNotAllowed:
+        return False
+    return Path(local_directory(destination), path, "config").is_file()
+
+
+def _through_other_gateway(
+    ctx: Context, destination: Destination, repo_path: RepoPath
+) -> Repository | None:
+    """The repository through the gateway of another node whose disk holds it, with this
+    node's own credentials (nodes may do anything there); None when no other node's does,
+    or this node has no Redis user of its own to show."""
+    credentials = gateway.Credentials.from_redis_url(ctx.settings.redis_url)
+    if credentials is None:
+        return None
+    holder = gateway.remote_holder(
+        ctx.redis, ctx.settings.node_id, credentials, destination.id, repo_path.path
+    )
+    if holder is None:
+        return None
+    log.info("%s on %s: through node %s's gateway", repo_path.path, destination.id, holder[0])
+    target = gateway.gateway_target(holder[1], destination.id, repo_path.path, credentials)
+    return Repository(destination, repo_path, target, holder)
+
+
 def check_reachable(repository: Repository) -> None:
+    if repository.gateway is not None:
+        node, address = repository.gateway
+        if not gateway.answers(address):
+            raise ActionFailed(
+                f"cannot read {repository.path.path}: node {node}'s gateway at {address} "
+                "does not answer"
+            )
+        return
     reason = unreachable_reason(repository.destination)
     if reason:
         raise ActionFailed(f"cannot read {repository.path.path}: {reason}")
@@ -175,7 +220,7 @@ def _recorded(redis: Redis, repository: Repository, snapshot: str) -> tuple[str,
         return (snapshot, text) if text else None
     # The newest of every snapshot the repository holds: only a local one can be listed
     # without restic.
-    names = local_snapshot_names(destination, path)
+    names = local_snapshot_names(destination, path) if repository.gateway is None else None
     return snapshot_environments.newest(redis, destination.id, path, names) if names else None
 
 
