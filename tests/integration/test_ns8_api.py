@@ -35,18 +35,9 @@ def nsprobe_image() -> str:
 @pytest.fixture(scope="session")
 def nsprobe_rootless_image() -> str:
     """The same imageroot without the rootfull label: its steps run as the module's user."""
-    with file_lock("build-nsprobe"):
-        subprocess.run(
-            [
-                *("podman", "build", "--tag", ROOTLESS_TAG),
-                *("--file", str(FIXTURE / "Containerfile.rootless"), str(FIXTURE)),
-            ],
-            env=host_podman_env(),
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-    return ROOTLESS_TAG
+    return podman_build(
+        ROOTLESS_TAG, FIXTURE, "build-nsprobe", containerfile=FIXTURE / "Containerfile.rootless"
+    )
 
 
 def test_a_module_written_to_ns8_conventions_gets_ns8s_api_and_environment(
