@@ -115,8 +115,17 @@ class Gateway:
         if agent.role is Role.NODE:
             return Grants("")
         module_uuid = self.redis.hget(redis_keys.MODULE_UUID, agent.module_id)
-        image_url = self.redis.hget(redis_keys.module_environment(agent.module_id), "IMAGE_URL")
-        own = f"{image_name(image_url)}/{module_uuid}" if module_uuid and image_url else ""
+        # The image add-module recorded with the module's user: never the module's own
+        # environment, which it can write. A user made before images were recorded falls
+        # back to that environment (its uuid, from the cluster, still confines it).
+        recorded = (_json_object(self.redis.hget(redis_keys.CLUSTER_ACLS, agent.user)) or {}).get(
+            "image"
+        )
+        image = recorded if isinstance(recorded, str) and recorded else ""
+        if not image:
+            image_url = self.redis.hget(redis_keys.module_environment(agent.module_id), "IMAGE_URL")
+            image = image_name(image_url) if image_url else ""
+        own = f"{image}/{module_uuid}" if module_uuid and image else ""
         sources: list[tuple[str, str]] = []
         grant = _json_object(self.redis.hget(redis_keys.GATEWAY_RESTORE_GRANTS, agent.module_id))
         destination, path = (grant or {}).get("destination"), (grant or {}).get("path")

@@ -416,3 +416,21 @@ def test_a_child_answers_only_the_gateway(node: GatewayNode, tmp_path: Path) -> 
     assert direct.status_code == 401
     through = node.http("module/minwiki1", "GET", f"/{node.destination}/minwiki/{UUID_A}/config")
     assert through.status_code == 200
+
+
+def test_a_module_cannot_move_its_repository_by_its_own_environment(
+    node: GatewayNode, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """The module's own path comes from what add-module recorded with its user, not from
+    its environment's IMAGE_URL, which the module itself can write."""
+    _seed(node, tmp_path)
+    digest = hashlib.sha256(node.passwords["module/minwiki1"].encode()).hexdigest()
+    record = {"password_sha256": digest, "image": "minwiki", "module_uuid": UUID_A}
+    redis_client.hset(redis_keys.CLUSTER_ACLS, "module/minwiki1", json.dumps(record))
+    redis_client.hset(
+        redis_keys.module_environment("minwiki1"), "IMAGE_URL", "localhost/otherwiki:latest"
+    )
+    listed = node.restic("module/minwiki1", UUID_A, "snapshots", "--json")
+    assert listed.returncode == 0, listed.stderr
+    answer = node.http("module/minwiki1", "GET", f"/{node.destination}/otherwiki/{UUID_A}/config")
+    assert answer.status_code == 403
