@@ -7,8 +7,6 @@ tests/e2e/test_gateway_nodes.py.)
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from pathlib import Path
 
 import pytest
@@ -16,22 +14,10 @@ import redis
 
 from agent.adapters import gateway
 from agent.core import redis_keys
-from agent.core.settings import write_settings
-from tests.support import backups
-from tests.support.cluster import ClusterHarness, NodeHarness
+from tests.support.cluster import ClusterHarness
+from tests.support.gateway_nodes import wiki_backed_up_on_node_1
 
 pytestmark = pytest.mark.podman
-
-
-def _restart_with(node: NodeHarness, **changes: object) -> None:
-    node.stop()
-    node.settings = dataclasses.replace(node.settings, **changes)  # type: ignore[arg-type]
-    write_settings(node.settings)
-    node.start()
-    deadline = time.monotonic() + 60
-    while not gateway.answers(node.settings.gateway_listen[0]):
-        assert time.monotonic() < deadline, f"node {node.node_id}'s gateway did not start"
-        time.sleep(0.1)
 
 
 def test_node_2_reads_a_disk_only_node_1_has_through_node_1_s_gateway(
@@ -42,19 +28,8 @@ def test_node_2_reads_a_disk_only_node_1_has_through_node_1_s_gateway(
     tmp_path: Path,
 ) -> None:
     node1 = cluster.nodes[1]
-    _restart_with(node1, gateway_address=node1.settings.gateway_listen[0])
-    node2_disk = tmp_path / "node2-disk"
-    node2_disk.mkdir()
-    node2 = cluster.add_node(2, start=False)
-    _restart_with(node2, local_roots=(str(node2_disk),))
-
-    wiki = cluster.api_ok("add-module", {"image": minwiki_image, "node": 1})["module_id"]
-    disk = tmp_path / "node1-disk"
-    disk.mkdir()
-    destination = backups.add_destination(redis_client, "local", f"local:{disk}")
-    backups.add_backup(redis_client, 1, destination, [wiki])
-    cluster.api_ok("run-backup", {"id": 1})
-    path = f"minwiki/{redis_client.hget(redis_keys.MODULE_UUID, wiki)}"
+    setup = wiki_backed_up_on_node_1(cluster, redis_client, minwiki_image, tmp_path)
+    node2, wiki, destination, path = setup.node2, setup.wiki, setup.destination, setup.path
 
     picked = node2.root / "restored" / "picked"  # a restore-files root of node 2
     request = {

@@ -7,10 +7,8 @@ own destination is still served. (Separate root filesystems: tests/e2e/test_gate
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -19,24 +17,13 @@ import redis
 from agent.adapters import gateway
 from agent.adapters.redis_store import connect
 from agent.core import redis_keys
-from agent.core.settings import write_settings
 from agent.operations.verify_restore import verify
 from agent.runtime.agentenv import read_env_file
 from tests.support import backups
-from tests.support.cluster import ClusterHarness, NodeHarness
+from tests.support.cluster import ClusterHarness
+from tests.support.gateway_nodes import wiki_backed_up_on_node_1
 
 pytestmark = pytest.mark.podman
-
-
-def _restart_with(node: NodeHarness, **changes: object) -> None:
-    node.stop()
-    node.settings = dataclasses.replace(node.settings, **changes)  # type: ignore[arg-type]
-    write_settings(node.settings)
-    node.start()
-    deadline = time.monotonic() + 60
-    while not gateway.answers(node.settings.gateway_listen[0]):
-        assert time.monotonic() < deadline, f"node {node.node_id}'s gateway did not start"
-        time.sleep(0.1)
 
 
 def test_a_disk_only_node_1_reads_is_restored_on_node_2_through_its_gateway(
@@ -47,20 +34,8 @@ def test_a_disk_only_node_1_reads_is_restored_on_node_2_through_its_gateway(
     tmp_path: Path,
 ) -> None:
     node1 = cluster.nodes[1]
-    # Other nodes reach node 1's gateway at its (here: loopback) cluster address.
-    _restart_with(node1, gateway_address=node1.settings.gateway_listen[0])
-    node2_disk = tmp_path / "node2-disk"
-    node2_disk.mkdir()
-    node2 = cluster.add_node(2, start=False)
-    _restart_with(node2, local_roots=(str(node2_disk),))
-
-    wiki = cluster.api_ok("add-module", {"image": minwiki_image, "node": 1})["module_id"]
-    disk = tmp_path / "node1-disk"
-    disk.mkdir()
-    destination = backups.add_destination(redis_client, "local", f"local:{disk}")
-    backups.add_backup(redis_client, 1, destination, [wiki])
-    cluster.api_ok("run-backup", {"id": 1})
-    path = f"minwiki/{redis_client.hget(redis_keys.MODULE_UUID, wiki)}"
+    setup = wiki_backed_up_on_node_1(cluster, redis_client, minwiki_image, tmp_path)
+    node2, wiki, destination, path = setup.node2, setup.wiki, setup.destination, setup.path
 
     restored = cluster.api_ok(
         "cluster/restore-module",
@@ -77,6 +52,7 @@ def test_a_disk_only_node_1_reads_is_restored_on_node_2_through_its_gateway(
 
     # Node 2's own disk: a repository of the restored module there, through node 2's gateway.
     own = f"minwiki/{redis_client.hget(redis_keys.MODULE_UUID, copy)}"
+    node2_disk = tmp_path / "node2-disk"  # node 2's local root (wiki_backed_up_on_node_1)
     node2_destination = backups.add_destination(redis_client, "local", f"local:{node2_disk}")
     env = dict(
         os.environ, RESTIC_PASSWORD=backups.PASSWORD, RESTIC_REPOSITORY=str(node2_disk / own)
