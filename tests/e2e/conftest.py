@@ -16,6 +16,7 @@ rootless modules' stores inside it), as a real node runs: images are loaded into
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -181,6 +183,19 @@ def booted_node(
 
 
 BIN = Path(sys.executable).parent
+
+
+def node_api(settings: Settings, action: str, data: Any, timeout: float = 600) -> Any:
+    """`api-cli run action` against the node whose settings these are; its JSON output."""
+    done = subprocess.run(
+        [str(BIN / "api-cli"), "run", action, "--data", json.dumps(data)],
+        env={"AGENT_ROOT": str(settings.root), "PATH": f"{BIN}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout) if done.stdout.strip() else None
 
 
 @contextlib.contextmanager

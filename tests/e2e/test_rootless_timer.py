@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -19,7 +18,7 @@ from agent.adapters import systemd
 from agent.core import redis_keys
 from agent.core.settings import Settings
 from tests.conftest import host_podman_env
-from tests.e2e.conftest import BIN, SystemdNode, node_agent_service
+from tests.e2e.conftest import SystemdNode, node_agent_service, node_api
 from tests.support import backups
 from tests.support.rootless import unique_ids
 
@@ -60,18 +59,6 @@ def rootless_node_agent(
         yield settings
 
 
-def _api(settings: Settings, action: str, data: Any) -> Any:
-    done = subprocess.run(
-        [str(BIN / "api-cli"), "run", action, "--data", json.dumps(data)],
-        env={"AGENT_ROOT": str(settings.root), "PATH": f"{BIN}:/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout) if done.stdout.strip() else None
-
-
 def _in_node_user(node: SystemdNode, user: str, *argv: str) -> str:
     """argv as a module's user in the node, with its podman settings (as the node runs it)."""
     script = (
@@ -91,7 +78,7 @@ def test_timer_backs_up_a_rootless_module_as_its_user(
 ) -> None:
     node = own_podman_node
     unique_ids(redis_client)
-    module_id = _api(rootless_node_agent, "add-module", {"image": ROOTLESS_IMAGE, "node": 1})[
+    module_id = node_api(rootless_node_agent, "add-module", {"image": ROOTLESS_IMAGE, "node": 1})[
         "module_id"
     ]
     try:
@@ -145,7 +132,7 @@ def test_timer_backs_up_a_rootless_module_as_its_user(
         assert {p.stat().st_uid for p in repository.rglob("*")} == {0}
         assert home.startswith("/home/")
     finally:
-        _api(rootless_node_agent, "remove-module", {"module_id": module_id})
+        node_api(rootless_node_agent, "remove-module", {"module_id": module_id})
     assert node.exec("getent", "passwd", module_id, check=False).returncode != 0
 
 

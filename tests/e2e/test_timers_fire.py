@@ -4,19 +4,17 @@ test node, renders the timers itself, and the timers fire on their own."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 import redis
 
 from agent.adapters import systemd
 from agent.core.settings import Settings
-from tests.e2e.conftest import BIN, SystemdNode, node_agent_service
+from tests.e2e.conftest import BIN, SystemdNode, node_agent_service, node_api
 from tests.support import backups
 
 pytestmark = pytest.mark.podman
@@ -81,7 +79,7 @@ def test_timer_fires_by_itself_and_disabling_removes_it(
     journal = systemd_node.exec("journalctl", "--no-pager", "-u", "backup1.service").stdout
     assert "Backup 1 (b1)" in journal  # systemd started it (Description in the journal)
     assert _timers(systemd_node)["backup1.timer"].last is not None
-    rows = _api(node_agent, "node/1/list-backup-timers", None)  # the operator's view
+    rows = node_api(node_agent, "node/1/list-backup-timers", None)  # the operator's view
     assert [(r["id"], r["timer"], r["active"]) for r in rows] == [(1, "backup1.timer", False)]
     assert rows[0]["last"] is not None  # a one-shot date: no next run once it has fired
     shown = systemd_node.exec(str(BIN / "agent"), "timers", "--root", str(node_agent.root))
@@ -112,18 +110,6 @@ def test_missed_run_is_caught_up_when_timers_start_again(
     systemd_node.wait_for("the missed run (Persistent=true)", lambda: _ran(systemd_node, 3), 20)
 
 
-def _api(settings: Settings, action: str, data: Any) -> Any:
-    done = subprocess.run(
-        [str(BIN / "api-cli"), "run", action, "--data", json.dumps(data)],
-        env={"AGENT_ROOT": str(settings.root), "PATH": f"{BIN}:/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout) if done.stdout.strip() else None
-
-
 def test_scheduled_backup_leaves_a_snapshot_and_status(
     systemd_node: SystemdNode,
     node_agent: Settings,
@@ -131,7 +117,7 @@ def test_scheduled_backup_leaves_a_snapshot_and_status(
     minwiki_image: str,
     restic_image: str,
 ) -> None:
-    module = _api(node_agent, "add-module", {"image": minwiki_image, "node": 1})
+    module = node_api(node_agent, "add-module", {"image": minwiki_image, "node": 1})
     module_id = module["module_id"]
     try:
         target = systemd_node.base / f"repo-{uuid.uuid4().hex[:8]}"
@@ -155,4 +141,4 @@ def test_scheduled_backup_leaves_a_snapshot_and_status(
         found = [s for d in target.rglob("config") for s in backups.snapshots(d.parent)]
         assert [s["id"] for s in found] == [status["snapshot_id"]]
     finally:  # its volumes live in the host's podman: leave none behind
-        _api(node_agent, "remove-module", {"module_id": module_id})
+        node_api(node_agent, "remove-module", {"module_id": module_id})
