@@ -18,8 +18,9 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import httpx
 from starlette.applications import Starlette
@@ -37,6 +38,8 @@ from agent.core.gateway_rules import (
     Grants,
     PathRefused,
     Role,
+    StoragePath,
+    WebdavPath,
     parse_storage_path,
     parse_webdav_path,
     refusal,
@@ -45,6 +48,8 @@ from agent.core.gateway_rules import (
 from agent.core.image_names import image_name
 from agent.gateway.backends import Backends, Unavailable
 from agent.gateway.warm import DestinationWatcher, refresh_all
+
+_Target = TypeVar("_Target", StoragePath, WebdavPath)  # what a request path names
 
 log = logging.getLogger("agent.gateway")
 REALM = 'Basic realm="backup-agent storage gateway"'
@@ -190,49 +195,39 @@ def make_app(gateway: Gateway) -> Starlette:
             return _denied(404, f"no destination {destination_id}")
         return PlainTextResponse(destination.password, headers={"Cache-Control": "no-store"})
 
-    async def storage(request: Request) -> Response:
+    async def _checked(
+        request: Request,
+        parse: Callable[[str], _Target],
+        refused: Callable[[Role, Grants, str, _Target], str],
+        backends: Backends,
+        what: str,
+    ) -> Response:
+        """Authenticate, parse the path, authorize with the agent's grants, then forward."""
         agent = await _authenticated(gateway, request)
         if isinstance(agent, Response):
             return agent
         raw = request.scope.get("raw_path") or request.url.path.encode()
         try:
-            target = parse_storage_path(raw.decode("ascii", errors="replace"))
+            target = parse(raw.decode("ascii", errors="replace"))
         except PathRefused as exc:
             return _denied(403, f"refused: {exc}")
         try:
             grants = await asyncio.to_thread(gateway.grants, agent)
         except REDIS_ERRORS as exc:
             return _denied(503, f"the gateway cannot read its grants: {exc}")
-        reason = refusal(agent.role, grants, request.method, target)
+        reason = refused(agent.role, grants, request.method, target)
         if reason:
-            log.warning("%s %s %s refused: %s", agent.user, request.method, target, reason)
+            log.warning("%s %s%s %s refused: %s", agent.user, what, request.method, target, reason)
             return _denied(403, f"refused: {reason}")
-        return await _forward(
-            gateway, request, target.destination, target.backend_path(), gateway.backends
-        )
+        return await _forward(gateway, request, target.destination, target.backend_path(), backends)
+
+    async def storage(request: Request) -> Response:
+        return await _checked(request, parse_storage_path, refusal, gateway.backends, "")
 
     async def webdav(request: Request) -> Response:
-        agent = await _authenticated(gateway, request)
-        if isinstance(agent, Response):
-            return agent
         if gateway.webdav is None:
             return _denied(404, "this gateway serves no WebDAV")
-        raw = request.scope.get("raw_path") or request.url.path.encode()
-        try:
-            target = parse_webdav_path(raw.decode("ascii", errors="replace"))
-        except PathRefused as exc:
-            return _denied(403, f"refused: {exc}")
-        try:
-            grants = await asyncio.to_thread(gateway.grants, agent)
-        except REDIS_ERRORS as exc:
-            return _denied(503, f"the gateway cannot read its grants: {exc}")
-        reason = webdav_refusal(agent.role, grants, request.method, target)
-        if reason:
-            log.warning("%s WebDAV %s %s refused: %s", agent.user, request.method, target, reason)
-            return _denied(403, f"refused: {reason}")
-        return await _forward(
-            gateway, request, target.destination, target.backend_path(), gateway.webdav
-        )
+        return await _checked(request, parse_webdav_path, webdav_refusal, gateway.webdav, "WebDAV ")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
