@@ -48,6 +48,7 @@ from agent.core.gateway_rules import (
 from agent.core.image_names import image_name
 from agent.gateway.backends import Backends, Unavailable
 from agent.gateway.warm import DestinationWatcher, refresh_all
+from agent.runtime import restore_grants
 
 _Target = TypeVar("_Target", StoragePath, WebdavPath)  # what a request path names
 
@@ -131,12 +132,9 @@ class Gateway:
             image_url = self.redis.hget(redis_keys.module_environment(agent.module_id), "IMAGE_URL")
             image = image_name(image_url) if image_url else ""
         own = f"{image}/{module_uuid}" if module_uuid and image else ""
-        sources: list[tuple[str, str]] = []
-        grant = _json_object(self.redis.hget(redis_keys.GATEWAY_RESTORE_GRANTS, agent.module_id))
-        destination, path = (grant or {}).get("destination"), (grant or {}).get("path")
-        if isinstance(destination, str) and isinstance(path, str):
-            sources.append((destination, path))
-        return Grants(own, sources)
+        # A grant whose restore died is not honoured, even before the sweep removes it.
+        grant = restore_grants.live_grant(self.redis, agent.module_id)
+        return Grants(own, [grant.source] if grant else [])
 
 
 def _recorded_hash(text: str | None) -> str:
