@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.adapters.redis_api import Redis, TaskClient, watching
@@ -34,25 +35,42 @@ return 0
 """
 
 
+@functools.cache
+def process_space() -> str:
+    """Which processes a pid names here: this kernel's boot and this PID namespace.
+    A hostname does not tell: containers started with the host's network share it, and
+    so do two machines named alike. '' when /proc cannot tell."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    return f"{boot}.{namespace}" if boot else ""
+
+
 @dataclass(frozen=True)
 class Holder:
-    host: str
+    host: str  # for people: where the holder ran
     pid: int
     instance: str
+    space: str = field(default_factory=process_space)  # where pid means that process
 
     def encode(self) -> str:
-        return f"{self.host} {self.pid} {self.instance}"
+        return f"{self.host} {self.pid} {self.instance} {self.space}".rstrip()
 
     @classmethod
     def decode(cls, value: str) -> Holder | None:
         parts = value.split(" ")
-        if len(parts) != 3 or not parts[1].isdigit():
+        if len(parts) not in (3, 4) or not parts[1].isdigit():
             return None
-        return cls(parts[0], int(parts[1]), parts[2])
+        # Three parts: a holder written before spaces were recorded; only expiry frees it.
+        space = parts[3] if len(parts) == 4 else ""
+        return cls(parts[0], int(parts[1]), parts[2], space)
 
     def is_dead_local_process(self) -> bool:
-        """True when the holder ran on this host and its process is gone."""
-        if self.host != socket.gethostname():
+        """True when the holder's pid names a process here (same kernel boot and PID
+        namespace) and that process is gone."""
+        if not self.space or self.space != process_space():
             return False
         try:
             os.kill(self.pid, 0)

@@ -136,7 +136,7 @@ def test_a_grant_its_holder_stopped_renewing_goes_at_the_next_sweep(
 ) -> None:
     admin = connect(redis_url)
     # A holder on another node (its pid means nothing here) that died: it renews no more.
-    holder = Holder("another-node", 4242, "dead")
+    holder = Holder("another-node", 4242, "dead", "otherboot.4026531836")
     restore_grants.write(admin, module.id, "d1", OTHER, holder)
     assert agent_acls.apply_module_user(admin, module.id)
     assert module.can_hold("d1", OTHER)
