@@ -5,9 +5,9 @@ repositories when asked."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
-from agent.adapters.redis_store import Redis
 from agent.core.errors import StoredDataError
 from agent.records.backups import BackupDefinition
 from agent.records.repository_checks import CheckRecord
@@ -16,14 +16,16 @@ from agent.records.statuses import StatusRecord
 log = logging.getLogger("agent.definitions")
 
 
-def check_listing(redis: Redis, destination_id: str, path: str) -> dict[str, Any] | None:
-    """The repository's last check as list-backups shows it; None when never checked."""
+def check_listing(destination_id: str, path: str, text: str | None) -> dict[str, Any] | None:
+    """The repository's last check (its stored text) as list-backups shows it; None when
+    never checked."""
+    if not text:
+        return None
     try:
-        record = CheckRecord.from_redis(redis, destination_id, path)
+        return CheckRecord.parse(destination_id, path, text).listing()
     except StoredDataError as exc:
         log.warning("%s", exc)
         return None
-    return record.listing() if record is not None else None
 
 
 def _recorded(status_key: str, module_id: str, status_text: str) -> StatusRecord | None:
@@ -36,7 +38,7 @@ def _recorded(status_key: str, module_id: str, status_text: str) -> StatusRecord
 
 
 def instance_confidence(
-    redis: Redis,
+    checks: Mapping[str, str],
     definition: BackupDefinition,
     path: str,
     module_id: str,
@@ -44,11 +46,12 @@ def instance_confidence(
 ) -> dict[str, Any]:
     """The confidence fields of one instance of a backup in list-backups: the last check of
     its repository, and how many destinations hold the snapshot of its last run (its
-    repository and the mirrors that run copied it to; None when it made no snapshot)."""
+    repository and the mirrors that run copied it to; None when it made no snapshot).
+    checks: the stored checks of the backup's destination, by repository path."""
     record = _recorded(status[0], module_id, status[1])
     snapshot_id = record.snapshot_id if record else ""
     return {
-        "check": check_listing(redis, definition.repository, path),
+        "check": check_listing(definition.repository, path, checks.get(path)),
         "snapshot_id": snapshot_id,
         "newest_snapshot_copies": 1 + len(record.mirrored) if record and snapshot_id else None,
     }

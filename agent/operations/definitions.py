@@ -32,6 +32,7 @@ from agent.records.backups import (
     BackupSecrets,
     backup_ids,
 )
+from agent.records.repository_checks import stored_checks
 from agent.records.statuses import StatusRecord
 from agent.runtime.overdue import Watch
 from agent.runtime.steps import Step
@@ -289,13 +290,16 @@ def list_backups(step: Step, request: ListBackupsRequest) -> dict[str, Any]:
         for backup_id, fields in zip(ids, tail[2 * len(ids) :], strict=True)
     }
     facts = _module_facts(redis, sorted(set(uuids) | set(placed)))
-    backups, configured = [], set()
     per_backup = 1 + len(nodes)
-    for index, backup_id in enumerate(ids):
-        fields = fetched[index * per_backup]
-        if not fields:
-            continue  # removed since the scan
-        definition = BackupDefinition.from_fields(backup_id, fields)
+    definitions = {  # a key removed since the scan is left out
+        index: BackupDefinition.from_fields(backup_id, fields)
+        for index, backup_id in enumerate(ids)
+        if (fields := fetched[index * per_backup])
+    }
+    checks = stored_checks(redis, sorted({d.repository for d in definitions.values()}))
+    backups, configured = [], set()
+    for index, definition in definitions.items():
+        backup_id = definition.id
         statuses: dict[str, tuple[str, str]] = {}  # module id → (key, its JSON there)
         per_node = fetched[index * per_backup + 1 : (index + 1) * per_backup]
         for node, status in zip(nodes, per_node, strict=True):
@@ -320,7 +324,7 @@ def list_backups(step: Step, request: ListBackupsRequest) -> dict[str, Any]:
                     **freshness(watches[backup_id].get(module_id)),
                     "drill": drill_listing(last_drills[backup_id].get(module_id)),
                     **instance_confidence(
-                        redis,
+                        checks[definition.repository],
                         definition,
                         f"{image}/{uuids[module_id]}",
                         module_id,

@@ -39,9 +39,14 @@ class CheckRecord(StoredRecord):
     def from_redis(cls, redis: Redis, destination_id: str, path: str) -> CheckRecord | None:
         """The stored record, None when the repository was never checked; StoredDataError
         naming the key when it is malformed."""
+        text = redis.hget(redis_keys.repository_check(destination_id), path)
+        return cls.parse(destination_id, path, text) if text else None
+
+    @classmethod
+    def parse(cls, destination_id: str, path: str, text: str) -> CheckRecord:
+        """One stored record's text; StoredDataError naming its key when malformed."""
         key = redis_keys.repository_check(destination_id)
-        text = redis.hget(key, path)
-        return parse_stored_json(cls, f"{key} [{path}]", text) if text else None
+        return parse_stored_json(cls, f"{key} [{path}]", text)
 
     def to_redis(self, pipe: Pipeline, destination_id: str, path: str) -> None:
         pipe.hset(redis_keys.repository_check(destination_id), path, self.to_json())
@@ -61,3 +66,12 @@ class CheckRecord(StoredRecord):
             "reason": self.reason,
             "last_ok": self.last_ok or None,
         }
+
+
+def stored_checks(redis: Redis, destination_ids: list[str]) -> dict[str, dict[str, str]]:
+    """destination id → (repository path → its record's text), in one round trip."""
+    with redis.pipeline(transaction=False) as pipe:
+        for destination_id in destination_ids:
+            pipe.hgetall(redis_keys.repository_check(destination_id))
+        found: list[dict[str, str]] = pipe.execute()
+    return dict(zip(destination_ids, found, strict=True))
