@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import select
 import socket
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 CONNECT_TIMEOUT = 30.0
@@ -30,8 +29,7 @@ class RespConnectionError(RespError):
     """Redis could not be reached, or the connection broke."""
 
 
-@dataclass(frozen=True)
-class Address:
+class Address(NamedTuple):
     host: str = "127.0.0.1"
     port: int = 6379
     unix_path: str = ""

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 CLUSTER = "cluster"
 TASK_TTL_SECONDS = 8 * 3600
@@ -31,8 +30,7 @@ class NotAnAgentId(ValueError):
     """Text that is not cluster, node/N or module/ID."""
 
 
-@dataclass(frozen=True)
-class AgentId:
+class AgentId(NamedTuple):  # not a dataclass: api-cli's import time
     """Whose task queue: the cluster, node N or module ID, parsed once from its text."""
 
     kind: AgentKind

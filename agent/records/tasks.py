@@ -1,13 +1,12 @@
 """A task as queued in <agent>/tasks and as recorded in task/<agent>/<id>/{context,
-output, error, exit_code} (NS8's task protocol). Plain dataclasses, not pydantic: api-cli
-imports this (see agent/records/__init__.py)."""
+output, error, exit_code} (NS8's task protocol). Named tuples, not pydantic or dataclasses
+(whose import costs api-cli ~17 ms): api-cli imports this (see agent/records/__init__.py)."""
 
 from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent.adapters.redis_api import Pipeline, TaskClient
 from agent.core import redis_keys
@@ -26,15 +25,14 @@ def is_task_id(value: object) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class QueuedTask:
+class QueuedTask(NamedTuple):
     """The JSON a client pushes on an agent's queue (api-cli, NS8's agents, this agent)."""
 
     id: str
     action: str
     data: Any = None
     parent: Any = ""  # a task id, "" at the top; never used to find anything
-    extra: Any = field(default_factory=dict)
+    extra: Any = None  # NS8's task extra; new() and to_dict() make None {}
 
     @classmethod
     def new(cls, action: str, data: Any, parent: str = "", extra: Any = None) -> QueuedTask:
@@ -57,7 +55,7 @@ class QueuedTask:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self._asdict() | {"extra": {} if self.extra is None else self.extra}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -66,8 +64,7 @@ class QueuedTask:
 FIELDS = ("output", "error", "exit_code")
 
 
-@dataclass(frozen=True)
-class TaskRecord:
+class TaskRecord(NamedTuple):
     """A finished task's result. The context (the masked task) is written apart and
     first: it marks the task as started."""
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import os
 import socket
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from agent.adapters.redis_api import Redis, TaskClient, watching
 from agent.core import redis_keys
@@ -48,12 +48,11 @@ def process_space() -> str:
     return f"{boot}.{namespace}" if boot else ""
 
 
-@dataclass(frozen=True)
-class Holder:
+class Holder(NamedTuple):
     host: str  # for people: where the holder ran
     pid: int
     instance: str
-    space: str = field(default_factory=process_space)  # where pid means that process
+    space: str = ""  # where pid means that process (process_space); "": not known
 
     def encode(self) -> str:
         return f"{self.host} {self.pid} {self.instance} {self.space}".rstrip()
@@ -88,7 +87,7 @@ class Holder:
 def new_holder() -> Holder:
     import uuid  # only a daemon takes a lease; api-cli reads them
 
-    return Holder(socket.gethostname(), os.getpid(), uuid.uuid4().hex)
+    return Holder(socket.gethostname(), os.getpid(), uuid.uuid4().hex, process_space())
 
 
 def acquire(redis: Redis, node_id: int, holder: Holder, attempts: int = 5) -> bool:

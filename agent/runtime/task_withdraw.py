@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent.adapters.redis_api import BinaryRedis
 from agent.core import redis_keys
@@ -12,8 +11,7 @@ CANCEL_ACTION = "cancel-task"
 NOT_STARTED = "cancelled before it started\n"
 
 
-@dataclass(frozen=True)
-class Withdrawn:
+class Withdrawn(NamedTuple):
     """A task taken out of its queue: the exact queued JSON and what it holds."""
 
     raw: str

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from agent.adapters.redis_api import Redis, TaskClient, connection_errors
 from agent.core import redis_keys
@@ -24,18 +23,16 @@ REDIS_OUTAGE_SECONDS = 300.0
 ProgressHandler = Callable[[str, int], None]
 
 
-@dataclass(frozen=True)
-class TaskResult:
+class TaskResult(NamedTuple):
     agent_id: str
     task_id: str
     output: Any
     error: str
     exit_code: int
-    raw_output: str = field(repr=False, default="")
+    raw_output: str = ""
 
 
-@dataclass(frozen=True)
-class TaskRequest:
+class TaskRequest(NamedTuple):
     agent_id: str
     action: str
     data: Any = None

@@ -17,7 +17,7 @@ class RivalTakesOver(redis.Redis):  # type: ignore[type-arg]
     """A real client; the moment it opens its takeover transaction, a live rival daemon
     writes the lease (the race a second `agent serve` starting at once would win)."""
 
-    rival = lease.Holder(socket.gethostname(), os.getpid(), "rival")
+    rival = lease.Holder(socket.gethostname(), os.getpid(), "rival", lease.process_space())
 
     def pipeline(self, *args: Any, **kwargs: Any) -> Any:
         self.set(redis_keys.node_daemon_lease(1), self.rival.encode(), ex=60)

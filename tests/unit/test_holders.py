@@ -28,7 +28,7 @@ def test_a_holder_round_trips_with_its_process_space() -> None:
 
 
 def test_a_dead_process_in_this_pid_namespace_is_dead() -> None:
-    holder = Holder(socket.gethostname(), _exited_pid(), "gone")
+    holder = Holder(socket.gethostname(), _exited_pid(), "gone", process_space())
     assert Holder.decode(holder.encode()) is not None
     assert Holder.decode(holder.encode()).is_dead_local_process()  # type: ignore[union-attr]
 
