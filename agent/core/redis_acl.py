@@ -51,9 +51,9 @@ MODULE_COMMANDS = (
 )
 NODE_RULES = ("allkeys", "allchannels", "+@all")
 
-# NS8's org.nethserver.authorizations label: "agent:role" words, agent one of cluster,
-# node, self, <image>@node, <image>@any (roles are NS8's api-server matter, not Redis's).
-AUTHORIZATIONS_LABEL = "org.nethserver.authorizations"
+# NS8's org.nethserver.authorizations label (image_labels.AUTHORIZATIONS): "agent:role"
+# words, agent one of cluster, node, self, <image>@node, <image>@any (roles are NS8's
+# api-server matter, not Redis's).
 _IMAGE_AGENT = re.compile(r"([a-z][a-z0-9_-]*)@(node|any|cluster)")
 _ROLE = re.compile(r"[A-Za-z0-9_.-]+")
 

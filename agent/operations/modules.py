@@ -13,7 +13,7 @@ from typing import Any
 
 from agent.adapters import module_users, podman, proc, restic
 from agent.adapters.redis_store import Redis
-from agent.core import filemodes, redis_acl, redis_keys
+from agent.core import filemodes, image_labels, redis_acl, redis_keys
 from agent.core.errors import AgentError, ValidationFailed, validation_error
 from agent.core.image_names import image_name
 from agent.core.models import AddModuleRequest, NodeAddModuleRequest, RemoveModuleRequest
@@ -322,7 +322,7 @@ def install_files(
     environment = state / "environment"
     environment.write_text(format_env_file(env))
     environment.chmod(filemodes.PRIVATE_FILE)
-    label = module_image.raw_label(inspected, redis_acl.AUTHORIZATIONS_LABEL)
+    label = module_image.raw_label(inspected, image_labels.AUTHORIZATIONS)
     write_agent_env(step, request, label, state)
     step.set_progress(100)
 
