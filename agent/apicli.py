@@ -48,12 +48,9 @@ def client_redis(connect: Connect = resp.client) -> TaskClient:
     alone costs more than the rest of a small round trip (bench/README.md, item 4)."""
     url = os.environ.get("REDIS_URL")
     if not url:
-        from pathlib import Path
+        from agent.core import settings_file  # only without REDIS_URL
 
-        from agent.core.settings import load_settings  # only without REDIS_URL
-
-        root = os.environ.get("AGENT_ROOT")
-        url = load_settings(Path(root) if root else None).redis_url
+        url = settings_file.redis_url(settings_file.default_root())
     try:
         return connect(url)
     except resp.RespConnectionError as exc:

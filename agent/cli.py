@@ -18,7 +18,8 @@ from agent.adapters.module_users import module_user_of
 from agent.apicli import guarded
 from agent.core import redis_keys
 from agent.core.errors import AgentError, ConfigError
-from agent.core.settings import Settings, default_root, load_settings
+from agent.core.settings import Settings, load_settings
+from agent.core.settings_file import default_root
 from agent.runtime.agentenv import agent_environment
 
 RootOption = Annotated[

@@ -13,19 +13,7 @@ from pathlib import Path
 from agent.core import redis_keys
 from agent.core.destination_rules import LocalPolicy
 from agent.core.errors import ConfigError
-
-CONFIG_FILE = "agent.json"
-
-
-def default_root() -> Path:
-    """AGENT_ROOT, else /var/lib/backup-agent for root, else the user's data dir."""
-    env = os.environ.get("AGENT_ROOT")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/backup-agent")
-    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local/share")
-    return Path(data_home) / "backup-agent"
+from agent.core.settings_file import CONFIG_FILE, default_root, read_config
 
 
 def share_dir() -> Path:
@@ -216,21 +204,11 @@ def settings_from_json(root: Path, data: object) -> Settings:
 def load_settings(root: Path | None = None) -> Settings:
     """Settings of the node whose data directory is root (default: default_root())."""
     root = root or default_root()
-    path = root / CONFIG_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(
-            f"no cluster in {root}: run 'agent cluster init' (or set AGENT_ROOT)"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    if isinstance(data, dict) and os.environ.get("REDIS_URL"):
-        data["redis_url"] = os.environ["REDIS_URL"]
+    data = read_config(root)
     try:
         return settings_from_json(root, data)
     except ValueError as exc:
-        raise ConfigError(f"malformed {path}: {exc}") from None
+        raise ConfigError(f"malformed {root / CONFIG_FILE}: {exc}") from None
 
 
 def write_settings(settings: Settings) -> None:

@@ -31,7 +31,8 @@ from agent.adapters import module_users, podman, proc
 from agent.adapters.redis_store import Redis, connect
 from agent.core import redis_keys
 from agent.core.errors import AgentError
-from agent.core.settings import Settings, default_root, load_settings
+from agent.core.settings import Settings, load_settings
+from agent.core.settings_file import default_root
 from agent.core.volumes import ENVIRONMENT, included_volumes
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
