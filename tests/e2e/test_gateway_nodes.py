@@ -282,7 +282,10 @@ def two_nodes(
 
 
 def test_a_module_on_node_1_s_disk_is_restored_on_node_2_through_node_1_s_gateway(
-    two_nodes: TwoNodes, redis_client: redis.Redis, minwiki_image: str
+    two_nodes: TwoNodes,
+    redis_client: redis.Redis,
+    minwiki_image: str,
+    subtests: pytest.Subtests,
 ) -> None:
     node1, node2 = two_nodes.nodes[1], two_nodes.nodes[2]
     wiki = two_nodes.api_ok("add-module", {"image": minwiki_image, "node": 1})["module_id"]
@@ -291,45 +294,47 @@ def test_a_module_on_node_1_s_disk_is_restored_on_node_2_through_node_1_s_gatewa
     backups.add_backup(redis_client, 1, disk, [wiki])
     two_nodes.api_ok("run-backup", {"id": 1})
     path = f"minwiki/{redis_client.hget(redis_keys.MODULE_UUID, wiki)}"
-    assert node1.run("test", "-f", f"/srv/disk/{path}/config", check=False) == ""
-    # Node 2's /srv/disk is another filesystem: the repository is not there.
-    missing = subprocess.run(
-        ["podman", "exec", node2.name, "test", "-e", f"/srv/disk/{path}"], timeout=60
-    )
-    assert missing.returncode == 1
+    with subtests.test("the repository is on node 1's disk only"):
+        assert node1.run("test", "-f", f"/srv/disk/{path}/config", check=False) == ""
+        # Node 2's /srv/disk is another filesystem: the repository is not there.
+        missing = subprocess.run(
+            ["podman", "exec", node2.name, "test", "-e", f"/srv/disk/{path}"], timeout=60
+        )
+        assert missing.returncode == 1
 
-    # The leader (node 2) lists node 1's disk through node 1's gateway (WebDAV).
-    listed = two_nodes.api_ok("read-backup-repositories", None)
-    assert [(row["repository_id"], row["path"]) for row in listed] == [(disk, path)], listed
-    assert listed[0]["installed_instance"] == wiki
+    with subtests.test("the leader (node 2) lists node 1's disk through its gateway"):
+        listed = two_nodes.api_ok("read-backup-repositories", None)
+        assert [(row["repository_id"], row["path"]) for row in listed] == [(disk, path)], listed
+        assert listed[0]["installed_instance"] == wiki
 
     restore = {"node": 2, "repository": disk, "path": path, "snapshot": ""}
     copy = two_nodes.api_ok("cluster/restore-module", restore)["module_id"]
-    assert redis_client.hget(redis_keys.MODULE_NODE, copy) == "2"
     pages = node1.volume_files(wiki, "pages")
-    assert len(pages) > 200
-    assert node2.volume_files(copy, "pages") == pages
-    assert node2.wiki_rows(copy) == node1.wiki_rows(wiki)
-    assert "INSERT INTO" in node1.wiki_rows(wiki)
-    assert node2.wiki_state(copy) == node1.wiki_state(wiki)
-    settings = redis_client.hgetall(f"module/{wiki}/wiki_settings")
-    assert settings and redis_client.hgetall(f"module/{copy}/wiki_settings") == settings
-    assert redis_client.hget(redis_keys.GATEWAY_RESTORE_GRANTS, copy) is None
+    with subtests.test("restored on node 2: pages, database and settings as on node 1"):
+        assert redis_client.hget(redis_keys.MODULE_NODE, copy) == "2"
+        assert len(pages) > 200
+        assert node2.volume_files(copy, "pages") == pages
+        assert node2.wiki_rows(copy) == node1.wiki_rows(wiki)
+        assert "INSERT INTO" in node1.wiki_rows(wiki)
+        assert node2.wiki_state(copy) == node1.wiki_state(wiki)
+        settings = redis_client.hgetall(f"module/{wiki}/wiki_settings")
+        assert settings and redis_client.hgetall(f"module/{copy}/wiki_settings") == settings
+        assert redis_client.hget(redis_keys.GATEWAY_RESTORE_GRANTS, copy) is None
 
     # A backup of the copy to the disk only node 2 has.
     backups.add_backup(redis_client, 2, only_node2, [copy])
     two_nodes.api_ok("run-backup", {"id": 2})
     own = f"minwiki/{redis_client.hget(redis_keys.MODULE_UUID, copy)}"
 
-    # Node 1's gateway stops: a restore from its disk fails, naming it ...
     node1.stop_gateway()
-    code, output, error = two_nodes.api("cluster/restore-module", restore)
-    assert code != 0, output
-    assert f"node 1's gateway at {node1.address} does not answer" in error, error
-    assert redis_client.hget(redis_keys.MODULE_NODE, "minwiki3") is None  # nothing left
-    # ... while node 2's own destination carries on: a backup, and a restore from it.
-    two_nodes.api_ok("run-backup", {"id": 2})
-    again = {"node": 2, "repository": only_node2, "path": own, "snapshot": ""}
-    second = two_nodes.api_ok("cluster/restore-module", again)["module_id"]
-    assert redis_client.hget(redis_keys.MODULE_NODE, second) == "2"
-    assert node2.volume_files(second, "pages") == pages
+    with subtests.test("node 1's gateway stopped: a restore from its disk fails, naming it"):
+        code, output, error = two_nodes.api("cluster/restore-module", restore)
+        assert code != 0, output
+        assert f"node 1's gateway at {node1.address} does not answer" in error, error
+        assert redis_client.hget(redis_keys.MODULE_NODE, "minwiki3") is None  # nothing left
+    with subtests.test("node 2's own destination carries on: a backup, and a restore"):
+        two_nodes.api_ok("run-backup", {"id": 2})
+        again = {"node": 2, "repository": only_node2, "path": own, "snapshot": ""}
+        second = two_nodes.api_ok("cluster/restore-module", again)["module_id"]
+        assert redis_client.hget(redis_keys.MODULE_NODE, second) == "2"
+        assert node2.volume_files(second, "pages") == pages

@@ -99,6 +99,7 @@ def test_backup_and_restore_on_a_full_node_disk_fail_cleanly_then_work(
     redis_client: redis.Redis,
     stallable_image: str,  # noqa: F811
     tmp_path: Path,
+    subtests: pytest.Subtests,
 ) -> None:
     cluster = full_node
     disk = cluster.base
@@ -108,82 +109,85 @@ def test_backup_and_restore_on_a_full_node_disk_fail_cleanly_then_work(
     (live / "big.bin").write_bytes(os.urandom(4 << 20))
     cluster.api_ok("run-backup", {"id": 1})
     page, big = (live / PAGE).read_bytes(), (live / "big.bin").read_bytes()
-
-    # A backup: its dump hook cannot write; the reason names the full disk.
-    filler = fill(disk)
-    code, _, error = cluster.api_json("run-backup", {"id": 1}, timeout=300)
-    assert code == 1, error
-    status = backups.status(redis_client, 1, 1, wiki)
-    assert status["outcome"] == "failed", status
-    assert "the node's disk holding" in status["reason"], status
-    assert "is full" in status["reason"], status
-    assert len(backups.snapshots(repo)) == 1
-    assert_no_half_made(cluster, redis_client, repo, {wiki})
-
-    # A restore: the new instance cannot even be installed; one clear line, no ghost.
     request = {"repository": destination, "path": path, "snapshot": "", "node": 1}
-    code, _, error = cluster.api_json("cluster/restore-module", request, timeout=300)
-    assert code == 1, error
-    assert "No space left on device" in error, error
-    assert "Traceback" not in error and "shutil.Error" not in error, error
-    assert_no_half_made(cluster, redis_client, repo, {wiki})
-    # Restoring files needs restic, whose container has no room either: said so.
-    target = cluster.nodes[1].root / "restored" / "picked"
-    code, output, error = cluster.api_json(
-        "node/1/restore-files",
-        {
-            "repository": destination,
-            "path": path,
-            "snapshot": "",
-            "target": str(target),
-            "paths": [f"/volumes/pages/{PAGE}"],
-        },
-        timeout=300,
-    )
-    assert code == 1, (output, error)
-    # The message itself names the cause, not only a warning logged before it.
-    assert "no space left on device" in error.strip().splitlines()[-1].lower(), error
-    assert_no_half_made(cluster, redis_client, repo, {wiki})
 
-    # Space freed: the next backup works (and takes over the abandoned lease).
+    filler = fill(disk)
+    with subtests.test("a backup fails: its dump hook cannot write, the reason names the disk"):
+        code, _, error = cluster.api_json("run-backup", {"id": 1}, timeout=300)
+        assert code == 1, error
+        status = backups.status(redis_client, 1, 1, wiki)
+        assert status["outcome"] == "failed", status
+        assert "the node's disk holding" in status["reason"], status
+        assert "is full" in status["reason"], status
+        assert len(backups.snapshots(repo)) == 1
+        assert_no_half_made(cluster, redis_client, repo, {wiki})
+
+    with subtests.test("a restore cannot install its instance: one clear line, no ghost"):
+        code, _, error = cluster.api_json("cluster/restore-module", request, timeout=300)
+        assert code == 1, error
+        assert "No space left on device" in error, error
+        assert "Traceback" not in error and "shutil.Error" not in error, error
+        assert_no_half_made(cluster, redis_client, repo, {wiki})
+
+    with subtests.test("restoring files needs restic, whose container has no room: said so"):
+        target = cluster.nodes[1].root / "restored" / "picked"
+        code, output, error = cluster.api_json(
+            "node/1/restore-files",
+            {
+                "repository": destination,
+                "path": path,
+                "snapshot": "",
+                "target": str(target),
+                "paths": [f"/volumes/pages/{PAGE}"],
+            },
+            timeout=300,
+        )
+        assert code == 1, (output, error)
+        # The message itself names the cause, not only a warning logged before it.
+        assert "no space left on device" in error.strip().splitlines()[-1].lower(), error
+        assert_no_half_made(cluster, redis_client, repo, {wiki})
+
     filler.unlink()
-    assert cluster.api_ok("run-backup", {"id": 1})["outcome"] == "ok"
-    assert backups.status(redis_client, 1, 1, wiki)["outcome"] == "ok"
-    assert not list(redis_client.scan_iter(match="cluster/repository_lease/*"))
-    assert len(backups.snapshots(repo)) == 2
+    with subtests.test("space freed: the next backup works and takes the abandoned lease"):
+        assert cluster.api_ok("run-backup", {"id": 1})["outcome"] == "ok"
+        assert backups.status(redis_client, 1, 1, wiki)["outcome"] == "ok"
+        assert not list(redis_client.scan_iter(match="cluster/repository_lease/*"))
+        assert len(backups.snapshots(repo)) == 2
 
-    # A restore that runs out of space once its instance exists, in restic restore.
-    redis_client.set("test/stall", "restore-module/05stall")
-    restoring = subprocess.Popen(
-        [str(BIN / "api-cli"), "run", "cluster/restore-module", "--data", json.dumps(request)],
-        env=cluster.nodes[1].env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for("the restore held before restic", lambda: redis_client.get("test/stalled"))
-        filler = fill(disk)
-        redis_client.delete("test/stall")
-        out, error = restoring.communicate(timeout=300)
-    finally:
-        if restoring.poll() is None:
-            restoring.kill()
-            restoring.communicate()
-    assert restoring.returncode == 1, (out, error)
-    assert "no space left on device" in error.lower(), error
-    assert_no_half_made(cluster, redis_client, repo, {wiki})
+    with subtests.test("a restore that runs out of space in restic restore fails cleanly"):
+        redis_client.set("test/stall", "restore-module/05stall")
+        restoring = subprocess.Popen(
+            [str(BIN / "api-cli"), "run", "cluster/restore-module", "--data", json.dumps(request)],
+            env=cluster.nodes[1].env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for("the restore held before restic", lambda: redis_client.get("test/stalled"))
+            filler = fill(disk)
+            redis_client.delete("test/stall")
+            out, error = restoring.communicate(timeout=300)
+        finally:
+            redis_client.delete("test/stall")  # the restore below must not be held
+            if restoring.poll() is None:
+                restoring.kill()
+                restoring.communicate()
+        assert restoring.returncode == 1, (out, error)
+        assert "no space left on device" in error.lower(), error
+        assert_no_half_made(cluster, redis_client, repo, {wiki})
 
-    # Space freed: the restore works, byte-exact; the repository is sound.
-    filler.unlink()
+    filler.unlink(missing_ok=True)
     restored = cluster.api_ok("cluster/restore-module", request)["module_id"]
-    assert (cluster.volume_dir(1, restored, "pages") / PAGE).read_bytes() == page
-    assert (cluster.volume_dir(1, restored, "pages") / "big.bin").read_bytes() == big
-    assert len(backups.snapshots(repo)) == 2
-    assert backups.restic(repo, "check", check=False).returncode == 0
-    # The copy beside its source got a uuid of its own, recorded as restored from it.
-    copy_uuid = redis_client.hget("cluster/module_uuid", restored)
-    lineage = {copy_uuid: redis_client.hget("cluster/module_uuid", wiki)}
-    assert redis_client.hgetall("private/nodes/restore_uuid") == lineage
+    with subtests.test("space freed: the restore is byte-exact, the repository sound"):
+        assert (cluster.volume_dir(1, restored, "pages") / PAGE).read_bytes() == page
+        assert (cluster.volume_dir(1, restored, "pages") / "big.bin").read_bytes() == big
+        assert len(backups.snapshots(repo)) == 2
+        assert backups.restic(repo, "check", check=False).returncode == 0
+
+    with subtests.test("the copy beside its source has a uuid of its own, its lineage noted"):
+        copy_uuid = redis_client.hget("cluster/module_uuid", restored)
+        lineage = {copy_uuid: redis_client.hget("cluster/module_uuid", wiki)}
+        assert redis_client.hgetall("private/nodes/restore_uuid") == lineage
     redis_client.delete("private/nodes/restore_uuid")  # assert_settled wants none left
     assert_settled(cluster, redis_client, {wiki, restored})

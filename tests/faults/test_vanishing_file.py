@@ -86,7 +86,11 @@ def on_first_open(watched: Path, action: object) -> Iterator[threading.Event]:
 
 
 def test_a_file_vanishing_mid_backup_makes_it_partial(
-    cluster: ClusterHarness, redis_client: redis.Redis, wiki: str, tmp_path: Path
+    cluster: ClusterHarness,
+    redis_client: redis.Redis,
+    wiki: str,
+    tmp_path: Path,
+    subtests: pytest.Subtests,
 ) -> None:
     target = tmp_path / "backups"
     target.mkdir()
@@ -101,32 +105,34 @@ def test_a_file_vanishing_mid_backup_makes_it_partial(
         done = cluster.api("run", "run-backup", "--data", json.dumps({"id": 1}), timeout=300)
     assert opened.is_set(), "restic never opened the file"
     assert not vanishing.exists()
-    assert done.returncode == 3, (done.stdout, done.stderr)
-    assert json.loads(done.stdout)["outcome"] == "partial"
     status = backups.status(redis_client, 1, 1, wiki)
-    assert status["outcome"] == "partial", status
-    assert status["unreadable"] == ["volumes/pages/y-deleted-while-open.md"], status
-    # The snapshot exists and holds everything else.
-    [snapshot] = backups.snapshots(repo)
-    assert status["snapshot_id"] == snapshot["id"]
-    listed = backups.listing(repo)
-    assert "volumes/pages/index.md" in listed
-    assert backups.restic(repo, "check", check=False).returncode == 0
-    assert not list((repo / "locks").iterdir())
-    assert not list(redis_client.scan_iter(match="module/*/backup_lock"))
-    assert not list(redis_client.scan_iter(match="cluster/repository_lease/*"))
-    env = {**cluster.nodes[1].env(), **cluster.nodes[1].settings.podman_env()}
-    containers = subprocess.run(
-        ["podman", "ps", "--all", "--format", "{{.Names}}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert containers == []
+    with subtests.test("the run is partial (exit 3) and names the file"):
+        assert done.returncode == 3, (done.stdout, done.stderr)
+        assert json.loads(done.stdout)["outcome"] == "partial"
+        assert status["outcome"] == "partial", status
+        assert status["unreadable"] == ["volumes/pages/y-deleted-while-open.md"], status
+    with subtests.test("its snapshot exists, holds everything else, the repository is sound"):
+        [snapshot] = backups.snapshots(repo)
+        assert status["snapshot_id"] == snapshot["id"]
+        listed = backups.listing(repo)
+        assert "volumes/pages/index.md" in listed
+        assert backups.restic(repo, "check", check=False).returncode == 0
+    with subtests.test("no lock, lease or container is left"):
+        assert not list((repo / "locks").iterdir())
+        assert not list(redis_client.scan_iter(match="module/*/backup_lock"))
+        assert not list(redis_client.scan_iter(match="cluster/repository_lease/*"))
+        env = {**cluster.nodes[1].env(), **cluster.nodes[1].settings.podman_env()}
+        containers = subprocess.run(
+            ["podman", "ps", "--all", "--format", "{{.Names}}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert containers == []
 
-    # Nothing vanishes the next time: ok; the partial snapshot stays among the snapshots.
-    done = cluster.api("run", "run-backup", "--data", json.dumps({"id": 1}), timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert backups.status(redis_client, 1, 1, wiki)["outcome"] == "ok"
-    assert len(backups.snapshots(repo)) == 2
+    with subtests.test("nothing vanishes the next time: ok, the partial snapshot kept"):
+        done = cluster.api("run", "run-backup", "--data", json.dumps({"id": 1}), timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert backups.status(redis_client, 1, 1, wiki)["outcome"] == "ok"
+        assert len(backups.snapshots(repo)) == 2

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -71,21 +71,26 @@ def refused(call: object) -> bool:
 
 
 def test_module_credentials_reach_only_what_the_module_owns(
-    node: EmbeddedNode, authorized_image: str, restic_image: str, tmp_path: Path
+    node: EmbeddedNode,
+    authorized_image: str,
+    restic_image: str,
+    tmp_path: Path,
+    subtests: pytest.Subtests,
 ) -> None:
     wiki = node.api_ok("add-module", {"image": authorized_image, "node": 1})["module_id"]
     other = node.api_ok("add-module", {"image": authorized_image, "node": 1})["module_id"]
     admin = node.redis()
     env_file = node.settings.state_dir(f"module/{wiki}") / "agent.env"
     credentials = read_env_file(env_file)
-    assert credentials["REDIS_USER"] == f"module/{wiki}"
-    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
-    recorded = json.loads(admin.hget(redis_keys.CLUSTER_ACLS, f"module/{wiki}"))
-    assert credentials["REDIS_PASSWORD"] not in json.dumps(recorded)
-    assert recorded["granted"] == ["node/1"]
-    # Its own repository as add-module installed it: the one lease it may hold.
     own_uuid = admin.hget(redis_keys.MODULE_UUID, wiki)
-    assert (recorded["image"], recorded["module_uuid"]) == ("minwiki-authorized", own_uuid)
+    with subtests.test("add-module writes the credentials 0600 and records the user"):
+        assert credentials["REDIS_USER"] == f"module/{wiki}"
+        assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+        recorded = json.loads(admin.hget(redis_keys.CLUSTER_ACLS, f"module/{wiki}"))
+        assert credentials["REDIS_PASSWORD"] not in json.dumps(recorded)
+        assert recorded["granted"] == ["node/1"]
+        # Its own repository as add-module installed it: the one lease it may hold.
+        assert (recorded["image"], recorded["module_uuid"]) == ("minwiki-authorized", own_uuid)
 
     admin.hset("private/notification_target/ops", "url", "mailto://secret")
     admin.hset("private/backup_repository/d1", "password", "gap")
@@ -93,85 +98,88 @@ def test_module_credentials_reach_only_what_the_module_owns(
     admin.set("task/cluster/t1/output", '"cluster result"')
     admin.set(f"task/module/{other}/t1/output", '"other result"')
     module = module_client(node, wiki)
-
-    # Refused: secrets, another module's keys, other agents' task records and queues.
-    assert refused(lambda: module.hgetall("private/notification_target/ops"))
-    assert refused(lambda: module.hgetall(redis_keys.RESTORE_UUID))
-    assert refused(lambda: module.get(f"module/{other}/secret"))
-    assert refused(lambda: module.hgetall(f"module/{other}/environment"))
-    assert refused(lambda: module.get("task/cluster/t1/output"))
-    assert refused(lambda: module.get(f"task/module/{other}/t1/output"))
-    assert refused(lambda: module.lpush("cluster/tasks", "{}"))
-    assert refused(lambda: module.lpush(f"module/{other}/tasks", "{}"))
-    assert refused(lambda: module.lrange("node/1/tasks", 0, -1))  # push only
-    assert refused(lambda: module.keys("*"))
-    assert refused(lambda: module.scan(0))
-    assert refused(lambda: module.acl_list())
-    assert refused(lambda: module.flushall())
-    assert admin.llen("cluster/tasks") == 0
-
-    # Allowed: its own keys, its own queue and the one its label grants, the public keys.
-    module.set(f"module/{wiki}/note", "mine")
-    assert module.get(f"module/{wiki}/note") == "mine"
-    assert module.hget(redis_keys.MODULE_UUID, wiki)
-    own = tasks.run(module, tasks.TaskRequest(f"module/{wiki}", "list-actions"))  # type: ignore[arg-type]
-    assert own.exit_code == 0 and "restore-module" in own.output
-    granted = tasks.run(module, tasks.TaskRequest("node/1", "list-actions"))  # type: ignore[arg-type]
-    assert granted.exit_code == 0 and "run-backup" in granted.output
     lease = "return redis.call('HSET', KEYS[1], 'holder', 'x')"
-    assert module.eval(
-        lease, 1, redis_keys.repository_lease("d1", f"minwiki-authorized/{own_uuid}")
-    )
     other_uuid = admin.hget(redis_keys.MODULE_UUID, other)
     other_lease = redis_keys.repository_lease("d1", f"minwiki-authorized/{other_uuid}")
-    assert refused(lambda: module.eval(lease, 1, other_lease))
-    # No destination secret either: module-side restic goes through the storage gateway.
-    assert refused(lambda: module.hget("private/backup_repository/d1", "password"))
 
-    # Without credentials (Redis's `default` user) nothing at all.
-    anonymous = redis.Redis(**{**module.connection_pool.connection_kwargs, "username": None})
-    with pytest.raises(redis.exceptions.AuthenticationError):
-        anonymous.ping()
-    # The node's credentials still do everything.
-    assert admin.hget("private/notification_target/ops", "url") == "mailto://secret"
-    assert f"module/{wiki}" in admin.acl_users()
+    with subtests.test("refused: secrets, other modules' keys, other agents' tasks and queues"):
+        probes: dict[str, Callable[[], object]] = {
+            "a notification target": lambda: module.hgetall("private/notification_target/ops"),
+            "the restore uuids": lambda: module.hgetall(redis_keys.RESTORE_UUID),
+            "another module's key": lambda: module.get(f"module/{other}/secret"),
+            "another module's environment": lambda: module.hgetall(f"module/{other}/environment"),
+            "the cluster's task output": lambda: module.get("task/cluster/t1/output"),
+            "another module's task output": lambda: module.get(f"task/module/{other}/t1/output"),
+            "the cluster's queue": lambda: module.lpush("cluster/tasks", "{}"),
+            "another module's queue": lambda: module.lpush(f"module/{other}/tasks", "{}"),
+            "reading the node's queue (push only)": lambda: module.lrange("node/1/tasks", 0, -1),
+            "KEYS": lambda: module.keys("*"),
+            "SCAN": lambda: module.scan(0),
+            "ACL LIST": lambda: module.acl_list(),
+            "FLUSHALL": lambda: module.flushall(),
+            "another module's lease": lambda: module.eval(lease, 1, other_lease),
+            # Module-side restic goes through the storage gateway.
+            "a destination's password": lambda: module.hget(
+                "private/backup_repository/d1", "password"
+            ),
+        }
+        assert [name for name, call in probes.items() if not refused(call)] == []
+        assert admin.llen("cluster/tasks") == 0
 
-    # A step of the module runs with the module's credentials, not the node's.
-    step = node.settings.agent_home(f"module/{wiki}") / "actions" / "whoami" / "10whoami"
-    step.parent.mkdir(parents=True)
-    step.write_text(
-        "#!/usr/bin/env python3\nimport json, os, redis\n"
-        "c = redis.Redis.from_url(os.environ['REDIS_URL'], decode_responses=True)\n"
-        "try:\n    c.hgetall('private/notification_target/ops'); secret = 'read'\n"
-        "except redis.exceptions.NoPermissionError:\n    secret = 'refused'\n"
-        "print(json.dumps([c.connection_pool.connection_kwargs['username'], secret]))\n"
-    )
-    step.chmod(0o755)
-    assert node.api_ok(f"module/{wiki}/whoami") == [f"module/{wiki}", "refused"]
+    with subtests.test("allowed: its keys, its queue, the queue its label grants, its lease"):
+        module.set(f"module/{wiki}/note", "mine")
+        assert module.get(f"module/{wiki}/note") == "mine"
+        assert module.hget(redis_keys.MODULE_UUID, wiki)
+        own = tasks.run(module, tasks.TaskRequest(f"module/{wiki}", "list-actions"))  # type: ignore[arg-type]
+        assert own.exit_code == 0 and "restore-module" in own.output
+        granted = tasks.run(module, tasks.TaskRequest("node/1", "list-actions"))  # type: ignore[arg-type]
+        assert granted.exit_code == 0 and "run-backup" in granted.output
+        own_lease = redis_keys.repository_lease("d1", f"minwiki-authorized/{own_uuid}")
+        assert module.eval(lease, 1, own_lease)
 
-    # A Redis restart keeps the users (applied again from cluster/acls at `cluster up`).
-    node.kill_redis()
-    up = node.agent("cluster", "up")
-    assert up.returncode == 0, up.stderr
-    module = module_client(node, wiki)
-    assert module.get(f"module/{wiki}/note") == "mine"
-    assert refused(lambda: module.get(f"module/{other}/secret"))
+    with subtests.test("Redis's default user gets nothing; the node's gets everything"):
+        anonymous = redis.Redis(**{**module.connection_pool.connection_kwargs, "username": None})
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            anonymous.ping()
+        assert admin.hget("private/notification_target/ops", "url") == "mailto://secret"
+        assert f"module/{wiki}" in admin.acl_users()
 
-    # remove-module takes its user and its record with it.
-    node.api_ok("remove-module", {"module_id": wiki, "preserve_data": False})
-    with pytest.raises(redis.exceptions.AuthenticationError):
-        module.ping()
-    assert not admin.hexists(redis_keys.CLUSTER_ACLS, f"module/{wiki}")
-    assert f"module/{wiki}" not in node.redis().acl_users()
+    with subtests.test("a step of the module runs with the module's credentials"):
+        step = node.settings.agent_home(f"module/{wiki}") / "actions" / "whoami" / "10whoami"
+        step.parent.mkdir(parents=True)
+        step.write_text(
+            "#!/usr/bin/env python3\nimport json, os, redis\n"
+            "c = redis.Redis.from_url(os.environ['REDIS_URL'], decode_responses=True)\n"
+            "try:\n    c.hgetall('private/notification_target/ops'); secret = 'read'\n"
+            "except redis.exceptions.NoPermissionError:\n    secret = 'refused'\n"
+            "print(json.dumps([c.connection_pool.connection_kwargs['username'], secret]))\n"
+        )
+        step.chmod(0o755)
+        assert node.api_ok(f"module/{wiki}/whoami") == [f"module/{wiki}", "refused"]
 
-    # A module installed before modules had users gets one when its daemon starts.
-    (node.settings.state_dir(f"module/{other}") / "agent.env").unlink()
-    node.kill_daemon()
-    up = node.agent("cluster", "up")
-    assert up.returncode == 0, up.stderr
-    other_env = node.settings.state_dir(f"module/{other}") / "agent.env"
-    wait_until("the new daemon making the user", lambda: read_env_file(other_env))
-    assert module_client(node, other).get(f"module/{other}/secret") == "theirs"
+    with subtests.test("a Redis restart keeps the users (applied again at cluster up)"):
+        node.kill_redis()
+        up = node.agent("cluster", "up")
+        assert up.returncode == 0, up.stderr
+        module = module_client(node, wiki)
+        assert module.get(f"module/{wiki}/note") == "mine"
+        assert refused(lambda: module.get(f"module/{other}/secret"))
+
+    with subtests.test("remove-module takes its user and its record with it"):
+        node.api_ok("remove-module", {"module_id": wiki, "preserve_data": False})
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            module.ping()
+        assert not admin.hexists(redis_keys.CLUSTER_ACLS, f"module/{wiki}")
+        assert f"module/{wiki}" not in node.redis().acl_users()
+
+    with subtests.test("a module installed before modules had users gets one at daemon start"):
+        (node.settings.state_dir(f"module/{other}") / "agent.env").unlink()
+        node.kill_daemon()
+        up = node.agent("cluster", "up")
+        assert up.returncode == 0, up.stderr
+        other_env = node.settings.state_dir(f"module/{other}") / "agent.env"
+        wait_until("the new daemon making the user", lambda: read_env_file(other_env))
+        assert module_client(node, other).get(f"module/{other}/secret") == "theirs"
 
 
 def test_include_lines_outside_the_module_are_ignored_and_reported(

@@ -35,7 +35,10 @@ def rootless_image(minwiki_image: str, restic_image: str) -> str:
 
 
 def test_rootless_module_lives_and_dies_as_its_own_user(
-    cluster: ClusterHarness, redis_client: redis.Redis, rootless_image: str
+    cluster: ClusterHarness,
+    redis_client: redis.Redis,
+    rootless_image: str,
+    subtests: pytest.Subtests,
 ) -> None:
     unique_ids(redis_client)
     module_id = cluster.api_ok("add-module", {"image": rootless_image, "node": 1})["module_id"]
@@ -44,44 +47,49 @@ def test_rootless_module_lives_and_dies_as_its_own_user(
         entry = pwd.getpwnam(module_id)
         home = Path(entry.pw_dir)
         install = home / ".config"
-        assert settings.agent_home(f"module/{module_id}") == install
-        assert stat.S_IMODE(home.stat().st_mode) == 0o700
-        assert (install / "state" / "environment").stat().st_uid == entry.pw_uid
-        assert (install / "bin" / "module-dump-state").is_file()
-        assert not (install / "actions" / "restore-module" / "10restore").exists(), (
-            "the agent's base steps stay the node's"
-        )
-        # create-module ran as the user: bare volume names in the user's own store, a file
-        # chowned to uid 1000 inside the user namespace (a subordinate id on the host).
-        names = as_user(module_id, "podman", "volume", "ls", "--format", "{{.Name}}").stdout
-        assert {"pages", "db", "cache"} <= set(names.split())
-        pages = user_volume(module_id, "pages")
-        assert str(pages).startswith(str(home))
-        assert (pages / "index.md").lstat().st_uid == entry.pw_uid
-        inside = as_user(
-            module_id, "podman", "unshare", "stat", "-c", "%u", str(pages / "user-upload.md")
-        )
-        assert inside.stdout.strip() == "1000"
-        assert (pages / "user-upload.md").stat().st_uid != 1000
-        assert cluster.api_ok(f"module/{module_id}/get-status")["pages"] == 200
-        # A link where the node made a directory would send the node's own reads (env
-        # files, state-include.conf) elsewhere: the module's tasks are refused meanwhile.
-        state = install / "state"
-        state.rename(install / "state.real")
-        state.symlink_to("/etc")
-        code, _, error = cluster.api_json(f"module/{module_id}/get-status")
-        assert code != 0 and "is not a directory of" in error, error
-        state.unlink()
-        (install / "state.real").rename(state)
-        runagent = Path(sys.executable).parent / "runagent"
-        done = subprocess.run(
-            [str(runagent), "-m", module_id, "sh", "-c", 'id -un; echo "$HOME"; pwd'],
-            env=cluster.nodes[1].env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.stdout.split() == [module_id, str(home), str(install / "state")], done
+        with subtests.test("installed in the user's 0700 home, its state the user's"):
+            assert settings.agent_home(f"module/{module_id}") == install
+            assert stat.S_IMODE(home.stat().st_mode) == 0o700
+            assert (install / "state" / "environment").stat().st_uid == entry.pw_uid
+            assert (install / "bin" / "module-dump-state").is_file()
+            assert not (install / "actions" / "restore-module" / "10restore").exists(), (
+                "the agent's base steps stay the node's"
+            )
+        with subtests.test("create-module ran as the user, in the user's own store"):
+            # Bare volume names; a file chowned to uid 1000 inside the user namespace (a
+            # subordinate id on the host).
+            names = as_user(module_id, "podman", "volume", "ls", "--format", "{{.Name}}").stdout
+            assert {"pages", "db", "cache"} <= set(names.split())
+            pages = user_volume(module_id, "pages")
+            assert str(pages).startswith(str(home))
+            assert (pages / "index.md").lstat().st_uid == entry.pw_uid
+            inside = as_user(
+                module_id, "podman", "unshare", "stat", "-c", "%u", str(pages / "user-upload.md")
+            )
+            assert inside.stdout.strip() == "1000"
+            assert (pages / "user-upload.md").stat().st_uid != 1000
+            assert cluster.api_ok(f"module/{module_id}/get-status")["pages"] == 200
+        with subtests.test("a link where the node made a directory: the tasks are refused"):
+            # It would send the node's own reads (env files, state-include.conf) elsewhere.
+            state = install / "state"
+            state.rename(install / "state.real")
+            try:
+                state.symlink_to("/etc")
+                code, _, error = cluster.api_json(f"module/{module_id}/get-status")
+                assert code != 0 and "is not a directory of" in error, error
+            finally:
+                state.unlink(missing_ok=True)
+                (install / "state.real").rename(state)
+        with subtests.test("runagent runs as the user, in its state directory"):
+            runagent = Path(sys.executable).parent / "runagent"
+            done = subprocess.run(
+                [str(runagent), "-m", module_id, "sh", "-c", 'id -un; echo "$HOME"; pwd'],
+                env=cluster.nodes[1].env(),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.stdout.split() == [module_id, str(home), str(install / "state")], done
     finally:
         cluster.api_ok("remove-module", {"module_id": module_id})
     assert not user_exists(module_id)
