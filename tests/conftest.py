@@ -23,7 +23,7 @@ import time
 import tomllib
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -130,6 +130,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "podman" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test that ran a cluster (the `cluster` fixture) reports the tails of its
+    nodes' logs: a failure seen once under load is read from them, not guessed at."""
+    report: pytest.TestReport = yield
+    harness = getattr(item, "funcargs", {}).get("cluster")
+    nodes = getattr(harness, "nodes", None)
+    if report.failed and isinstance(nodes, dict):
+        for node_id, node in sorted(nodes.items()):
+            log_dir = node.settings.log_dir
+            for name in ("agent.log", "gateway.log"):
+                with contextlib.suppress(OSError):
+                    lines = (log_dir / name).read_text(errors="replace").splitlines()[-60:]
+                    report.sections.append((f"node {node_id} {name} (tail)", "\n".join(lines)))
+    return report
 
 
 def pytest_report_header(config: pytest.Config) -> str:

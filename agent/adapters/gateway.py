@@ -33,6 +33,9 @@ from agent.core.settings import Settings
 PID_FILE = "gateway.pid"
 WATCH_FILE = "gateway.watch"  # the pid of the daemon the gateway is tied to, if any
 PROBE_SECONDS = 5.0
+# A gateway that is gone refuses at once; one that is alive on a busy node (every core
+# taken) may need seconds to answer: 2 s failed listings and restores there.
+HEALTH_SECONDS = 10.0
 START_SECONDS = 15.0
 
 log = logging.getLogger("agent.gateway")
@@ -332,7 +335,8 @@ def answers(address: str) -> bool:
     """True when a gateway answers its health check at address (host:port)."""
     try:
         with plain_http_client() as client:
-            return client.get(f"http://{address}/_gateway/health", timeout=2).status_code == 200
+            health = f"http://{address}/_gateway/health"
+            return client.get(health, timeout=HEALTH_SECONDS).status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -245,12 +245,16 @@ def test_operator_watches_a_backup_then_downloads_and_restores_a_file(
         option = next(o for o in repository.options if wiki in o.text)
         repository.select_by_value(option.get_attribute("value"))
         for directory in ["volumes", "volumes/pages", *_parents(PAGE_PATH)]:
-            row = wait_until(
-                lambda d=directory: browser.find_elements(
-                    By.CSS_SELECTOR, f'#tree tr[data-path="{d}"] a.dir'
-                ),
-                what=directory,
-            )
+            try:
+                row = wait_until(
+                    lambda d=directory: browser.find_elements(
+                        By.CSS_SELECTOR, f'#tree tr[data-path="{d}"] a.dir'
+                    ),
+                    what=directory,
+                )
+            except AssertionError as exc:  # what the page said instead
+                status = browser.find_element(By.ID, "browse-status").text
+                raise AssertionError(f"{exc}; the page says {status!r}") from None
             row[0].click()
         page_row = wait_until(
             lambda: browser.find_elements(By.CSS_SELECTOR, f'#tree tr[data-path="{PAGE_PATH}"]')
