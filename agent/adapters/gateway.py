@@ -10,6 +10,7 @@ read); the gateway decides what it may do there (agent/core/gateway_rules.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -36,7 +37,7 @@ PROBE_SECONDS = 5.0
 # A gateway that is gone refuses at once; one that is alive on a busy node (every core
 # taken) may need seconds to answer: 2 s failed listings and restores there.
 HEALTH_SECONDS = 10.0
-START_SECONDS = 15.0
+START_SECONDS = 60.0  # a saturated node took over 15 s; a gateway that dies is seen at once
 
 log = logging.getLogger("agent.gateway")
 
@@ -325,6 +326,9 @@ def start_gateway(
     deadline = time.monotonic() + START_SECONDS
     while not answers(loopback):
         if child.poll() is not None or time.monotonic() > deadline:
+            _stop(pid_file)  # one that came up too late must not run on unwatched
+            with contextlib.suppress(proc.TimeoutExpired):
+                child.wait(5)
             tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
             raise AgentError("the storage gateway did not start: " + " | ".join(tail))
         time.sleep(0.1)

@@ -169,13 +169,18 @@ def spawn(
     new_session: bool = True,
     umask: int = -1,
     run_as: RunAs | None = None,
+    die_with_parent: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start argv with exactly env, in its own session (so its whole group can be
-    signalled); run_as: as that user (setpriv execs it: same pid, same group)."""
+    signalled); run_as: as that user (setpriv execs it: same pid, same group).
+    die_with_parent: SIGTERM when the thread that started it ends (setpriv's pdeathsig):
+    a child of a long-lived thread that must not outlive its process, even a SIGKILLed one."""
     full_env = dict(env)
     if run_as is not None:
         argv, full_env = run_as.argv(argv), run_as.environment(full_env)
         cwd = run_as.home if cwd is None else cwd
+    if die_with_parent:
+        argv = ["setpriv", "--pdeathsig", "TERM", "--", *argv]
     log.debug("spawn %s", shlex.join(argv))
     audit(argv)
     return subprocess.Popen(

@@ -211,6 +211,8 @@ class Backends:
                 stdin=proc.DEVNULL,
                 stdout=handle,
                 stderr=handle,
+                # Started on the event loop's thread: a SIGKILLed gateway leaves no rclone.
+                die_with_parent=True,
             )
         child = _Child(spec, process, address, log_path, auth)
         Path(self._pid_dir, f"{process.pid}.pid").write_text(f"{process.pid}\n")

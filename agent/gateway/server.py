@@ -66,7 +66,13 @@ def serve(settings: Settings, watch_pid: int | None = None) -> None:
     redis.delete(key)
     redis.hset(key, mapping=published(settings.gateway_listen, settings.gateway_address))
     config = uvicorn.Config(
-        make_app(gateway), log_level="warning", access_log=False, proxy_headers=False
+        make_app(gateway),
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+        # A stop must not wait on a client that never hangs up: whoever stops the gateway
+        # SIGKILLs it after 10 s, before its children are stopped in order.
+        timeout_graceful_shutdown=5,
     )
     log.info(
         "storage gateway of node %d on %s", settings.node_id, ", ".join(settings.gateway_listen)
