@@ -180,6 +180,16 @@ def wait_until(condition: Callable[[], Any], timeout: float = 180, what: str = "
         time.sleep(0.2)
 
 
+def click_fresh(find: Callable[[], Any], what: str) -> None:
+    """Click what find() returns; found again when the live page replaced it meanwhile."""
+
+    def clicked() -> bool:
+        find().click()
+        return True
+
+    wait_until(clicked, timeout=30, what=what)
+
+
 def test_operator_watches_a_backup_then_downloads_and_restores_a_file(
     cluster: ClusterHarness,
     wiki: str,
@@ -211,7 +221,11 @@ def test_operator_watches_a_backup_then_downloads_and_restores_a_file(
         # learns of it (and of its end) from the event stream alone.
         holder = locks.acquire(redis_client, redis_keys.module_backup_lock(wiki))
         try:
-            browser.find_element(By.CSS_SELECTOR, 'button.run-backup[data-backup="1"]').click()
+            # The live dashboard may re-render the button between finding and clicking it.
+            click_fresh(
+                lambda: browser.find_element(By.CSS_SELECTOR, 'button.run-backup[data-backup="1"]'),
+                "the run-backup button",
+            )
             running = wait_until(
                 lambda: [
                     row
