@@ -114,17 +114,27 @@ def _children(pid: int) -> list[int]:
 
 
 def _wait_for_helpers(daemon: int, timeout: float = 30.0) -> list[int]:
-    """The daemon's children that run its own command line (the warm helper forks itself)."""
+    """The daemon's children that run its own command line (the warm helper forks itself)
+    and still do half a second later: a child forked to exec something else (the gateway,
+    a step) shows the daemon's command line too, until its exec."""
     command = Path(f"/proc/{daemon}/cmdline").read_bytes()
-    deadline = time.monotonic() + timeout
-    while True:
-        helpers = []
+
+    def forks() -> set[int]:
+        found = set()
         for child in _children(daemon):
             with contextlib.suppress(OSError):
                 if Path(f"/proc/{child}/cmdline").read_bytes() == command:
-                    helpers.append(child)
+                    found.add(child)
+        return found
+
+    deadline = time.monotonic() + timeout
+    while True:
+        helpers = forks()
+        if helpers:
+            time.sleep(0.5)
+            helpers &= forks()
         if helpers or time.monotonic() > deadline:
-            return helpers
+            return sorted(helpers)
         time.sleep(0.1)
 
 
