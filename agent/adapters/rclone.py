@@ -81,6 +81,35 @@ def parse_config_section(text: str) -> dict[str, str]:
     return options
 
 
+# Bounded failures for a serving child: a dead storage answers an error in seconds, restic
+# retries it.
+SERVE_FLAGS = (
+    "--contimeout=10s",
+    "--timeout=60s",
+    "--low-level-retries=2",
+    "--log-level=NOTICE",
+)
+SERVE_KINDS = ("restic", "webdav")
+
+
+def serve_restic_argv(address: str, remote: str) -> list[str]:
+    """`rclone serve restic` of remote on address (host:port); secrets stay in the env."""
+    return ["rclone", "serve", "restic", f"--addr={address}", *SERVE_FLAGS, remote]
+
+
+def serve_webdav_argv(address: str, remote: str, base_url: str) -> list[str]:
+    """`rclone serve webdav` of remote on address, answering under the path base_url (so the
+    hrefs it answers are those the client asked)."""
+    base = f"--baseurl={base_url}"
+    return ["rclone", "serve", "webdav", f"--addr={address}", base, *SERVE_FLAGS, remote]
+
+
+def is_serve_argv(argv: Sequence[bytes]) -> bool:
+    """True when a process's argv (from /proc/<pid>/cmdline) is one of the serve builders'."""
+    kinds = [kind.encode() for kind in SERVE_KINDS]
+    return list(argv[:2]) == [b"rclone", b"serve"] and len(argv) > 2 and argv[2] in kinds
+
+
 def probe_argv(command: str, remote_path: str) -> list[str]:
     """rclone args (no secrets: the remote is defined in the environment) for one probe step."""
     return [command, *PROBE_FLAGS, remote_path]

@@ -188,6 +188,11 @@ def list_timers_argv(systemctl: Sequence[str], patterns: Iterable[str]) -> list[
     return [*systemctl, "list-timers", "--all", "--output=json", *patterns]
 
 
+def calendar_check_argv(schedule: str) -> list[str]:
+    """systemd's own parser of a calendar expression (`--`: a leading dash is no option)."""
+    return ["systemd-analyze", "calendar", "--", schedule]
+
+
 def calendar_argv(schedule: str, base_epoch: float, iterations: int = 1) -> list[str]:
     """systemd's own arithmetic: the next `iterations` elapses of schedule after base."""
     return [

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from agent.adapters import proc
+from agent.adapters import proc, rclone
 from agent.adapters.destinations import (
     Destination,
     check_destination,
@@ -42,13 +42,6 @@ from agent.core.gateway_rules import WEBDAV_PREFIX
 
 log = logging.getLogger("agent.gateway")
 START_SECONDS = 15.0
-# Bounded failures: a dead storage answers an error in seconds, restic retries it.
-SERVE_FLAGS = (
-    "--contimeout=10s",
-    "--timeout=60s",
-    "--low-level-retries=2",
-    "--log-level=NOTICE",
-)
 
 
 class Unavailable(AgentError):
@@ -74,17 +67,10 @@ class ChildSpec:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def serve_restic_argv(address: str, remote: str) -> list[str]:
-    """`rclone serve restic` of remote on address (host:port); secrets stay in the env."""
-    return ["rclone", "serve", "restic", f"--addr={address}", *SERVE_FLAGS, remote]
-
-
 def serve_webdav_argv(address: str, remote: str, destination_id: str) -> list[str]:
-    """`rclone serve webdav` of remote on address, the small files beside repositories,
-    under the gateway's own path for the destination (so the hrefs it answers are those
-    the client asked)."""
-    base = f"--baseurl={WEBDAV_PREFIX}{destination_id}"
-    return ["rclone", "serve", "webdav", f"--addr={address}", base, *SERVE_FLAGS, remote]
+    """The WebDAV child of a destination (the small files beside repositories), under the
+    gateway's own path for it."""
+    return rclone.serve_webdav_argv(address, remote, f"{WEBDAV_PREFIX}{destination_id}")
 
 
 def child_spec(destination: Destination) -> ChildSpec:
@@ -120,7 +106,7 @@ class Backends:
         policy: Callable[[], LocalPolicy],
         log_dir: str,
         run_dir: str,
-        # (address, remote, destination id) → argv; None: serve_restic_argv
+        # (address, remote, destination id) → argv; None: rclone.serve_restic_argv
         serve_argv: Callable[[str, str, str], list[str]] | None = None,
         kind: str = "",  # "" restic's children, "webdav" the WebDAV ones
     ) -> None:
@@ -206,7 +192,7 @@ class Backends:
             process = proc.spawn(
                 self._serve_argv(address, spec.remote, destination_id)
                 if self._serve_argv
-                else serve_restic_argv(address, spec.remote),
+                else rclone.serve_restic_argv(address, spec.remote),
                 env=env,
                 stdin=proc.DEVNULL,
                 stdout=handle,
@@ -274,7 +260,7 @@ def _is_rclone_serve(pid: int) -> bool:
         argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")  # noqa: SIM115
     except OSError:
         return False
-    return argv[:2] == [b"rclone", b"serve"] and argv[2:3] in ([b"restic"], [b"webdav"])
+    return rclone.is_serve_argv(argv)
 
 
 async def _answers(host: str, port: int) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis as redis_lib
 
-from agent.adapters import proc
+from agent.adapters import proc, systemd
 from agent.adapters.redis_api import watching
 from agent.adapters.redis_store import Redis
 from agent.core import redis_keys
@@ -46,9 +46,9 @@ def error_row(field: str, error: str, value: Any) -> dict[str, Any]:
 
 
 def schedule_is_valid(schedule: str) -> bool:
-    """systemd's own parser decides (`--` so that a leading dash is no option)."""
+    """systemd's own parser decides."""
     try:
-        result = proc.run(["systemd-analyze", "calendar", "--", schedule], timeout=10)
+        result = proc.run(systemd.calendar_check_argv(schedule), timeout=10)
     except (OSError, proc.TimeoutExpired) as exc:
         raise AgentError(f"cannot check the schedule with systemd-analyze: {exc}") from None
     return result.returncode == 0

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from agent.adapters import proc, restic
+from agent.adapters import proc, restic, tar
 from agent.adapters.destinations import Destination, restic_target
 from agent.adapters.redis_store import Context
 from agent.core import module_archive, redis_keys, restic_args
@@ -163,15 +163,6 @@ def scratch_destination(directory: Path, password: str) -> Destination:
     )
 
 
-def unpack_argv(archive: Path, tree: Path) -> list[str]:
-    """GNU tar: owners by number, modes, exact times, xattrs; the manifest stays out."""
-    return [
-        "tar", "--zstd", "-x", "-f", str(archive), "-C", str(tree),
-        "--numeric-owner", "--same-owner", "--same-permissions",
-        "--xattrs", "--xattrs-include=*", "--exclude", module_archive.MANIFEST,
-    ]  # fmt: skip
-
-
 def prepare_module_archive(step: Step, request: PrepareModuleArchiveRequest) -> dict[str, Any]:
     """Verify the archive, unpack it and back it up into a scratch repository."""
     archive = Path(request.file)
@@ -195,7 +186,7 @@ def prepare_module_archive(step: Step, request: PrepareModuleArchiveRequest) -> 
     directory = scratch_dir(step.ctx, request.scratch)
     tree = directory / "tree"
     tree.mkdir(parents=True)
-    proc.run(unpack_argv(archive, tree), timeout=24 * 3600, check=True)
+    proc.run(tar.unpack_argv(archive, tree, module_archive.MANIFEST), timeout=24 * 3600, check=True)
     step.set_progress(60)
     destination = scratch_destination(directory, request.password)
     (directory / "repo").mkdir()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from agent.adapters import gateway
+from agent.adapters.rclone import is_serve_argv, serve_restic_argv, serve_webdav_argv
 from agent.core.errors import ActionFailed, ConfigError
-from agent.gateway.backends import child_spec, serve_restic_argv
+from agent.gateway.backends import child_spec
 from agent.gateway.warm import changed_ids
 from agent.records.destinations import Destination
 
@@ -60,6 +61,17 @@ def test_rclone_children_get_secrets_by_environment_only() -> None:
     )
     assert child_spec(local).remote == "/srv/backup"
     assert child_spec(local).env == {}
+
+
+def test_leftover_children_are_recognised_by_the_serve_builders_argv_only() -> None:
+    restic_child = serve_restic_argv("127.0.0.1:1", "/srv/backup")
+    webdav_child = serve_webdav_argv("127.0.0.1:2", "/srv/backup", "/dav/d1")
+    assert "--baseurl=/dav/d1" in webdav_child
+    for argv in (restic_child, webdav_child):
+        assert is_serve_argv([arg.encode() for arg in argv])
+    # Another rclone, or another program serving, is never taken for a child.
+    for other in (["rclone", "serve", "sftp"], ["rclone", "copy"], ["rclone", "serve"], ["x"]):
+        assert not is_serve_argv([arg.encode() for arg in other])
 
 
 def test_destination_change_messages_name_ids_only() -> None:
