@@ -11,7 +11,8 @@ CLUSTER = "cluster"
 TASK_TTL_SECONDS = 8 * 3600
 
 
-def node_agent(node_id: int) -> str:
+def node_agent(node_id: int | str) -> str:
+    """node/<N> (the text of a NODE_ID as the environment spells it, or a number)."""
     return f"node/{node_id}"
 
 
@@ -92,10 +93,15 @@ def agent_of_processing(key: str) -> str:
     return key.removesuffix("/tasks/processing")
 
 
+def task_path(agent_id: str, task_id: str) -> str:
+    """task/<agent>/<id>: NS8's name of a task, the prefix of its fields' keys."""
+    return f"task/{agent_id}/{task_id}"
+
+
 def task_field(agent_id: str, task_id: str, field: str) -> str:
     if field not in ("context", "output", "error", "exit_code"):
         raise ValueError(f"unknown task field {field!r}")
-    return f"task/{agent_id}/{task_id}/{field}"
+    return f"{task_path(agent_id, task_id)}/{field}"
 
 
 def task_progress_channel(agent_id: str, task_id: str) -> str:

@@ -87,7 +87,7 @@ def resolve_agent_id(agent_selector: str, node_id: int | str | None = None) -> s
 
     node = str(node_id if node_id is not None else os.environ.get("NODE_ID", ""))
     if agent_selector == "node":
-        return redis_keys.node_agent(int(node)) if node.isdigit() else f"node/{node}"
+        return redis_keys.node_agent(int(node) if node.isdigit() else node)
     if agent_selector == "self":
         return os.environ["AGENT_ID"]
     if agent_selector.isdigit():

@@ -128,6 +128,7 @@ def run_nowait(agent_id: str, action: str, data: Any = None, **kwargs: Any) -> s
 
 def runp_nowait(tasks: Sequence[Task], **kwargs: Any) -> list[str]:
     """Submit the tasks and return their paths without waiting."""
+    from agent.core import redis_keys
     from agent.runtime import tasks as client
 
     redis = _connect()
@@ -137,7 +138,7 @@ def runp_nowait(tasks: Sequence[Task], **kwargs: Any) -> list[str]:
         request = _request(task, kwargs)
         with _translated():
             task_id = client.submit(redis, request, check=check)
-        paths.append(f"task/{request.agent_id}/{task_id}")
+        paths.append(redis_keys.task_path(request.agent_id, task_id))
     return paths
 
 

@@ -6,6 +6,7 @@ image variables, flags and authorizations."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -106,6 +107,7 @@ def test_a_module_written_to_ns8_conventions_gets_ns8s_api_and_environment(
         assert selftask["runp_brief_failures"] == 1
         assert selftask["ghost_raised"] == "TaskSubmissionCheckFailed"
         assert selftask["runp_shapes"] == ["dict", "TaskSubmissionCheckFailed"]
+        assert re.fullmatch(rf"task/module/{module_id}/[0-9a-f-]+", selftask["nowait_path"])
 
     with subtests.test("redis-exec, redis-get, redis-hgetall"):
         assert record["shell"]["set"] == "True\n"
