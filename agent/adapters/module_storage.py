@@ -18,24 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from agent.adapters import proc
+from agent.adapters import proc, rclone, sockets
 from agent.adapters.destinations import Destination, local_directory, restic_target
 from agent.adapters.restic import ResticTarget
 from agent.core.errors import AgentError
 
 LOOPBACK = "127.0.0.1"
 START_SECONDS = 20.0
-
-
-def rest_server_argv(directory: Path, port: int) -> list[str]:
-    """rclone's restic REST server on directory; credentials come from the environment
-    (RCLONE_USER, RCLONE_PASS), never from the command line."""
-    return ["rclone", "serve", "restic", str(directory), "--addr", f"{LOOPBACK}:{port}"]
 
 
 @contextlib.contextmanager
@@ -64,44 +57,35 @@ def served_repository(directory: Path) -> Iterator[ResticTarget]:
         "RCLONE_USER": username,
         "RCLONE_PASS": password,
     }
-    for _attempt in range(3):  # a port taken between the probe and rclone's bind: again
-        port = _free_port()
-        server = proc.spawn(
-            rest_server_argv(directory, port),
-            env=proc.merged_env(env),
-            stdin=proc.DEVNULL,
-            stdout=proc.DEVNULL,
-            stderr=proc.DEVNULL,  # restic reports what fails, on its side
+    server = proc.spawn(
+        rclone.serve_restic_argv(f"{LOOPBACK}:0", str(directory)),
+        env=proc.merged_env(env),
+        stdin=proc.DEVNULL,
+        stdout=proc.DEVNULL,
+        stderr=proc.DEVNULL,  # restic reports what fails, on its side
+    )
+    try:
+        port = _listening_port(server)
+        if port is None:
+            raise AgentError(f"cannot serve the repository {directory} to the module's restic")
+        yield ResticTarget(
+            f"rest:http://{LOOPBACK}:{port}/",
+            env={"RESTIC_REST_USERNAME": username, "RESTIC_REST_PASSWORD": password},
         )
-        try:
-            if _listening(server, port):
-                yield ResticTarget(
-                    f"rest:http://{LOOPBACK}:{port}/",
-                    env={"RESTIC_REST_USERNAME": username, "RESTIC_REST_PASSWORD": password},
-                )
-                return
-        finally:
-            _stop(server)
-    raise AgentError(f"cannot serve the repository {directory} to the module's restic")
+    finally:
+        _stop(server)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _listening(server: proc.Popen[bytes], port: int) -> bool:
-    """True once the server accepts connections; False when it ended first."""
+def _listening_port(server: proc.Popen[bytes]) -> int | None:
+    """The port the server bound (port 0: the kernel's pick, so no other process holds
+    it); None when it ended or did not listen in time."""
     deadline = time.monotonic() + START_SECONDS
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            return False
-        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 0.5):
-            return True
-        time.sleep(0.05)
-    return False
+    while time.monotonic() < deadline and server.poll() is None:
+        port = sockets.bound_port(server.pid, LOOPBACK)
+        if port is not None:
+            return port
+        time.sleep(0.02)
+    return None
 
 
 def _stop(server: proc.Popen[bytes]) -> None:

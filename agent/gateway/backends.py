@@ -19,14 +19,13 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from agent.adapters import proc, rclone
+from agent.adapters import proc, rclone, sockets
 from agent.adapters.destinations import (
     Destination,
     check_destination,
@@ -42,6 +41,7 @@ from agent.core.gateway_rules import WEBDAV_PREFIX
 
 log = logging.getLogger("agent.gateway")
 START_SECONDS = 15.0
+LOOPBACK = "127.0.0.1"
 
 
 class Unavailable(AgentError):
@@ -79,12 +79,6 @@ def child_spec(destination: Destination) -> ChildSpec:
         return ChildSpec(local_directory(destination), {})
     remote, env = rclone_target(destination)
     return ChildSpec(remote, env)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -175,7 +169,6 @@ class Backends:
     async def _start(
         self, destination_id: str, destination: Destination, spec: ChildSpec
     ) -> _Child:
-        address = f"127.0.0.1:{free_port()}"
         log_name = f"gateway{self._suffix}-{destination_id[:8]}.log"
         log_path = os.path.join(self._log_dir, log_name)
         auth = (secrets.token_hex(8), secrets.token_hex(24))
@@ -190,9 +183,11 @@ class Backends:
         handle: IO[bytes]
         with open(log_path, "ab") as handle:
             process = proc.spawn(
-                self._serve_argv(address, spec.remote, destination_id)
+                # Port 0: the child holds the port the kernel gave it, which no other
+                # process can have taken before it (a picked free port could be).
+                self._serve_argv(f"{LOOPBACK}:0", spec.remote, destination_id)
                 if self._serve_argv
-                else rclone.serve_restic_argv(address, spec.remote),
+                else rclone.serve_restic_argv(f"{LOOPBACK}:0", spec.remote),
                 env=env,
                 stdin=proc.DEVNULL,
                 stdout=handle,
@@ -200,12 +195,11 @@ class Backends:
                 # Started on the event loop's thread: a SIGKILLed gateway leaves no rclone.
                 die_with_parent=True,
             )
-        child = _Child(spec, process, address, log_path, auth)
+        child = _Child(spec, process, "", log_path, auth)
         Path(self._pid_dir, f"{process.pid}.pid").write_text(f"{process.pid}\n")
         deadline = time.monotonic() + START_SECONDS
-        host, _, port = address.rpartition(":")
         try:
-            while not await _answers(host, int(port)):
+            while (port := sockets.bound_port(process.pid, LOOPBACK)) is None:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise Unavailable(
                         f"the storage server of {destination.name or destination_id} did "
@@ -215,6 +209,7 @@ class Backends:
         except BaseException:  # Unavailable, or cancelled (the gateway stopping)
             self._stop(child)
             raise
+        child.address = f"{LOOPBACK}:{port}"
         log.info("destination %s served by rclone pid %d", destination_id, process.pid)
         return child
 
@@ -261,15 +256,6 @@ def _is_rclone_serve(pid: int) -> bool:
     except OSError:
         return False
     return rclone.is_serve_argv(argv)
-
-
-async def _answers(host: str, port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection(host, port)
-    except OSError:
-        return False
-    writer.close()
-    return True
 
 
 def _tail(path: str) -> str:

@@ -296,7 +296,8 @@ def test_rest_server_down_then_back_and_a_vanished_rest_repository(
     volumes_before = volume_names(env)
 
     started = time.monotonic()
-    assert run_backup(cluster).returncode == 1
+    with backends.refusing(port):
+        assert run_backup(cluster).returncode == 1
     assert time.monotonic() - started < 60
     assert "unreachable" in backups.status(redis_client, 1, 1, wiki)["reason"]
 

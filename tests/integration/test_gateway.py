@@ -18,7 +18,7 @@ import httpx
 import pytest
 import redis
 
-from agent.adapters import gateway
+from agent.adapters import gateway, sockets
 from agent.core import redis_keys
 from agent.core.errors import ActionFailed
 from agent.core.settings import Settings
@@ -410,7 +410,9 @@ def test_a_child_answers_only_the_gateway(node: GatewayNode, tmp_path: Path) -> 
     _seed(node, tmp_path)
     [pid] = _rclone_children(node.disk)
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-    [address] = [arg.removeprefix("--addr=") for arg in argv if arg.startswith("--addr=")]
+    assert "--addr=127.0.0.1:0" in argv  # the kernel picks its port: nobody held it first
+    [port] = sockets.listening_ports(pid)
+    address = f"127.0.0.1:{port}"
     # A module's restic shares the host's network: the child's port alone must not do.
     direct = httpx.get(f"http://{address}/minwiki/{UUID_A}/config", timeout=30)
     assert direct.status_code == 401

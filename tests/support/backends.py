@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.adapters import sockets
 from tests.conftest import free_port
 from tests.support.processes import terminate
 
@@ -28,10 +29,12 @@ class Backend:
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Until proc itself listens on port (another process answering there does not count:
+    proc would then have failed to bind it)."""
     deadline = time.monotonic() + timeout
     while True:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
+        with contextlib.suppress(OSError):
+            if port in sockets.listening_ports(proc.pid):
                 return
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"backend on port {port} did not start")
@@ -50,12 +53,36 @@ def serve(argv: list[str], port: int) -> Iterator[None]:
 
 @contextlib.contextmanager
 def rclone_serve(kind: str, root: Path, *extra: str) -> Iterator[Backend]:
-    """`rclone serve restic|webdav` of root with basic auth USER/PASSWORD."""
-    port = free_port()
-    argv = [RCLONE, "serve", kind, str(root), f"--addr=127.0.0.1:{port}"]
+    """`rclone serve restic|webdav` of root with basic auth USER/PASSWORD, on the port the
+    kernel gives it (a port picked free beforehand could be taken by another worker's
+    process first, and the test would then talk to that one)."""
+    argv = [RCLONE, "serve", kind, str(root), "--addr=127.0.0.1:0"]
     argv += [f"--user={USER}", f"--pass={PASSWORD}", *extra]
-    with serve(argv, port):
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        port = _bound_port(proc)
         yield Backend(f"http://127.0.0.1:{port}", root, port)
+    finally:
+        terminate(proc, timeout=10)
+
+
+def _bound_port(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
+    deadline = time.monotonic() + timeout
+    while (port := sockets.bound_port(proc.pid)) is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.args!r} did not listen")
+        time.sleep(0.02)
+    return port
+
+
+@contextlib.contextmanager
+def refusing(port: int) -> Iterator[None]:
+    """port kept bound and not listening: connections to it are refused, and no other
+    process is given it (a storage outage that stays one for the whole test)."""
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        holder.bind(("127.0.0.1", port))
+        yield
 
 
 @contextlib.contextmanager

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from agent.adapters import module_storage, module_users
+from agent.adapters import module_users
 from agent.adapters.proc import RunAs
 from agent.core.volumes import volume_mounts
 
@@ -56,18 +54,6 @@ def test_rootless_volumes_are_mounted_by_their_bare_names() -> None:
     }
     rootfull = {m.source: m.target for m in volume_mounts("minwiki7", names)}
     assert rootfull == {"minwiki7-old": "/srv/volumes/old"}
-
-
-def test_the_repository_server_takes_no_secret_on_its_command_line() -> None:
-    argv = module_storage.rest_server_argv(Path("/srv/backup/minwiki/u1"), 40001)
-    assert argv == [
-        "rclone",
-        "serve",
-        "restic",
-        "/srv/backup/minwiki/u1",
-        "--addr",
-        "127.0.0.1:40001",
-    ]
 
 
 def test_only_rootfull_1_is_rootfull() -> None:
