@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -244,22 +245,28 @@ def published(listen: Sequence[str], cluster_address: str) -> dict[str, str]:
     return {"loopback": loopback, "cluster": outside}
 
 
-def start_node_gateway(settings: Settings, watch_pid: int | None = None) -> tuple[bool, int] | None:
+def start_node_gateway(
+    settings: Settings, watch_pid: int | None = None, stopping: threading.Event | None = None
+) -> tuple[bool, int] | None:
     """The node's gateway, started unless it runs: (started now, pid); None when the node
     has none (gateway_listen empty)."""
     if not settings.gateway_listen:
         return None
     loopback = published(settings.gateway_listen, settings.gateway_address)["loopback"]
     address = loopback or settings.gateway_listen[0]
-    return start_gateway(settings.root, settings.run_dir, settings.log_dir, address, watch_pid)
+    return start_gateway(
+        settings.root, settings.run_dir, settings.log_dir, address, watch_pid, stopping
+    )
 
 
-def start_for_daemon(settings: Settings) -> bool:
+def start_for_daemon(settings: Settings, stopping: threading.Event | None = None) -> bool:
     """The node's gateway for its daemon (stopped with it), unless it runs already; True
     when started here. One that cannot start fails module-side storage only, never the
-    daemon."""
+    daemon. stopping: the daemon's stop, which ends the wait for a slow gateway."""
     try:
-        state = start_node_gateway(settings, watch_pid=os.getpid())
+        state = start_node_gateway(settings, os.getpid(), stopping)
+    except GatewayStartStopped:
+        return False
     except (AgentError, OSError) as exc:
         log.error("storage gateway of node %s not started: %s", settings.node_id, exc)
         return False
@@ -293,11 +300,20 @@ def gateway_argv(watch_pid: int | None = None) -> list[str]:
     return [*argv, f"--watch-pid={watch_pid}"] if watch_pid else argv
 
 
+class GatewayStartStopped(AgentError):
+    """The caller stopped while its gateway started (the gateway was stopped too)."""
+
+
 def start_gateway(
-    root: Path, run_dir: Path, log_dir: Path, loopback: str, watch_pid: int | None = None
+    root: Path,
+    run_dir: Path,
+    log_dir: Path,
+    loopback: str,
+    watch_pid: int | None = None,
+    stopping: threading.Event | None = None,
 ) -> tuple[bool, int]:
     """Start `agent gateway` for the node at root unless it runs; wait until it answers
-    at loopback (host:port). (started, pid)."""
+    at loopback (host:port), or stopping is set. (started, pid)."""
     pid_file, watch_file = run_dir / PID_FILE, run_dir / WATCH_FILE
     running = read_pid(pid_file)
     if running is not None:
@@ -325,10 +341,13 @@ def start_gateway(
         watch_file.unlink(missing_ok=True)
     deadline = time.monotonic() + START_SECONDS
     while not answers(loopback):
-        if child.poll() is not None or time.monotonic() > deadline:
+        stopped = stopping is not None and stopping.is_set()
+        if stopped or child.poll() is not None or time.monotonic() > deadline:
             _stop(pid_file)  # one that came up too late must not run on unwatched
             with contextlib.suppress(proc.TimeoutExpired):
                 child.wait(5)
+            if stopped:
+                raise GatewayStartStopped("stopped while the storage gateway started")
             tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
             raise AgentError("the storage gateway did not start: " + " | ".join(tail))
         time.sleep(0.1)

@@ -127,9 +127,11 @@ class Daemon:
             self._ensure_module_credentials()
             if self.settings.warm_steps:  # forked before any thread starts
                 self.warm = WarmSteps(self.warm_registry)
-            started_gateway = gateway.start_for_daemon(self.settings)
-            # Renewed from now on: the recovery's steps get a grace longer than the lease.
+            # Renewed from now on, through the slow parts of the start (a gateway on a
+            # saturated node took over 15 s): a lapsed lease makes api-cli withdraw the
+            # tasks queued meanwhile. The recovery's steps get a grace longer than it.
             threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
+            started_gateway = gateway.start_for_daemon(self.settings, self.stopping)
             served = self.served_agents()
             # All of them at once, the cluster's first (see recovery.recover).
             recovery.recover(

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import redis
 
+from agent.adapters import gateway
 from agent.core import redis_keys
-from agent.runtime import tasks
+from agent.runtime import lease, tasks
 from tests.support.cluster import ClusterHarness, lease_holder
 from tests.support.processes import alive, gone, wait_for_pid
 
@@ -137,3 +140,81 @@ def test_api_cli_withdraws_a_task_no_daemon_will_take(
     assert result.returncode != 0
     assert "withdrawn" in result.stderr and "Traceback" not in result.stderr
     assert redis_client.llen(redis_keys.task_queue("cluster")) == 0
+
+
+def _hold_gateway_at_start(pid_file: Path, held: list[int]) -> threading.Thread:
+    """A thread that SIGSTOPs the gateway as soon as its pid file appears (before it can
+    answer), recording its pid in held."""
+
+    def hold() -> None:
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text().strip()):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.005)
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGSTOP)
+        held.append(pid)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    return thread
+
+
+def test_a_task_queued_while_a_slow_gateway_starts_waits_for_the_daemon_and_runs(
+    cluster: ClusterHarness, redis_client: redis.Redis
+) -> None:
+    """The daemon waits for its gateway before serving (a saturated node's took over 15 s).
+    Its lease must be renewed meanwhile: a lapsed lease reads as "no daemon", and api-cli
+    withdraws the task it queued. The gateway is held stopped (SIGSTOP) for longer than
+    the lease, from the moment its pid file appears."""
+    node = cluster.nodes[1]
+    node.write_action("cluster", "quick", {"10quick": "#!/bin/sh\necho '\"done\"'\n"})
+    pid_file = node.settings.run_dir / gateway.PID_FILE
+    node.stop()
+    assert not pid_file.exists()
+    held: list[int] = []
+    holder = _hold_gateway_at_start(pid_file, held)
+    try:
+        node.start()
+        holder.join(timeout=60)
+        assert held, "the gateway's pid file never appeared"
+        api = subprocess.Popen(
+            [str(Path(sys.executable).parent / "api-cli"), "run", "quick"],
+            env=node.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(lease.LEASE_SECONDS + 5)
+        assert api.poll() is None, api.communicate()  # not withdrawn: still waiting
+        assert redis_client.exists(redis_keys.node_daemon_lease(1))
+    finally:
+        for pid in held:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    out, err = api.communicate(timeout=120)
+    assert api.returncode == 0, err
+    assert json.loads(out) == "done"
+
+
+def test_a_daemon_stopped_while_its_gateway_starts_stops_cleanly_with_it(
+    cluster: ClusterHarness,
+) -> None:
+    node = cluster.nodes[1]
+    pid_file = node.settings.run_dir / gateway.PID_FILE
+    node.stop()
+    held: list[int] = []
+    holder = _hold_gateway_at_start(pid_file, held)
+    try:
+        node.start()
+        holder.join(timeout=60)
+        assert held, "the gateway's pid file never appeared"
+        # Within the harness's 30 s (the wait for the gateway alone would last 60 s); a
+        # daemon killed for being late would end -9.
+        assert node.stop(timeout=30) == 0
+        assert gone(held[0]) and not pid_file.exists()
+    finally:
+        for pid in held:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
