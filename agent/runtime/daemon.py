@@ -127,9 +127,8 @@ class Daemon:
             self._ensure_module_credentials()
             if self.settings.warm_steps:  # forked before any thread starts
                 self.warm = WarmSteps(self.warm_registry)
-            # Renewed from now on, through the slow parts of the start (a gateway on a
-            # saturated node took over 15 s): a lapsed lease makes api-cli withdraw the
-            # tasks queued meanwhile. The recovery's steps get a grace longer than it.
+            # Renewed from now on (a saturated node's gateway took > 15 s to start: api-cli
+            # withdraws tasks when the lease lapses); recovery's grace outlasts it.
             threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
             started_gateway = gateway.start_for_daemon(self.settings, self.stopping)
             served = self.served_agents()
