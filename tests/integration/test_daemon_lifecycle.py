@@ -176,7 +176,7 @@ def test_a_task_queued_while_a_slow_gateway_starts_waits_for_the_daemon_and_runs
     held: list[int] = []
     holder = _hold_gateway_at_start(pid_file, held)
     try:
-        node.start()
+        node.start(with_gateway=False)  # held stopped: it answers only once let go
         holder.join(timeout=60)
         assert held, "the gateway's pid file never appeared"
         api = subprocess.Popen(
@@ -207,7 +207,7 @@ def test_a_daemon_stopped_while_its_gateway_starts_stops_cleanly_with_it(
     held: list[int] = []
     holder = _hold_gateway_at_start(pid_file, held)
     try:
-        node.start()
+        node.start(with_gateway=False)  # held stopped: it answers only once let go
         holder.join(timeout=60)
         assert held, "the gateway's pid file never appeared"
         # Within the harness's 30 s (the wait for the gateway alone would last 60 s); a

@@ -14,7 +14,8 @@ from typing import Any
 
 import redis
 
-from agent.adapters import module_users, podman_store
+from agent.adapters import gateway, module_users, podman_store
+from agent.core import redis_keys
 from agent.core.settings import Settings
 from agent.operations import cluster_setup
 from agent.runtime import lease
@@ -45,7 +46,7 @@ class NodeHarness:
             **self.extra_env,
         )
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, with_gateway: bool = True) -> None:
         client = redis.Redis.from_url(self.settings.redis_url)
         log = open(self.root / "log" / "agent.log", "ab")  # noqa: SIM115 - closed by the child's exit
         self.process = subprocess.Popen(
@@ -57,10 +58,20 @@ class NodeHarness:
         )
         log.close()
         deadline = time.monotonic() + timeout
-        while not client.exists(f"node/{self.node_id}/daemon"):
+        while not self._serving(client, with_gateway):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("daemon did not start:\n" + self.log_tail())
             time.sleep(0.05)
+
+    def _serving(self, client: redis.Redis, with_gateway: bool) -> bool:
+        """The daemon holds its lease and (with_gateway) its gateway answers: the gateway
+        publishes node/<N>/gateway as it starts, so a test's "before" taken earlier would
+        miss that key."""
+        if not client.exists(redis_keys.node_daemon_lease(self.node_id)):
+            return False
+        if not with_gateway or not self.settings.gateway_listen:
+            return True
+        return gateway.answers(self.settings.gateway_listen[0])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         if self.process is None:
