@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -17,7 +18,7 @@ import redis
 from agent.adapters import gateway
 from agent.core import redis_keys
 from agent.runtime import lease, tasks
-from tests.support.cluster import ClusterHarness, lease_holder
+from tests.support.cluster import ClusterHarness, NodeHarness, lease_holder
 from tests.support.processes import alive, gone, wait_for_pid
 
 
@@ -142,9 +143,14 @@ def test_api_cli_withdraws_a_task_no_daemon_will_take(
     assert redis_client.llen(redis_keys.task_queue("cluster")) == 0
 
 
-def _hold_gateway_at_start(pid_file: Path, held: list[int]) -> threading.Thread:
-    """A thread that SIGSTOPs the gateway as soon as its pid file appears (before it can
-    answer), recording its pid in held."""
+@contextlib.contextmanager
+def _gateway_held_at_start(node: NodeHarness) -> Iterator[int]:
+    """node restarted with its gateway SIGSTOPped as soon as its pid file appears (before
+    it can answer); yields the gateway's pid, let go (SIGCONT) at the end."""
+    pid_file = node.settings.run_dir / gateway.PID_FILE
+    node.stop()
+    assert not pid_file.exists()
+    held: list[int] = []
 
     def hold() -> None:
         deadline = time.monotonic() + 60
@@ -156,9 +162,18 @@ def _hold_gateway_at_start(pid_file: Path, held: list[int]) -> threading.Thread:
         os.kill(pid, signal.SIGSTOP)
         held.append(pid)
 
-    thread = threading.Thread(target=hold)
-    thread.start()
-    return thread
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        node.start(with_gateway=False)  # held stopped: it answers only once let go
+        holder.join(timeout=60)
+        assert held, "the gateway's pid file never appeared"
+        yield held[0]
+    finally:
+        holder.join(timeout=60)
+        for pid in held:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 def test_a_task_queued_while_a_slow_gateway_starts_waits_for_the_daemon_and_runs(
@@ -167,18 +182,10 @@ def test_a_task_queued_while_a_slow_gateway_starts_waits_for_the_daemon_and_runs
     """The daemon waits for its gateway before serving (a saturated node's took over 15 s).
     Its lease must be renewed meanwhile: a lapsed lease reads as "no daemon", and api-cli
     withdraws the task it queued. The gateway is held stopped (SIGSTOP) for longer than
-    the lease, from the moment its pid file appears."""
+    the lease."""
     node = cluster.nodes[1]
     node.write_action("cluster", "quick", {"10quick": "#!/bin/sh\necho '\"done\"'\n"})
-    pid_file = node.settings.run_dir / gateway.PID_FILE
-    node.stop()
-    assert not pid_file.exists()
-    held: list[int] = []
-    holder = _hold_gateway_at_start(pid_file, held)
-    try:
-        node.start(with_gateway=False)  # held stopped: it answers only once let go
-        holder.join(timeout=60)
-        assert held, "the gateway's pid file never appeared"
+    with _gateway_held_at_start(node):
         api = subprocess.Popen(
             [str(Path(sys.executable).parent / "api-cli"), "run", "quick"],
             env=node.env(),
@@ -189,10 +196,6 @@ def test_a_task_queued_while_a_slow_gateway_starts_waits_for_the_daemon_and_runs
         time.sleep(lease.LEASE_SECONDS + 5)
         assert api.poll() is None, api.communicate()  # not withdrawn: still waiting
         assert redis_client.exists(redis_keys.node_daemon_lease(1))
-    finally:
-        for pid in held:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
     out, err = api.communicate(timeout=120)
     assert api.returncode == 0, err
     assert json.loads(out) == "done"
@@ -202,19 +205,8 @@ def test_a_daemon_stopped_while_its_gateway_starts_stops_cleanly_with_it(
     cluster: ClusterHarness,
 ) -> None:
     node = cluster.nodes[1]
-    pid_file = node.settings.run_dir / gateway.PID_FILE
-    node.stop()
-    held: list[int] = []
-    holder = _hold_gateway_at_start(pid_file, held)
-    try:
-        node.start(with_gateway=False)  # held stopped: it answers only once let go
-        holder.join(timeout=60)
-        assert held, "the gateway's pid file never appeared"
+    with _gateway_held_at_start(node) as held:
         # Within the harness's 30 s (the wait for the gateway alone would last 60 s); a
         # daemon killed for being late would end -9.
         assert node.stop(timeout=30) == 0
-        assert gone(held[0]) and not pid_file.exists()
-    finally:
-        for pid in held:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        assert gone(held) and not (node.settings.run_dir / gateway.PID_FILE).exists()
