@@ -27,7 +27,7 @@ from agent.adapters.destinations import Destination, local_directory, restic_tar
 from agent.adapters.restic import ResticTarget
 from agent.core.errors import AgentError
 
-LOOPBACK = "127.0.0.1"
+LOOPBACK = sockets.LOOPBACK
 START_SECONDS = 20.0
 
 

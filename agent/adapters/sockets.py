@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 
+LOOPBACK = "127.0.0.1"
 _LISTEN = "0A"  # TCP state in /proc/net/tcp
 
 
@@ -45,7 +46,7 @@ def parse_listening(table: str, inodes: set[str], host: str) -> list[int]:
     return sorted(ports)
 
 
-def listening_ports(pid: int, host: str = "127.0.0.1") -> list[int]:
+def listening_ports(pid: int, host: str = LOOPBACK) -> list[int]:
     """The TCP ports process pid listens on at host (IPv4); [] while it listens on none.
     Raises OSError when the process is gone."""
     inodes = _socket_inodes(pid)
@@ -55,7 +56,7 @@ def listening_ports(pid: int, host: str = "127.0.0.1") -> list[int]:
         return parse_listening(handle.read(), inodes, host)
 
 
-def bound_port(pid: int, host: str = "127.0.0.1") -> int | None:
+def bound_port(pid: int, host: str = LOOPBACK) -> int | None:
     """The one port process pid listens on at host, None while it listens on none (or is
     gone: its caller sees that from its exit)."""
     try:

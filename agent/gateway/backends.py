@@ -41,7 +41,6 @@ from agent.core.gateway_rules import WEBDAV_PREFIX
 
 log = logging.getLogger("agent.gateway")
 START_SECONDS = 15.0
-LOOPBACK = "127.0.0.1"
 
 
 class Unavailable(AgentError):
@@ -185,9 +184,9 @@ class Backends:
             process = proc.spawn(
                 # Port 0: the child holds the port the kernel gave it, which no other
                 # process can have taken before it (a picked free port could be).
-                self._serve_argv(f"{LOOPBACK}:0", spec.remote, destination_id)
+                self._serve_argv(f"{sockets.LOOPBACK}:0", spec.remote, destination_id)
                 if self._serve_argv
-                else rclone.serve_restic_argv(f"{LOOPBACK}:0", spec.remote),
+                else rclone.serve_restic_argv(f"{sockets.LOOPBACK}:0", spec.remote),
                 env=env,
                 stdin=proc.DEVNULL,
                 stdout=handle,
@@ -199,7 +198,7 @@ class Backends:
         Path(self._pid_dir, f"{process.pid}.pid").write_text(f"{process.pid}\n")
         deadline = time.monotonic() + START_SECONDS
         try:
-            while (port := sockets.bound_port(process.pid, LOOPBACK)) is None:
+            while (port := sockets.bound_port(process.pid, sockets.LOOPBACK)) is None:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise Unavailable(
                         f"the storage server of {destination.name or destination_id} did "
@@ -209,7 +208,7 @@ class Backends:
         except BaseException:  # Unavailable, or cancelled (the gateway stopping)
             self._stop(child)
             raise
-        child.address = f"{LOOPBACK}:{port}"
+        child.address = f"{sockets.LOOPBACK}:{port}"
         log.info("destination %s served by rclone pid %d", destination_id, process.pid)
         return child
 
