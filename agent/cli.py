@@ -57,6 +57,7 @@ def serve(
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    _stacks_on_sigusr1()
     Daemon(load_settings(root), shutdown_timeout).serve()
 
 
@@ -182,7 +183,17 @@ def gateway_command(
     from agent.gateway.server import serve as serve_gateway
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    _stacks_on_sigusr1()
     serve_gateway(load_settings(root), watch_pid)
+
+
+def _stacks_on_sigusr1() -> None:
+    """`kill -USR1 <pid>` writes every thread's stack to the log (stderr): what a daemon
+    or gateway that stopped answering is waiting on, without stopping it."""
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 @agent_app.command("verify-restore")

@@ -10,9 +10,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 import redis
 
 from agent.adapters import gateway
@@ -144,9 +145,10 @@ def test_api_cli_withdraws_a_task_no_daemon_will_take(
 
 
 @contextlib.contextmanager
-def _gateway_held_at_start(node: NodeHarness) -> Iterator[int]:
-    """node restarted with its gateway SIGSTOPped as soon as its pid file appears (before
-    it can answer); yields the gateway's pid, let go (SIGCONT) at the end."""
+def _gateway_held(node: NodeHarness) -> Iterator[Callable[[], int]]:
+    """node stopped; the gateway its next start spawns is SIGSTOPped as soon as its pid
+    file appears (before it can answer). Yields a call that waits for that and returns the
+    gateway's pid; the gateway is let go (SIGCONT) at the end."""
     pid_file = node.settings.run_dir / gateway.PID_FILE
     node.stop()
     assert not pid_file.exists()
@@ -162,18 +164,28 @@ def _gateway_held_at_start(node: NodeHarness) -> Iterator[int]:
         os.kill(pid, signal.SIGSTOP)
         held.append(pid)
 
+    def held_pid() -> int:
+        holder.join(timeout=60)
+        assert held, "the gateway's pid file never appeared"
+        return held[0]
+
     holder = threading.Thread(target=hold)
     holder.start()
     try:
-        node.start(with_gateway=False)  # held stopped: it answers only once let go
-        holder.join(timeout=60)
-        assert held, "the gateway's pid file never appeared"
-        yield held[0]
+        yield held_pid
     finally:
         holder.join(timeout=60)
         for pid in held:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def _gateway_held_at_start(node: NodeHarness) -> Iterator[int]:
+    """node restarted with its gateway held stopped; yields the gateway's pid."""
+    with _gateway_held(node) as held_pid:
+        node.start(with_gateway=False)  # held stopped: it answers only once let go
+        yield held_pid()
 
 
 def test_a_task_queued_while_a_slow_gateway_starts_waits_for_the_daemon_and_runs(
@@ -210,3 +222,21 @@ def test_a_daemon_stopped_while_its_gateway_starts_stops_cleanly_with_it(
         # daemon killed for being late would end -9.
         assert node.stop(timeout=30) == 0
         assert gone(held) and not (node.settings.run_dir / gateway.PID_FILE).exists()
+
+
+def test_a_node_that_does_not_start_is_reported_with_its_stacks_and_killed(
+    cluster: ClusterHarness, redis_client: redis.Redis
+) -> None:
+    """The harness's own failure path (a CI run lost two tests to a daemon that did not
+    start in time and kept its lease into the next test): the daemon's stacks (SIGUSR1,
+    which an operator can send too) say what it waits on, and it is gone afterwards."""
+    node = cluster.nodes[1]
+    with _gateway_held(node) as held_pid:
+        with pytest.raises(RuntimeError, match="daemon did not start") as failed:
+            node.start(timeout=5)
+        daemon_stack = str(failed.value)
+        assert "start_gateway" in daemon_stack and "Thread 0x" in daemon_stack, daemon_stack
+        assert node.process is None
+        assert gone(held_pid())
+    node.start()  # the node's next start is not refused ("already served")
+    assert redis_client.exists(redis_keys.node_daemon_lease(1))

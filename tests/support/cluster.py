@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -46,7 +47,10 @@ class NodeHarness:
             **self.extra_env,
         )
 
-    def start(self, timeout: float = 60.0, with_gateway: bool = True) -> None:
+    def start(self, timeout: float = 90.0, with_gateway: bool = True) -> None:
+        """Start the daemon and wait until it serves. timeout outlasts the daemon's own
+        wait for its gateway (60 s), so that a gateway which never answers is reported by
+        the daemon in its log."""
         client = redis.Redis.from_url(self.settings.redis_url)
         log = open(self.root / "log" / "agent.log", "ab")  # noqa: SIM115 - closed by the child's exit
         self.process = subprocess.Popen(
@@ -60,8 +64,28 @@ class NodeHarness:
         deadline = time.monotonic() + timeout
         while not self._serving(client, with_gateway):
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("daemon did not start:\n" + self.log_tail())
+                raise RuntimeError("daemon did not start:\n" + self._failed_start())
             time.sleep(0.05)
+
+    def _failed_start(self) -> str:
+        """What a daemon that did not start was doing (every thread's stack, from SIGUSR1,
+        of it and of its gateway), then both killed: it must not keep its lease into the
+        next test, which would then fail to start its own node."""
+        assert self.process is not None
+        gateway_pid = gateway.read_pid(self.settings.run_dir / gateway.PID_FILE)
+        if self.process.poll() is None:
+            for pid in (self.process.pid, gateway_pid):
+                if pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGUSR1)
+            time.sleep(1.0)
+        self.stop(signal.SIGKILL)
+        if gateway_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(gateway_pid, signal.SIGKILL)
+        return f"{self.log_tail(80)}\n--- gateway.log ---\n" + self.log_tail(
+            40, self.settings.log_dir / "gateway.log"
+        )
 
     def _serving(self, client: redis.Redis, with_gateway: bool) -> bool:
         """The daemon holds its lease and (with_gateway) its gateway answers: the gateway
@@ -87,8 +111,9 @@ class NodeHarness:
         self.process = None
         return code
 
-    def log_tail(self, lines: int = 30) -> str:
-        path = self.root / "log" / "agent.log"
+    def log_tail(self, lines: int = 30, path: Path | None = None) -> str:
+        """The last lines of the daemon's log (or of path)."""
+        path = path or self.settings.log_dir / "agent.log"
         return (
             "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
             if path.exists()
