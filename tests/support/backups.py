@@ -15,6 +15,7 @@ from agent.core import redis_keys
 from agent.records.backups import BackupDefinition
 from agent.records.destinations import Destination
 from agent.records.statuses import StatusRecord
+from tests.support.processes import run_or_explain
 
 RESTIC_IMAGE = "localhost/backup-agent-restic:latest"
 PASSWORD = "repo-password-for-tests-0123456789"
@@ -79,7 +80,7 @@ def restic(
     """restic in the project's image on a local repository directory."""
     repo = Path(repo)
     env = dict(os.environ, RESTIC_PASSWORD=password)
-    return subprocess.run(
+    return run_or_explain(
         [
             "podman",
             "run",
@@ -94,11 +95,10 @@ def restic(
             "--no-cache",
             *args,
         ],
+        270,
         env=env,
         capture_output=True,
-        text=True,
         check=check,
-        timeout=300,
     )
 
 

@@ -21,6 +21,7 @@ from agent.core.settings import Settings
 from agent.operations import cluster_setup
 from agent.runtime import lease
 from tests.support import rootless
+from tests.support.processes import run_or_explain
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -157,13 +158,12 @@ class ClusterHarness:
     def api(
         self, *args: str, input: str | None = None, timeout: float = 120, node: int = 1
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        return run_or_explain(
             [str(Path(sys.executable).parent / "api-cli"), *args],
+            timeout,
             env=self.nodes[node].env(),
             input=input,
             capture_output=True,
-            text=True,
-            timeout=timeout,
         )
 
     def api_json(self, action: str, data: Any = None, **kwargs: Any) -> tuple[int, Any, str]:
@@ -173,7 +173,7 @@ class ClusterHarness:
 
     def api_ok(self, action: str, data: Any = None) -> Any:
         """Run action through api-cli; fail the test unless it exits 0; its parsed output."""
-        code, output, stderr = self.api_json(action, data, timeout=300)
+        code, output, stderr = self.api_json(action, data, timeout=270)
         assert code == 0, (action, output, stderr)
         return output
 

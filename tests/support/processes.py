@@ -44,3 +44,22 @@ def terminate(process: subprocess.Popen[Any], timeout: float) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def run_or_explain(
+    argv: list[str], timeout: float, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """subprocess.run (text) that fails a command still running at timeout with the
+    machine's process tree, which says what it was waiting on. Keep timeout under the
+    test's own (300 s): pytest's timer shows the test's stack only."""
+    try:
+        return subprocess.run(argv, timeout=timeout, text=True, **kwargs)
+    except subprocess.TimeoutExpired as exc:
+        tree = subprocess.run(
+            ["ps", "-eo", "pid,ppid,stat,etime,wchan:24,args", "--forest"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
+        raise AssertionError(f"{argv[:6]} still ran after {timeout:.0f} s:\n{tree}") from exc
