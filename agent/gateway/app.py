@@ -46,7 +46,7 @@ from agent.core.gateway_rules import (
     webdav_refusal,
 )
 from agent.core.image_names import image_name
-from agent.gateway.backends import Backends, Unavailable
+from agent.gateway.backends import Backends, Unavailable, Upstream
 from agent.gateway.warm import DestinationWatcher, refresh_all
 from agent.runtime import restore_grants
 
@@ -265,11 +265,14 @@ def make_app(gateway: Gateway) -> Starlette:
     )
 
 
-async def _forward(
-    gateway: Gateway, request: Request, destination: str, path: str, backends: Backends
-) -> Response:
+async def _upstream(
+    backends: Backends, destination: str, stale: Upstream | None = None
+) -> Upstream | Response:
+    """destination's upstream (a fresh child in place of stale's), or the refusal."""
     try:
-        upstream = await backends.upstream(destination)
+        if stale is None:
+            return await backends.upstream(destination)
+        return await backends.replace(destination, stale)
     except DestinationNotFound:
         return _denied(404, f"no destination {destination}")
     except Unavailable as exc:
@@ -278,17 +281,30 @@ async def _forward(
         return _denied(503, f"the gateway cannot read destination {destination}: {exc}")
     except OSError as exc:  # the node's own disk (logs, pid files) full or failing
         return _denied(503, f"destination {destination}: the gateway's node: {exc}")
+
+
+async def _forward(
+    gateway: Gateway, request: Request, destination: str, path: str, backends: Backends
+) -> Response:
+    upstream = await _upstream(backends, destination)
+    if isinstance(upstream, Response):
+        return upstream
     headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROPPED]
-    url = upstream.base_url + path
-    if request.url.query:
-        url += "?" + request.url.query
+    target = path + (f"?{request.url.query}" if request.url.query else "")
     # restic's POST and PUT, WebDAV's PUT, PROPFIND, PROPPATCH and LOCK carry a body.
     body = request.stream() if request.method not in ("GET", "HEAD", "DELETE", "OPTIONS") else None
-    outgoing = gateway.client.build_request(request.method, url, headers=headers, content=body)
     try:
-        answer = await gateway.client.send(outgoing, stream=True, auth=upstream.auth)
+        try:
+            answer = await _send(gateway, request.method, upstream, target, headers, body)
+        except httpx.ConnectError:
+            # Nothing was sent (the body is still unread): the child is replaced and the
+            # request tried once more.
+            upstream = await _upstream(backends, destination, upstream)
+            if isinstance(upstream, Response):
+                return upstream
+            answer = await _send(gateway, request.method, upstream, target, headers, body)
     except httpx.HTTPError as exc:
-        return _denied(502, f"destination {destination}: storage server failed: {exc}")
+        return _denied(502, f"destination {destination}: storage server failed: {_why(exc)}")
     kept = {k: v for k, v in answer.headers.items() if k.lower() not in _DROPPED}
     return StreamingResponse(
         _raw(answer),
@@ -296,6 +312,30 @@ async def _forward(
         headers=kept,
         background=BackgroundTask(answer.aclose),
     )
+
+
+async def _send(
+    gateway: Gateway,
+    method: str,
+    upstream: Upstream,
+    target: str,
+    headers: list[tuple[str, str]],
+    body: AsyncIterator[bytes] | None,
+) -> httpx.Response:
+    outgoing = gateway.client.build_request(
+        method, upstream.base_url + target, headers=headers, content=body
+    )
+    return await gateway.client.send(outgoing, stream=True, auth=upstream.auth)
+
+
+def _why(exc: BaseException) -> str:
+    """exc's message, with the cause at the bottom of its chain when that says more
+    ("All connection attempts failed" hides which errno)."""
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text, cause = str(exc), str(root)
+    return f"{text} ({cause})" if root is not exc and cause and cause not in text else text
 
 
 async def _raw(answer: httpx.Response) -> AsyncIterator[bytes]:

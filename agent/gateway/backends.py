@@ -134,6 +134,25 @@ class Backends:
                 self._children[destination_id] = child
         return Upstream(f"http://{child.address}", child.auth)
 
+    async def replace(self, destination_id: str, stale: Upstream) -> Upstream:
+        """The upstream of destination_id once more, with its child started anew when it
+        is still the one at stale, which took no connection (it died after it was looked
+        at, or its listener is gone while it runs on)."""
+        async with self._locks.setdefault(destination_id, asyncio.Lock()):
+            child = self._children.get(destination_id)
+            if child is not None and f"http://{child.address}" == stale.base_url:
+                del self._children[destination_id]
+                code = child.process.poll()
+                log.warning(
+                    "destination %s: rclone pid %d took no connection at %s (%s): starting another",
+                    destination_id,
+                    child.process.pid,
+                    child.address,
+                    "still running" if code is None else f"exit {code}",
+                )
+                self._stop(child)
+        return await self.upstream(destination_id)
+
     async def refresh(self, destination_id: str) -> None:
         """The child of destination_id started (or restarted) as the destination is
         stored now, or stopped when it is gone or no longer served here. Failures are
@@ -209,7 +228,12 @@ class Backends:
             self._stop(child)
             raise
         child.address = f"{sockets.LOOPBACK}:{port}"
-        log.info("destination %s served by rclone pid %d", destination_id, process.pid)
+        log.info(
+            "destination %s served by rclone pid %d at %s",
+            destination_id,
+            process.pid,
+            child.address,
+        )
         return child
 
     def _stop(self, child: _Child) -> None:

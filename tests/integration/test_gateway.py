@@ -290,6 +290,33 @@ def test_a_failed_destination_fails_alone(node: GatewayNode, tmp_path: Path) -> 
     assert listed.returncode == 0, listed.stderr
 
 
+def test_a_child_that_takes_no_connection_is_replaced_and_the_request_goes_through(
+    node: GatewayNode, tmp_path: Path
+) -> None:
+    """An rclone child still running but no longer listening (a CI run's restore met one:
+    "All connection attempts failed") is replaced at the request that finds it so, which
+    then goes through. Its listener is closed from outside (`ss -K`)."""
+    _seed(node, tmp_path)
+    before = set(_rclone_children(node.disk))
+    assert len(before) == 1, before
+    (pid,) = before
+    (port,) = sockets.listening_ports(pid)
+    # Its listener and the connections the gateway keeps open to it.
+    subprocess.run(
+        ["ss", "-K", "-t", "-a", f"( sport = :{port} or dport = :{port} )"],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    assert not sockets.listening_ports(pid), "the child still listens"
+    listed = node.restic("module/minwiki1", UUID_A, "snapshots", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 1
+    assert pid not in _rclone_children(node.disk), "the deaf child was not stopped"
+    log_text = (node.settings.log_dir / "gateway.log").read_text()
+    assert f"rclone pid {pid} took no connection at {sockets.LOOPBACK}:{port}" in log_text
+
+
 def test_the_daemon_starts_the_gateway_and_a_killed_daemon_leaves_none(
     cluster: ClusterHarness, redis_client: redis.Redis
 ) -> None:
